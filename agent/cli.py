@@ -1,0 +1,26 @@
+"""The ``rankscope`` command line: each command family lives in ``agent/commands/``."""
+
+from __future__ import annotations
+
+import typer
+
+from agent.commands import tools_cmd
+
+app = typer.Typer(
+    name="rankscope",
+    help="RankScope: an automated interpretability agent for neural retrieval models.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+for _module in (tools_cmd,):
+    _module.register(app)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

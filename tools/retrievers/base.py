@@ -1,0 +1,271 @@
+"""The retriever adapter contract: one view of a model for every experiment.
+
+An adapter tokenises the *patched side* of a (query, document) pair — the document for a
+bi-encoder (its query embedding stays fixed), the joint ``[CLS] q [SEP] d [SEP]`` sequence for a
+cross-encoder — runs the base encoder, and turns its last hidden state into a relevance score
+(``readout``). Experiments read and patch the encoder's components through nnsight
+(``self.nn``) or plain modules (``component_module``), named as the model names them.
+"""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import IntEnum
+from functools import cached_property
+from typing import Any, Literal
+
+import torch
+from nnsight import NNsight
+from torch import nn
+
+from tools.retrievers.architectures import ArchSpec, model_dims, submodule
+
+Site = Literal["resid", "attn", "mlp", "heads"]
+SITES: tuple[Site, ...] = ("resid", "attn", "mlp", "heads")
+SITE_DOC = {
+    "resid": "residual stream after the layer (the layer's output)",
+    "attn": "attention write: output of the attention output projection, before the residual add",
+    "mlp": "MLP write: output of the MLP's last linear, before the residual add",
+    "heads": "per-head attention outputs: the input of the attention output projection",
+}
+
+
+class Role(IntEnum):
+    """The role of a token position in the patched side."""
+
+    PAD = 0
+    CLS = 1
+    SEP = 2
+    QUERY = 3
+    DOC = 4
+    QTERM = 5
+    """A document token that also occurs in the query (not injected)."""
+    INJECTED = 6
+    """A token the perturbation added to the document."""
+    FILLER = 7
+    """A filler token added to the baseline for length alignment."""
+
+
+ROLE_NAMES = {role: role.name.lower() for role in Role}
+
+
+@dataclass(frozen=True)
+class Component:
+    """A named, patchable piece of the encoder: ``L3.H5``, ``L3.attn``, ``L3.mlp``, ``L3.resid``."""
+
+    layer: int
+    site: Site
+    head: int | None = None
+
+    @property
+    def name(self) -> str:
+        return f"L{self.layer}.H{self.head}" if self.head is not None else f"L{self.layer}.{self.site}"
+
+    @staticmethod
+    def parse(name: str) -> Component:
+        """Inverse of ``name``; raises ValueError naming the accepted forms."""
+        match = re.fullmatch(r"L(\d+)\.(?:H(\d+)|(resid|attn|mlp))", name.strip())
+        if not match:
+            raise ValueError(
+                f"bad component name {name!r}: use L<layer>.H<head> (a head) or "
+                "L<layer>.resid / L<layer>.attn / L<layer>.mlp"
+            )
+        layer = int(match.group(1))
+        if match.group(2) is not None:
+            return Component(layer, "heads", int(match.group(2)))
+        return Component(layer, match.group(3))  # type: ignore[arg-type]
+
+
+@dataclass
+class SideBatch:
+    """A tokenised batch of the patched side, with role codes and what the readout needs."""
+
+    inputs: dict[str, torch.Tensor]
+    roles: torch.Tensor
+    context: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def attention_mask(self) -> torch.Tensor:
+        return self.inputs["attention_mask"]
+
+    def __len__(self) -> int:
+        return int(self.inputs["input_ids"].shape[0])
+
+    def select(self, index: slice | torch.Tensor) -> SideBatch:
+        """Rows ``index`` of the batch (inputs, roles and row-aligned context tensors)."""
+        context = {
+            k: v[index] if isinstance(v, torch.Tensor) and v.shape[:1] == self.roles.shape[:1] else v
+            for k, v in self.context.items()
+        }
+        return SideBatch({k: v[index] for k, v in self.inputs.items()}, self.roles[index], context)
+
+
+def token_roles(
+    offsets: Sequence[tuple[int, int]],
+    sequence_ids: Sequence[int | None],
+    input_ids: Sequence[int],
+    attention: Sequence[int],
+    doc_sequence: int,
+    cls_id: int | None,
+    query_token_ids: set[int],
+    injected: Sequence[tuple[int, int]] = (),
+    filler: Sequence[tuple[int, int]] = (),
+) -> list[int]:
+    """Role codes for one tokenised sequence (offsets of document tokens are document-relative)."""
+    roles: list[int] = []
+    seen_cls = False
+    for (start, end), seq, tok, att in zip(offsets, sequence_ids, input_ids, attention, strict=True):
+        if not att:
+            roles.append(Role.PAD)
+        elif seq is None:
+            is_cls = not seen_cls and (cls_id is None or tok == cls_id)
+            seen_cls = True
+            roles.append(Role.CLS if is_cls else Role.SEP)
+        elif seq != doc_sequence:
+            roles.append(Role.QUERY)
+        elif any(start < e and end > s for s, e in injected):
+            roles.append(Role.INJECTED)
+        elif any(start < e and end > s for s, e in filler):
+            roles.append(Role.FILLER)
+        elif tok in query_token_ids:
+            roles.append(Role.QTERM)
+        else:
+            roles.append(Role.DOC)
+    return roles
+
+
+class Retriever(ABC):
+    """A retrieval model seen through one interface (see the module docstring)."""
+
+    kind: str
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer: Any,
+        arch: ArchSpec,
+        model_id: str,
+        weights_hash: str,
+        max_length: int = 256,
+        device: str = "cpu",
+    ) -> None:
+        self.model = model.eval().to(device)
+        self.tokenizer = tokenizer
+        self.arch = arch
+        self.model_id = model_id
+        self.weights_hash = weights_hash
+        self.max_length = max_length
+        self.device = device
+        self.n_layers, self.n_heads, self.hidden_size = model_dims(self.encoder.config)
+        self.head_dim = self.hidden_size // self.n_heads
+
+    @property
+    @abstractmethod
+    def encoder(self) -> nn.Module:
+        """The base transformer (``BertModel`` …) whose components experiments touch."""
+
+    @abstractmethod
+    def encode_side(
+        self,
+        queries: Sequence[str],
+        docs: Sequence[str],
+        injected: Sequence[Sequence[tuple[int, int]]] | None = None,
+        filler: Sequence[Sequence[tuple[int, int]]] | None = None,
+    ) -> SideBatch:
+        """Tokenise the patched side of (query, doc) pairs, with role codes."""
+
+    @abstractmethod
+    def readout(self, hidden: torch.Tensor, batch: SideBatch) -> torch.Tensor:
+        """Scores ``[B]`` from the encoder's last hidden state ``[B, S, hidden]``."""
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "model_id": self.model_id,
+            "kind": self.kind,
+            "architecture": self.arch.model_type,
+            "layers": self.n_layers,
+            "heads": self.n_heads,
+            "hidden_size": self.hidden_size,
+            "weights_hash": self.weights_hash,
+            "device": self.device,
+        }
+
+    def forward_hidden(self, batch: SideBatch) -> torch.Tensor:
+        """The encoder's last hidden state for a batch (plain torch, no nnsight)."""
+        return self.encoder(**batch.inputs)[0]
+
+    @torch.inference_mode()
+    def score_side(self, batch: SideBatch) -> torch.Tensor:
+        return self.readout(self.forward_hidden(batch), batch)
+
+    def score(
+        self, queries: Sequence[str], docs: Sequence[str], batch_size: int = 32
+    ) -> torch.Tensor:
+        """Relevance scores of (queries[i], docs[i]) pairs, as a float tensor on the CPU."""
+        if len(queries) != len(docs):
+            raise ValueError(f"got {len(queries)} queries but {len(docs)} documents")
+        out = []
+        for start in range(0, len(docs), batch_size):
+            stop = start + batch_size
+            batch = self.encode_side(queries[start:stop], docs[start:stop])
+            out.append(self.score_side(batch).float().cpu())
+        return torch.cat(out) if out else torch.empty(0)
+
+    @property
+    def layer_modules(self) -> nn.ModuleList:
+        return submodule(self.encoder, self.arch.layers)
+
+    def components(self, site: Site) -> list[Component]:
+        if site == "heads":
+            return [
+                Component(layer, "heads", head)
+                for layer in range(self.n_layers)
+                for head in range(self.n_heads)
+            ]
+        return [Component(layer, site) for layer in range(self.n_layers)]
+
+    def module_path(self, layer: int, site: Site) -> tuple[str, Literal["input", "output"]]:
+        """The model's own path of the module that carries ``site`` at ``layer``, and its port."""
+        prefix = f"{self.arch.layers}.{layer}"
+        if site == "resid":
+            return prefix, "output"
+        if site == "attn":
+            return f"{prefix}.{self.arch.out_proj}", "output"
+        if site == "mlp":
+            return f"{prefix}.{self.arch.mlp_out}", "output"
+        if site == "heads":
+            return f"{prefix}.{self.arch.out_proj}", "input"
+        raise ValueError(f"unknown site {site!r}; use one of {', '.join(SITES)}")
+
+    def component_module(self, layer: int, site: Site) -> tuple[nn.Module, Literal["input", "output"]]:
+        path, port = self.module_path(layer, site)
+        return submodule(self.encoder, path), port
+
+    @cached_property
+    def nn(self) -> NNsight:
+        """The base encoder wrapped by nnsight (built on first use)."""
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*nnsight already serves.*")
+            return NNsight(self.encoder)
+
+    def envoy(self, path: str) -> Any:
+        """The nnsight envoy at a model path (nnsight serves submodules named ``output`` as
+        ``E_output``, since ``.output`` is every envoy's output)."""
+        env: Any = self.nn
+        for part in path.split("."):
+            if part.isdigit():
+                env = env[int(part)]
+            elif part == "output":
+                env = env.E_output
+            else:
+                env = getattr(env, part)
+        return env
+
+    def site_envoy(self, layer: int, site: Site) -> tuple[Any, Literal["input", "output"]]:
+        path, port = self.module_path(layer, site)
+        return self.envoy(path), port

@@ -1,0 +1,98 @@
+"""Cross-encoder adapter: ``[CLS] query [SEP] doc [SEP]`` through a sequence-classification head."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from tools.retrievers.base import Retriever, SideBatch, token_roles
+
+
+def _logits_bert(model: nn.Module, hidden: torch.Tensor, batch: SideBatch) -> torch.Tensor:
+    return model.classifier(model.dropout(model.bert.pooler(hidden)))
+
+
+def _logits_classification_head(model: nn.Module, hidden: torch.Tensor, batch: SideBatch) -> torch.Tensor:
+    return model.classifier(hidden)
+
+
+def _logits_distilbert(model: nn.Module, hidden: torch.Tensor, batch: SideBatch) -> torch.Tensor:
+    pooled = torch.relu(model.pre_classifier(hidden[:, 0]))
+    return model.classifier(model.dropout(pooled))
+
+
+def _logits_modernbert(model: nn.Module, hidden: torch.Tensor, batch: SideBatch) -> torch.Tensor:
+    if model.config.classifier_pooling == "cls":
+        pooled = hidden[:, 0]
+    else:
+        mask = batch.attention_mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(1) / mask.sum(1)
+    return model.classifier(model.drop(model.head(pooled)))
+
+
+HEADS = {
+    "bert": _logits_bert,
+    "roberta": _logits_classification_head,
+    "xlm-roberta": _logits_classification_head,
+    "electra": _logits_classification_head,
+    "distilbert": _logits_distilbert,
+    "modernbert": _logits_modernbert,
+}
+
+
+class CrossEncoder(Retriever):
+    """Score: the logit of a one-label head, or ``logit[1] - logit[0]`` of a two-label head."""
+
+    kind = "cross-encoder"
+
+    @property
+    def encoder(self) -> nn.Module:
+        return self.model.base_model
+
+    def describe(self) -> dict[str, Any]:
+        head = "logit" if self.model.config.num_labels == 1 else "logit[1] - logit[0]"
+        return {**super().describe(), "score": head}
+
+    def encode_side(
+        self,
+        queries: Sequence[str],
+        docs: Sequence[str],
+        injected: Sequence[Sequence[tuple[int, int]]] | None = None,
+        filler: Sequence[Sequence[tuple[int, int]]] | None = None,
+    ) -> SideBatch:
+        enc = self.tokenizer(
+            list(queries),
+            list(docs),
+            padding=True,
+            truncation="only_second",
+            max_length=self.max_length,
+            return_tensors="pt",
+            return_offsets_mapping=True,
+        )
+        offsets = enc.pop("offset_mapping")
+        roles = []
+        for i, query in enumerate(queries):
+            q_ids = set(self.tokenizer(query, add_special_tokens=False)["input_ids"])
+            roles.append(
+                token_roles(
+                    [tuple(o) for o in offsets[i].tolist()],
+                    enc.sequence_ids(i),
+                    enc["input_ids"][i].tolist(),
+                    enc["attention_mask"][i].tolist(),
+                    doc_sequence=1,
+                    cls_id=self.tokenizer.cls_token_id,
+                    query_token_ids=q_ids,
+                    injected=injected[i] if injected else (),
+                    filler=filler[i] if filler else (),
+                )
+            )
+        inputs = {k: v.to(self.device) for k, v in enc.items()}
+        return SideBatch(inputs, torch.tensor(roles, dtype=torch.long, device=self.device))
+
+    def readout(self, hidden: torch.Tensor, batch: SideBatch) -> torch.Tensor:
+        logits = HEADS[self.arch.model_type](self.model, hidden, batch)
+        return logits[:, 0] if logits.shape[-1] == 1 else logits[:, 1] - logits[:, 0]
+
