@@ -92,7 +92,9 @@ class Tool:
         }
 
 
-def summarise_rows(rows: list[dict[str, Any]], columns: list[str], limit: int = SUMMARY_ROWS) -> str:
+def summarise_rows(
+    rows: list[dict[str, Any]], columns: list[str], limit: int = SUMMARY_ROWS
+) -> str:
     """A compact text table of the first ``limit`` rows, with a note when more rows exist."""
     lines = []
     for row in rows[:limit]:

@@ -72,7 +72,8 @@ def validate_args(tool: Tool, raw: dict[str, Any]) -> ToolArgs:
         return tool.Args.model_validate(raw)
     except ValidationError as err:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or '(arguments)'}: {e['msg']}" for e in err.errors()
+            f"{'.'.join(str(p) for p in e['loc']) or '(arguments)'}: {e['msg']}"
+            for e in err.errors()
         )
         raise ToolArgumentError(f"invalid arguments for tool {tool.name!r}: {problems}") from err
 

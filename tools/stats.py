@@ -18,7 +18,11 @@ class Estimate(BaseModel):
     n: int
 
     def as_metrics(self, prefix: str) -> dict[str, float]:
-        return {prefix: self.value, f"{prefix}_ci_low": self.ci_low, f"{prefix}_ci_high": self.ci_high}
+        return {
+            prefix: self.value,
+            f"{prefix}_ci_low": self.ci_low,
+            f"{prefix}_ci_high": self.ci_high,
+        }
 
 
 def bootstrap_ci(

@@ -22,8 +22,12 @@ class Criterion(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    metric: str = Field(description="A metric key of the tool's result, e.g. 'share_moved_predicted'.")
-    direction: Direction = Field(description="'greater': metric > threshold predicted, 'less': below.")
+    metric: str = Field(
+        description="A metric key of the tool's result, e.g. 'share_moved_predicted'."
+    )
+    direction: Direction = Field(
+        description="'greater': metric > threshold predicted, 'less': below."
+    )
     threshold: float
     alpha: float = Field(0.05, gt=0.0, lt=0.5, description="Significance level.")
     split: Literal["discovery", "holdout", "all"] = "discovery"

@@ -62,7 +62,9 @@ class Component:
 
     @property
     def name(self) -> str:
-        return f"L{self.layer}.H{self.head}" if self.head is not None else f"L{self.layer}.{self.site}"
+        return (
+            f"L{self.layer}.H{self.head}" if self.head is not None else f"L{self.layer}.{self.site}"
+        )
 
     @staticmethod
     def parse(name: str) -> Component:
@@ -97,7 +99,9 @@ class SideBatch:
     def select(self, index: slice | torch.Tensor) -> SideBatch:
         """Rows ``index`` of the batch (inputs, roles and row-aligned context tensors)."""
         context = {
-            k: v[index] if isinstance(v, torch.Tensor) and v.shape[:1] == self.roles.shape[:1] else v
+            k: v[index]
+            if isinstance(v, torch.Tensor) and v.shape[:1] == self.roles.shape[:1]
+            else v
             for k, v in self.context.items()
         }
         return SideBatch({k: v[index] for k, v in self.inputs.items()}, self.roles[index], context)
@@ -117,7 +121,9 @@ def token_roles(
     """Role codes for one tokenised sequence (offsets of document tokens are document-relative)."""
     roles: list[int] = []
     seen_cls = False
-    for (start, end), seq, tok, att in zip(offsets, sequence_ids, input_ids, attention, strict=True):
+    for (start, end), seq, tok, att in zip(
+        offsets, sequence_ids, input_ids, attention, strict=True
+    ):
         if not att:
             roles.append(Role.PAD)
         elif seq is None:
@@ -240,7 +246,9 @@ class Retriever(ABC):
             return f"{prefix}.{self.arch.out_proj}", "input"
         raise ValueError(f"unknown site {site!r}; use one of {', '.join(SITES)}")
 
-    def component_module(self, layer: int, site: Site) -> tuple[nn.Module, Literal["input", "output"]]:
+    def component_module(
+        self, layer: int, site: Site
+    ) -> tuple[nn.Module, Literal["input", "output"]]:
         path, port = self.module_path(layer, site)
         return submodule(self.encoder, path), port
 

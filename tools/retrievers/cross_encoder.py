@@ -15,7 +15,9 @@ def _logits_bert(model: nn.Module, hidden: torch.Tensor, batch: SideBatch) -> to
     return model.classifier(model.dropout(model.bert.pooler(hidden)))
 
 
-def _logits_classification_head(model: nn.Module, hidden: torch.Tensor, batch: SideBatch) -> torch.Tensor:
+def _logits_classification_head(
+    model: nn.Module, hidden: torch.Tensor, batch: SideBatch
+) -> torch.Tensor:
     return model.classifier(hidden)
 
 
@@ -95,4 +97,3 @@ class CrossEncoder(Retriever):
     def readout(self, hidden: torch.Tensor, batch: SideBatch) -> torch.Tensor:
         logits = HEADS[self.arch.model_type](self.model, hidden, batch)
         return logits[:, 0] if logits.shape[-1] == 1 else logits[:, 1] - logits[:, 0]
-

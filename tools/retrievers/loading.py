@@ -141,7 +141,12 @@ def load_retriever(
     a bi-encoder's pooling and similarity come from its sentence-transformers files unless given.
     """
     _quiet_transformers()
-    from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import (
+        AutoConfig,
+        AutoModel,
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+    )
 
     name = model or DEFAULT_MODEL
     path = _resolve_local(name) or _download(name)
@@ -149,7 +154,9 @@ def load_retriever(
     try:
         config = AutoConfig.from_pretrained(path)
     except (OSError, ValueError) as err:
-        raise RetrieverLoadError(f"could not read the config of {model_id!r} at {path}: {err}") from err
+        raise RetrieverLoadError(
+            f"could not read the config of {model_id!r} at {path}: {err}"
+        ) from err
     arch = arch_for(config.model_type)
     if kind is None:
         kind = (

@@ -1,0 +1,153 @@
+"""``rankscope tools`` and ``rankscope run``: list the lab bench and run one tool by hand."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from tools.contract import ToolContext
+from tools.registry import ToolArgumentError, UnknownToolError, all_tools, get_tool, validate_args
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def parse_args_option(raw: str) -> dict[str, Any]:
+    """A JSON object given inline or as ``@FILE``."""
+    text = raw
+    if raw.startswith("@"):
+        path = Path(raw[1:])
+        if not path.exists():
+            raise typer.BadParameter(f"arguments file {path} does not exist")
+        text = path.read_text()
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise typer.BadParameter(
+            f"--args is not valid JSON ({err.msg} at line {err.lineno}, column {err.colno}); "
+            "pass a JSON object such as '{\"n_pairs\": 32}' or @args.json"
+        ) from err
+    if not isinstance(value, dict):
+        raise typer.BadParameter("--args must be a JSON object, e.g. '{\"n_pairs\": 32}'")
+    return value
+
+
+def default_run_dir(tool: str) -> Path:
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+    return Path("rankscope_runs") / f"{tool}-{stamp}"
+
+
+def list_tools(as_json: bool) -> None:
+    tools = all_tools()
+    if as_json:
+        print(json.dumps([cls.openai_schema() for cls in tools.values()], indent=2))
+        return
+    table = Table(title=f"RankScope tools ({len(tools)})", show_lines=True)
+    table.add_column("tool", style="bold cyan", no_wrap=True)
+    table.add_column("description")
+    table.add_column("arguments (default)")
+    for name, cls in tools.items():
+        fields = []
+        for field_name, field in cls.Args.model_fields.items():
+            default = "required" if field.is_required() else repr(field.default)
+            fields.append(f"{field_name} ({default})")
+        table.add_row(f"{name}\nv{cls.version}", cls.description, "\n".join(fields))
+    console.print(table)
+    console.print("Argument schemas as OpenAI tool specs: [bold]rankscope tools --json[/bold]")
+
+
+def run_tool(
+    tool_name: str,
+    raw_args: str,
+    model: str | None,
+    data: str | None,
+    out: Path | None,
+    as_json: bool,
+    progress: bool,
+) -> None:
+    from tools.diagnostics.source import resolve_data
+
+    from tools.retrievers import load_retriever
+
+    try:
+        tool = get_tool(tool_name)
+        args = validate_args(tool, parse_args_option(raw_args))
+    except (UnknownToolError, ToolArgumentError) as err:
+        err_console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(2) from err
+    run_dir = out or default_run_dir(tool.name)
+    ctx = ToolContext(
+        retriever_factory=lambda: load_retriever(model),
+        data=resolve_data(data),
+        artifact_dir=run_dir,
+        progress=progress and not as_json,
+    )
+    started = time.perf_counter()
+    result = tool.run(ctx, args)
+    elapsed = time.perf_counter() - started
+    if as_json:
+        payload = {
+            "tool": tool.name,
+            "version": tool.version,
+            "args": args.model_dump(mode="json"),
+            "metrics": result.metrics,
+            "tables": result.tables,
+            "approximate": result.approximate,
+            "artifacts": [a.model_dump(mode="json") for a in result.artifacts],
+            "seconds": elapsed,
+        }
+        print(json.dumps(payload, indent=2, default=str))
+        return
+    console.rule(f"[bold]{tool.name}[/bold] on {ctx.retriever.model_id} · {ctx.data.name}")
+    console.print(result.summary, markup=False)
+    if result.approximate:
+        console.print(
+            "[yellow]approximate result (a first pass, not an exact measurement)[/yellow]"
+        )
+    console.print(f"took {elapsed:.1f} s; artifacts in [bold]{run_dir}[/bold]")
+    for artifact in result.artifacts:
+        console.print(f"  {artifact.path}  ({artifact.media_type}) {artifact.description}")
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("tools")
+    def tools_command(
+        as_json: Annotated[
+            bool, typer.Option("--json", help="Print the OpenAI tool schemas.")
+        ] = False,
+    ) -> None:
+        """List the tools and their argument schemas."""
+        list_tools(as_json)
+
+    @app.command("run")
+    def run_command(
+        tool: Annotated[str, typer.Argument(help="Tool name (see `rankscope tools`).")],
+        args: Annotated[str, typer.Option("--args", help="JSON object or @FILE.")] = "{}",
+        model: Annotated[
+            str | None, typer.Option("--model", help="Hugging Face id or local path.")
+        ] = None,
+        data: Annotated[
+            str | None, typer.Option("--data", help="Data spec (default: built-in collection).")
+        ] = None,
+        out: Annotated[Path | None, typer.Option("--out", help="Folder for artifacts.")] = None,
+        as_json: Annotated[
+            bool, typer.Option("--json", help="Metrics and tables as JSON.")
+        ] = False,
+        progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    ) -> None:
+        """Run one tool by hand, outside any agent."""
+        from tools.diagnostics.loaders import DataFormatError
+        from tools.retrievers import RetrieverLoadError
+
+        try:
+            run_tool(tool, args, model, data, out, as_json, progress)
+        except (RetrieverLoadError, DataFormatError, FileNotFoundError, ValueError) as err:
+            err_console.print(f"[red]error:[/red] {err}")
+            raise typer.Exit(1) from err

@@ -1,0 +1,148 @@
+"""Tiny randomly initialised encoders of every supported architecture, saved with a tokenizer.
+
+Tests load them through ``load_retriever(path)`` so that the real loading path is exercised.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+ARCHS = ("bert", "distilbert", "roberta", "electra", "modernbert")
+
+CORPUS = [
+    "what is the capital of france",
+    "paris is the capital and largest city of france",
+    "vaccines train the immune system to recognise pathogens",
+    "the river flows through the old town and into the sea",
+    "a good loaf of bread needs flour water salt and yeast",
+    "solar panels convert sunlight into electricity for homes",
+]
+
+
+def wordpiece_tokenizer(folder: Path):
+    """A small BERT WordPiece tokenizer trained on ``CORPUS`` (no download)."""
+    from tokenizers import BertWordPieceTokenizer
+    from transformers import BertTokenizerFast
+
+    trainer = BertWordPieceTokenizer(lowercase=True)
+    trainer.train_from_iterator(CORPUS * 3, vocab_size=300, min_frequency=1)
+    folder.mkdir(parents=True, exist_ok=True)
+    trainer.save_model(str(folder))
+    return BertTokenizerFast.from_pretrained(str(folder))
+
+
+def bpe_tokenizer(folder: Path):
+    """A small byte-level BPE tokenizer (RoBERTa style) trained on ``CORPUS``."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import RobertaTokenizerFast
+
+    trainer = ByteLevelBPETokenizer()
+    trainer.train_from_iterator(
+        CORPUS * 3,
+        vocab_size=400,
+        min_frequency=1,
+        special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"],
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    trainer.save_model(str(folder))
+    return RobertaTokenizerFast(vocab=str(folder / "vocab.json"), merges=str(folder / "merges.txt"))
+
+
+def _config(arch: str, vocab_size: int, tokenizer, cross: bool):
+    from transformers import (
+        BertConfig,
+        DistilBertConfig,
+        ElectraConfig,
+        ModernBertConfig,
+        RobertaConfig,
+    )
+
+    common = {
+        "vocab_size": vocab_size,
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "intermediate_size": 64,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+    extra = {"num_labels": 1} if cross else {}
+    if arch == "bert":
+        return BertConfig(**common, **extra)
+    if arch == "roberta":
+        return RobertaConfig(**common, max_position_embeddings=130, **extra)
+    if arch == "electra":
+        return ElectraConfig(embedding_size=16, **common, **extra)
+    if arch == "distilbert":
+        return DistilBertConfig(
+            vocab_size=vocab_size,
+            dim=32,
+            n_layers=2,
+            n_heads=4,
+            hidden_dim=64,
+            pad_token_id=tokenizer.pad_token_id,
+            **extra,
+        )
+    if arch == "modernbert":
+        return ModernBertConfig(
+            **common,
+            bos_token_id=tokenizer.cls_token_id,
+            eos_token_id=tokenizer.sep_token_id,
+            cls_token_id=tokenizer.cls_token_id,
+            sep_token_id=tokenizer.sep_token_id,
+            global_attn_every_n_layers=1,
+            **extra,
+        )
+    raise ValueError(arch)
+
+
+def save_tiny_model(
+    folder: Path, arch: str, kind: str = "bi-encoder", seed: int = 0, st_pooling: str | None = None
+) -> Path:
+    """Write a tiny random ``arch`` model (+ tokenizer, + optional sentence-transformers files)."""
+    from transformers import AutoModel, AutoModelForSequenceClassification
+
+    tokenizer = (
+        bpe_tokenizer(folder / "_tok")
+        if arch == "roberta"
+        else wordpiece_tokenizer(folder / "_tok")
+    )
+    cross = kind == "cross-encoder"
+    config = _config(arch, len(tokenizer), tokenizer, cross)
+    torch.manual_seed(seed)
+    model = (AutoModelForSequenceClassification if cross else AutoModel).from_config(config)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    if st_pooling is not None:
+        modules = [
+            {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+            {
+                "idx": 1,
+                "name": "1",
+                "path": "1_Pooling",
+                "type": "sentence_transformers.models.Pooling",
+            },
+        ]
+        if st_pooling == "mean":
+            modules.append(
+                {
+                    "idx": 2,
+                    "name": "2",
+                    "path": "2_Normalize",
+                    "type": "sentence_transformers.models.Normalize",
+                }
+            )
+        (folder / "modules.json").write_text(json.dumps(modules))
+        (folder / "1_Pooling").mkdir(exist_ok=True)
+        (folder / "1_Pooling" / "config.json").write_text(
+            json.dumps(
+                {
+                    "word_embedding_dimension": 32,
+                    "pooling_mode_cls_token": st_pooling == "cls",
+                    "pooling_mode_mean_tokens": st_pooling == "mean",
+                }
+            )
+        )
+    return folder

@@ -1,0 +1,233 @@
+"""Behavioural axiom test: does the model's score move the way an IR axiom predicts?"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Literal
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from pydantic import Field
+from scipy import stats
+from tqdm import tqdm
+
+from tools.contract import ArtifactFile, Tool, ToolContext, ToolResult
+from tools.diagnostics.types import PairSet
+from tools.experiments.common import PairArgs, load_pairs
+from tools.registry import register
+from tools.retrievers.base import Retriever
+from tools.stats import bootstrap_ci
+
+Predicted = Literal["increase", "decrease", "any"]
+
+PREDICTED_BY_AXIOM: dict[str, Predicted] = {
+    "TFC1": "increase",
+    "TFC2": "increase",
+    "TDC": "increase",
+    "STMC1": "increase",
+    "LNC1": "decrease",
+    "LNC2": "increase",
+}
+
+
+class BehaviouralTestArgs(PairArgs):
+    predicted: Predicted | None = Field(
+        None,
+        description="Direction the axiom predicts for perturbed minus baseline score; default "
+        "from the axiom (TFC1/TFC2/TDC/STMC1/LNC2: increase, LNC1: decrease, others: any).",
+    )
+    aligned: bool = Field(
+        False,
+        description="Score the length-aligned texts (with filler) instead of the originals.",
+    )
+    batch_size: int = Field(32, ge=1, le=1024)
+    n_bootstrap: int = Field(2000, ge=100, le=100_000)
+
+
+def score_pairs(
+    retriever: Retriever, pairs: PairSet, batch_size: int, progress: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """(baseline scores, perturbed scores) of every pair."""
+    queries = [p.query for p in pairs]
+    base, pert = [], []
+    steps = range(0, len(pairs), batch_size)
+    for start in tqdm(steps, desc="scoring pairs", disable=not progress, leave=False):
+        chunk = slice(start, start + batch_size)
+        rows = pairs.pairs[chunk]
+        base.append(retriever.score(queries[chunk], [p.baseline for p in rows], batch_size))
+        pert.append(retriever.score(queries[chunk], [p.perturbed for p in rows], batch_size))
+    return torch.cat(base).numpy().astype(float), torch.cat(pert).numpy().astype(float)
+
+
+def rank_changes(pairs: PairSet, base: np.ndarray, pert: np.ndarray) -> np.ndarray:
+    """Rank gain of each perturbed document among its query's baseline candidates in the set.
+
+    Rank 1 is the top. The gain is the baseline rank minus the rank after replacing the document
+    by its perturbed text (positive: moved up). A query with one candidate has gain 0.
+    """
+    by_query: dict[str, list[int]] = defaultdict(list)
+    for i, pair in enumerate(pairs):
+        by_query[pair.qid].append(i)
+    gains = np.zeros(len(pairs))
+    for rows in by_query.values():
+        for i in rows:
+            others = np.array([base[j] for j in rows if j != i])
+            base_rank = 1 + int((others > base[i]).sum())
+            pert_rank = 1 + int((others > pert[i]).sum())
+            gains[i] = base_rank - pert_rank
+    return gains
+
+
+def moved_predicted(delta: np.ndarray, predicted: Predicted) -> np.ndarray:
+    if predicted == "increase":
+        return (delta > 0).astype(float)
+    if predicted == "decrease":
+        return (delta < 0).astype(float)
+    return (delta != 0).astype(float)
+
+
+def direction_p_value(delta: np.ndarray, predicted: Predicted) -> float:
+    """Wilcoxon signed-rank p-value of the deltas in the predicted direction."""
+    nonzero = delta[delta != 0]
+    if nonzero.size < 2:
+        return 1.0
+    alternative = {"increase": "greater", "decrease": "less", "any": "two-sided"}[predicted]
+    return float(stats.wilcoxon(nonzero, alternative=alternative).pvalue)
+
+
+def delta_histogram(delta: np.ndarray, grades: list[int | None], path: str, title: str) -> None:
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    labelled = sorted({g for g in grades if g is not None})
+    groups = [
+        (f"grade {g}", np.array([d for d, gg in zip(delta, grades, strict=True) if gg == g]))
+        for g in labelled
+    ]
+    if not groups or any(g is None for g in grades):
+        groups.append(
+            (
+                "unjudged" if labelled else "all pairs",
+                np.array([d for d, g in zip(delta, grades, strict=True) if g is None]),
+            )
+        )
+    bins = np.histogram_bin_edges(delta, bins=30)
+    for label, values in groups:
+        if values.size:
+            ax.hist(values, bins=bins, alpha=0.55, label=f"{label} (n={values.size})")
+    ax.axvline(0.0, color="black", linewidth=0.8)
+    ax.set_xlabel("score delta (perturbed − baseline)")
+    ax.set_ylabel("pairs")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+@register
+class BehaviouralTest(Tool):
+    name = "behavioural_test"
+    description = (
+        "Score (baseline, perturbed) document pairs of an IR axiom (e.g. TFC1 append: a query term "
+        "appended) and report how often and how much the score moves the predicted way, with "
+        "bootstrap 95% CIs, rank changes within each query's candidates, and a breakdown by "
+        "relevance grade. Metrics: share_moved_predicted, mean_delta(_ci_low/_ci_high), "
+        "median_delta(...), p_value (Wilcoxon, predicted direction), mean_rank_gain, n_pairs."
+    )
+    version = "1"
+    Args = BehaviouralTestArgs
+
+    def run(self, ctx: ToolContext, args: BehaviouralTestArgs) -> ToolResult:
+        pairs = load_pairs(ctx, args, aligned=args.aligned)
+        if len(pairs) == 0:
+            raise ValueError(f"no pairs for {args.axiom}/{args.variant} on split {args.split!r}")
+        predicted = args.predicted or PREDICTED_BY_AXIOM.get(args.axiom.upper(), "any")
+        base, pert = score_pairs(ctx.retriever, pairs, args.batch_size, ctx.progress)
+        delta = pert - base
+        moved = moved_predicted(delta, predicted)
+        gains = rank_changes(pairs, base, pert)
+        boot = {"n_resamples": args.n_bootstrap, "seed": args.seed}
+        share = bootstrap_ci(moved, **boot)
+        mean = bootstrap_ci(delta, **boot)
+        median = bootstrap_ci(delta, statistic=lambda x, axis=-1: np.median(x, axis=axis), **boot)
+        rank = bootstrap_ci(gains, **boot)
+        metrics: dict[str, float | int | None] = {
+            "n_pairs": len(pairs),
+            "n_queries": len(pairs.qids()),
+            **share.as_metrics("share_moved_predicted"),
+            **mean.as_metrics("mean_delta"),
+            **median.as_metrics("median_delta"),
+            "mean_relative_delta": float(np.mean(delta / np.maximum(np.abs(base), 1e-9))),
+            "p_value": direction_p_value(delta, predicted),
+            **rank.as_metrics("mean_rank_gain"),
+            "share_rank_improved": float(np.mean(gains > 0)),
+            "share_rank_worsened": float(np.mean(gains < 0)),
+        }
+        grades = [p.relevance for p in pairs]
+        by_grade = []
+        for grade in sorted({g for g in grades if g is not None}):
+            idx = np.array([g == grade for g in grades])
+            g_share = bootstrap_ci(moved[idx], **boot)
+            g_mean = bootstrap_ci(delta[idx], **boot)
+            by_grade.append(
+                {
+                    "grade": grade,
+                    "n": int(idx.sum()),
+                    "share_moved_predicted": g_share.value,
+                    "share_ci_low": g_share.ci_low,
+                    "share_ci_high": g_share.ci_high,
+                    "mean_delta": g_mean.value,
+                    "mean_delta_ci_low": g_mean.ci_low,
+                    "mean_delta_ci_high": g_mean.ci_high,
+                }
+            )
+            metrics[f"share_moved_predicted[grade={grade}]"] = g_share.value
+            metrics[f"mean_delta[grade={grade}]"] = g_mean.value
+        pair_rows = sorted(
+            (
+                {
+                    "qid": p.qid,
+                    "docno": p.docno,
+                    "relevance": p.relevance,
+                    "score_baseline": float(b),
+                    "score_perturbed": float(s),
+                    "delta": float(s - b),
+                    "rank_gain": int(g),
+                }
+                for p, b, s, g in zip(pairs, base, pert, gains, strict=True)
+            ),
+            key=lambda row: row["delta"],
+        )
+        figure = ctx.artifact_path(f"behaviour_{args.axiom}_{args.variant}_{args.split}.png")
+        delta_histogram(
+            delta, grades, str(figure), f"{args.axiom} {args.variant}: {ctx.retriever.model_id}"
+        )
+        summary_lines = [
+            f"{args.axiom} {args.variant} on {len(pairs)} pairs ({len(pairs.qids())} queries, split "
+            f"{args.split}), predicted: {predicted}.",
+            f"Moved the predicted way: {share.value:.1%} [{share.ci_low:.1%}, {share.ci_high:.1%}]; "
+            f"mean delta {mean.value:+.4g} [{mean.ci_low:+.4g}, {mean.ci_high:+.4g}]; median "
+            f"{median.value:+.4g}; Wilcoxon p={metrics['p_value']:.3g}; mean rank gain "
+            f"{rank.value:+.3g}.",
+        ]
+        for row in by_grade:
+            summary_lines.append(
+                f"  grade {row['grade']}: n={row['n']}, moved {row['share_moved_predicted']:.1%}, "
+                f"mean delta {row['mean_delta']:+.4g} [{row['mean_delta_ci_low']:+.4g}, "
+                f"{row['mean_delta_ci_high']:+.4g}]"
+            )
+        return ToolResult(
+            metrics=metrics,
+            summary="\n".join(summary_lines),
+            tables={"by_grade": by_grade, "pairs": pair_rows},
+            artifacts=[
+                ArtifactFile(
+                    path=figure,
+                    media_type="image/png",
+                    description="Histogram of score deltas by relevance grade",
+                )
+            ],
+        )
