@@ -29,7 +29,9 @@ def load_prompt(name: str) -> str:
     resource = resources.files(__name__).joinpath(filename)
     if not resource.is_file():
         available = sorted(
-            entry.name for entry in resources.files(__name__).iterdir() if entry.name.endswith(_SUFFIXES)
+            entry.name
+            for entry in resources.files(__name__).iterdir()
+            if entry.name.endswith(_SUFFIXES)
         )
         raise PromptError(
             f"no prompt template {filename!r} in the prompts package; available: "

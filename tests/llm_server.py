@@ -1,0 +1,257 @@
+"""A scripted OpenAI-compatible Chat Completions server on 127.0.0.1, for tests without a network.
+
+The server answers ``POST /v1/chat/completions`` (any path ending in ``/chat/completions``) from a
+queue of scripted ``Reply`` objects, one per request, and records every request (path, headers,
+JSON body) for assertions. Helpers build the usual replies: a tool call, a text reply, a tool call
+with malformed JSON arguments, an HTTP error (429 with ``Retry-After``, 500, 401 …) and a slow
+reply that outlasts the client's timeout. An empty queue answers HTTP 500 with a message saying
+the script ran out, and counts it in ``unscripted``.
+
+Use it as a context manager::
+
+    with ScriptedLLMServer() as server:
+        server.push(tool_call_reply("stop", {"reason": "done"}))
+        client = OpenAI(base_url=server.base_url, api_key="x", max_retries=0)
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+__all__ = [
+    "RecordedRequest",
+    "Reply",
+    "ScriptedLLMServer",
+    "error_reply",
+    "slow_reply",
+    "text_reply",
+    "tool_call_reply",
+]
+
+_ids = itertools.count(1)
+
+
+@dataclass
+class Reply:
+    """One scripted HTTP answer: status, JSON (or raw text) body, headers, an optional delay."""
+
+    status: int = 200
+    body: dict[str, Any] | str = field(default_factory=dict)
+    headers: dict[str, str] = field(default_factory=dict)
+    delay_s: float = 0.0
+
+
+@dataclass
+class RecordedRequest:
+    """What the server received."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: dict[str, Any]
+
+
+def _completion(
+    message: dict[str, Any],
+    finish_reason: str,
+    model: str,
+    usage: tuple[int, int] | None,
+) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "id": f"chatcmpl-{next(_ids)}",
+        "object": "chat.completion",
+        "created": 1_700_000_000,
+        "model": model,
+        "choices": [{"index": 0, "message": message, "finish_reason": finish_reason}],
+    }
+    if usage is not None:
+        body["usage"] = {
+            "prompt_tokens": usage[0],
+            "completion_tokens": usage[1],
+            "total_tokens": usage[0] + usage[1],
+        }
+    return body
+
+
+def tool_call_reply(
+    name: str,
+    arguments: dict[str, Any] | str,
+    *,
+    calls: list[tuple[str, dict[str, Any] | str]] | None = None,
+    content: str | None = None,
+    model: str = "scripted-model",
+    usage: tuple[int, int] | None = (100, 20),
+) -> Reply:
+    """A reply calling function ``name``; a ``str`` ``arguments`` is sent verbatim (malformed JSON).
+
+    ``calls`` adds further tool calls after the first (parallel tool calls).
+    """
+    tool_calls = []
+    for fn, args in [(name, arguments), *(calls or [])]:
+        raw = args if isinstance(args, str) else json.dumps(args)
+        tool_calls.append(
+            {
+                "id": f"call_{next(_ids)}",
+                "type": "function",
+                "function": {"name": fn, "arguments": raw},
+            }
+        )
+    message = {"role": "assistant", "content": content, "tool_calls": tool_calls}
+    return Reply(body=_completion(message, "tool_calls", model, usage))
+
+
+def text_reply(
+    text: str, *, model: str = "scripted-model", usage: tuple[int, int] | None = (100, 20)
+) -> Reply:
+    """A plain assistant text reply without a tool call."""
+    message = {"role": "assistant", "content": text}
+    return Reply(body=_completion(message, "stop", model, usage))
+
+
+def error_reply(
+    status: int, message: str = "", *, retry_after: str | None = None, code: str | None = None
+) -> Reply:
+    """An OpenAI-style error body with HTTP ``status`` and, for 429, an optional ``Retry-After``."""
+    headers = {"Retry-After": retry_after} if retry_after is not None else {}
+    body = {
+        "error": {
+            "message": message or f"scripted HTTP {status}",
+            "type": "rate_limit_error" if status == 429 else "server_error",
+            "param": None,
+            "code": code,
+        }
+    }
+    return Reply(status=status, body=body, headers=headers)
+
+
+def slow_reply(delay_s: float, reply: Reply | None = None) -> Reply:
+    """``reply`` (a text reply by default) sent only after ``delay_s`` seconds."""
+    inner = reply or text_reply("too late")
+    return Reply(status=inner.status, body=inner.body, headers=inner.headers, delay_s=delay_s)
+
+
+class ScriptedLLMServer:
+    """A threaded HTTP server on a random free loopback port serving scripted replies."""
+
+    def __init__(self) -> None:
+        self._replies: deque[Reply] = deque()
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self.requests: list[RecordedRequest] = []
+        self.unscripted = 0
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever,
+            kwargs={"poll_interval": 0.02},
+            name="scripted-llm-server",
+            daemon=True,
+        )
+
+    @property
+    def port(self) -> int:
+        return int(self._httpd.server_address[1])
+
+    @property
+    def base_url(self) -> str:
+        """The OpenAI-style base URL, ending in ``/v1``."""
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    @property
+    def bodies(self) -> list[dict[str, Any]]:
+        """The JSON bodies of the chat completion requests received so far."""
+        with self._lock:
+            return [r.body for r in self.requests if r.path.endswith("/chat/completions")]
+
+    @property
+    def pending(self) -> int:
+        """Scripted replies not served yet."""
+        with self._lock:
+            return len(self._replies)
+
+    def push(self, *replies: Reply) -> None:
+        """Append replies to the script; each request consumes one."""
+        with self._lock:
+            self._replies.extend(replies)
+
+    def start(self) -> ScriptedLLMServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(timeout=5)
+
+    def __enter__(self) -> ScriptedLLMServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _next(self, request: RecordedRequest) -> Reply:
+        with self._lock:
+            self.requests.append(request)
+            if self._replies:
+                return self._replies.popleft()
+            self.unscripted += 1
+        return error_reply(500, "the scripted LLM server has no reply left for this request")
+
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:
+                """Silence the per-request log lines."""
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length) if length else b""
+                try:
+                    body = json.loads(raw) if raw else {}
+                except json.JSONDecodeError:
+                    body = {"_unparsed": raw.decode("utf-8", "replace")}
+                recorded = RecordedRequest(
+                    method="POST",
+                    path=self.path,
+                    headers={k.lower(): v for k, v in self.headers.items()},
+                    body=body,
+                )
+                if not self.path.endswith("/chat/completions"):
+                    with server._lock:
+                        server.requests.append(recorded)
+                    self._send(error_reply(404, f"no route {self.path}"))
+                    return
+                reply = server._next(recorded)
+                if reply.delay_s and server._stopping.wait(reply.delay_s):
+                    return
+                self._send(reply)
+
+            def _send(self, reply: Reply) -> None:
+                if isinstance(reply.body, str):
+                    payload = reply.body.encode()
+                    content_type = "text/plain; charset=utf-8"
+                else:
+                    payload = json.dumps(reply.body).encode()
+                    content_type = "application/json"
+                try:
+                    self.send_response(reply.status)
+                    self.send_header("Content-Type", content_type)
+                    self.send_header("Content-Length", str(len(payload)))
+                    for key, value in reply.headers.items():
+                        self.send_header(key, value)
+                    self.end_headers()
+                    self.wfile.write(payload)
+                except (BrokenPipeError, ConnectionResetError):
+                    return
+
+        return Handler
