@@ -1,0 +1,254 @@
+"""``rankscope list | show ID | export ID | import BUNDLE``: browse and move stored investigations."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+from rich.tree import Tree
+
+from experiments_db import (
+    ENV_DB_URL,
+    EvidenceRecord,
+    ExperimentNode,
+    HypothesisNode,
+    InvestigationTree,
+    Store,
+    StoreError,
+    export_investigation,
+    import_bundle,
+    open_store,
+)
+
+DbOption = Annotated[
+    str | None,
+    typer.Option(
+        "--db",
+        metavar="URL",
+        help=f"Database URL (default: ${ENV_DB_URL}, else sqlite:///rankscope.db).",
+        show_default=False,
+    ),
+]
+
+_STATUS_STYLE = {
+    "running": "yellow",
+    "finished": "green",
+    "interrupted": "magenta",
+    "failed": "red",
+    "pending": "dim",
+    "supported": "bold green",
+    "refuted": "bold red",
+    "inconclusive": "yellow",
+    "accept": "green",
+    "dispute": "red",
+}
+_MAX_METRICS = 6
+
+
+def _console() -> Console:
+    return Console(highlight=False, soft_wrap=False)
+
+
+def _err() -> Console:
+    return Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+@contextmanager
+def _store(db: str | None, *, create: bool = False) -> Iterator[Store]:
+    """Open the store for the body; a store error anywhere in it becomes a one-line message on
+    stderr and exit status 1 (no traceback)."""
+    try:
+        with open_store(db, create=create) as store:
+            yield store
+    except StoreError as exc:
+        _err().print(f"[bold red]error:[/bold red] {escape(str(exc))}")
+        raise typer.Exit(1) from None
+
+
+def _status(value: str) -> str:
+    style = _STATUS_STYLE.get(value, "")
+    return f"[{style}]{value}[/{style}]" if style else value
+
+
+def _short(text: str, width: int = 80) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _metrics(metrics: dict[str, Any]) -> str:
+    items = [f"{k}={_fmt(v)}" for k, v in metrics.items() if not isinstance(v, dict | list)]
+    more = len(items) - _MAX_METRICS
+    text = ", ".join(items[:_MAX_METRICS])
+    return text + (f", … {more} more" if more > 0 else "")
+
+
+def list_command(db: DbOption = None) -> None:
+    """List stored investigations, newest first."""
+    with _store(db) as store:
+        rows = store.list_investigations()
+        url = store.url
+    console = _console()
+    if not rows:
+        console.print(f"No investigations in {escape(url)}.", soft_wrap=True)
+        return
+    table = Table(title=f"Investigations in {escape(url)}", title_justify="left")
+    for name, kwargs in (
+        ("ID", {"justify": "right", "no_wrap": True}),
+        ("Status", {"no_wrap": True}),
+        ("Created (UTC)", {"no_wrap": True}),
+        ("Planner", {}),
+        ("Model", {}),
+        ("Hyp.", {"justify": "right"}),
+        ("Exp.", {"justify": "right"}),
+        ("Verd.", {"justify": "right"}),
+        ("Question", {"overflow": "fold"}),
+    ):
+        table.add_column(name, **kwargs)
+    for inv in rows:
+        table.add_row(
+            str(inv.id),
+            _status(inv.status),
+            inv.created_at.strftime("%Y-%m-%d %H:%M"),
+            escape(inv.planner + (f" ({inv.llm_model})" if inv.llm_model else "")),
+            escape(inv.model_id),
+            str(inv.n_hypotheses),
+            str(inv.n_experiments),
+            str(inv.n_verdicts),
+            escape(_short(inv.question)),
+        )
+    console.print(table)
+
+
+def _add_experiment(parent: Tree, exp: ExperimentNode) -> None:
+    timing = f", {exp.duration_s:.2f} s" if exp.duration_s is not None else ""
+    node = parent.add(
+        f"[bold]experiment {exp.id}[/bold] {escape(exp.tool)} v{escape(exp.tool_version)} "
+        f"seed={exp.seed} {_status(exp.status)}{timing}"
+    )
+    if exp.error:
+        node.add(f"[red]error:[/red] {escape(_short(exp.error, 120))}")
+    for ev in exp.evidence:
+        _add_evidence(node, ev)
+
+
+def _add_evidence(parent: Tree, ev: EvidenceRecord) -> None:
+    approx = " [yellow](approximate)[/yellow]" if ev.approximate else ""
+    node = parent.add(f"[cyan]evidence {ev.id}[/cyan]{approx}: {escape(_metrics(ev.metrics))}")
+    if ev.summary:
+        node.add(f"[dim]{escape(_short(ev.summary, 120))}[/dim]")
+    for art in ev.artifacts:
+        node.add(
+            f"artifact {art.id} {escape(art.media_type)} sha256 {art.sha256[:12]}…"
+            + (f" — {escape(art.description)}" if art.description else "")
+        )
+
+
+def _add_hypothesis(parent: Tree, hyp: HypothesisNode) -> None:
+    verdict = hyp.verdicts[-1].status if hyp.verdicts else "no verdict"
+    origin = f" (follows {hyp.parent_id})" if hyp.parent_id is not None else ""
+    node = parent.add(
+        f"[bold]hypothesis {hyp.id}[/bold]{origin} \\[{_status(verdict)}] {escape(hyp.text)}"
+    )
+    c = hyp.criterion
+    node.add(
+        f"[dim]criterion: {escape(c.tool)}.{escape(c.metric)} {c.direction} {c.threshold:g} "
+        f"at α={c.alpha:g} on {c.split}, correction {c.correction} (n={c.n_tests})"
+        f"{', locked' if hyp.locked else ''}[/dim]"
+    )
+    for exp in hyp.experiments:
+        _add_experiment(node, exp)
+    for v in hyp.verdicts:
+        vnode = node.add(
+            f"[bold]verdict {v.id}[/bold] {_status(v.status)} by {escape(v.decided_by)}, "
+            f"cites evidence {', '.join(map(str, v.cited_evidence_ids)) or 'none'}"
+        )
+        if v.narrative:
+            vnode.add(escape(_short(v.narrative, 160)))
+        for r in v.reviews:
+            comment = f": {escape(_short(r.comment, 100))}" if r.comment else ""
+            vnode.add(f"review by {escape(r.reviewer)}: {_status(r.decision)}{comment}")
+
+
+def render_tree(tree: InvestigationTree) -> Tree:
+    """The investigation as a rich Tree: hypotheses → experiments → evidence → verdicts."""
+    inv = tree.investigation
+    root = Tree(
+        f"[bold]investigation {inv.id}[/bold] {_status(inv.status)} — {escape(inv.question)}\n"
+        f"[dim]model {escape(inv.model_id)}, data {escape(inv.data_spec)}, planner "
+        f"{escape(inv.planner)}{' (' + escape(inv.llm_model) + ')' if inv.llm_model else ''}, "
+        f"created {inv.created_at:%Y-%m-%d %H:%M} UTC"
+        f"{', report ' + escape(inv.report_path) if inv.report_path else ''}[/dim]"
+    )
+    for hyp in tree.hypotheses:
+        _add_hypothesis(root, hyp)
+    if tree.unlinked_experiments:
+        node = root.add("[bold]experiments without a hypothesis[/bold]")
+        for exp in tree.unlinked_experiments:
+            _add_experiment(node, exp)
+    if tree.llm_calls:
+        tokens = sum((c.prompt_tokens or 0) + (c.completion_tokens or 0) for c in tree.llm_calls)
+        root.add(f"[dim]{len(tree.llm_calls)} LLM calls, {tokens} tokens[/dim]")
+    return root
+
+
+def show_command(
+    investigation_id: Annotated[int, typer.Argument(metavar="ID", help="Investigation id.")],
+    db: DbOption = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the full stored tree as JSON.")
+    ] = False,
+) -> None:
+    """Show one investigation: hypotheses, experiments, evidence, verdicts and reviews."""
+    with _store(db) as store:
+        tree = store.investigation_tree(investigation_id)
+    if as_json:
+        typer.echo(json.dumps(tree.model_dump(mode="json"), indent=2, ensure_ascii=False))
+        return
+    _console().print(render_tree(tree))
+
+
+def export_command(
+    investigation_id: Annotated[int, typer.Argument(metavar="ID", help="Investigation id.")],
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Bundle file (default: rankscope-investigation-ID.zip)."),
+    ] = None,
+    db: DbOption = None,
+) -> None:
+    """Export an investigation and its artifact files as a zip bundle."""
+    with _store(db) as store:
+        path = export_investigation(store, investigation_id, out)
+    _console().print(
+        f"Exported investigation {investigation_id} to {escape(str(path))}", soft_wrap=True
+    )
+
+
+def import_command(
+    bundle: Annotated[Path, typer.Argument(metavar="BUNDLE", help="A bundle made by export.")],
+    db: DbOption = None,
+) -> None:
+    """Import a bundle under new ids (artifact hashes are checked first)."""
+    with _store(db, create=True) as store:
+        new_id = import_bundle(store, bundle)
+    _console().print(f"Imported {escape(str(bundle))} as investigation {new_id}", soft_wrap=True)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``list``, ``show``, ``export`` and ``import`` to the ``rankscope`` app."""
+    app.command("list")(list_command)
+    app.command("show")(show_command)
+    app.command("export")(export_command)
+    app.command("import")(import_command)

@@ -1,0 +1,158 @@
+"""Export an investigation (rows + artifact files) as a zip bundle, and import one under new ids."""
+
+import json
+import os
+import tempfile
+import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from experiments_db.errors import ArtifactIntegrityError, BundleError
+from experiments_db.hashing import bytes_sha256
+from experiments_db.migrate import head_revision
+from experiments_db.models import utcnow
+from experiments_db.records import InvestigationTree
+from experiments_db.repository import Store
+
+BUNDLE_FORMAT = "rankscope-investigation-bundle"
+BUNDLE_VERSION = 1
+MANIFEST = "bundle.json"
+ARTIFACT_PREFIX = "artifacts/"
+
+
+def default_bundle_path(investigation_id: int) -> Path:
+    return Path(f"rankscope-investigation-{investigation_id}.zip")
+
+
+def export_investigation(
+    store: Store, investigation_id: int, out_path: str | Path | None = None
+) -> Path:
+    """Write ``bundle.json`` (the investigation tree) and its artifact files (checked) to a zip.
+
+    Returns the bundle's path (default ``./rankscope-investigation-ID.zip``).
+    """
+    tree = store.investigation_tree(investigation_id)
+    out = Path(out_path) if out_path is not None else default_bundle_path(investigation_id)
+    if out.is_dir():
+        out = out / default_bundle_path(investigation_id).name
+    out.parent.mkdir(parents=True, exist_ok=True)
+    artifacts = {a.path: a for a in tree.artifacts()}
+    manifest: dict[str, Any] = {
+        "format": BUNDLE_FORMAT,
+        "version": BUNDLE_VERSION,
+        "schema_revision": head_revision(),
+        "exported_at": utcnow().isoformat(),
+        "source": {"database": store.url, "investigation_id": investigation_id},
+        "artifacts": [
+            {"path": a.path, "sha256": a.sha256, "size": a.size} for a in artifacts.values()
+        ],
+        "tree": tree.model_dump(mode="json"),
+    }
+    fd, tmp_name = tempfile.mkstemp(dir=out.parent, prefix=".tmp-", suffix=".zip")
+    os.close(fd)
+    try:
+        with zipfile.ZipFile(tmp_name, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+            zf.writestr(MANIFEST, json.dumps(manifest, indent=1, ensure_ascii=False))
+            for relpath, artifact in sorted(artifacts.items()):
+                zf.writestr(ARTIFACT_PREFIX + relpath, store.read_artifact(artifact))
+        os.replace(tmp_name, out)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return out
+
+
+class _Bundle:
+    """Read access to a bundle, zipped or unpacked into a folder."""
+
+    def __init__(self, path: Path, zf: zipfile.ZipFile | None) -> None:
+        self.path = path
+        self._zip = zf
+
+    def read(self, name: str) -> bytes:
+        try:
+            if self._zip is not None:
+                return self._zip.read(name)
+            return (self.path / name).read_bytes()
+        except (KeyError, FileNotFoundError):
+            raise BundleError(f"bundle {self.path} lacks {name}; it is incomplete") from None
+
+
+@contextmanager
+def _open_bundle(path: Path) -> Iterator[_Bundle]:
+    if path.is_dir():
+        yield _Bundle(path, None)
+        return
+    if not path.is_file():
+        raise BundleError(f"no bundle at {path}")
+    try:
+        zf = zipfile.ZipFile(path)
+    except zipfile.BadZipFile:
+        raise BundleError(f"{path} is not a RankScope bundle (not a zip file)") from None
+    with zf:
+        yield _Bundle(path, zf)
+
+
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    """The bundle's ``bundle.json``, checked for format and version."""
+    with _open_bundle(Path(path)) as bundle:
+        return _manifest(bundle)
+
+
+def _manifest(bundle: _Bundle) -> dict[str, Any]:
+    try:
+        manifest = json.loads(bundle.read(MANIFEST))
+    except json.JSONDecodeError as exc:
+        raise BundleError(f"{bundle.path}: {MANIFEST} is not valid JSON ({exc})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
+        raise BundleError(f"{bundle.path} is not a RankScope investigation bundle")
+    if manifest.get("version") != BUNDLE_VERSION:
+        raise BundleError(
+            f"{bundle.path} has bundle version {manifest.get('version')!r}; this RankScope reads "
+            f"version {BUNDLE_VERSION}"
+        )
+    return manifest
+
+
+def import_bundle(store: Store, path: str | Path) -> int:
+    """Re-create a bundled investigation under new ids; return the new investigation id.
+
+    Every artifact is checked against its sha256 before anything is written
+    (:class:`ArtifactIntegrityError` names the file and both hashes); the rows are then inserted
+    in one transaction. The id maps are kept in the investigation's ``config["imported_from"]``.
+    """
+    path = Path(path)
+    with _open_bundle(path) as bundle:
+        manifest = _manifest(bundle)
+        try:
+            tree = InvestigationTree.model_validate(manifest["tree"])
+        except (KeyError, ValidationError) as exc:
+            raise BundleError(
+                f"{path}: the investigation in {MANIFEST} is malformed: {exc}"
+            ) from None
+        contents: dict[str, bytes] = {}
+        for artifact in tree.artifacts():
+            if artifact.path in contents:
+                continue
+            store.artifacts.path(artifact.path)
+            data = bundle.read(ARTIFACT_PREFIX + artifact.path)
+            actual = bytes_sha256(data)
+            if actual != artifact.sha256:
+                raise ArtifactIntegrityError(
+                    f"{path}:{ARTIFACT_PREFIX}{artifact.path}", artifact.sha256, actual
+                )
+            contents[artifact.path] = data
+    for relpath, data in contents.items():
+        stored = store.artifacts.put_bytes(data, suffix=Path(relpath).suffix)
+        if stored.relpath != relpath:
+            raise BundleError(f"{path}: artifact {relpath} does not follow the store's naming")
+    note = {
+        "bundle": path.name,
+        "exported_at": manifest.get("exported_at"),
+        "source": manifest.get("source"),
+    }
+    return store.import_tree(tree, config_note=note)

@@ -1,0 +1,92 @@
+"""Alembic migrations, run programmatically (no ``alembic.ini`` needed)."""
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import text
+from sqlalchemy.engine import Connection, Engine
+
+from experiments_db.models import metadata
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+WRITE_OPTION = "rankscope_write"
+"""Execution option: on SQLite, a connection carrying it opens ``BEGIN IMMEDIATE`` transactions."""
+_PG_MIGRATION_LOCK = 0x52616E6B53636F70  # an advisory lock key that serialises migrations
+
+
+def writer(engine: Engine) -> Engine:
+    """The engine for write transactions (on SQLite they take the write lock up front)."""
+    return engine.execution_options(**{WRITE_OPTION: True})
+
+
+def alembic_config(connection: Connection | None = None, url: str | None = None) -> Config:
+    """An alembic ``Config`` pointing at the package's migrations."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    if url is not None:
+        config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    if connection is not None:
+        config.attributes["connection"] = connection
+    return config
+
+
+@lru_cache(maxsize=1)
+def head_revision() -> str:
+    """The newest revision shipped with this package."""
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    if head is None:
+        raise RuntimeError(f"no alembic revisions in {MIGRATIONS_DIR}")
+    return head
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The revision the database is at (``None`` for an empty database)."""
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def _locked_transaction(engine: Engine, revision: str, upgrade: bool) -> None:
+    with writer(engine).begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATION_LOCK})
+        config = alembic_config(conn)
+        if upgrade:
+            command.upgrade(config, revision)
+        else:
+            command.downgrade(config, revision)
+
+
+def upgrade_engine(engine: Engine, revision: str = "head") -> None:
+    """Migrate the database up to ``revision`` (safe when several processes do it at once)."""
+    if revision == "head" and current_revision(engine) == head_revision():
+        return
+    _locked_transaction(engine, revision, upgrade=True)
+
+
+def downgrade_engine(engine: Engine, revision: str) -> None:
+    """Migrate the database down to ``revision`` (``"base"`` drops every table of the store)."""
+    _locked_transaction(engine, revision, upgrade=False)
+
+
+def include_name(name: str | None, type_: str, parent_names: Any) -> bool:
+    """Autogenerate filter: only the store's own tables (others, e.g. graph checkpoints, are not
+    ours to drop)."""
+    if type_ == "table":
+        return name in metadata.tables
+    return True
+
+
+def schema_differences(engine: Engine) -> list[Any]:
+    """What alembic autogenerate would change to make the database match the models (``[]`` when
+    the migrations are complete)."""
+    with engine.connect() as conn:
+        context = MigrationContext.configure(
+            conn, opts={"include_name": include_name, "compare_type": True}
+        )
+        return list(compare_metadata(context, metadata))
