@@ -10,10 +10,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
-import torch
 from pydantic import Field
 from scipy import stats
-from tqdm import tqdm
 
 from tools.contract import ArtifactFile, Tool, ToolContext, ToolResult
 from tools.diagnostics.types import PairSet
@@ -53,14 +51,9 @@ def score_pairs(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(baseline scores, perturbed scores) of every pair."""
     queries = [p.query for p in pairs]
-    base, pert = [], []
-    steps = range(0, len(pairs), batch_size)
-    for start in tqdm(steps, desc="scoring pairs", disable=not progress, leave=False):
-        chunk = slice(start, start + batch_size)
-        rows = pairs.pairs[chunk]
-        base.append(retriever.score(queries[chunk], [p.baseline for p in rows], batch_size))
-        pert.append(retriever.score(queries[chunk], [p.perturbed for p in rows], batch_size))
-    return torch.cat(base).numpy().astype(float), torch.cat(pert).numpy().astype(float)
+    texts = [p.baseline for p in pairs] + [p.perturbed for p in pairs]
+    scores = retriever.score(queries + queries, texts, batch_size, progress).numpy().astype(float)
+    return scores[: len(pairs)], scores[len(pairs) :]
 
 
 def rank_changes(pairs: PairSet, base: np.ndarray, pert: np.ndarray) -> np.ndarray:

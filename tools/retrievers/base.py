@@ -20,6 +20,7 @@ from typing import Any, Literal
 import torch
 from nnsight import NNsight
 from torch import nn
+from tqdm import tqdm
 
 from tools.retrievers.architectures import ArchSpec, model_dims, submodule
 
@@ -208,17 +209,24 @@ class Retriever(ABC):
         return self.readout(self.forward_hidden(batch), batch)
 
     def score(
-        self, queries: Sequence[str], docs: Sequence[str], batch_size: int = 32
+        self,
+        queries: Sequence[str],
+        docs: Sequence[str],
+        batch_size: int = 32,
+        progress: bool = False,
     ) -> torch.Tensor:
         """Relevance scores of (queries[i], docs[i]) pairs, as a float tensor on the CPU."""
         if len(queries) != len(docs):
             raise ValueError(f"got {len(queries)} queries but {len(docs)} documents")
-        out = []
-        for start in range(0, len(docs), batch_size):
-            stop = start + batch_size
-            batch = self.encode_side(queries[start:stop], docs[start:stop])
-            out.append(self.score_side(batch).float().cpu())
-        return torch.cat(out) if out else torch.empty(0)
+        # Batches of similar length waste little compute on padding; scores return in input order.
+        order = sorted(range(len(docs)), key=lambda i: len(queries[i]) + len(docs[i]))
+        scores = torch.empty(len(docs))
+        starts = range(0, len(order), batch_size)
+        for start in tqdm(starts, desc="scoring", disable=not progress, leave=False):
+            rows = order[start : start + batch_size]
+            batch = self.encode_side([queries[i] for i in rows], [docs[i] for i in rows])
+            scores[rows] = self.score_side(batch).float().cpu()
+        return scores
 
     @property
     def layer_modules(self) -> nn.ModuleList:
