@@ -1,0 +1,270 @@
+"""``rankscope audit ID``: re-run every stored experiment and check everything that was recorded.
+
+For each finished experiment the audit re-runs its tool from the stored arguments on the
+investigation's model and data, after comparing the model's weights hash and the data set's hash
+with the provenance (a change is drift: the re-run would not measure the same thing). It compares
+every metric within a tolerance (``|new - old| <= ABS_TOL + REL_TOL * |old|``; missing or extra
+metrics are drift), verifies each artifact file against its sha256, checks that verdict
+citations (the cited ids and the ids named in the narrative) are stored evidence of the
+investigation, and re-applies the verdict rules to the stored evidence. Any drift makes the exit
+status non-zero.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from agent.execution import shared_retriever
+from agent.graph import cited_in_text, split_of
+from agent.planners.base import Criterion
+from agent.verdicts import SplitResult, decide, evaluate_split
+from experiments_db.errors import ArtifactError
+from experiments_db.jsonutil import to_jsonable
+from experiments_db.records import ExperimentNode, HypothesisNode
+from experiments_db.repository import Store
+from tools.contract import ToolContext
+from tools.registry import UnknownToolError, get_tool, validate_args
+
+REL_TOL = 1e-5
+ABS_TOL = 1e-6
+"""Float32 models: a score near 1 moves by ~6e-8 per ulp between BLAS kernels (thread counts,
+batch shapes), and score deltas cancel most digits, so tolerances tighter than this flag noise."""
+
+
+@dataclass
+class Finding:
+    """One row of the audit table."""
+
+    subject: str
+    check: str
+    ok: bool
+    detail: str = ""
+
+
+@dataclass
+class AuditReport:
+    investigation_id: int
+    findings: list[Finding] = field(default_factory=list)
+
+    @property
+    def drift(self) -> list[Finding]:
+        return [f for f in self.findings if not f.ok]
+
+    @property
+    def ok(self) -> bool:
+        return not self.drift
+
+    def add(self, subject: str, check: str, ok: bool, detail: str = "") -> None:
+        self.findings.append(Finding(subject, check, ok, detail))
+
+
+def close(old: Any, new: Any) -> bool:
+    """Whether a re-run metric equals the stored one within the tolerance."""
+    if old is None or new is None:
+        return old is None and new is None
+    if isinstance(old, bool) or isinstance(new, bool):
+        return old == new
+    if isinstance(old, int | float) and isinstance(new, int | float):
+        if math.isnan(float(new)):
+            return False
+        return abs(float(new) - float(old)) <= ABS_TOL + REL_TOL * abs(float(old))
+    return old == new
+
+
+def compare_metrics(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Differences between stored and re-run metrics (empty: the same within tolerance)."""
+    new = to_jsonable(new)
+    diffs = []
+    for key in sorted(set(old) | set(new)):
+        if key not in new:
+            diffs.append(f"{key}: stored {old[key]!r}, missing in the re-run")
+        elif key not in old:
+            diffs.append(f"{key}: not stored, re-run gives {new[key]!r}")
+        elif not close(old[key], new[key]):
+            diffs.append(f"{key}: stored {old[key]!r}, re-run {new[key]!r}")
+    return diffs
+
+
+def _rerun(exp: ExperimentNode, model: str | None, data: Any, device: str) -> dict[str, Any]:
+    tool = get_tool(exp.tool)
+    args = validate_args(tool, exp.args)
+    retriever = shared_retriever(model, device)
+    with tempfile.TemporaryDirectory(prefix=f"rankscope-audit{exp.id}-") as tmp:
+        ctx = ToolContext(
+            retriever_factory=lambda: retriever,
+            data=data,
+            artifact_dir=Path(tmp),
+            progress=False,
+            device=device,
+        )
+        return dict(tool.run(ctx, args).metrics)
+
+
+def _check_experiment(
+    report: AuditReport, exp: ExperimentNode, model: str | None, data: Any, device: str
+) -> None:
+    subject = f"experiment {exp.id} ({exp.tool}, {split_of(exp.args)})"
+    if exp.status != "finished":
+        report.add(subject, "re-run", True, f"skipped: experiment is {exp.status}")
+        return
+    prov = exp.provenance
+    retriever = shared_retriever(model, device)
+    if prov.get("weights_hash") and prov["weights_hash"] != retriever.weights_hash:
+        report.add(
+            subject,
+            "model weights",
+            False,
+            f"weights hash changed: stored {prov['weights_hash'][:12]}…, now "
+            f"{retriever.weights_hash[:12]}…",
+        )
+    dataset_hash = str(data.content_hash())
+    if prov.get("dataset_hash") and prov["dataset_hash"] != dataset_hash:
+        report.add(
+            subject,
+            "dataset",
+            False,
+            f"dataset hash changed: stored {prov['dataset_hash'][:12]}…, now {dataset_hash[:12]}…",
+        )
+    try:
+        tool = get_tool(exp.tool)
+    except UnknownToolError as err:
+        report.add(subject, "re-run", False, str(err))
+        return
+    if tool.version != exp.tool_version:
+        report.add(
+            subject,
+            "tool version",
+            False,
+            f"tool version changed: stored {exp.tool_version}, now {tool.version}",
+        )
+    try:
+        metrics = _rerun(exp, model, data, device)
+    except Exception as err:
+        report.add(subject, "re-run", False, f"re-run failed: {type(err).__name__}: {err}")
+        return
+    for ev in exp.evidence:
+        diffs = compare_metrics(ev.metrics, metrics)
+        report.add(
+            subject,
+            f"metrics E{ev.id}",
+            not diffs,
+            f"{len(ev.metrics)} metrics equal within tolerance"
+            if not diffs
+            else f"{len(diffs)} differ: " + "; ".join(diffs[:3]),
+        )
+
+
+def _check_artifacts(report: AuditReport, store: Store, exp: ExperimentNode) -> None:
+    for ev in exp.evidence:
+        for art in ev.artifacts:
+            try:
+                store.artifact_file(art)
+                report.add(f"artifact {art.id} (E{ev.id})", "sha256", True, art.sha256[:12] + "…")
+            except ArtifactError as err:
+                report.add(f"artifact {art.id} (E{ev.id})", "sha256", False, str(err))
+
+
+def reapply_verdict(node: HypothesisNode) -> str | None:
+    """The verdict the rules give for a hypothesis's stored evidence (None: no experiment)."""
+    criterion = Criterion(
+        metric=node.criterion.metric,
+        direction=node.criterion.direction,
+        threshold=node.criterion.threshold,
+        alpha=node.criterion.alpha,
+        split=node.criterion.split,
+        correction=node.criterion.correction,
+        n_tests=node.criterion.n_tests,
+    )
+    results: dict[str, SplitResult] = {}
+    for exp in node.experiments:
+        if exp.status != "finished" or not exp.evidence:
+            continue
+        phase = "holdout" if split_of(exp.args) == "holdout" else "discovery"
+        if phase == "discovery" and exp.args.get("seed") != node.criterion.tool_args.get("seed"):
+            phase = "holdout"
+        ev = exp.evidence[0]
+        results[phase] = evaluate_split(
+            criterion,
+            ev.metrics,
+            split=split_of(exp.args),
+            approximate=ev.approximate,
+            components=node.components,
+        )
+    discovery, holdout = results.get("discovery"), results.get("holdout")
+    if discovery is not None and (discovery.outcome != "met" or discovery.approximate):
+        holdout = None
+    return decide(discovery, holdout).status
+
+
+def audit_investigation(
+    store: Store,
+    investigation_id: int,
+    *,
+    device: str = "cpu",
+    rerun: bool = True,
+    experiments: set[int] | None = None,
+) -> AuditReport:
+    """Audit one investigation (see the module docstring); ``experiments`` limits the re-runs
+    to those ids (the other checks always cover everything)."""
+    from tools.diagnostics.source import resolve_data
+
+    tree = store.investigation_tree(investigation_id)
+    inv = tree.investigation
+    report = AuditReport(investigation_id)
+    model = inv.config.get("model_arg")
+    data = resolve_data(inv.config.get("data_arg")) if rerun else None
+    evidence = tree.evidence()
+    for exp in tree.experiments():
+        if rerun and (experiments is None or exp.id in experiments):
+            _check_experiment(report, exp, model, data, device)
+        _check_artifacts(report, store, exp)
+    for node in tree.hypotheses:
+        for verdict in node.verdicts:
+            cited = set(verdict.cited_evidence_ids) | set(cited_in_text(verdict.narrative))
+            missing = sorted(cited - set(evidence))
+            report.add(
+                f"verdict {verdict.id} (H{node.id})",
+                "citations",
+                not missing,
+                f"cites {sorted(cited)}" if not missing else f"cites unknown evidence {missing}",
+            )
+        if node.verdicts:
+            status = node.verdicts[-1].status
+            again = reapply_verdict(node)
+            report.add(
+                f"verdict on H{node.id}",
+                "rules re-applied",
+                again == status,
+                f"stored {status}, rules give {again}",
+            )
+    return report
+
+
+def print_report(report: AuditReport, console: Console) -> None:
+    table = Table(title=f"Audit of investigation {report.investigation_id}")
+    table.add_column("subject")
+    table.add_column("check")
+    table.add_column("result")
+    table.add_column("detail", overflow="fold")
+    for f in report.findings:
+        table.add_row(
+            f.subject,
+            f.check,
+            "[green]ok[/green]" if f.ok else "[bold red]DRIFT[/bold red]",
+            f.detail,
+        )
+    console.print(table)
+    if report.ok:
+        console.print(f"[green]audit passed[/green]: {len(report.findings)} checks, no drift")
+    else:
+        console.print(
+            f"[bold red]audit found drift[/bold red]: {len(report.drift)} of "
+            f"{len(report.findings)} checks failed"
+        )

@@ -1,0 +1,222 @@
+"""``rankscope investigate | resume | report | audit``: run, continue, write up and check investigations."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+console = Console()
+err_console = Console(stderr=True)
+
+DbOption = Annotated[
+    str | None,
+    typer.Option(
+        "--db",
+        metavar="URL",
+        help="Database URL (default: $RANKSCOPE_DB_URL, else sqlite:///rankscope.db).",
+        show_default=False,
+    ),
+]
+ReportDirOption = Annotated[
+    Path,
+    typer.Option("--report-dir", help="Folder for reports (one sub-folder per investigation)."),
+]
+
+
+def _stop_errors() -> tuple[type[BaseException], ...]:
+    from agent.llm_client import LLMError
+    from experiments_db.errors import StoreError
+    from tools.diagnostics.errors import DataError
+    from tools.retrievers import RetrieverLoadError
+
+    return (LLMError, StoreError, DataError, RetrieverLoadError)
+
+
+def _finish(result: object) -> None:
+    report_path = getattr(result, "report_path", None)
+    inv_id = getattr(result, "investigation_id", None)
+    if report_path:
+        console.print(f"[bold]Investigation {inv_id} finished.[/bold] Report: {report_path}")
+        console.print(str(report_path), markup=False, highlight=False)
+    else:
+        console.print(f"Investigation {inv_id}: {getattr(result, 'status', '')}")
+
+
+def _stopped(err: BaseException, investigation_hint: str) -> None:
+    err_console.print(f"[bold red]stopped:[/bold red] {err}")
+    err_console.print(
+        f"Everything recorded so far stays in the database; continue with {investigation_hint}."
+    )
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("investigate")
+    def investigate_command(
+        question: Annotated[str, typer.Argument(help="The research question, in plain words.")],
+        model: Annotated[
+            str | None, typer.Option("--model", metavar="ID|PATH", help="Model (default MiniLM).")
+        ] = None,
+        data: Annotated[
+            str | None,
+            typer.Option(
+                "--data", metavar="SPEC", help="Data spec (default: built-in collection)."
+            ),
+        ] = None,
+        planner: Annotated[
+            str | None,
+            typer.Option(
+                "--planner",
+                help="llm or protocol (default: llm when an endpoint and --llm-model are set).",
+            ),
+        ] = None,
+        llm_model: Annotated[
+            str | None, typer.Option("--llm-model", metavar="NAME", help="Model of the endpoint.")
+        ] = None,
+        base_url: Annotated[
+            str | None,
+            typer.Option(
+                "--base-url", help="OpenAI-compatible endpoint (default $OPENAI_BASE_URL)."
+            ),
+        ] = None,
+        budget: Annotated[int, typer.Option("--budget", help="Maximum planner steps.")] = 12,
+        max_tool_calls: Annotated[int, typer.Option("--max-tool-calls")] = 24,
+        max_tokens: Annotated[
+            int, typer.Option("--max-tokens", help="LLM token budget.")
+        ] = 200_000,
+        max_minutes: Annotated[
+            float, typer.Option("--max-minutes", help="Wall-time budget.")
+        ] = 30.0,
+        db: DbOption = None,
+        report_dir: ReportDirOption = Path("rankscope_reports"),
+        device: Annotated[str, typer.Option("--device")] = "cpu",
+        protocol_pairs: Annotated[
+            int | None,
+            typer.Option(
+                "--protocol-pairs",
+                min=4,
+                help="Protocol planner: pairs per experiment (localisation uses twice as many; "
+                "default 48/96).",
+            ),
+        ] = None,
+    ) -> None:
+        """Investigate a question: hypotheses, experiments, verdicts, a report."""
+        from agent.graph import Budget
+        from agent.runner import investigate
+
+        try:
+            limits = Budget(
+                max_steps=budget,
+                max_tool_calls=max_tool_calls,
+                max_tokens=max_tokens,
+                max_minutes=max_minutes,
+            )
+        except ValueError as err:
+            raise typer.BadParameter(str(err)) from err
+        try:
+            result = investigate(
+                question,
+                model=model,
+                data=data,
+                planner=planner,
+                llm_model=llm_model,
+                base_url=base_url,
+                budget=limits,
+                db=db,
+                report_dir=report_dir,
+                device=device,
+                console=console,
+                protocol_pairs=protocol_pairs,
+            )
+        except _stop_errors() as err:
+            _stopped(err, "`rankscope resume ID` (the id printed above)")
+            raise typer.Exit(1) from err
+        except ValueError as err:
+            err_console.print(f"[red]error:[/red] {err}")
+            raise typer.Exit(2) from err
+        except KeyboardInterrupt:
+            _stopped(KeyboardInterrupt("interrupted"), "`rankscope resume ID`")
+            raise typer.Exit(130) from None
+        _finish(result)
+
+    @app.command("resume")
+    def resume_command(
+        investigation_id: Annotated[int, typer.Argument(metavar="ID")],
+        db: DbOption = None,
+        report_dir: ReportDirOption = Path("rankscope_reports"),
+    ) -> None:
+        """Continue an interrupted investigation from its last checkpoint."""
+        from agent.runner import resume
+
+        try:
+            result = resume(investigation_id, db=db, report_dir=report_dir, console=console)
+        except _stop_errors() as err:
+            _stopped(err, f"`rankscope resume {investigation_id}`")
+            raise typer.Exit(1) from err
+        except KeyboardInterrupt:
+            _stopped(KeyboardInterrupt("interrupted"), f"`rankscope resume {investigation_id}`")
+            raise typer.Exit(130) from None
+        _finish(result)
+
+    @app.command("report")
+    def report_command(
+        investigation_id: Annotated[int, typer.Argument(metavar="ID")],
+        html_out: Annotated[
+            Path | None, typer.Option("--html", metavar="OUT", help="Where to write the HTML file.")
+        ] = None,
+        db: DbOption = None,
+        report_dir: ReportDirOption = Path("rankscope_reports"),
+    ) -> None:
+        """Write the Markdown and the self-contained HTML report of an investigation."""
+        from agent.reports import write_reports
+        from experiments_db.engine import open_store
+        from experiments_db.errors import StoreError
+
+        try:
+            with open_store(db, create=False) as store:
+                md, html_path = write_reports(
+                    store,
+                    investigation_id,
+                    report_dir / f"investigation-{investigation_id}",
+                    html_out,
+                )
+        except StoreError as err:
+            err_console.print(f"[red]error:[/red] {err}")
+            raise typer.Exit(1) from err
+        console.print(f"Markdown: {md}\nHTML: {html_path}", highlight=False)
+
+    @app.command("audit")
+    def audit_command(
+        investigation_id: Annotated[int, typer.Argument(metavar="ID")],
+        db: DbOption = None,
+        device: Annotated[str, typer.Option("--device")] = "cpu",
+        experiment: Annotated[
+            list[int] | None,
+            typer.Option("--experiment", help="Re-run only these experiment ids (repeatable)."),
+        ] = None,
+        no_rerun: Annotated[
+            bool, typer.Option("--no-rerun", help="Check artifacts, citations and rules only.")
+        ] = False,
+    ) -> None:
+        """Re-run stored experiments, compare, check artifacts and citations; non-zero on drift."""
+        from agent.audit import audit_investigation, print_report
+        from experiments_db.engine import open_store
+        from experiments_db.errors import StoreError
+
+        try:
+            with open_store(db, create=False) as store:
+                report = audit_investigation(
+                    store,
+                    investigation_id,
+                    device=device,
+                    rerun=not no_rerun,
+                    experiments=set(experiment) if experiment else None,
+                )
+        except StoreError as err:
+            err_console.print(f"[red]error:[/red] {err}")
+            raise typer.Exit(2) from err
+        print_report(report, console)
+        if not report.ok:
+            raise typer.Exit(1)

@@ -1,0 +1,304 @@
+"""Run one tool call of an investigation and record it.
+
+``check_call`` validates a planner's call against the registry (unknown tool, arguments that do
+not validate, a criterion metric the tool does not produce) and raises :class:`CallRejected` with
+a message the planner can act on: nothing runs. ``Lab.run_experiment`` runs a validated call: it
+builds the :class:`~tools.contract.ToolContext` (one retriever per investigation, loaded once),
+stores the experiment as ``running`` with its provenance (model id, weights hash, dataset hash,
+tool name and version, arguments, seed, package and code versions, device), runs the tool, and
+records the evidence and artifacts with the experiment's status in one transaction
+(``Store.finish_experiment``). A tool that raises marks its experiment ``failed``; an interrupt
+(KeyboardInterrupt, a crash) leaves it ``running`` for ``mark_interrupted``.
+
+Only registered tools run, with pydantic-validated arguments: no code written by a planner is
+ever executed.
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from experiments_db.jsonutil import canonical_json
+from experiments_db.provenance import capture_provenance
+from experiments_db.repository import Store
+from tools.contract import ArtifactFile, Tool, ToolArgs, ToolContext
+from tools.registry import ToolArgumentError, UnknownToolError, all_tools, get_tool, validate_args
+
+_NUM = r"-?\d+(?:\.\d+)?"
+_CI = r"(?:_ci_low|_ci_high)?"
+
+_PATCHING = (
+    r"n_pairs|n_dropped|n_components|mean_delta|top_p_value",
+    rf"top_effect{_CI}",
+    r"(effect|effect_ci_low|effect_ci_high|p_value)\[[^\[\]]+\]",
+)
+
+METRIC_PATTERNS: dict[str, tuple[str, ...]] = {
+    "behavioural_test": (
+        rf"(share_moved_predicted|mean_delta|median_delta|mean_rank_gain){_CI}",
+        r"p_value|n_pairs|n_queries|mean_relative_delta|share_rank_improved|share_rank_worsened",
+        rf"(share_moved_predicted|mean_delta)\[grade={_NUM}\]",
+    ),
+    "activation_patching": _PATCHING,
+    "attribution_patching": _PATCHING,
+    "ablation": (
+        r"n_pairs|n_components|mean_delta|share_pert_higher|rank_gain|n_ranked_pairs",
+        r"top_p_value|top_fraction_removed",
+        rf"top_delta_change{_CI}",
+        r"(delta_change|delta_change_ci_low|delta_change_ci_high|p_value|fraction_removed"
+        r"|delta_ablated|rank_gain_ablated|kendall_tau)\[[^\[\]]+\]",
+    ),
+    "attention_by_role": (
+        r"n_pairs|n_heads|top_lift|uniform_attention",
+        rf"top_attention{_CI}",
+        r"attention\[[^\[\]]+\]",
+    ),
+}
+"""Metrics each tool produces, as regular expressions (full match); tools may also declare
+``metric_names(args)`` themselves, which wins. A tool in neither is checked after its run."""
+
+
+class CallRejected(ValueError):
+    """A planner's tool call that must not run; the message is feedback for the planner."""
+
+
+def tool_metric_names(tool: Tool, args: ToolArgs) -> list[str] | None:
+    """The metric names ``tool`` declares for ``args``, when it declares them."""
+    declare = getattr(tool, "metric_names", None)
+    if callable(declare):
+        return list(declare(args))
+    return None
+
+
+def metric_known(tool: Tool, args: ToolArgs, metric: str) -> bool | None:
+    """Whether the tool produces ``metric`` (None: the tool does not say; checked after the run)."""
+    names = tool_metric_names(tool, args)
+    if names is not None:
+        return metric in names
+    patterns = METRIC_PATTERNS.get(tool.name)
+    if patterns is None:
+        return None
+    return any(re.fullmatch(p, metric) for p in patterns)
+
+
+def check_call(tool_name: str, raw_args: dict[str, Any], metric: str | None = None) -> ToolArgs:
+    """Validate a call; raise :class:`CallRejected` (with planner feedback) if it cannot run."""
+    try:
+        tool = get_tool(tool_name)
+    except UnknownToolError as err:
+        raise CallRejected(str(err)) from err
+    if not isinstance(raw_args, dict):
+        raise CallRejected(f"arguments for tool {tool_name!r} must be a JSON object")
+    try:
+        args = validate_args(tool, raw_args)
+    except ToolArgumentError as err:
+        raise CallRejected(str(err)) from err
+    if metric is not None and metric_known(tool, args, metric) is False:
+        names = tool_metric_names(tool, args)
+        listed = ", ".join(names) if names else " | ".join(METRIC_PATTERNS.get(tool.name, ()))
+        raise CallRejected(
+            f"tool {tool_name!r} does not produce the metric {metric!r}; it produces: {listed}"
+        )
+    return args
+
+
+def available_tools() -> list[str]:
+    return list(all_tools())
+
+
+_RETRIEVERS: dict[tuple[str | None, str, int], Any] = {}
+
+
+def shared_retriever(
+    model: str | None, device: str = "cpu", loader: Callable[..., Any] | None = None
+) -> Any:
+    """The process's retriever for ``model`` on ``device``: loaded once, then reused."""
+    key = (model, device, id(loader) if loader is not None else 0)
+    if key not in _RETRIEVERS:
+        if loader is None:
+            from tools.retrievers import load_retriever
+
+            loader = load_retriever
+        _RETRIEVERS[key] = loader(model, device=device)
+    return _RETRIEVERS[key]
+
+
+class ExperimentOutcome(BaseModel):
+    """What one tool call left in the store."""
+
+    experiment_id: int
+    status: str
+    evidence_id: int | None = None
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    summary: str = ""
+    approximate: bool = False
+    error: str | None = None
+    duration_s: float = 0.0
+    reused: bool = False
+
+
+@dataclass
+class Lab:
+    """The bench of one investigation: its store, model and data, loaded once per process."""
+
+    store: Store
+    investigation_id: int
+    model: str | None
+    data_spec: str | None
+    device: str = "cpu"
+    progress: bool = False
+    retriever_loader: Callable[..., Any] | None = None
+    _retriever: Any = field(default=None, repr=False)
+    _data: Any = field(default=None, repr=False)
+    timings: dict[str, float] = field(default_factory=dict)
+    _results: dict[str, tuple[int, int]] = field(default_factory=dict, repr=False)
+    """(tool, version, args) → (experiment id, evidence id) of this process's finished runs."""
+
+    def retriever(self) -> Any:
+        """The investigation's retriever, loaded on first use."""
+        if self._retriever is None:
+            started = time.perf_counter()
+            self._retriever = shared_retriever(self.model, self.device, self.retriever_loader)
+            self.timings["model_load_s"] = time.perf_counter() - started
+        return self._retriever
+
+    def data(self) -> Any:
+        """The investigation's data source, resolved on first use."""
+        if self._data is None:
+            from tools.diagnostics.source import resolve_data
+
+            started = time.perf_counter()
+            self._data = resolve_data(self.data_spec)
+            self.timings["data_load_s"] = time.perf_counter() - started
+        return self._data
+
+    def dataset_hash(self) -> str:
+        return str(self.data().content_hash())
+
+    def run_experiment(
+        self, hypothesis_id: int | None, tool_name: str, raw_args: dict[str, Any]
+    ) -> ExperimentOutcome:
+        """Validate, run and record one tool call (see the module docstring).
+
+        Raises :class:`CallRejected` before anything is stored when the call is invalid.
+        """
+        args = check_call(tool_name, raw_args)
+        tool = get_tool(tool_name)
+        retriever = self.retriever()
+        data = self.data()
+        args_json = args.model_dump(mode="json")
+        provenance = capture_provenance(
+            tool_name=tool.name,
+            tool_version=tool.version,
+            args=args_json,
+            seed=getattr(args, "seed", None),
+            model_id=retriever.model_id,
+            weights_hash=retriever.weights_hash,
+            dataset_hash=str(data.content_hash()),
+            device=self.device,
+            timings=dict(self.timings),
+            extra={
+                "data_spec": self.data_spec,
+                "data_name": getattr(data, "name", None),
+                "model": retriever.describe(),
+                "investigation_id": self.investigation_id,
+                "hypothesis_id": hypothesis_id,
+            },
+        )
+        key = canonical_json([tool.name, tool.version, args_json])
+        reused = self._results.get(key)
+        if reused is not None:
+            provenance.extra["result_of_experiment"] = reused[0]
+        experiment_id = self.store.start_experiment(
+            self.investigation_id,
+            tool.name,
+            args_json,
+            hypothesis_id=hypothesis_id,
+            tool_version=tool.version,
+            seed=getattr(args, "seed", None),
+            provenance=provenance,
+        )
+        if reused is not None:
+            return self._record_reused(experiment_id, reused[1])
+        with tempfile.TemporaryDirectory(prefix=f"rankscope-exp{experiment_id}-") as tmp:
+            ctx = ToolContext(
+                retriever_factory=lambda: retriever,
+                data=data,
+                artifact_dir=Path(tmp),
+                progress=self.progress,
+                device=self.device,
+            )
+            started = time.perf_counter()
+            try:
+                result = tool.run(ctx, args)
+            except Exception as exc:
+                elapsed = time.perf_counter() - started
+                message = f"{type(exc).__name__}: {exc}"
+                self.store.fail_experiment(experiment_id, message)
+                return ExperimentOutcome(
+                    experiment_id=experiment_id,
+                    status="failed",
+                    error=message,
+                    duration_s=elapsed,
+                )
+            elapsed = time.perf_counter() - started
+            tables = dict(result.tables)
+            tables["rankscope_timings"] = [
+                {"phase": "tool_run", "seconds": elapsed},
+                *({"phase": k, "seconds": v} for k, v in self.timings.items()),
+            ]
+            evidence_id = self.store.finish_experiment(
+                experiment_id,
+                result.metrics,
+                result.summary,
+                tables,
+                result.artifacts,
+                result.approximate,
+            )
+        self._results[key] = (experiment_id, evidence_id)
+        return ExperimentOutcome(
+            experiment_id=experiment_id,
+            status="finished",
+            evidence_id=evidence_id,
+            metrics=dict(result.metrics),
+            summary=result.summary,
+            approximate=result.approximate,
+            duration_s=elapsed,
+        )
+
+    def _record_reused(self, experiment_id: int, evidence_id: int) -> ExperimentOutcome:
+        """Record the result of an identical call (same tool, version and arguments) that this
+        process already ran: tools are deterministic given their arguments, so it is not computed
+        again; the provenance names the experiment it comes from (``result_of_experiment``)."""
+        source = self.store.get_evidence([evidence_id])[0]
+        artifacts = [
+            ArtifactFile(
+                path=self.store.artifact_file(a), media_type=a.media_type, description=a.description
+            )
+            for a in source.artifacts
+        ]
+        new_id = self.store.finish_experiment(
+            experiment_id,
+            source.metrics,
+            source.summary,
+            source.tables,
+            artifacts,
+            source.approximate,
+        )
+        return ExperimentOutcome(
+            experiment_id=experiment_id,
+            status="finished",
+            evidence_id=new_id,
+            metrics=dict(source.metrics),
+            summary=source.summary,
+            approximate=source.approximate,
+            reused=True,
+        )

@@ -1,0 +1,315 @@
+"""Investigation reports: one Markdown file (figures beside it) and one self-contained HTML file.
+
+Both are rendered from the same blocks, built from the stored investigation only: the question;
+each hypothesis with its pre-registration, verdict, evidence (numbers, experiment and evidence
+ids, figures) and replication; what stays open; the planner, the LLM and the budget used. Figures
+come from the content-addressed artifact store and are verified against their sha256 on read; the
+HTML embeds them as base64 PNG, so it needs no other file.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from experiments_db.errors import ArtifactError
+from experiments_db.records import ExperimentNode, HypothesisNode, InvestigationTree
+from experiments_db.repository import Store
+
+MAX_SUMMARY = 1200
+SHOWN_METRICS = 12
+
+
+@dataclass
+class Figure:
+    caption: str
+    data: bytes
+    media_type: str
+    name: str
+
+
+@dataclass
+class Block:
+    kind: str
+    """heading, para, table, figure, code, list."""
+    text: str = ""
+    level: int = 2
+    rows: list[list[str]] = field(default_factory=list)
+    items: list[str] = field(default_factory=list)
+    figure: Figure | None = None
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if value is None:
+        return "—"
+    return str(value)
+
+
+def _split(exp: ExperimentNode) -> str:
+    return str(exp.args.get("split", "—"))
+
+
+def _ci(result: dict[str, Any] | None) -> str:
+    if not result:
+        return "—"
+    value = _fmt(result.get("value"))
+    if result.get("ci_low") is not None:
+        value += f" [{_fmt(result['ci_low'])}, {_fmt(result['ci_high'])}]"
+    if result.get("p_value") is not None:
+        value += f", p={_fmt(result['p_value'])}"
+    return value
+
+
+def _metrics_rows(metrics: dict[str, Any], metric: str) -> list[list[str]]:
+    from agent.graph import key_metrics
+
+    shown = list(key_metrics(metrics, metric).items())[:SHOWN_METRICS]
+    return [[k, _fmt(v)] for k, v in shown]
+
+
+def _hypothesis_blocks(store: Store, node: HypothesisNode, problems: list[str]) -> list[Block]:
+    c = node.criterion
+    verdict = node.verdicts[-1] if node.verdicts else None
+    status = verdict.status if verdict else "no verdict"
+    blocks = [Block("heading", f"H{node.id} — {status}: {node.text}", level=3)]
+    prereg = [
+        f"tool `{c.tool}` with arguments `{c.tool_args}`",
+        f"criterion: `{c.metric}` {c.direction} {c.threshold:g} at alpha {c.alpha:g} "
+        f"(correction {c.correction}, {c.n_tests} test(s)), split {c.split}",
+        f"pre-registered at {node.created_at:%Y-%m-%d %H:%M:%S} UTC"
+        + (f"; follows H{node.parent_id}" if node.parent_id else ""),
+    ]
+    if node.components:
+        prereg.append(f"components: {', '.join(node.components)}")
+    if node.rationale:
+        prereg.append(f"rationale: {node.rationale}")
+    blocks += [Block("para", "**Pre-registration**"), Block("list", items=prereg)]
+    if verdict:
+        result = verdict.criterion_result
+        replication = result.get("replication")
+        items = [
+            f"verdict: **{verdict.status}** (decided by {verdict.decided_by})",
+            f"reason: {result.get('reason', '')}",
+            f"discovery: {_ci(result)} (corrected alpha {_fmt(result.get('corrected_alpha'))})",
+            f"replication (held-out): {_ci(replication)}"
+            + (f" — {replication.get('outcome')}" if replication else " — not run"),
+            f"cited evidence: {', '.join(f'E{i}' for i in verdict.cited_evidence_ids) or 'none'}",
+        ]
+        items += [f"note: {n}" for n in result.get("notes", [])]
+        blocks += [Block("para", "**Verdict**"), Block("list", items=items)]
+        if verdict.narrative:
+            blocks.append(Block("para", f"*Narrative:* {verdict.narrative}"))
+    for exp in node.experiments:
+        head = (
+            f"Experiment {exp.id}: `{exp.tool}` v{exp.tool_version}, split {_split(exp)}, "
+            f"seed {exp.seed}, {exp.status}"
+            + (f", {exp.duration_s:.1f} s" if exp.duration_s is not None else "")
+        )
+        blocks.append(Block("para", f"**{head}**"))
+        if exp.error:
+            blocks.append(Block("para", f"error: {exp.error}"))
+        prov = exp.provenance
+        if prov:
+            blocks.append(
+                Block(
+                    "para",
+                    f"provenance: model {prov.get('model_id')} (weights "
+                    f"{str(prov.get('weights_hash'))[:12]}…), dataset "
+                    f"{str(prov.get('dataset_hash'))[:12]}…, code {prov.get('code_version')}, "
+                    f"device {prov.get('device')}",
+                )
+            )
+        for ev in exp.evidence:
+            flag = " (approximate)" if ev.approximate else ""
+            blocks.append(Block("para", f"Evidence E{ev.id}{flag}:"))
+            blocks.append(
+                Block("table", rows=[["metric", "value"], *_metrics_rows(ev.metrics, c.metric)])
+            )
+            if ev.summary:
+                blocks.append(Block("code", ev.summary[:MAX_SUMMARY]))
+            for art in ev.artifacts:
+                if not art.media_type.startswith("image/"):
+                    continue
+                try:
+                    data = store.read_artifact(art)
+                except ArtifactError as err:
+                    problems.append(f"artifact {art.id} of E{ev.id}: {err}")
+                    blocks.append(Block("para", f"figure missing or corrupted: {err}"))
+                    continue
+                suffix = Path(art.path).suffix or ".png"
+                blocks.append(
+                    Block(
+                        "figure",
+                        figure=Figure(
+                            caption=f"{art.description or 'figure'} (E{ev.id}, sha256 "
+                            f"{art.sha256[:12]}…)",
+                            data=data,
+                            media_type=art.media_type,
+                            name=f"{art.sha256}{suffix}",
+                        ),
+                    )
+                )
+    return blocks
+
+
+def build_blocks(store: Store, tree: InvestigationTree) -> tuple[list[Block], list[str]]:
+    """The report's blocks and the problems met (unreadable artifacts)."""
+    inv = tree.investigation
+    problems: list[str] = []
+    usage = store.llm_usage(inv.id)
+    blocks = [
+        Block("heading", f"RankScope investigation {inv.id}", level=1),
+        Block("para", f"**Question:** {inv.question}"),
+        Block(
+            "list",
+            items=[
+                f"model: {inv.model_id} (weights {str(inv.config.get('model', {}).get('weights_hash'))[:12]}…)",
+                f"data: {inv.data_spec}",
+                f"planner: {inv.planner} ({inv.config.get('planner_why', '')})",
+                f"LLM: {inv.llm_model or 'none'} — {usage.calls} call(s), "
+                f"{usage.prompt_tokens} prompt + {usage.completion_tokens} completion tokens",
+                "budget: " + ", ".join(f"{k}={v}" for k, v in inv.budget.items()),
+                f"status: {inv.status}; started {inv.created_at:%Y-%m-%d %H:%M:%S} UTC"
+                + (
+                    f", finished {inv.finished_at:%Y-%m-%d %H:%M:%S} UTC" if inv.finished_at else ""
+                ),
+            ],
+        ),
+        Block("heading", "Verdicts", level=2),
+    ]
+    rows = [["hypothesis", "verdict", "metric", "discovery", "held-out"]]
+    for node in tree.hypotheses:
+        v = node.verdicts[-1] if node.verdicts else None
+        result = v.criterion_result if v else {}
+        rows.append(
+            [
+                f"H{node.id}: {node.text}",
+                v.status if v else "no verdict",
+                f"{node.criterion.metric} {node.criterion.direction} {node.criterion.threshold:g}",
+                _ci(result) if v else "—",
+                _ci(result.get("replication")) if v else "—",
+            ]
+        )
+    blocks.append(Block("table", rows=rows))
+    blocks.append(Block("heading", "Hypotheses and evidence", level=2))
+    for node in tree.hypotheses:
+        blocks += _hypothesis_blocks(store, node, problems)
+    open_items = []
+    for node in tree.hypotheses:
+        v = node.verdicts[-1] if node.verdicts else None
+        if v is None:
+            open_items.append(f"H{node.id} has no verdict: {node.text}")
+        elif v.status == "inconclusive":
+            open_items.append(f"H{node.id} is inconclusive: {v.criterion_result.get('reason', '')}")
+    for exp in tree.experiments():
+        if exp.status in ("failed", "interrupted"):
+            open_items.append(f"experiment {exp.id} ({exp.tool}) {exp.status}: {exp.error or ''}")
+    open_items += [str(n) for n in inv.config.get("notes", [])]
+    open_items += problems
+    blocks.append(Block("heading", "What stays open", level=2))
+    blocks.append(Block("list", items=open_items or ["nothing"]))
+    return blocks, problems
+
+
+def _md_cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def render_markdown(blocks: list[Block], figure_dir: Path, figure_prefix: str) -> str:
+    out: list[str] = []
+    for block in blocks:
+        if block.kind == "heading":
+            out.append(f"{'#' * block.level} {block.text}\n")
+        elif block.kind == "para":
+            out.append(block.text + "\n")
+        elif block.kind == "list":
+            out.append("\n".join(f"- {item}" for item in block.items) + "\n")
+        elif block.kind == "code":
+            out.append("```text\n" + block.text.replace("```", "ʼʼʼ") + "\n```\n")
+        elif block.kind == "table" and block.rows:
+            header, *body = block.rows
+            out.append("| " + " | ".join(_md_cell(c) for c in header) + " |")
+            out.append("|" + "---|" * len(header))
+            out += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in body]
+            out.append("")
+        elif block.kind == "figure" and block.figure:
+            figure_dir.mkdir(parents=True, exist_ok=True)
+            (figure_dir / block.figure.name).write_bytes(block.figure.data)
+            out.append(
+                f"![{block.figure.caption}]({figure_prefix}/{block.figure.name})\n\n"
+                f"*{block.figure.caption}*\n"
+            )
+    return "\n".join(out)
+
+
+_CSS = """body{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;padding:0 1em;
+color:#222}table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;
+padding:.25em .5em;text-align:left;vertical-align:top}pre{background:#f6f6f6;padding:.5em;
+overflow-x:auto;white-space:pre-wrap}img{max-width:100%}figure{margin:1em 0}"""
+
+
+def _inline(text: str) -> str:
+    """Escape text, then render **bold**, *italic* and `code` spans."""
+    import re
+
+    escaped = html.escape(text)
+    escaped = re.sub(r"`([^`]+)`", r"<code>\1</code>", escaped)
+    escaped = re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", escaped)
+    return re.sub(r"\*([^*]+)\*", r"<em>\1</em>", escaped)
+
+
+def render_html(blocks: list[Block], title: str) -> str:
+    out = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>",
+    ]
+    for block in blocks:
+        if block.kind == "heading":
+            out.append(f"<h{block.level}>{html.escape(block.text)}</h{block.level}>")
+        elif block.kind == "para":
+            out.append(f"<p>{_inline(block.text)}</p>")
+        elif block.kind == "list":
+            out.append("<ul>" + "".join(f"<li>{_inline(i)}</li>" for i in block.items) + "</ul>")
+        elif block.kind == "code":
+            out.append(f"<pre>{html.escape(block.text)}</pre>")
+        elif block.kind == "table" and block.rows:
+            header, *body = block.rows
+            out.append(
+                "<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in header) + "</tr>"
+            )
+            for row in body:
+                out.append("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in row) + "</tr>")
+            out.append("</table>")
+        elif block.kind == "figure" and block.figure:
+            data = base64.b64encode(block.figure.data).decode("ascii")
+            out.append(
+                f'<figure><img alt="{html.escape(block.figure.caption)}" '
+                f'src="data:{block.figure.media_type};base64,{data}">'
+                f"<figcaption>{html.escape(block.figure.caption)}</figcaption></figure>"
+            )
+    out.append("</body></html>")
+    return "\n".join(out)
+
+
+def write_reports(
+    store: Store, investigation_id: int, out_dir: Path, html_path: Path | None = None
+) -> tuple[Path, Path]:
+    """Write ``report.md`` (figures in ``figures/``) into ``out_dir`` and the HTML report
+    (``html_path``, default ``out_dir/report.html``); return both paths."""
+    tree = store.investigation_tree(investigation_id)
+    blocks, _problems = build_blocks(store, tree)
+    out_dir = Path(out_dir).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    md_path = out_dir / "report.md"
+    md_path.write_text(render_markdown(blocks, out_dir / "figures", "figures"), encoding="utf-8")
+    html_path = Path(html_path).resolve() if html_path else out_dir / "report.html"
+    html_path.parent.mkdir(parents=True, exist_ok=True)
+    title = f"RankScope investigation {investigation_id}"
+    html_path.write_text(render_html(blocks, title), encoding="utf-8")
+    return md_path, html_path

@@ -1,0 +1,293 @@
+"""Start and resume investigations: the store, the lab, the planner and the graph, wired together.
+
+The command line (``agent/commands/investigate_cmd.py``) is a thin layer over :func:`investigate`
+and :func:`resume`; tests call them directly.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from rich.console import Console
+
+from agent.execution import Lab
+from agent.graph import Budget, Deps, invoke
+from agent.planners.base import Planner
+from agent.progress import ProgressPrinter
+from experiments_db.engine import database_url, open_store
+from experiments_db.repository import Store
+
+PlannerName = Literal["llm", "protocol"]
+DEFAULT_REPORT_DIR = Path("rankscope_reports")
+
+
+@dataclass
+class PlannerChoice:
+    name: PlannerName
+    why: str
+
+
+def choose_planner(requested: str | None, llm_model: str | None) -> PlannerChoice:
+    """Which planner runs, and why (the CLI prints both)."""
+    endpoint = bool(os.environ.get("OPENAI_BASE_URL") or os.environ.get("OPENAI_API_KEY"))
+    if requested == "llm":
+        if not llm_model:
+            raise ValueError("--planner llm needs --llm-model NAME (the model the endpoint serves)")
+        return PlannerChoice("llm", "requested with --planner llm")
+    if requested == "protocol":
+        return PlannerChoice("protocol", "requested with --planner protocol")
+    if requested is not None:
+        raise ValueError(f"unknown planner {requested!r}; use 'llm' or 'protocol'")
+    if endpoint and llm_model:
+        return PlannerChoice(
+            "llm",
+            "an LLM endpoint is configured (OPENAI_BASE_URL/OPENAI_API_KEY) and --llm-model given",
+        )
+    missing = []
+    if not endpoint:
+        missing.append("no OPENAI_BASE_URL or OPENAI_API_KEY is set")
+    if not llm_model:
+        missing.append("no --llm-model was given")
+    return PlannerChoice("protocol", "the offline default: " + " and ".join(missing))
+
+
+def make_planner(
+    store: Store,
+    investigation_id: int,
+    name: str,
+    llm_model: str | None,
+    base_url: str | None,
+    planner_factory: Callable[[], Planner] | None = None,
+    protocol_pairs: int | None = None,
+    max_tokens: int | None = None,
+) -> Planner:
+    """The planner of an investigation; LLM calls are stored with the investigation.
+
+    ``max_tokens`` is the LLM token budget left to the investigation."""
+    if planner_factory is not None:
+        return planner_factory()
+    if name == "protocol":
+        from agent.planners.protocol import ProtocolPlanner
+
+        if protocol_pairs:
+            return ProtocolPlanner(n_pairs=protocol_pairs, localise_pairs=2 * protocol_pairs)
+        return ProtocolPlanner()
+    from agent.planners.llm import LLMPlanner
+
+    def recorder(call: Any) -> None:
+        def get(key: str) -> Any:
+            return call.get(key) if isinstance(call, dict) else getattr(call, key, None)
+
+        store.record_llm_call(
+            investigation_id,
+            str(get("model") or llm_model),
+            get("messages") or [],
+            get("response"),
+            prompt_tokens=get("prompt_tokens"),
+            completion_tokens=get("completion_tokens"),
+            latency_s=get("latency_s"),
+            error=get("error"),
+        )
+
+    return LLMPlanner(
+        model=str(llm_model),
+        base_url=base_url or os.environ.get("OPENAI_BASE_URL"),
+        api_key=os.environ.get("OPENAI_API_KEY"),
+        recorder=recorder,
+        max_tokens_budget=max_tokens,
+    )
+
+
+@dataclass
+class RunResult:
+    investigation_id: int
+    status: str
+    report_path: str | None
+    stop_reason: str | None
+
+
+def _write_report(store: Store, investigation_id: int, out_dir: Path) -> Path:
+    from agent.reports import write_reports
+
+    md, _html = write_reports(store, investigation_id, out_dir)
+    return md
+
+
+def _run(
+    store: Store,
+    db_url: str,
+    investigation_id: int,
+    planner: Planner,
+    budget: Budget,
+    progress: ProgressPrinter,
+    report_dir: Path,
+    resume: bool,
+    retriever_loader: Callable[..., Any] | None,
+    show_tool_progress: bool,
+) -> RunResult:
+    inv = store.get_investigation(investigation_id)
+    lab = Lab(
+        store=store,
+        investigation_id=investigation_id,
+        model=inv.config.get("model_arg"),
+        data_spec=inv.config.get("data_arg"),
+        device=str(inv.config.get("device", "cpu")),
+        progress=show_tool_progress,
+        retriever_loader=retriever_loader,
+    )
+    deps = Deps(
+        store=store,
+        lab=lab,
+        planner=planner,
+        budget=budget,
+        progress=progress,
+        report_dir=report_dir / f"investigation-{investigation_id}",
+        write_report=_write_report,
+    )
+    final = invoke(deps, db_url, investigation_id, resume=resume)
+    inv = store.get_investigation(investigation_id)
+    return RunResult(
+        investigation_id=investigation_id,
+        status=inv.status,
+        report_path=inv.report_path,
+        stop_reason=final.get("stop_reason"),
+    )
+
+
+def investigate(
+    question: str,
+    *,
+    model: str | None = None,
+    data: str | None = None,
+    planner: str | None = None,
+    llm_model: str | None = None,
+    base_url: str | None = None,
+    budget: Budget | None = None,
+    db: str | None = None,
+    report_dir: Path = DEFAULT_REPORT_DIR,
+    device: str = "cpu",
+    console: Console | None = None,
+    quiet: bool = False,
+    planner_factory: Callable[[], Planner] | None = None,
+    retriever_loader: Callable[..., Any] | None = None,
+    show_tool_progress: bool = False,
+    protocol_pairs: int | None = None,
+) -> RunResult:
+    """Start an investigation and run it to its end (or to an exception, which propagates)."""
+    progress = ProgressPrinter(console, quiet=quiet)
+    budget = budget or Budget()
+    choice = (
+        PlannerChoice("protocol", "a planner object was given")
+        if planner_factory is not None
+        else choose_planner(planner, llm_model)
+    )
+    given = planner_factory() if planner_factory is not None else None
+    url = database_url(db)
+    with open_store(url) as store:
+        planner_name = getattr(given, "name", None) or choice.name
+        investigation_id = store.create_investigation(
+            question,
+            model or "all-MiniLM-L6-v2",
+            data or "builtin",
+            planner_name,
+            llm_model=llm_model if choice.name == "llm" else None,
+            budget=budget.model_dump(),
+            config={
+                "model_arg": model,
+                "data_arg": data,
+                "device": device,
+                "base_url": base_url if choice.name == "llm" else None,
+                "planner_why": choice.why,
+                "protocol_pairs": protocol_pairs,
+            },
+        )
+        progress.investigation(investigation_id, question)
+        progress.line(f"planner: {choice.name} ({choice.why})")
+        lab_model = _describe_model(model, device, retriever_loader)
+        inv = store.get_investigation(investigation_id)
+        store.update_investigation_config(investigation_id, {**inv.config, "model": lab_model})
+        active = given or make_planner(
+            store,
+            investigation_id,
+            choice.name,
+            llm_model,
+            base_url,
+            protocol_pairs=protocol_pairs,
+            max_tokens=budget.max_tokens,
+        )
+        return _run(
+            store,
+            url,
+            investigation_id,
+            active,
+            budget,
+            progress,
+            report_dir,
+            False,
+            retriever_loader,
+            show_tool_progress,
+        )
+
+
+def _describe_model(
+    model: str | None, device: str, loader: Callable[..., Any] | None
+) -> dict[str, Any]:
+    from agent.execution import shared_retriever
+
+    return dict(shared_retriever(model, device, loader).describe())
+
+
+def resume(
+    investigation_id: int,
+    *,
+    db: str | None = None,
+    report_dir: Path = DEFAULT_REPORT_DIR,
+    console: Console | None = None,
+    quiet: bool = False,
+    planner_factory: Callable[[], Planner] | None = None,
+    retriever_loader: Callable[..., Any] | None = None,
+    show_tool_progress: bool = False,
+) -> RunResult:
+    """Continue an investigation from its last checkpoint; finished steps are not re-run."""
+    progress = ProgressPrinter(console, quiet=quiet)
+    url = database_url(db)
+    with open_store(url, create=False) as store:
+        inv = store.get_investigation(investigation_id)
+        progress.investigation(investigation_id, inv.question, resumed=True)
+        interrupted = store.mark_interrupted(
+            investigation_id, "the process running it stopped before it finished"
+        )
+        if interrupted:
+            progress.line(f"marked interrupted: experiments {interrupted} (they will be re-run)")
+        if inv.status != "finished":
+            store.set_investigation_status(investigation_id, "running")
+        budget = Budget.model_validate(inv.budget)
+        progress.line(f"planner: {inv.planner} (as stored with the investigation)")
+        planner = make_planner(
+            store,
+            investigation_id,
+            inv.planner,
+            inv.llm_model,
+            inv.config.get("base_url"),
+            planner_factory,
+            protocol_pairs=inv.config.get("protocol_pairs"),
+            max_tokens=None
+            if budget.max_tokens is None
+            else max(1, budget.max_tokens - store.llm_usage(investigation_id).total_tokens),
+        )
+        return _run(
+            store,
+            url,
+            investigation_id,
+            planner,
+            budget,
+            progress,
+            report_dir,
+            True,
+            retriever_loader,
+            show_tool_progress,
+        )

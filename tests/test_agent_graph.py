@@ -1,0 +1,296 @@
+"""Graph guard rails, replication, budgets, crash and resume, with a scripted planner on tiny BERTs."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+import torch
+from rich.console import Console
+
+from agent.graph import Budget, cited_in_text, fingerprint
+from agent.llm_client import LLMUnavailableError
+from agent.planners.base import Narrative, Proposal, Stop
+from agent.runner import resume
+from experiments_db.engine import open_store
+from tests.agent_support import ScriptedPlanner, behaviour, mean_bert, null_bert, run
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def null_model(tmp_path_factory) -> Path:
+    return null_bert(tmp_path_factory.mktemp("null"))
+
+
+@pytest.fixture(scope="module")
+def mean_model(tmp_path_factory) -> Path:
+    return mean_bert(tmp_path_factory.mktemp("mean"))
+
+
+def tree(tmp: Path, investigation_id: int = 1):
+    with open_store(f"sqlite:///{tmp / 't.db'}") as store:
+        return store.investigation_tree(investigation_id)
+
+
+def feedback_of(planner: ScriptedPlanner) -> list[str]:
+    return planner.ledgers[-1].feedback
+
+
+def test_proposal_without_criterion_is_rejected(tmp_path, null_model):
+    bare = Proposal.model_construct(
+        hypothesis="no criterion",
+        rationale="",
+        tool="behavioural_test",
+        args={"n_pairs": 8},
+        criterion=None,
+        components=[],
+        parent_hypothesis_id=None,
+    )
+    planner = ScriptedPlanner([bare])
+    run(tmp_path, null_model, planner)
+    assert any("no pre-registered criterion" in f for f in feedback_of(planner))
+    assert tree(tmp_path).hypotheses == []
+
+
+def test_metric_the_tool_does_not_produce_is_rejected(tmp_path, null_model):
+    planner = ScriptedPlanner([behaviour(metric="accuracy_of_nothing")])
+    run(tmp_path, null_model, planner)
+    assert any(
+        "does not produce the metric 'accuracy_of_nothing'" in f for f in feedback_of(planner)
+    )
+    assert tree(tmp_path).experiments() == []
+
+
+def test_unknown_tool_feedback_lists_the_tools(tmp_path, null_model):
+    wrong = behaviour().model_copy(update={"tool": "telepathy"})
+    planner = ScriptedPlanner([wrong])
+    run(tmp_path, null_model, planner)
+    message = next(f for f in feedback_of(planner) if "telepathy" in f)
+    assert "available tools:" in message and "behavioural_test" in message
+
+
+def test_invalid_arguments_give_the_validation_message_and_retries_are_bounded(
+    tmp_path, null_model
+):
+    bad = behaviour(n_pairs=-3)
+    planner = ScriptedPlanner([bad, bad, bad, behaviour()])
+    result = run(tmp_path, null_model, planner, Budget(max_steps=8, max_invalid=3))
+    messages = feedback_of(planner)
+    assert any("n_pairs" in m and "greater than or equal to 1" in m for m in messages)
+    assert "3 consecutive proposals were rejected" in (result.stop_reason or "")
+    assert len(planner.ledgers) == 3
+    assert tree(tmp_path).experiments() == []
+
+
+def test_split_that_disagrees_with_the_criterion_is_rejected(tmp_path, null_model):
+    planner = ScriptedPlanner([behaviour(split="holdout")])
+    run(tmp_path, null_model, planner)
+    assert any("disagrees with the criterion's split" in f for f in feedback_of(planner))
+
+
+def test_repeated_proposals_are_detected_and_stop_the_run(tmp_path, null_model):
+    same = behaviour(threshold=0.2)
+    planner = ScriptedPlanner([same, behaviour(threshold=0.2, seed=0), same, same])
+    result = run(tmp_path, null_model, planner, Budget(max_steps=8, max_repeats=2))
+    assert sum("repeated proposal" in f for f in feedback_of(planner)) == 1
+    assert "repeated already-tested proposals 2 times" in (result.stop_reason or "")
+    t = tree(tmp_path)
+    assert len(t.hypotheses) == 1 and len(t.experiments()) == 1
+    args = t.hypotheses[0].criterion.tool_args
+    assert fingerprint("behavioural_test", args, same.criterion)
+
+
+def test_discovery_pass_is_replicated_on_holdout_and_supported(tmp_path, mean_model):
+    planner = ScriptedPlanner([behaviour(metric="mean_delta", threshold=0.0, n_pairs=40)])
+    result = run(tmp_path, mean_model, planner)
+    t = tree(tmp_path)
+    (h,) = t.hypotheses
+    splits = [(e.args["split"], e.args["seed"], e.status) for e in h.experiments]
+    assert splits == [("discovery", 0, "finished"), ("holdout", 1, "finished")]
+    verdict = h.verdicts[-1]
+    assert verdict.status == "supported"
+    assert verdict.criterion_result["replication"]["outcome"] == "met"
+    assert set(verdict.cited_evidence_ids) == {ev.id for e in h.experiments for ev in e.evidence}
+    prov = h.experiments[0].provenance
+    for key in ("weights_hash", "dataset_hash", "packages", "code_version", "device", "args"):
+        assert prov[key]
+    assert t.investigation.status == "finished"
+    assert Path(result.report_path).exists()
+
+
+def test_replication_skipped_when_the_tool_budget_is_spent(tmp_path, mean_model):
+    planner = ScriptedPlanner([behaviour(metric="mean_delta", threshold=0.0, n_pairs=40)])
+    run(tmp_path, mean_model, planner, Budget(max_steps=3, max_tool_calls=1))
+    (h,) = tree(tmp_path).hypotheses
+    verdict = h.verdicts[-1]
+    assert len(h.experiments) == 1
+    assert verdict.status == "inconclusive"
+    assert "tool-call budget exhausted" in verdict.criterion_result["reason"]
+
+
+def test_narrative_citing_foreign_evidence_is_replaced(tmp_path, null_model):
+    def liar(ledger, entry):
+        return Narrative(text="Proven beyond doubt by evidence #999.", cited_evidence_ids=[999])
+
+    planner = ScriptedPlanner([behaviour()], narrate_with=liar)
+    run(tmp_path, null_model, planner)
+    (h,) = tree(tmp_path).hypotheses
+    verdict = h.verdicts[-1]
+    assert 999 not in verdict.cited_evidence_ids
+    assert "Proven beyond doubt" not in verdict.narrative
+    assert any("999" in n for n in verdict.criterion_result["notes"])
+    assert cited_in_text("see E12 and evidence #7") == [7, 12]
+
+
+def test_planner_crash_marks_interrupted_and_resume_continues(tmp_path, mean_model):
+    planner = ScriptedPlanner(
+        [
+            behaviour(metric="mean_delta", threshold=0.0, n_pairs=40),
+            RuntimeError("planner exploded"),
+        ]
+    )
+    with pytest.raises(RuntimeError, match="planner exploded"):
+        run(tmp_path, mean_model, planner)
+    t = tree(tmp_path)
+    assert t.investigation.status == "interrupted"
+    before = [(e.id, e.status) for e in t.experiments()]
+    assert len(before) == 2 and all(s == "finished" for _, s in before)
+
+    follow = ScriptedPlanner([behaviour(metric="median_delta", threshold=0.0, n_pairs=40)])
+    result = resume(
+        1,
+        db=f"sqlite:///{tmp_path / 't.db'}",
+        report_dir=tmp_path / "reports",
+        console=Console(file=io.StringIO()),
+        quiet=True,
+        planner_factory=lambda: follow,
+    )
+    assert result.status == "finished"
+    t = tree(tmp_path)
+    assert [(e.id, e.status) for e in t.experiments()][:2] == before
+    assert len(t.hypotheses) == 2
+    per_split = [(e.hypothesis_id, e.args["split"]) for e in t.experiments()]
+    assert len(per_split) == len(set(per_split))
+    # the resumed planner saw the first hypothesis in its ledger
+    assert follow.ledgers[0].entries[0].status == "supported"
+
+
+def test_llm_unavailable_stops_the_run_and_it_resumes(tmp_path, null_model):
+    down = LLMUnavailableError(
+        "the LLM endpoint http://127.0.0.1:9/v1 is unreachable",
+        endpoint="http://127.0.0.1:9/v1",
+        model="m",
+        attempts=3,
+        reason="connection refused",
+    )
+    planner = ScriptedPlanner([down])
+    with pytest.raises(LLMUnavailableError):
+        run(tmp_path, null_model, planner)
+    assert tree(tmp_path).investigation.status == "interrupted"
+    result = resume(
+        1,
+        db=f"sqlite:///{tmp_path / 't.db'}",
+        report_dir=tmp_path / "reports",
+        console=Console(file=io.StringIO()),
+        quiet=True,
+        planner_factory=lambda: ScriptedPlanner([Stop(reason="done")]),
+    )
+    assert result.status == "finished" and result.stop_reason == "planner: done"
+
+
+def test_resume_of_a_finished_investigation_runs_nothing(tmp_path, null_model):
+    run(tmp_path, null_model, ScriptedPlanner([behaviour()]))
+    n = len(tree(tmp_path).experiments())
+    again = ScriptedPlanner([behaviour(threshold=0.1)])
+    resume(
+        1,
+        db=f"sqlite:///{tmp_path / 't.db'}",
+        report_dir=tmp_path / "reports",
+        quiet=True,
+        console=Console(file=io.StringIO()),
+        planner_factory=lambda: again,
+    )
+    assert again.ledgers == [] and len(tree(tmp_path).experiments()) == n
+
+
+def test_step_budget_bounds_the_loop(tmp_path, null_model):
+    planner = ScriptedPlanner([behaviour(threshold=t / 10) for t in range(10)])
+    result = run(tmp_path, null_model, planner, Budget(max_steps=2, max_tool_calls=10))
+    assert "step budget reached" in (result.stop_reason or "")
+    assert len(tree(tmp_path).hypotheses) == 2
+
+
+def test_criterion_is_locked_once_the_experiment_ran(tmp_path, null_model):
+    from experiments_db.errors import CriterionLockedError
+
+    run(tmp_path, null_model, ScriptedPlanner([behaviour()]))
+    with (
+        open_store(f"sqlite:///{tmp_path / 't.db'}") as store,
+        pytest.raises(CriterionLockedError),
+    ):
+        store.update_criterion(1, threshold=0.0)
+
+
+def test_metric_catalogue_matches_what_the_tools_produce(tmp_path, mean_model):
+    """Every metric a catalogued tool produces is in ``METRIC_PATTERNS`` (else the metric guard
+    would reject valid criteria)."""
+    import re
+
+    from agent.execution import METRIC_PATTERNS
+    from tools.contract import ToolContext
+    from tools.diagnostics.source import resolve_data
+    from tools.registry import all_tools, get_tool
+    from tools.retrievers import load_retriever
+
+    retriever = load_retriever(str(mean_model))
+    data = resolve_data(None)
+    extra = {
+        "activation_patching": {"components": ["L0.H1", "L1.H2"]},
+        "ablation": {"components": ["L0.H1", "L1.H2"]},
+        "attention_by_role": {"heads": ["L0.H1", "L1.H2"]},
+        "behavioural_test": {"n_bootstrap": 200},
+    }
+    for name, patterns in METRIC_PATTERNS.items():
+        if name not in all_tools():
+            continue
+        tool = get_tool(name)
+        args = tool.Args(n_pairs=8, **extra.get(name, {}))
+        ctx = ToolContext(lambda: retriever, data, tmp_path / name, progress=False)
+        metrics = tool.run(ctx, args).metrics
+        unknown = [k for k in metrics if not any(re.fullmatch(p, k) for p in patterns)]
+        assert not unknown, f"{name} produces metrics outside the catalogue: {unknown}"
+
+
+def test_cli_unreachable_llm_endpoint_stops_cleanly_and_is_resumable(tmp_path, null_model):
+    from typer.testing import CliRunner
+
+    from agent.cli import app
+
+    url = f"sqlite:///{tmp_path / 't.db'}"
+    done = CliRunner().invoke(
+        app,
+        [
+            "investigate",
+            "Does the tiny model reward TFC1?",
+            "--model",
+            str(null_model),
+            "--planner",
+            "llm",
+            "--llm-model",
+            "nobody-serves-this",
+            "--base-url",
+            "http://127.0.0.1:9/v1",
+            "--db",
+            url,
+            "--report-dir",
+            str(tmp_path / "reports"),
+        ],
+    )
+    assert done.exit_code == 1, done.output
+    assert "planner: llm (requested with --planner llm)" in done.output
+    assert "stopped:" in done.output and "resume" in done.output
+    t = tree(tmp_path)
+    assert t.investigation.status == "interrupted"
+    assert t.llm_calls and all(c.error for c in t.llm_calls)
