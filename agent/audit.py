@@ -32,10 +32,12 @@ from experiments_db.repository import Store
 from tools.contract import ToolContext
 from tools.registry import UnknownToolError, get_tool, validate_args
 
-REL_TOL = 1e-5
+REL_TOL = 1e-4
 ABS_TOL = 1e-6
 """Float32 models: a score near 1 moves by ~6e-8 per ulp between BLAS kernels (thread counts,
-batch shapes), and score deltas cancel most digits, so tolerances tighter than this flag noise."""
+batch shapes), score deltas cancel most digits, and the p-value of a near-null effect amplifies
+that noise (measured: 2.6e-5 relative on an attribution-patching p-value re-run with another
+thread count), so tolerances tighter than this flag noise."""
 
 
 @dataclass

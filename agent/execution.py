@@ -36,7 +36,7 @@ _NUM = r"-?\d+(?:\.\d+)?"
 _CI = r"(?:_ci_low|_ci_high)?"
 
 _PATCHING = (
-    r"n_pairs|n_dropped|n_components|mean_delta|top_p_value",
+    r"n_pairs|n_dropped|n_components|mean_delta|top_p_value|top_layer|top_head",
     rf"top_effect{_CI}",
     r"(effect|effect_ci_low|effect_ci_high|p_value)\[[^\[\]]+\]",
 )
