@@ -1,0 +1,162 @@
+"""Ablation: what happens to the perturbation's effect and to rankings without some components?"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import Field, field_validator
+
+from tools.contract import Tool, ToolContext, ToolResult
+from tools.experiments.common import PairArgs, load_pairs
+from tools.interventions.ablation import ablate_pairs, kendall_by_query, rank_gains, site_means
+from tools.interventions.metrics import rank_rows, summarise_columns
+from tools.interventions.patching import Intervention, parse_target, patch_name
+from tools.interventions.report import fmt
+from tools.registry import register
+
+
+class AblationArgs(PairArgs):
+    components: list[str] = Field(
+        ...,
+        min_length=1,
+        description="Heads and blocks to ablate: L<layer>.H<head>, L<layer>.attn, L<layer>.mlp, "
+        "optionally at some positions only (@injected, @qterm …), e.g. ['L1.H6', 'L3.mlp'].",
+    )
+    mode: Literal["zero", "mean"] = Field(
+        "zero",
+        description="'zero': replace by zeros; 'mean': by the mean activation over all tokens of "
+        "the pair set's baseline documents.",
+    )
+    each: bool = Field(True, description="Ablate each component alone.")
+    joint: bool = Field(True, description="Also ablate all components together (if several).")
+    batch_size: int = Field(16, ge=1, le=1024, description="Pairs per batch.")
+    confidence: float = Field(0.95, gt=0.5, lt=1.0, description="Bootstrap CI level.")
+
+    @field_validator("components")
+    @classmethod
+    def _known(cls, names: list[str]) -> list[str]:
+        for name in names:
+            if parse_target(name).site == "resid":
+                raise ValueError(
+                    f"{name}: ablating the residual stream removes everything; ablate heads, "
+                    "attn or mlp"
+                )
+        return names
+
+
+def build_ablations(args: AblationArgs) -> list[Intervention]:
+    patches = [parse_target(name, args.mode) for name in args.components]
+    out = [Intervention(patch_name(p), (p,)) for p in patches] if args.each else []
+    if args.joint and len(patches) > 1 or not out:
+        out.append(Intervention("+".join(patch_name(p) for p in patches), tuple(patches)))
+    return out
+
+
+@register
+class Ablation(Tool):
+    name = "ablation"
+    description = (
+        "Zero or mean ablation of heads, attention blocks and MLPs (each alone and together) on "
+        "both sides of each pair: the change of the score delta s_pert − s_base with a bootstrap "
+        "CI and p-value, the share of the delta removed, and the effect on rankings within each "
+        "query's documents in the pair set (rank gain of the perturbed document, Kendall's tau)."
+    )
+    version = "1"
+    Args = AblationArgs
+
+    def run(self, ctx: ToolContext, args: AblationArgs) -> ToolResult:  # type: ignore[override]
+        retriever = ctx.retriever
+        pairs = list(load_pairs(ctx, args))
+        interventions = build_ablations(args)
+        means = None
+        if args.mode == "mean":
+            sites = {(p.layer, p.site) for iv in interventions for p in iv.patches}
+            means = site_means(retriever, pairs, sites, args.batch_size, ctx.progress)
+        res = ablate_pairs(
+            retriever, pairs, interventions, means, args.batch_size, progress=ctx.progress
+        )
+        delta = res.s_pert - res.s_base
+        delta_abl = res.pert_ablated - res.base_ablated
+        change = delta_abl - delta[:, None]
+        rows = summarise_columns(change, res.names, args.confidence, args.seed)
+        base_change = summarise_columns(
+            res.base_ablated - res.s_base[:, None], res.names, args.confidence, args.seed
+        )
+        gain = rank_gains(res.qids, res.s_base, res.s_pert)
+        mean_delta = float(delta.mean()) if delta.size else None
+        table: list[dict[str, Any]] = []
+        for j, row in enumerate(rows):
+            gain_abl = rank_gains(res.qids, res.base_ablated[:, j], res.pert_ablated[:, j])
+            mean_abl = float(delta_abl[:, j].mean()) if delta.size else None
+            table.append(
+                {
+                    "component": row["component"],
+                    "delta_change": row["effect"],
+                    "ci_low": row["ci_low"],
+                    "ci_high": row["ci_high"],
+                    "p_value": row["p_value"],
+                    "n": row["n"],
+                    "delta": mean_delta,
+                    "delta_ablated": mean_abl,
+                    "fraction_removed": 1.0 - mean_abl / mean_delta
+                    if mean_delta and mean_abl is not None
+                    else None,
+                    "base_score_change": base_change[j]["effect"],
+                    "share_pert_higher_ablated": float((delta_abl[:, j] > 0).mean())
+                    if delta.size
+                    else None,
+                    "rank_gain": _nanmean(gain),
+                    "rank_gain_ablated": _nanmean(gain_abl),
+                    "kendall_tau": kendall_by_query(res.qids, res.s_base, res.base_ablated[:, j]),
+                }
+            )
+        ranked = rank_rows(table, "delta_change")
+        metrics: dict[str, Any] = {
+            "n_pairs": len(pairs),
+            "n_components": len(ranked),
+            "mean_delta": mean_delta,
+            "share_pert_higher": float((delta > 0).mean()) if delta.size else None,
+            "rank_gain": _nanmean(gain),
+            "n_ranked_pairs": int(np.isfinite(gain).sum()),
+        }
+        if ranked:
+            top = ranked[0]
+            metrics |= {
+                "top_delta_change": top["delta_change"],
+                "top_delta_change_ci_low": top["ci_low"],
+                "top_delta_change_ci_high": top["ci_high"],
+                "top_p_value": top["p_value"],
+                "top_fraction_removed": top["fraction_removed"],
+            }
+        for row in ranked:
+            name = row["component"]
+            metrics[f"delta_change[{name}]"] = row["delta_change"]
+            metrics[f"delta_change_ci_low[{name}]"] = row["ci_low"]
+            metrics[f"delta_change_ci_high[{name}]"] = row["ci_high"]
+            metrics[f"p_value[{name}]"] = row["p_value"]
+            metrics[f"fraction_removed[{name}]"] = row["fraction_removed"]
+            metrics[f"delta_ablated[{name}]"] = row["delta_ablated"]
+            metrics[f"rank_gain_ablated[{name}]"] = row["rank_gain_ablated"]
+            metrics[f"kendall_tau[{name}]"] = row["kendall_tau"]
+        lines = [
+            f"  {r['component']}: Δ change {fmt(r['delta_change'])} [{fmt(r['ci_low'])}, "
+            f"{fmt(r['ci_high'])}] p={fmt(r['p_value'])}; Δ {fmt(r['delta'])} → "
+            f"{fmt(r['delta_ablated'])} ({fmt(r['fraction_removed'])} removed); rank gain "
+            f"{fmt(r['rank_gain'])} → {fmt(r['rank_gain_ablated'])}; tau {fmt(r['kendall_tau'])}"
+            for r in ranked[:5]
+        ]
+        if len(ranked) > 5:
+            lines.append(f"  … {len(ranked) - 5} more rows in the full table")
+        summary = (
+            f"{args.mode.capitalize()} ablation of {', '.join(args.components)} on {len(pairs)} "
+            f"pairs of {args.axiom}/{args.variant} [{args.split}] (both sides ablated). "
+            f"Mean Δ = s_pert − s_base = {fmt(mean_delta)}; ranked by |change of Δ|:\n"
+            + "\n".join(lines)
+        )
+        return ToolResult(metrics=metrics, summary=summary, tables={"ablations": ranked})
+
+
+def _nanmean(values: np.ndarray) -> float | None:
+    finite = values[np.isfinite(values)]
+    return float(finite.mean()) if finite.size else None
