@@ -73,7 +73,6 @@ def run_tool(
     progress: bool,
 ) -> None:
     from tools.diagnostics.source import resolve_data
-
     from tools.retrievers import load_retriever
 
     try:
