@@ -58,7 +58,7 @@ def heatmap(
         for i in range(rows):
             for j in range(cols):
                 if np.isfinite(data[i, j]):
-                    ax.text(j, i, f"{data[i, j]:.2f}", ha="center", va="center", fontsize=7)
+                    ax.text(j, i, f"{data[i, j]:.2g}", ha="center", va="center", fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png")
