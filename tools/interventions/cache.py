@@ -73,9 +73,9 @@ def reusable(
     """What a run starting at ``layer`` on the cached input can replay instead of computing:
     the whole attention core when its output IS the output projection's input (BERT-likes:
     ``attention.self``), else the q/k/v projections (DistilBERT, ModernBERT)."""
-    out = seen[(layer, "attn", 0)]
-    if isinstance(out, tuple) and out[0] is seen[(layer, "proj", 0)]:
-        return [attention_module(retriever, layer)], [(out[0], *([None] * (len(out) - 1)))]
+    first, length = seen[(layer, "attn", 0)]
+    if length and first is seen[(layer, "proj", 0)]:
+        return [attention_module(retriever, layer)], [(first, *([None] * (length - 1)))]
     modules = qkv_modules(retriever, layer)
     return modules, [seen[(layer, "qkv", slot)] for slot in range(len(modules))]
 
@@ -190,6 +190,13 @@ def capture(
             return lambda _m, args: acts.__setitem__(key, args[0])
         return lambda _m, _a, out: acts.__setitem__(key, layer_output(out))
 
+    def remember_attention(index: int) -> Callable:
+        def fn(_m: nn.Module, _a: tuple, out: Any) -> None:
+            first, length = (out[0], len(out)) if isinstance(out, tuple) else (out, 0)
+            seen[(index, "attn", 0)] = (first, length)
+
+        return fn
+
     def remember(key: tuple[int, str, int], port: str) -> Callable:
         if port == "input":
             return lambda _m, args: seen.__setitem__(key, args[0])
@@ -211,7 +218,7 @@ def capture(
         for layer in reuse_layers:
             attention = attention_module(retriever, layer)
             out_proj, _ = retriever.component_module(layer, "heads")
-            handles.append(attention.register_forward_hook(remember((layer, "attn", 0), "output")))
+            handles.append(attention.register_forward_hook(remember_attention(layer)))
             handles.append(
                 out_proj.register_forward_pre_hook(remember((layer, "proj", 0), "input"))
             )
