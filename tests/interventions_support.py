@@ -9,49 +9,11 @@ from pathlib import Path
 
 import torch
 
+from tests.tiny_models import tiny_config
 from tools.contract import ToolContext
 from tools.diagnostics.source import resolve_data
 from tools.retrievers import Retriever, load_retriever
 from tools.retrievers.loading import default_model_path
-
-
-def tiny_config(arch: str, vocab_size: int, tokenizer, cross: bool):
-    from transformers import BertConfig, DistilBertConfig, ModernBertConfig
-
-    extra = {"num_labels": 1} if cross else {}
-    common = {
-        "vocab_size": vocab_size,
-        "hidden_size": 32,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "intermediate_size": 64,
-        "pad_token_id": tokenizer.pad_token_id,
-        "initializer_range": 0.2,
-    }
-    if arch == "bert":
-        return BertConfig(**common, **extra)
-    if arch == "distilbert":
-        return DistilBertConfig(
-            vocab_size=vocab_size,
-            dim=32,
-            n_layers=2,
-            n_heads=4,
-            hidden_dim=64,
-            pad_token_id=tokenizer.pad_token_id,
-            initializer_range=0.2,
-            **extra,
-        )
-    if arch == "modernbert":
-        return ModernBertConfig(
-            **common,
-            bos_token_id=tokenizer.cls_token_id,
-            eos_token_id=tokenizer.sep_token_id,
-            cls_token_id=tokenizer.cls_token_id,
-            sep_token_id=tokenizer.sep_token_id,
-            global_attn_every_n_layers=1,
-            **extra,
-        )
-    raise ValueError(arch)
 
 
 def tiny_retriever(
@@ -67,7 +29,7 @@ def tiny_retriever(
 
     tokenizer = AutoTokenizer.from_pretrained(default_model_path())
     cross = kind == "cross-encoder"
-    config = tiny_config(arch, len(tokenizer), tokenizer, cross)
+    config = tiny_config(arch, len(tokenizer), tokenizer, cross, initializer_range=0.2)
     torch.manual_seed(seed)
     model = (AutoModelForSequenceClassification if cross else AutoModel).from_config(config)
     model.save_pretrained(folder)

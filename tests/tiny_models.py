@@ -51,7 +51,10 @@ def bpe_tokenizer(folder: Path):
     return RobertaTokenizerFast(vocab=str(folder / "vocab.json"), merges=str(folder / "merges.txt"))
 
 
-def _config(arch: str, vocab_size: int, tokenizer, cross: bool):
+def tiny_config(
+    arch: str, vocab_size: int, tokenizer, cross: bool, initializer_range: float = 0.02
+):
+    """The config of a tiny ``arch`` encoder (2 layers, 4 heads, hidden 32) for ``tokenizer``."""
     from transformers import (
         BertConfig,
         DistilBertConfig,
@@ -67,6 +70,7 @@ def _config(arch: str, vocab_size: int, tokenizer, cross: bool):
         "num_attention_heads": 4,
         "intermediate_size": 64,
         "pad_token_id": tokenizer.pad_token_id,
+        "initializer_range": initializer_range,
     }
     extra = {"num_labels": 1} if cross else {}
     if arch == "bert":
@@ -83,6 +87,7 @@ def _config(arch: str, vocab_size: int, tokenizer, cross: bool):
             n_heads=4,
             hidden_dim=64,
             pad_token_id=tokenizer.pad_token_id,
+            initializer_range=initializer_range,
             **extra,
         )
     if arch == "modernbert":
@@ -110,7 +115,7 @@ def save_tiny_model(
         else wordpiece_tokenizer(folder / "_tok")
     )
     cross = kind == "cross-encoder"
-    config = _config(arch, len(tokenizer), tokenizer, cross)
+    config = tiny_config(arch, len(tokenizer), tokenizer, cross)
     torch.manual_seed(seed)
     model = (AutoModelForSequenceClassification if cross else AutoModel).from_config(config)
     model.save_pretrained(folder)
