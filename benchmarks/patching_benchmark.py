@@ -153,7 +153,7 @@ def grid_report(args: argparse.Namespace, retriever: Retriever) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pairs", type=int, default=64)
+    parser.add_argument("--pairs", type=int, default=64, help="0 skips the timing comparison")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--memory-pairs", type=int, default=1000, help="0 skips the memory run")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
@@ -170,6 +170,16 @@ def main() -> None:
         return
     torch.set_num_threads(args.threads)
     retriever = load_retriever()
+    if args.pairs:
+        compare(args, retriever)
+    if args.memory_pairs:
+        memory(args)
+    if args.grid_pairs:
+        grid_report(args, retriever)
+
+
+def compare(args: argparse.Namespace, retriever: Retriever) -> None:
+    """Time (a), (b), (c) on ``--pairs`` pairs and compare their results."""
     pairs = load_pairs(retriever, args.data, args.pairs, args.seed)
     grid = heads_grid(retriever.n_layers, retriever.n_heads)
     n_layers = retriever.n_layers
@@ -210,27 +220,28 @@ def main() -> None:
             f"|effect| Spearman {spearman(np.abs(m_exact), np.abs(m_approx)):.3f}, "
             f"top-5 overlap {top_overlap(m_exact, m_approx, 5)}/5"
         )
-    if args.memory_pairs:
-        command = [
-            sys.executable,
-            __file__,
-            "--memory-child",
-            f"--memory-pairs={args.memory_pairs}",
-            f"--threads={args.threads}",
-            f"--data={args.data}",
-            f"--seed={args.seed}",
-            f"--batch-size={args.batch_size}",
-        ]
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
-        done = subprocess.run(command, capture_output=True, text=True, env=env, check=True)
-        info = json.loads(done.stdout.strip().splitlines()[-1])
-        print(
-            f"exact path on {info['pairs']} pairs: {info['seconds']:.1f} s, peak RSS "
-            f"{info['peak_mb'] / 1024:.2f} GB (after loading the model and pairs: "
-            f"{info['rss_loaded_mb'] / 1024:.2f} GB)"
-        )
-    if args.grid_pairs:
-        grid_report(args, retriever)
+
+
+def memory(args: argparse.Namespace) -> None:
+    """Peak RSS of the exact path on ``--memory-pairs`` pairs, in a subprocess of its own."""
+    command = [
+        sys.executable,
+        __file__,
+        "--memory-child",
+        f"--memory-pairs={args.memory_pairs}",
+        f"--threads={args.threads}",
+        f"--data={args.data}",
+        f"--seed={args.seed}",
+        f"--batch-size={args.batch_size}",
+    ]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run(command, capture_output=True, text=True, env=env, check=True)
+    info = json.loads(done.stdout.strip().splitlines()[-1])
+    print(
+        f"exact path on {info['pairs']} pairs: {info['seconds']:.1f} s, peak RSS "
+        f"{info['peak_mb'] / 1024:.2f} GB (after loading the model and pairs: "
+        f"{info['rss_loaded_mb'] / 1024:.2f} GB)"
+    )
 
 
 if __name__ == "__main__":
