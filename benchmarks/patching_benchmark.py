@@ -18,7 +18,8 @@ and prints the speed ratios, (a)/(b) against the bound 2L/(L+1) of starting at t
 max |(a) − (b)|, the Spearman correlation and top-5 overlap of (c) against (b), and the peak
 memory (RSS) of the exact path on ``--memory-pairs`` pairs, measured in a subprocess so that the
 peak is its own. ``--grid-pairs N`` (``0`` = skip, ``-1`` = all pairs) also runs the exact grid on
-N pairs and prints the top 5 heads with bootstrap CIs under both metrics.
+N pairs and prints the top 5 heads with bootstrap CIs under both metrics (the classic one also on
+the pairs with ``|Δ| >= --min-abs-delta``, since it explodes on near-zero deltas).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ if str(REPO) not in sys.path:
 from tools.diagnostics.source import resolve_data  # noqa: E402
 from tools.interventions.attribution import attribute_pairs  # noqa: E402
 from tools.interventions.metrics import (  # noqa: E402
+    kept_pairs,
     normalised_effect,
     rank_rows,
     spearman,
@@ -137,11 +139,14 @@ def grid_report(args: argparse.Namespace, retriever: Retriever) -> None:
         f"\nexact per-head grid on {len(pairs)} pairs: {seconds:.1f} s; mean Δ {delta.mean():.4f}, "
         f"Δ > 0 for {np.mean(delta > 0):.1%}, |Δ| min {np.abs(delta).min():.2e}"
     )
-    keep = delta != 0
-    for metric in ("classic", "robust"):
+    for metric, threshold in (("classic", 0.0), ("classic", args.min_abs_delta), ("robust", 0.0)):
+        keep = kept_pairs(scores.s_base, scores.s_pert, threshold)
         values = effects(scores.s_base[keep], scores.s_pert[keep], scores.s_patched[keep], metric)
         rows = rank_rows(summarise_columns(values, scores.names, seed=args.seed))
-        print(f"top 5 heads, {metric} metric (mean [95% bootstrap CI], p):")
+        print(
+            f"top 5 heads, {metric} metric, {keep.sum()} pairs with |Δ| >= {threshold:g} "
+            "(mean [95% bootstrap CI], p):"
+        )
         for row in rows[:5]:
             print(
                 f"  {row['component']}: {row['effect']:+.4f} [{row['ci_low']:+.4f}, "
@@ -161,6 +166,12 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=1, help="timing repeats; the best is kept")
     parser.add_argument("--grid-pairs", type=int, default=0)
+    parser.add_argument(
+        "--min-abs-delta",
+        type=float,
+        default=0.01,
+        help="grid: threshold of the second classic run",
+    )
     parser.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if not args.data.exists():
