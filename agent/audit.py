@@ -21,16 +21,16 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from agent.execution import shared_retriever
-from agent.graph import cited_in_text, split_of
-from agent.planners.base import Criterion
-from agent.verdicts import SplitResult, decide, evaluate_split
-from experiments_db.errors import ArtifactError
-from experiments_db.jsonutil import to_jsonable
-from experiments_db.records import ExperimentNode, HypothesisNode
-from experiments_db.repository import Store
-from tools.contract import ToolContext
-from tools.registry import UnknownToolError, get_tool, validate_args
+from rankscope.agent.execution import shared_retriever
+from rankscope.agent.graph import cited_in_text, split_of
+from rankscope.agent.planners.base import Criterion
+from rankscope.agent.verdicts import SplitResult, decide, evaluate_split
+from rankscope.experiments_db.errors import ArtifactError
+from rankscope.experiments_db.jsonutil import to_jsonable
+from rankscope.experiments_db.records import ExperimentNode, HypothesisNode
+from rankscope.experiments_db.repository import Store
+from rankscope.tools.contract import ToolContext
+from rankscope.tools.registry import UnknownToolError, get_tool, validate_args
 
 REL_TOL = 1e-4
 ABS_TOL = 1e-6
@@ -215,7 +215,7 @@ def audit_investigation(
 ) -> AuditReport:
     """Audit one investigation (see the module docstring); ``experiments`` limits the re-runs
     to those ids (the other checks always cover everything)."""
-    from tools.diagnostics.source import resolve_data
+    from rankscope.tools.diagnostics.source import resolve_data
 
     tree = store.investigation_tree(investigation_id)
     inv = tree.investigation

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from agent.commands import investigate_cmd, store_cmd, tools_cmd
+from rankscope.agent.commands import investigate_cmd, store_cmd, tools_cmd
 
 app = typer.Typer(
     name="rankscope",

@@ -3,7 +3,7 @@
 ``check_call`` validates a planner's call against the registry (unknown tool, arguments that do
 not validate, a criterion metric the tool does not produce) and raises :class:`CallRejected` with
 a message the planner can act on: nothing runs. ``Lab.run_experiment`` runs a validated call: it
-builds the :class:`~tools.contract.ToolContext` (one retriever per investigation, loaded once),
+builds the :class:`~rankscope.tools.contract.ToolContext` (one retriever per investigation, loaded once),
 stores the experiment as ``running`` with its provenance (model id, weights hash, dataset hash,
 tool name and version, arguments, seed, package and code versions, device), runs the tool, and
 records the evidence and artifacts with the experiment's status in one transaction
@@ -26,11 +26,17 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from experiments_db.jsonutil import canonical_json
-from experiments_db.provenance import capture_provenance
-from experiments_db.repository import Store
-from tools.contract import ArtifactFile, Tool, ToolArgs, ToolContext
-from tools.registry import ToolArgumentError, UnknownToolError, all_tools, get_tool, validate_args
+from rankscope.experiments_db.jsonutil import canonical_json
+from rankscope.experiments_db.provenance import capture_provenance
+from rankscope.experiments_db.repository import Store
+from rankscope.tools.contract import ArtifactFile, Tool, ToolArgs, ToolContext
+from rankscope.tools.registry import (
+    ToolArgumentError,
+    UnknownToolError,
+    all_tools,
+    get_tool,
+    validate_args,
+)
 
 _NUM = r"-?\d+(?:\.\d+)?"
 _CI = r"(?:_ci_low|_ci_high)?"
@@ -124,7 +130,7 @@ def shared_retriever(
     key = (model, device, id(loader) if loader is not None else 0)
     if key not in _RETRIEVERS:
         if loader is None:
-            from tools.retrievers import load_retriever
+            from rankscope.tools.retrievers import load_retriever
 
             loader = load_retriever
         _RETRIEVERS[key] = loader(model, device=device)
@@ -173,7 +179,7 @@ class Lab:
     def data(self) -> Any:
         """The investigation's data source, resolved on first use."""
         if self._data is None:
-            from tools.diagnostics.source import resolve_data
+            from rankscope.tools.diagnostics.source import resolve_data
 
             started = time.perf_counter()
             self._data = resolve_data(self.data_spec)

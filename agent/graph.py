@@ -13,7 +13,7 @@ Nodes
                 a split that disagrees with the criterion, a repeated (tool, args, criterion)) and
                 turns each rejection into feedback for the planner's next call.
     preregister stores the hypothesis with its criterion before anything runs.
-    run_tool    runs the validated call through ``agent.execution`` (one transaction per result).
+    run_tool    runs the validated call through ``rankscope.agent.execution`` (one transaction per result).
     record      reads the stored evidence back and compares it with the criterion on this split.
     assess      decides: replicate (discovery met with exact evidence) or apply the verdict rules,
                 store the verdict and a narrative whose citations are checked.
@@ -42,16 +42,24 @@ from langgraph.graph import END, START, StateGraph
 from pydantic import BaseModel, Field, ValidationError
 from sqlalchemy.engine import make_url
 
-from agent.execution import CallRejected, Lab, available_tools, check_call
-from agent.llm_client import LLMBudgetExceeded, LLMError
-from agent.planners.base import Criterion, Ledger, LedgerEntry, Narrative, Planner, Proposal, Stop
-from agent.progress import ProgressPrinter
-from agent.verdicts import Decision, SplitResult, decide, evaluate_split
-from experiments_db.jsonutil import canonical_json
-from experiments_db.records import Criterion as StoredCriterion
-from experiments_db.records import HypothesisNode, InvestigationTree
-from experiments_db.repository import Store
-from tools.registry import get_tool
+from rankscope.agent.execution import CallRejected, Lab, available_tools, check_call
+from rankscope.agent.llm_client import LLMBudgetExceeded, LLMError
+from rankscope.agent.planners.base import (
+    Criterion,
+    Ledger,
+    LedgerEntry,
+    Narrative,
+    Planner,
+    Proposal,
+    Stop,
+)
+from rankscope.agent.progress import ProgressPrinter
+from rankscope.agent.verdicts import Decision, SplitResult, decide, evaluate_split
+from rankscope.experiments_db.jsonutil import canonical_json
+from rankscope.experiments_db.records import Criterion as StoredCriterion
+from rankscope.experiments_db.records import HypothesisNode, InvestigationTree
+from rankscope.experiments_db.repository import Store
+from rankscope.tools.registry import get_tool
 
 NODES_PER_STEP = 10
 SUMMARY_CHARS = 1500
@@ -135,7 +143,7 @@ def key_metrics(metrics: dict[str, Any], metric: str | None = None) -> dict[str,
     the largest entries of each per-component family, then the scalar metrics."""
     out: dict[str, Any] = {}
     if metric:
-        from agent.verdicts import ci_keys, p_keys
+        from rankscope.agent.verdicts import ci_keys, p_keys
 
         low, high = ci_keys(metric)
         for key in [metric, *low, *high, *p_keys(metric)]:

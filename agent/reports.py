@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from experiments_db.errors import ArtifactError
-from experiments_db.records import ExperimentNode, HypothesisNode, InvestigationTree
-from experiments_db.repository import Store
+from rankscope.experiments_db.errors import ArtifactError
+from rankscope.experiments_db.records import ExperimentNode, HypothesisNode, InvestigationTree
+from rankscope.experiments_db.repository import Store
 
 MAX_SUMMARY = 1200
 SHOWN_METRICS = 12
@@ -66,7 +66,7 @@ def _ci(result: dict[str, Any] | None) -> str:
 
 
 def _metrics_rows(metrics: dict[str, Any], metric: str) -> list[list[str]]:
-    from agent.graph import key_metrics
+    from rankscope.agent.graph import key_metrics
 
     shown = list(key_metrics(metrics, metric).items())[:SHOWN_METRICS]
     return [[k, _fmt(v)] for k, v in shown]

@@ -14,12 +14,12 @@ from typing import Any, Literal
 
 from rich.console import Console
 
-from agent.execution import Lab
-from agent.graph import Budget, Deps, invoke
-from agent.planners.base import Planner
-from agent.progress import ProgressPrinter
-from experiments_db.engine import database_url, open_store
-from experiments_db.repository import Store
+from rankscope.agent.execution import Lab
+from rankscope.agent.graph import Budget, Deps, invoke
+from rankscope.agent.planners.base import Planner
+from rankscope.agent.progress import ProgressPrinter
+from rankscope.experiments_db.engine import database_url, open_store
+from rankscope.experiments_db.repository import Store
 
 PlannerName = Literal["llm", "protocol"]
 DEFAULT_REPORT_DIR = Path("rankscope_reports")
@@ -71,12 +71,12 @@ def make_planner(
     if planner_factory is not None:
         return planner_factory()
     if name == "protocol":
-        from agent.planners.protocol import ProtocolPlanner
+        from rankscope.agent.planners.protocol import ProtocolPlanner
 
         if protocol_pairs:
             return ProtocolPlanner(n_pairs=protocol_pairs, localise_pairs=2 * protocol_pairs)
         return ProtocolPlanner()
-    from agent.planners.llm import LLMPlanner
+    from rankscope.agent.planners.llm import LLMPlanner
 
     def recorder(call: Any) -> None:
         def get(key: str) -> Any:
@@ -111,7 +111,7 @@ class RunResult:
 
 
 def _write_report(store: Store, investigation_id: int, out_dir: Path) -> Path:
-    from agent.reports import write_reports
+    from rankscope.agent.reports import write_reports
 
     md, _html = write_reports(store, investigation_id, out_dir)
     return md
@@ -236,7 +236,7 @@ def investigate(
 def _describe_model(
     model: str | None, device: str, loader: Callable[..., Any] | None
 ) -> dict[str, Any]:
-    from agent.execution import shared_retriever
+    from rankscope.agent.execution import shared_retriever
 
     return dict(shared_retriever(model, device, loader).describe())
 

@@ -55,7 +55,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from agent.planners.base import Criterion
+from rankscope.agent.planners.base import Criterion
 
 Outcome = Literal["met", "contradicted", "undetermined"]
 Status = Literal["supported", "refuted", "inconclusive"]
@@ -104,7 +104,7 @@ class Decision(BaseModel):
             "reason": self.reason,
             "replication": self.holdout.model_dump() if self.holdout else None,
             "notes": list(self.notes),
-            "rules": "agent.verdicts v1",
+            "rules": "rankscope.agent.verdicts v1",
         }
 
 

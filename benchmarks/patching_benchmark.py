@@ -40,9 +40,9 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from tools.diagnostics.source import resolve_data  # noqa: E402
-from tools.interventions.attribution import attribute_pairs  # noqa: E402
-from tools.interventions.metrics import (  # noqa: E402
+from rankscope.tools.diagnostics.source import resolve_data  # noqa: E402
+from rankscope.tools.interventions.attribution import attribute_pairs  # noqa: E402
+from rankscope.tools.interventions.metrics import (  # noqa: E402
     kept_pairs,
     normalised_effect,
     rank_rows,
@@ -50,9 +50,9 @@ from tools.interventions.metrics import (  # noqa: E402
     summarise_columns,
     top_overlap,
 )
-from tools.interventions.pairs import pair_batches  # noqa: E402
-from tools.interventions.patching import heads_grid, patch_pairs  # noqa: E402
-from tools.retrievers import Retriever, load_retriever  # noqa: E402
+from rankscope.tools.interventions.pairs import pair_batches  # noqa: E402
+from rankscope.tools.interventions.patching import heads_grid, patch_pairs  # noqa: E402
+from rankscope.tools.retrievers import Retriever, load_retriever  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "dl1920_tfc1_pairs.tsv"
 

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import torch
 
-from tools.contract import ToolContext
-from tools.diagnostics.source import resolve_data
-from tools.registry import get_tool, validate_args
-from tools.retrievers import load_retriever
+from rankscope.tools.contract import ToolContext
+from rankscope.tools.diagnostics.source import resolve_data
+from rankscope.tools.registry import get_tool, validate_args
+from rankscope.tools.retrievers import load_retriever
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "tfc1_baseline_corpus.json"
 

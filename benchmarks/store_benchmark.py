@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import psycopg  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 
-from experiments_db import Criterion, capture_provenance, mask_url, open_store  # noqa: E402
+from rankscope.experiments_db import Criterion, capture_provenance, mask_url, open_store  # noqa: E402
 
 DEFAULT_PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 HYPOTHESES = 20

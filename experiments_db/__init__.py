@@ -4,9 +4,9 @@ It knows SQLModel/SQLAlchemy/alembic and nothing of torch, the tools or the agen
 :func:`open_store`; every query returns plain pydantic records.
 """
 
-from experiments_db.artifacts import ArtifactStore, StoredFile, default_artifact_root
-from experiments_db.bundle import export_investigation, import_bundle
-from experiments_db.engine import (
+from rankscope.experiments_db.artifacts import ArtifactStore, StoredFile, default_artifact_root
+from rankscope.experiments_db.bundle import export_investigation, import_bundle
+from rankscope.experiments_db.engine import (
     ENV_DB_URL,
     create_db_engine,
     database_url,
@@ -15,7 +15,7 @@ from experiments_db.engine import (
     open_store,
     upgrade_database,
 )
-from experiments_db.errors import (
+from rankscope.experiments_db.errors import (
     ArtifactError,
     ArtifactIntegrityError,
     ArtifactMissingError,
@@ -29,8 +29,8 @@ from experiments_db.errors import (
     StoreError,
     UnknownEvidenceError,
 )
-from experiments_db.provenance import Provenance, capture_provenance
-from experiments_db.records import (
+from rankscope.experiments_db.provenance import Provenance, capture_provenance
+from rankscope.experiments_db.records import (
     ArtifactRecord,
     ArtifactSpec,
     Criterion,
@@ -47,7 +47,7 @@ from experiments_db.records import (
     ReviewRecord,
     VerdictRecord,
 )
-from experiments_db.repository import Store
+from rankscope.experiments_db.repository import Store
 
 __all__ = [
     "ENV_DB_URL",

@@ -12,8 +12,12 @@ from pathlib import Path
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from experiments_db.errors import ArtifactError, ArtifactIntegrityError, ArtifactMissingError
-from experiments_db.hashing import CHUNK_SIZE, file_sha256
+from rankscope.experiments_db.errors import (
+    ArtifactError,
+    ArtifactIntegrityError,
+    ArtifactMissingError,
+)
+from rankscope.experiments_db.hashing import CHUNK_SIZE, file_sha256
 
 ENV_ARTIFACT_DIR = "RANKSCOPE_ARTIFACT_DIR"
 DEFAULT_ARTIFACT_DIR = "rankscope_artifacts"

@@ -11,12 +11,12 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from experiments_db.errors import ArtifactIntegrityError, BundleError
-from experiments_db.hashing import bytes_sha256
-from experiments_db.migrate import head_revision
-from experiments_db.models import utcnow
-from experiments_db.records import InvestigationTree
-from experiments_db.repository import Store
+from rankscope.experiments_db.errors import ArtifactIntegrityError, BundleError
+from rankscope.experiments_db.hashing import bytes_sha256
+from rankscope.experiments_db.migrate import head_revision
+from rankscope.experiments_db.models import utcnow
+from rankscope.experiments_db.records import InvestigationTree
+from rankscope.experiments_db.repository import Store
 
 BUNDLE_FORMAT = "rankscope-investigation-bundle"
 BUNDLE_VERSION = 1

@@ -13,11 +13,11 @@ from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.pool import StaticPool
 
-from experiments_db.artifacts import ArtifactStore, default_artifact_root
-from experiments_db.errors import DatabaseURLError, SchemaVersionError
-from experiments_db.jsonutil import dumps_json
-from experiments_db.migrate import WRITE_OPTION, downgrade_engine, upgrade_engine
-from experiments_db.repository import Store
+from rankscope.experiments_db.artifacts import ArtifactStore, default_artifact_root
+from rankscope.experiments_db.errors import DatabaseURLError, SchemaVersionError
+from rankscope.experiments_db.jsonutil import dumps_json
+from rankscope.experiments_db.migrate import WRITE_OPTION, downgrade_engine, upgrade_engine
+from rankscope.experiments_db.repository import Store
 
 ENV_DB_URL = "RANKSCOPE_DB_URL"
 DEFAULT_DB_FILE = "rankscope.db"

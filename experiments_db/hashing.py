@@ -5,7 +5,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from experiments_db.jsonutil import canonical_json
+from rankscope.experiments_db.jsonutil import canonical_json
 
 CHUNK_SIZE = 1 << 20
 

@@ -13,9 +13,9 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from experiments_db.hashing import file_sha256, json_sha256, weights_hash
-from experiments_db.jsonutil import to_jsonable
-from experiments_db.models import utcnow
+from rankscope.experiments_db.hashing import file_sha256, json_sha256, weights_hash
+from rankscope.experiments_db.jsonutil import to_jsonable
+from rankscope.experiments_db.models import utcnow
 
 __all__ = [
     "TRACKED_PACKAGES",

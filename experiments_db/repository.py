@@ -1,7 +1,7 @@
 """The repository: how the agent writes and reads the evidence store.
 
 Every method opens and closes its own short transaction and returns plain data (ids or the
-pydantic records of :mod:`experiments_db.records`), so callers never hold a session.
+pydantic records of :mod:`rankscope.experiments_db.records`), so callers never hold a session.
 """
 
 import logging
@@ -18,17 +18,17 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session
 
-from experiments_db.artifacts import ArtifactStore, StoredFile
-from experiments_db.errors import (
+from rankscope.experiments_db.artifacts import ArtifactStore, StoredFile
+from rankscope.experiments_db.errors import (
     CriterionLockedError,
     EvidenceWriteError,
     ExperimentStateError,
     NotFoundError,
     UnknownEvidenceError,
 )
-from experiments_db.jsonutil import to_jsonable
-from experiments_db.migrate import writer
-from experiments_db.models import (
+from rankscope.experiments_db.jsonutil import to_jsonable
+from rankscope.experiments_db.migrate import writer
+from rankscope.experiments_db.models import (
     CRITERION_COLUMNS,
     EXPERIMENT_STATUSES,
     INVESTIGATION_STATUSES,
@@ -45,7 +45,7 @@ from experiments_db.models import (
     Verdict,
     utcnow,
 )
-from experiments_db.records import (
+from rankscope.experiments_db.records import (
     ArtifactRecord,
     ArtifactSpec,
     Criterion,

@@ -10,9 +10,17 @@ from typing import Any
 import torch
 from rich.console import Console
 
-from agent.graph import Budget
-from agent.planners.base import Criterion, Ledger, LedgerEntry, Narrative, Planner, Proposal, Stop
-from agent.runner import RunResult, investigate
+from rankscope.agent.graph import Budget
+from rankscope.agent.planners.base import (
+    Criterion,
+    Ledger,
+    LedgerEntry,
+    Narrative,
+    Planner,
+    Proposal,
+    Stop,
+)
+from rankscope.agent.runner import RunResult, investigate
 from tests.tiny_models import save_tiny_model
 
 QUESTION = "Does the tiny model reward repeated query terms (TFC1)?"

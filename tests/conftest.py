@@ -29,7 +29,7 @@ def shared_data() -> Path:
 
 @pytest.fixture(scope="session")
 def minilm():
-    from tools.retrievers import load_retriever
+    from rankscope.tools.retrievers import load_retriever
 
     return load_retriever()
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+from rankscope.tools.contract import ToolContext
+from rankscope.tools.diagnostics.axioms import build_pairs
+from rankscope.tools.diagnostics.source import CollectionSource, PairsSource
+from rankscope.tools.diagnostics.types import Collection
 from tests.tiny_models import CORPUS
-from tools.contract import ToolContext
-from tools.diagnostics.axioms import build_pairs
-from tools.diagnostics.source import CollectionSource, PairsSource
-from tools.diagnostics.types import Collection
 
 WORDS = sorted({w for line in CORPUS for w in line.split()})
 ENGLISH_WORDS = [

@@ -19,9 +19,9 @@ import torch
 from rich.console import Console
 from typer.testing import CliRunner
 
-from agent.cli import app
-from agent.runner import resume
-from experiments_db.engine import open_store
+from rankscope.agent.cli import app
+from rankscope.agent.runner import resume
+from rankscope.experiments_db.engine import open_store
 from tests.agent_support import ScriptedPlanner, behaviour, null_bert
 
 torch.set_num_threads(1)
@@ -62,7 +62,7 @@ def test_protocol_investigation_killed_resumed_reported_and_audited(tmp_path):
         [
             sys.executable,
             "-m",
-            "agent.cli",
+            "rankscope.agent.cli",
             "investigate",
             QUESTION,
             "--db",
@@ -157,7 +157,7 @@ def test_postgres_smoke(tmp_path, tmp_path_factory):
     if not pg:
         pytest.skip("RANKSCOPE_TEST_PG_URL is not set")
     model = null_bert(tmp_path_factory.mktemp("null-pg"))
-    from agent.runner import investigate
+    from rankscope.agent.runner import investigate
 
     planner = ScriptedPlanner([behaviour(), RuntimeError("stop here")])
     with pytest.raises(RuntimeError):

@@ -9,11 +9,11 @@ import pytest
 import torch
 from rich.console import Console
 
-from agent.graph import Budget, cited_in_text, fingerprint
-from agent.llm_client import LLMUnavailableError
-from agent.planners.base import Narrative, Proposal, Stop
-from agent.runner import resume
-from experiments_db.engine import open_store
+from rankscope.agent.graph import Budget, cited_in_text, fingerprint
+from rankscope.agent.llm_client import LLMUnavailableError
+from rankscope.agent.planners.base import Narrative, Proposal, Stop
+from rankscope.agent.runner import resume
+from rankscope.experiments_db.engine import open_store
 from tests.agent_support import ScriptedPlanner, behaviour, mean_bert, null_bert, run
 
 torch.set_num_threads(1)
@@ -223,7 +223,7 @@ def test_step_budget_bounds_the_loop(tmp_path, null_model):
 
 
 def test_criterion_is_locked_once_the_experiment_ran(tmp_path, null_model):
-    from experiments_db.errors import CriterionLockedError
+    from rankscope.experiments_db.errors import CriterionLockedError
 
     run(tmp_path, null_model, ScriptedPlanner([behaviour()]))
     with (
@@ -238,11 +238,11 @@ def test_metric_catalogue_matches_what_the_tools_produce(tmp_path, mean_model):
     would reject valid criteria)."""
     import re
 
-    from agent.execution import METRIC_PATTERNS
-    from tools.contract import ToolContext
-    from tools.diagnostics.source import resolve_data
-    from tools.registry import all_tools, get_tool
-    from tools.retrievers import load_retriever
+    from rankscope.agent.execution import METRIC_PATTERNS
+    from rankscope.tools.contract import ToolContext
+    from rankscope.tools.diagnostics.source import resolve_data
+    from rankscope.tools.registry import all_tools, get_tool
+    from rankscope.tools.retrievers import load_retriever
 
     retriever = load_retriever(str(mean_model))
     data = resolve_data(None)
@@ -266,7 +266,7 @@ def test_metric_catalogue_matches_what_the_tools_produce(tmp_path, mean_model):
 def test_cli_unreachable_llm_endpoint_stops_cleanly_and_is_resumable(tmp_path, null_model):
     from typer.testing import CliRunner
 
-    from agent.cli import app
+    from rankscope.agent.cli import app
 
     url = f"sqlite:///{tmp_path / 't.db'}"
     done = CliRunner().invoke(

@@ -10,10 +10,10 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.graph import Budget
-from agent.planners.base import Criterion, Proposal
-from agent.verdicts import corrected_alpha, decide, evaluate_split
-from experiments_db.engine import open_store
+from rankscope.agent.graph import Budget
+from rankscope.agent.planners.base import Criterion, Proposal
+from rankscope.agent.verdicts import corrected_alpha, decide, evaluate_split
+from rankscope.experiments_db.engine import open_store
 from tests.agent_support import ScriptedPlanner, null_bert, run
 
 torch.set_num_threads(1)
@@ -155,7 +155,7 @@ COMPONENTS = [f"L{layer}.H{head}" for layer in range(2) for head in range(4)]
 def effect_claims(draw):
     """A random claim of an effect: a tool, a metric, components, and a threshold on the effect
     side of "no effect" (greater than t >= 0, less than t <= 0, or |effect| > t >= 0)."""
-    from tools.registry import all_tools
+    from rankscope.tools.registry import all_tools
 
     tools = [t for t in EFFECT_TOOLS if t in all_tools()]
     tool = draw(st.sampled_from(tools))

@@ -7,11 +7,11 @@ import pytest
 import torch
 from sentence_transformers import SentenceTransformer
 
-from tools.contract import ToolContext
-from tools.diagnostics.source import resolve_data
-from tools.experiments.behaviour import rank_changes
-from tools.registry import ToolArgumentError, get_tool, validate_args
-from tools.retrievers.loading import default_model_path
+from rankscope.tools.contract import ToolContext
+from rankscope.tools.diagnostics.source import resolve_data
+from rankscope.tools.experiments.behaviour import rank_changes
+from rankscope.tools.registry import ToolArgumentError, get_tool, validate_args
+from rankscope.tools.retrievers.loading import default_model_path
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +56,7 @@ def test_behavioural_test_matches_hand_computation(minilm, shared_data, st_model
 
 
 def test_rank_changes_by_hand():
-    from tools.diagnostics.types import Pair, PairSet
+    from rankscope.tools.diagnostics.types import Pair, PairSet
 
     pairs = PairSet(
         "t",

@@ -6,8 +6,8 @@ import json
 
 from typer.testing import CliRunner
 
-from agent.cli import app
-from tools.registry import all_tools
+from rankscope.agent.cli import app
+from rankscope.tools.registry import all_tools
 
 runner = CliRunner()
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from experiments_db import ArtifactError, ArtifactIntegrityError, ArtifactMissingError
-from experiments_db.artifacts import ArtifactStore
-from experiments_db.hashing import bytes_sha256
+from rankscope.experiments_db import ArtifactError, ArtifactIntegrityError, ArtifactMissingError
+from rankscope.experiments_db.artifacts import ArtifactStore
+from rankscope.experiments_db.hashing import bytes_sha256
 
 
 def test_put_names_files_by_hash_and_keeps_the_extension(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from experiments_db import (
+from rankscope.experiments_db import (
     ArtifactIntegrityError,
     BundleError,
     InvestigationTree,

@@ -8,8 +8,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from agent.commands import store_cmd
-from experiments_db import open_store
+from rankscope.agent.commands import store_cmd
+from rankscope.experiments_db import open_store
 from tests.test_db_support import populate
 
 WIDE = {"COLUMNS": "200"}

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from experiments_db import DatabaseURLError, create_db_engine, database_url, open_store
-from experiments_db.artifacts import default_artifact_root
+from rankscope.experiments_db import DatabaseURLError, create_db_engine, database_url, open_store
+from rankscope.experiments_db.artifacts import default_artifact_root
 from tests.test_db_support import PG_ENV, fresh_database
 
 

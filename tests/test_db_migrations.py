@@ -9,9 +9,9 @@ import pytest
 from sqlalchemy import inspect, text
 from sqlalchemy.exc import DBAPIError
 
-from experiments_db import create_db_engine, downgrade_database, upgrade_database
-from experiments_db.migrate import current_revision, head_revision, schema_differences
-from experiments_db.models import TABLE_NAMES
+from rankscope.experiments_db import create_db_engine, downgrade_database, upgrade_database
+from rankscope.experiments_db.migrate import current_revision, head_revision, schema_differences
+from rankscope.experiments_db.models import TABLE_NAMES
 from tests.test_db_support import backend_params, criterion, fresh_database, open_test_store
 
 

@@ -6,8 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from experiments_db.hashing import file_sha256, json_sha256, weights_hash
-from experiments_db.provenance import Provenance, capture_provenance, code_version
+from rankscope.experiments_db.hashing import file_sha256, json_sha256, weights_hash
+from rankscope.experiments_db.provenance import Provenance, capture_provenance, code_version
 
 
 def test_capture_provenance_adds_the_environment() -> None:

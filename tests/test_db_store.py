@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from experiments_db import (
+from rankscope.experiments_db import (
     ArtifactIntegrityError,
     ArtifactMissingError,
     ArtifactSpec,
@@ -25,7 +25,7 @@ from experiments_db import (
     UnknownEvidenceError,
     capture_provenance,
 )
-from experiments_db.models import Artifact, Evidence
+from rankscope.experiments_db.models import Artifact, Evidence
 from tests.test_db_support import (
     backend_params,
     criterion,

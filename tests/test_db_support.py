@@ -18,7 +18,7 @@ import psycopg
 import pytest
 from sqlalchemy.engine import make_url
 
-from experiments_db import Criterion, Store, mask_url, open_store
+from rankscope.experiments_db import Criterion, Store, mask_url, open_store
 from tests.test_db_workers import metrics
 
 PG_ENV = "RANKSCOPE_TEST_PG_URL"

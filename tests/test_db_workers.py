@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from experiments_db import open_store
+from rankscope.experiments_db import open_store
 
 
 def metrics(i: int) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tools.diagnostics.alignment import (
+from rankscope.tools.diagnostics.alignment import (
     FILLER,
     align_pair,
     align_pairs,
@@ -18,10 +18,10 @@ from tools.diagnostics.alignment import (
     token_count,
     token_mask_for_spans,
 )
-from tools.diagnostics.axioms import build_pairs, registered
-from tools.diagnostics.builtin import load_builtin
-from tools.diagnostics.errors import AlignmentError, AlignmentWarning
-from tools.diagnostics.types import Pair, PairSet
+from rankscope.tools.diagnostics.axioms import build_pairs, registered
+from rankscope.tools.diagnostics.builtin import load_builtin
+from rankscope.tools.diagnostics.errors import AlignmentError, AlignmentWarning
+from rankscope.tools.diagnostics.types import Pair, PairSet
 
 PAIRS_PER_AXIOM = 10
 

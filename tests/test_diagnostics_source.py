@@ -10,15 +10,15 @@ from typing import Any
 
 import pytest
 
-from tools.diagnostics.builtin import load_builtin
-from tools.diagnostics.errors import (
+from rankscope.tools.diagnostics.builtin import load_builtin
+from rankscope.tools.diagnostics.errors import (
     AlignmentWarning,
     DataError,
     DataSpecError,
     UnknownPerturbationError,
 )
-from tools.diagnostics.source import CollectionSource, PairsSource, resolve_data
-from tools.diagnostics.types import Collection, Pair, PairSet
+from rankscope.tools.diagnostics.source import CollectionSource, PairsSource, resolve_data
+from rankscope.tools.diagnostics.types import Collection, Pair, PairSet
 
 
 @pytest.fixture(scope="module")

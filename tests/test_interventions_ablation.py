@@ -7,13 +7,18 @@ import numpy as np
 import pytest
 import torch
 
+from rankscope.tools.interventions.ablation import (
+    ablate_pairs,
+    kendall_by_query,
+    rank_gains,
+    site_means,
+)
+from rankscope.tools.interventions.cache import capture
+from rankscope.tools.interventions.masking import Block, SingleSegmentError, masked_scores
+from rankscope.tools.interventions.patching import Intervention, Patch
+from rankscope.tools.registry import get_tool, validate_args
+from rankscope.tools.retrievers.base import Role
 from tests.interventions_support import context, shared_tiny, tfc1_data, tfc1_pairs
-from tools.interventions.ablation import ablate_pairs, kendall_by_query, rank_gains, site_means
-from tools.interventions.cache import capture
-from tools.interventions.masking import Block, SingleSegmentError, masked_scores
-from tools.interventions.patching import Intervention, Patch
-from tools.registry import get_tool, validate_args
-from tools.retrievers.base import Role
 
 TOL = 1e-5
 

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from rankscope.tools.interventions.attention import attention_by_role
+from rankscope.tools.registry import ToolArgumentError, get_tool, validate_args
+from rankscope.tools.retrievers.base import Role
 from tests.interventions_support import context, shared_tiny, tfc1_data, tfc1_pairs
-from tools.interventions.attention import attention_by_role
-from tools.registry import ToolArgumentError, get_tool, validate_args
-from tools.retrievers.base import Role
 
 
 def hand_masses(retriever, pairs, from_role, to_role):

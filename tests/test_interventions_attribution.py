@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from rankscope.tools.interventions.attribution import attribute_pairs
+from rankscope.tools.interventions.metrics import normalised_effect, spearman, top_overlap
+from rankscope.tools.interventions.patching import block_grid, heads_grid, patch_pairs
+from rankscope.tools.registry import get_tool, validate_args
 from tests.interventions_support import context, shared_tiny, tfc1_data, tfc1_pairs
-from tools.interventions.attribution import attribute_pairs
-from tools.interventions.metrics import normalised_effect, spearman, top_overlap
-from tools.interventions.patching import block_grid, heads_grid, patch_pairs
-from tools.registry import get_tool, validate_args
 
 
 def test_attribution_is_exact_where_the_score_is_linear(shared_data):

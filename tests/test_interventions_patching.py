@@ -7,17 +7,17 @@ import numpy as np
 import pytest
 import torch
 
-from tests.interventions_support import context, shared_tiny, tfc1_data, tfc1_pairs
-from tools.interventions.metrics import normalised_effect
-from tools.interventions.patching import (
+from rankscope.tools.interventions.metrics import normalised_effect
+from rankscope.tools.interventions.patching import (
     Intervention,
     Patch,
     block_grid,
     heads_grid,
     patch_pairs,
 )
-from tools.registry import get_tool, validate_args
-from tools.retrievers.base import Role
+from rankscope.tools.registry import get_tool, validate_args
+from rankscope.tools.retrievers.base import Role
+from tests.interventions_support import context, shared_tiny, tfc1_data, tfc1_pairs
 
 TOL = 1e-5
 
@@ -300,7 +300,7 @@ def test_activation_patching_tool_head_role(tiny_bert, shared_data, tmp_path):
 
 
 def test_activation_patching_args_errors():
-    from tools.registry import ToolArgumentError
+    from rankscope.tools.registry import ToolArgumentError
 
     tool = get_tool("activation_patching")
     with pytest.raises(ToolArgumentError, match="bad component name"):

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
+from rankscope.tools.interventions.cache import capture
+from rankscope.tools.interventions.pairs import encode_pairs
+from rankscope.tools.interventions.patching import Intervention, Patch, patch_pairs
+from rankscope.tools.interventions.path import Receiver, path_patch
+from rankscope.tools.registry import ToolArgumentError, get_tool, validate_args
 from tests.interventions_support import context, shared_tiny, tfc1_data, tfc1_pairs
-from tools.interventions.cache import capture
-from tools.interventions.pairs import encode_pairs
-from tools.interventions.patching import Intervention, Patch, patch_pairs
-from tools.interventions.path import Receiver, path_patch
-from tools.registry import ToolArgumentError, get_tool, validate_args
 
 TOL = 1e-5
 

@@ -3,7 +3,7 @@
 No LLM endpoint is contacted: every request goes to ``tests.llm_server.ScriptedLLMServer`` on
 127.0.0.1, which answers from a script and records what it received. The tool offered to the
 model is a real registered tool (``llm_planner_selftest``, registered here through
-``tools.registry.register``) next to whatever tools the repository registers.
+``rankscope.tools.registry.register``) next to whatever tools the repository registers.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any, Literal
 import pytest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from agent.llm_client import (
+from rankscope.agent.llm_client import (
     PLACEHOLDER_API_KEY,
     LLMBudgetExceeded,
     LLMCall,
@@ -26,15 +26,23 @@ from agent.llm_client import (
     LLMConfigError,
     LLMUnavailableError,
 )
-from agent.planners.base import Criterion, Ledger, LedgerEntry, Narrative, Proposal, Stop
-from agent.planners.llm import (
+from rankscope.agent.planners.base import Criterion, Ledger, LedgerEntry, Narrative, Proposal, Stop
+from rankscope.agent.planners.llm import (
     MAX_FULL_ENTRIES,
     LLMPlanner,
     data_block,
     parse_citations,
     preregistered_tool_spec,
 )
-from prompts import PromptError, load_prompt, placeholders, render
+from rankscope.prompts import PromptError, load_prompt, placeholders, render
+from rankscope.tools.contract import Tool, ToolArgs, ToolContext, ToolResult
+from rankscope.tools.registry import (
+    ToolArgumentError,
+    get_tool,
+    openai_tool_specs,
+    register,
+    validate_args,
+)
 from tests.llm_server import (
     Reply,
     ScriptedLLMServer,
@@ -42,14 +50,6 @@ from tests.llm_server import (
     slow_reply,
     text_reply,
     tool_call_reply,
-)
-from tools.contract import Tool, ToolArgs, ToolContext, ToolResult
-from tools.registry import (
-    ToolArgumentError,
-    get_tool,
-    openai_tool_specs,
-    register,
-    validate_args,
 )
 
 MODEL = "scripted-model"

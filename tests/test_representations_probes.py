@@ -8,16 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from tests.representations_support import (
-    ENGLISH_WORDS,
-    collection_source,
-    make_context,
-    synthetic_collection,
-)
-from tools.registry import ToolArgumentError, get_tool, validate_args
-from tools.representations.activations import collect_activations, read_layers
-from tools.representations.corpus import Document, sample_documents
-from tools.representations.probing import (
+from rankscope.tools.registry import ToolArgumentError, get_tool, validate_args
+from rankscope.tools.representations.activations import collect_activations, read_layers
+from rankscope.tools.representations.corpus import Document, sample_documents
+from rankscope.tools.representations.probing import (
     fit_probe_weights,
     group_folds,
     load_probes,
@@ -26,14 +20,20 @@ from tools.representations.probing import (
     probe_layer,
     save_probes,
 )
-from tools.representations.properties import (
+from rankscope.tools.representations.properties import (
     control_labels,
     document_labels,
     tertiles,
     token_idf,
     token_labels,
 )
-from tools.retrievers import load_retriever
+from rankscope.tools.retrievers import load_retriever
+from tests.representations_support import (
+    ENGLISH_WORDS,
+    collection_source,
+    make_context,
+    synthetic_collection,
+)
 
 torch.set_num_threads(1)
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -215,7 +215,7 @@ def test_documents_follow_the_sources_query_split(source):
 
 
 def test_metrics_are_cleaned_for_storage():
-    from tools.representations.results import clean_metrics
+    from rankscope.tools.representations.results import clean_metrics
 
     cleaned = clean_metrics({"a": np.float32(0.5), "b": float("nan"), "c": np.int64(3), "d": None})
     assert cleaned == {"a": 0.5, "b": None, "c": 3, "d": None}

@@ -11,18 +11,12 @@ import torch
 from safetensors.torch import save_file
 from scipy import stats
 
-from tests.representations_support import (
-    ENGLISH_WORDS,
-    collection_source,
-    make_context,
-    synthetic_collection,
-)
-from tools.experiments.features import _correlations
-from tools.registry import get_tool, validate_args
-from tools.representations.corpus import sample_documents
-from tools.representations.properties import Labels
-from tools.representations.ranking import ranking_agreement, solo_rank_change
-from tools.representations.sae import (
+from rankscope.tools.experiments.features import _correlations
+from rankscope.tools.registry import get_tool, validate_args
+from rankscope.tools.representations.corpus import sample_documents
+from rankscope.tools.representations.properties import Labels
+from rankscope.tools.representations.ranking import ranking_agreement, solo_rank_change
+from rankscope.tools.representations.sae import (
     SAEFormatError,
     SparseAutoencoder,
     load_sae,
@@ -30,8 +24,14 @@ from tools.representations.sae import (
     reconstruction_stats,
     train_topk_sae,
 )
-from tools.representations.sae_eval import faithfulness, hook_name, sae_layer
-from tools.retrievers import load_retriever
+from rankscope.tools.representations.sae_eval import faithfulness, hook_name, sae_layer
+from rankscope.tools.retrievers import load_retriever
+from tests.representations_support import (
+    ENGLISH_WORDS,
+    collection_source,
+    make_context,
+    synthetic_collection,
+)
 
 torch.set_num_threads(1)
 PNG = b"\x89PNG\r\n\x1a\n"

@@ -8,16 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from tests.representations_support import collection_source, make_context, synthetic_collection
-from tools.registry import ToolArgumentError, get_tool, validate_args
-from tools.representations.corpus import sample_documents
-from tools.representations.steering import (
+from rankscope.tools.registry import ToolArgumentError, get_tool, validate_args
+from rankscope.tools.representations.corpus import sample_documents
+from rankscope.tools.representations.steering import (
     edit_scores,
     mean_difference,
     position_mask,
     steer_scores,
 )
-from tools.retrievers import load_retriever
+from rankscope.tools.retrievers import load_retriever
+from tests.representations_support import collection_source, make_context, synthetic_collection
 
 torch.set_num_threads(1)
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -195,7 +195,7 @@ def test_steering_pair_baselines_at_filler_positions(tiny, source, tmp_path):
 
 
 def test_steering_along_an_sae_latent(tiny, source, tmp_path):
-    from tools.representations.sae import SparseAutoencoder
+    from rankscope.tools.representations.sae import SparseAutoencoder
 
     sae = SparseAutoencoder.initialised(tiny.hidden_size, 8, k=2, seed=0)
     folder = tmp_path / "sae"

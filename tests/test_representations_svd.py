@@ -8,16 +8,16 @@ import numpy as np
 import pytest
 import torch
 
+from rankscope.tools.registry import get_tool, validate_args
+from rankscope.tools.representations.properties import token_idf
+from rankscope.tools.representations.svd import component_correlations, embedding_svd
+from rankscope.tools.retrievers import load_retriever
 from tests.representations_support import (
     collection_source,
     make_context,
     pairs_source,
     synthetic_collection,
 )
-from tools.registry import get_tool, validate_args
-from tools.representations.properties import token_idf
-from tools.representations.svd import component_correlations, embedding_svd
-from tools.retrievers import load_retriever
 
 torch.set_num_threads(1)
 

@@ -10,10 +10,10 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
+from rankscope.tools.retrievers import Component, Role, load_retriever
+from rankscope.tools.retrievers.architectures import submodule
+from rankscope.tools.retrievers.loading import RetrieverLoadError, default_model_path
 from tests.tiny_models import ARCHS
-from tools.retrievers import Component, Role, load_retriever
-from tools.retrievers.architectures import submodule
-from tools.retrievers.loading import RetrieverLoadError, default_model_path
 
 QUERIES = ["what is the capital of france", "how do vaccines work", "bread recipe"]
 DOCS = [

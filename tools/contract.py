@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Field
 
 if TYPE_CHECKING:
-    from tools.diagnostics.source import DataSource
-    from tools.retrievers.base import Retriever
+    from rankscope.tools.diagnostics.source import DataSource
+    from rankscope.tools.retrievers.base import Retriever
 
 SUMMARY_ROWS = 5
 

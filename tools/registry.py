@@ -7,19 +7,19 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from tools.contract import Tool, ToolArgs
+from rankscope.tools.contract import Tool, ToolArgs
 
 TOOL_MODULES: tuple[str, ...] = (
-    "tools.experiments.behaviour",
-    "tools.experiments.patching",
-    "tools.experiments.path_patching",
-    "tools.experiments.ablation",
-    "tools.experiments.attention",
-    "tools.experiments.attribution",
-    "tools.experiments.probes",
-    "tools.experiments.features",
-    "tools.experiments.steering",
-    "tools.experiments.embedding_svd",
+    "rankscope.tools.experiments.behaviour",
+    "rankscope.tools.experiments.patching",
+    "rankscope.tools.experiments.path_patching",
+    "rankscope.tools.experiments.ablation",
+    "rankscope.tools.experiments.attention",
+    "rankscope.tools.experiments.attribution",
+    "rankscope.tools.experiments.probes",
+    "rankscope.tools.experiments.features",
+    "rankscope.tools.experiments.steering",
+    "rankscope.tools.experiments.embedding_svd",
 )
 
 _TOOLS: dict[str, type[Tool]] = {}

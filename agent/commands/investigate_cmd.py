@@ -27,10 +27,10 @@ ReportDirOption = Annotated[
 
 
 def _stop_errors() -> tuple[type[BaseException], ...]:
-    from agent.llm_client import LLMError
-    from experiments_db.errors import StoreError
-    from tools.diagnostics.errors import DataError
-    from tools.retrievers import RetrieverLoadError
+    from rankscope.agent.llm_client import LLMError
+    from rankscope.experiments_db.errors import StoreError
+    from rankscope.tools.diagnostics.errors import DataError
+    from rankscope.tools.retrievers import RetrieverLoadError
 
     return (LLMError, StoreError, DataError, RetrieverLoadError)
 
@@ -103,8 +103,8 @@ def register(app: typer.Typer) -> None:
         ] = None,
     ) -> None:
         """Investigate a question: hypotheses, experiments, verdicts, a report."""
-        from agent.graph import Budget
-        from agent.runner import investigate
+        from rankscope.agent.graph import Budget
+        from rankscope.agent.runner import investigate
 
         try:
             limits = Budget(
@@ -148,7 +148,7 @@ def register(app: typer.Typer) -> None:
         report_dir: ReportDirOption = Path("rankscope_reports"),
     ) -> None:
         """Continue an interrupted investigation from its last checkpoint."""
-        from agent.runner import resume
+        from rankscope.agent.runner import resume
 
         try:
             result = resume(investigation_id, db=db, report_dir=report_dir, console=console)
@@ -170,9 +170,9 @@ def register(app: typer.Typer) -> None:
         report_dir: ReportDirOption = Path("rankscope_reports"),
     ) -> None:
         """Write the Markdown and the self-contained HTML report of an investigation."""
-        from agent.reports import write_reports
-        from experiments_db.engine import open_store
-        from experiments_db.errors import StoreError
+        from rankscope.agent.reports import write_reports
+        from rankscope.experiments_db.engine import open_store
+        from rankscope.experiments_db.errors import StoreError
 
         try:
             with open_store(db, create=False) as store:
@@ -201,9 +201,9 @@ def register(app: typer.Typer) -> None:
         ] = False,
     ) -> None:
         """Re-run stored experiments, compare, check artifacts and citations; non-zero on drift."""
-        from agent.audit import audit_investigation, print_report
-        from experiments_db.engine import open_store
-        from experiments_db.errors import StoreError
+        from rankscope.agent.audit import audit_investigation, print_report
+        from rankscope.experiments_db.engine import open_store
+        from rankscope.experiments_db.errors import StoreError
 
         try:
             with open_store(db, create=False) as store:

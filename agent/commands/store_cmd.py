@@ -14,7 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.tree import Tree
 
-from experiments_db import (
+from rankscope.experiments_db import (
     ENV_DB_URL,
     EvidenceRecord,
     ExperimentNode,

@@ -12,8 +12,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from tools.contract import ToolContext
-from tools.registry import ToolArgumentError, UnknownToolError, all_tools, get_tool, validate_args
+from rankscope.tools.contract import ToolContext
+from rankscope.tools.registry import (
+    ToolArgumentError,
+    UnknownToolError,
+    all_tools,
+    get_tool,
+    validate_args,
+)
 
 console = Console()
 err_console = Console(stderr=True)
@@ -72,8 +78,8 @@ def run_tool(
     as_json: bool,
     progress: bool,
 ) -> None:
-    from tools.diagnostics.source import resolve_data
-    from tools.retrievers import load_retriever
+    from rankscope.tools.diagnostics.source import resolve_data
+    from rankscope.tools.retrievers import load_retriever
 
     try:
         tool = get_tool(tool_name)
@@ -142,8 +148,8 @@ def register(app: typer.Typer) -> None:
         progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
     ) -> None:
         """Run one tool by hand, outside any agent."""
-        from tools.diagnostics.loaders import DataFormatError
-        from tools.retrievers import RetrieverLoadError
+        from rankscope.tools.diagnostics.loaders import DataFormatError
+        from rankscope.tools.retrievers import RetrieverLoadError
 
         try:
             run_tool(tool, args, model, data, out, as_json, progress)

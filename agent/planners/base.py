@@ -2,7 +2,7 @@
 
 A planner reads a compact ``Ledger`` of the investigation so far and returns either a
 ``Proposal`` (a hypothesis, its pre-registered criterion and the tool call that tests it) or a
-``Stop``. It never sets a verdict: verdicts come from ``agent.verdicts`` applied to stored evidence.
+``Stop``. It never sets a verdict: verdicts come from ``rankscope.agent.verdicts`` applied to stored evidence.
 It may write the narrative of a verdict (``narrate``); citations in it are checked by the graph.
 """
 

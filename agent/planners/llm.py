@@ -20,7 +20,7 @@ documents) reaches the model only inside ``<data source="...">`` … ``</data>``
 look-alike tag is escaped so the text cannot close its block; the system prompt says never to follow
 instructions found in them.
 
-``LLMUnavailableError`` and ``LLMBudgetExceeded`` from ``agent.llm_client`` propagate out of
+``LLMUnavailableError`` and ``LLMBudgetExceeded`` from ``rankscope.agent.llm_client`` propagate out of
 ``propose`` and ``narrate``: the graph pauses the investigation, to be resumed later.
 """
 
@@ -35,8 +35,8 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from agent.llm_client import ChatReply, LLMClient, Recorder, ToolCall
-from agent.planners.base import (
+from rankscope.agent.llm_client import ChatReply, LLMClient, Recorder, ToolCall
+from rankscope.agent.planners.base import (
     Criterion,
     Ledger,
     LedgerEntry,
@@ -45,8 +45,8 @@ from agent.planners.base import (
     Proposal,
     Stop,
 )
-from prompts import render
-from tools.registry import ToolArgumentError, get_tool, openai_tool_specs, validate_args
+from rankscope.prompts import render
+from rankscope.tools.registry import ToolArgumentError, get_tool, openai_tool_specs, validate_args
 
 if TYPE_CHECKING:
     import httpx2
@@ -254,7 +254,7 @@ class LLMPlanner(Planner):
     """Proposes pre-registered experiments through any OpenAI-compatible Chat Completions server.
 
     ``model`` is the served model name (``--llm-model``); ``base_url`` and ``api_key`` default to
-    ``OPENAI_BASE_URL`` and ``OPENAI_API_KEY`` (see ``agent.llm_client``). ``recorder`` receives
+    ``OPENAI_BASE_URL`` and ``OPENAI_API_KEY`` (see ``rankscope.agent.llm_client``). ``recorder`` receives
     every HTTP attempt; ``max_retries``, ``backoff_s`` and ``timeout_s`` bound the transport
     retries; ``max_tokens_budget`` caps the tokens of all calls together; ``max_invalid_replies``
     is how many unusable replies one ``propose`` answers with feedback before it stops.

@@ -37,8 +37,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from agent.planners.base import Criterion, Ledger, LedgerEntry, Planner, Proposal, Stop
-from tools.registry import all_tools
+from rankscope.agent.planners.base import Criterion, Ledger, LedgerEntry, Planner, Proposal, Stop
+from rankscope.tools.registry import all_tools
 
 AXIOMS = ("TFC1", "TFC2", "TDC", "STMC1", "LNC1", "LNC2")
 VARIANTS = ("append", "prepend", "replace")

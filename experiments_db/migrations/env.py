@@ -1,14 +1,14 @@
 """Alembic environment of the evidence store.
 
-Normally run through :func:`experiments_db.upgrade_database`, which passes an open connection in
+Normally run through :func:`rankscope.experiments_db.upgrade_database`, which passes an open connection in
 ``config.attributes["connection"]``; with ``sqlalchemy.url`` set it opens its own engine.
 """
 
 from alembic import context
 
-from experiments_db.engine import create_db_engine
-from experiments_db.migrate import include_name
-from experiments_db.models import metadata
+from rankscope.experiments_db.engine import create_db_engine
+from rankscope.experiments_db.migrate import include_name
+from rankscope.experiments_db.models import metadata
 
 config = context.config
 

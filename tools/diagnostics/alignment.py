@@ -33,8 +33,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from typing import Any, Literal
 
-from tools.diagnostics.errors import AlignmentError, AlignmentWarning
-from tools.diagnostics.types import Pair, PairSet, Span
+from rankscope.tools.diagnostics.errors import AlignmentError, AlignmentWarning
+from rankscope.tools.diagnostics.types import Pair, PairSet, Span
 
 FILLER = "a"
 MAX_SEARCH_STEPS = 12

@@ -16,9 +16,9 @@ from functools import lru_cache
 from importlib import resources
 from typing import Any
 
-from tools.diagnostics.errors import DataFormatError
-from tools.diagnostics.text import words
-from tools.diagnostics.types import Collection
+from rankscope.tools.diagnostics.errors import DataFormatError
+from rankscope.tools.diagnostics.text import words
+from rankscope.tools.diagnostics.types import Collection
 
 BUILTIN_FILE = "builtin_collection.json"
 BUILTIN_FORMAT = (
@@ -29,7 +29,7 @@ BUILTIN_FORMAT = (
 
 def builtin_path() -> str:
     """Where the built-in collection's JSON file lies (inside the installed package)."""
-    return str(resources.files("tools.diagnostics").joinpath(BUILTIN_FILE))
+    return str(resources.files("rankscope.tools.diagnostics").joinpath(BUILTIN_FILE))
 
 
 def collection_from_json(data: Any, source: str = BUILTIN_FILE) -> Collection:
@@ -80,5 +80,5 @@ def collection_from_json(data: Any, source: str = BUILTIN_FILE) -> Collection:
 @lru_cache(maxsize=1)
 def load_builtin() -> Collection:
     """The built-in collection (read once per process; treat it as read-only)."""
-    text = resources.files("tools.diagnostics").joinpath(BUILTIN_FILE).read_text("utf-8")
+    text = resources.files("rankscope.tools.diagnostics").joinpath(BUILTIN_FILE).read_text("utf-8")
     return collection_from_json(json.loads(text))

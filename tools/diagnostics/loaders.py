@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tools.diagnostics.errors import DataFormatError, DataSpecError, DataUnavailableError
-from tools.diagnostics.types import Collection, Pair, PairSet
+from rankscope.tools.diagnostics.errors import DataFormatError, DataSpecError, DataUnavailableError
+from rankscope.tools.diagnostics.types import Collection, Pair, PairSet
 
 PAIRS_REQUIRED = ("qid", "docno", "text", "perturbed_text", "query")
 PAIRS_OPTIONAL = ("relevance", "score_delta")

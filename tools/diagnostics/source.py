@@ -22,17 +22,22 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from tools.diagnostics.alignment import align_many
-from tools.diagnostics.axioms import CollectionStats, build_pairs, check_perturbation, registered
-from tools.diagnostics.builtin import load_builtin
-from tools.diagnostics.errors import (
+from rankscope.tools.diagnostics.alignment import align_many
+from rankscope.tools.diagnostics.axioms import (
+    CollectionStats,
+    build_pairs,
+    check_perturbation,
+    registered,
+)
+from rankscope.tools.diagnostics.builtin import load_builtin
+from rankscope.tools.diagnostics.errors import (
     AlignmentError,
     AlignmentWarning,
     DataError,
     DataSpecError,
     UnknownPerturbationError,
 )
-from tools.diagnostics.loaders import (
+from rankscope.tools.diagnostics.loaders import (
     PAIRS_REQUIRED,
     load_irds_collection,
     load_jsonl_collection,
@@ -41,7 +46,7 @@ from tools.diagnostics.loaders import (
     load_tsv_collection,
     read_tsv,
 )
-from tools.diagnostics.types import Collection, Pair, PairSet, split_qids
+from rankscope.tools.diagnostics.types import Collection, Pair, PairSet, split_qids
 
 SPLITS = ("all", "discovery", "holdout")
 ALIGN_BATCH = 64

@@ -7,13 +7,18 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, field_validator
 
-from tools.contract import Tool, ToolContext, ToolResult
-from tools.experiments.common import PairArgs, load_pairs
-from tools.interventions.ablation import ablate_pairs, kendall_by_query, rank_gains, site_means
-from tools.interventions.metrics import rank_rows, summarise_columns
-from tools.interventions.patching import Intervention, parse_target, patch_name
-from tools.interventions.report import fmt
-from tools.registry import register
+from rankscope.tools.contract import Tool, ToolContext, ToolResult
+from rankscope.tools.experiments.common import PairArgs, load_pairs
+from rankscope.tools.interventions.ablation import (
+    ablate_pairs,
+    kendall_by_query,
+    rank_gains,
+    site_means,
+)
+from rankscope.tools.interventions.metrics import rank_rows, summarise_columns
+from rankscope.tools.interventions.patching import Intervention, parse_target, patch_name
+from rankscope.tools.interventions.report import fmt
+from rankscope.tools.registry import register
 
 
 class AblationArgs(PairArgs):

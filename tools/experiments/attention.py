@@ -9,23 +9,23 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, field_validator, model_validator
 
-from tools.contract import ArtifactFile, Tool, ToolContext, ToolResult
-from tools.experiments.common import PairArgs, load_pairs
-from tools.interventions.attention import SAME_TOKEN, attention_by_role
-from tools.interventions.cache import capture
-from tools.interventions.figures import heatmap
-from tools.interventions.masking import (
+from rankscope.tools.contract import ArtifactFile, Tool, ToolContext, ToolResult
+from rankscope.tools.experiments.common import PairArgs, load_pairs
+from rankscope.tools.interventions.attention import SAME_TOKEN, attention_by_role
+from rankscope.tools.interventions.cache import capture
+from rankscope.tools.interventions.figures import heatmap
+from rankscope.tools.interventions.masking import (
     SEGMENTS,
     Block,
     config_name,
     masked_scores,
     require_cross_encoder,
 )
-from tools.interventions.metrics import rank_rows, summarise_columns
-from tools.interventions.pairs import POSITION_GROUPS, pair_batches, with_progress
-from tools.interventions.report import fmt
-from tools.registry import register
-from tools.retrievers.base import Retriever
+from rankscope.tools.interventions.metrics import rank_rows, summarise_columns
+from rankscope.tools.interventions.pairs import POSITION_GROUPS, pair_batches, with_progress
+from rankscope.tools.interventions.report import fmt
+from rankscope.tools.registry import register
+from rankscope.tools.retrievers.base import Retriever
 
 FromRole = Literal["cls", "query", "doc", "qterm", "injected", "filler", "sep"]
 ToRole = Literal["cls", "query", "doc", "qterm", "injected", "filler", "sep", "same_token"]

@@ -6,9 +6,9 @@ from typing import Literal
 
 from pydantic import Field
 
-from tools.contract import Tool, ToolContext, ToolResult
-from tools.experiments.common import load_pairs
-from tools.experiments.patching import (
+from rankscope.tools.contract import Tool, ToolContext, ToolResult
+from rankscope.tools.experiments.common import load_pairs
+from rankscope.tools.experiments.patching import (
     ActivationPatchingArgs,
     BlockSite,
     PatchingArgs,
@@ -16,9 +16,9 @@ from tools.experiments.patching import (
     build_interventions,
     figures,
 )
-from tools.interventions.attribution import attribute_pairs
-from tools.interventions.report import effect_report, save_scores, top_lines
-from tools.registry import register
+from rankscope.tools.interventions.attribution import attribute_pairs
+from rankscope.tools.interventions.report import effect_report, save_scores, top_lines
+from rankscope.tools.registry import register
 
 
 class AttributionPatchingArgs(PatchingArgs):

@@ -13,12 +13,12 @@ import numpy as np
 from pydantic import Field
 from scipy import stats
 
-from tools.contract import ArtifactFile, Tool, ToolContext, ToolResult
-from tools.diagnostics.types import PairSet
-from tools.experiments.common import PairArgs, load_pairs
-from tools.registry import register
-from tools.retrievers.base import Retriever
-from tools.stats import bootstrap_ci
+from rankscope.tools.contract import ArtifactFile, Tool, ToolContext, ToolResult
+from rankscope.tools.diagnostics.types import PairSet
+from rankscope.tools.experiments.common import PairArgs, load_pairs
+from rankscope.tools.registry import register
+from rankscope.tools.retrievers.base import Retriever
+from rankscope.tools.stats import bootstrap_ci
 
 Predicted = Literal["increase", "decrease", "any"]
 

@@ -6,8 +6,8 @@ from typing import Literal
 
 from pydantic import Field
 
-from tools.contract import ToolArgs, ToolContext
-from tools.diagnostics.types import PairSet
+from rankscope.tools.contract import ToolArgs, ToolContext
+from rankscope.tools.diagnostics.types import PairSet
 
 Split = Literal["all", "discovery", "holdout"]
 

@@ -7,13 +7,20 @@ import time
 import numpy as np
 from pydantic import Field
 
-from tools.contract import ArtifactFile, Tool, ToolArgs, ToolContext, ToolResult, summarise_rows
-from tools.registry import register
-from tools.representations.corpus import collection_texts, sample_documents
-from tools.representations.figures import svd_figure
-from tools.representations.properties import token_idf
-from tools.representations.results import clean_metrics
-from tools.representations.svd import component_correlations, embedding_svd
+from rankscope.tools.contract import (
+    ArtifactFile,
+    Tool,
+    ToolArgs,
+    ToolContext,
+    ToolResult,
+    summarise_rows,
+)
+from rankscope.tools.registry import register
+from rankscope.tools.representations.corpus import collection_texts, sample_documents
+from rankscope.tools.representations.figures import svd_figure
+from rankscope.tools.representations.properties import token_idf
+from rankscope.tools.representations.results import clean_metrics
+from rankscope.tools.representations.svd import component_correlations, embedding_svd
 
 
 class EmbeddingSVDArgs(ToolArgs):

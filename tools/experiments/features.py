@@ -10,39 +10,39 @@ import torch
 from pydantic import Field
 from scipy import stats
 
-from tools.contract import ArtifactFile, Tool, ToolContext, ToolResult, summarise_rows
-from tools.registry import register
-from tools.representations.activations import (
+from rankscope.tools.contract import ArtifactFile, Tool, ToolContext, ToolResult, summarise_rows
+from rankscope.tools.registry import register
+from rankscope.tools.representations.activations import (
     DOC_ROLES,
     ActivationTable,
     collect_activations,
     document_embeddings,
     layer_name,
 )
-from tools.representations.corpus import (
+from rankscope.tools.representations.corpus import (
     Document,
     DocumentArgs,
     collection_texts,
     sample_documents,
 )
-from tools.representations.figures import feature_figure, sae_figure
-from tools.representations.properties import (
+from rankscope.tools.representations.figures import feature_figure, sae_figure
+from rankscope.tools.representations.properties import (
     DOCUMENT_PROPERTIES,
     Labels,
     document_labels,
     token_idf,
     token_labels,
 )
-from tools.representations.results import clean_metrics
-from tools.representations.sae import SparseAutoencoder, load_sae
-from tools.representations.sae_eval import (
+from rankscope.tools.representations.results import clean_metrics
+from rankscope.tools.representations.sae import SparseAutoencoder, load_sae
+from rankscope.tools.representations.sae_eval import (
     SAEReport,
     check_fits,
     hook_name,
     sae_layer,
     train_and_evaluate,
 )
-from tools.retrievers.base import Retriever
+from rankscope.tools.retrievers.base import Retriever
 
 SAE_DESCRIPTION = "folder in the sae-lens format (cfg.json + sae_weights.safetensors)"
 

@@ -6,11 +6,11 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from tools.contract import ArtifactFile, Tool, ToolContext, ToolResult
-from tools.experiments.common import PairArgs, load_pairs
-from tools.interventions.figures import grid_from_rows, heatmap
-from tools.interventions.pairs import ALL_POSITIONS, POSITION_GROUPS
-from tools.interventions.patching import (
+from rankscope.tools.contract import ArtifactFile, Tool, ToolContext, ToolResult
+from rankscope.tools.experiments.common import PairArgs, load_pairs
+from rankscope.tools.interventions.figures import grid_from_rows, heatmap
+from rankscope.tools.interventions.pairs import ALL_POSITIONS, POSITION_GROUPS
+from rankscope.tools.interventions.patching import (
     Intervention,
     block_grid,
     heads_grid,
@@ -18,9 +18,9 @@ from tools.interventions.patching import (
     patch_name,
     patch_pairs,
 )
-from tools.interventions.report import effect_report, save_scores, top_lines
-from tools.registry import register
-from tools.retrievers.base import Retriever
+from rankscope.tools.interventions.report import effect_report, save_scores, top_lines
+from rankscope.tools.registry import register
+from rankscope.tools.retrievers.base import Retriever
 
 RoleGroup = Literal["cls", "query", "doc", "qterm", "injected", "filler", "sep"]
 BlockSite = Literal["resid", "attn", "mlp"]

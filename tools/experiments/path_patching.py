@@ -5,16 +5,16 @@ from __future__ import annotations
 import numpy as np
 from pydantic import Field, model_validator
 
-from tools.contract import ArtifactFile, Tool, ToolContext, ToolResult
-from tools.experiments.common import load_pairs
-from tools.experiments.patching import PatchingArgs
-from tools.interventions.cache import capture
-from tools.interventions.figures import heatmap
-from tools.interventions.pairs import pair_batches, with_progress
-from tools.interventions.patching import PatchScores, sides
-from tools.interventions.path import Receiver, parse_senders, path_patch
-from tools.interventions.report import effect_report, save_scores, top_lines
-from tools.registry import register
+from rankscope.tools.contract import ArtifactFile, Tool, ToolContext, ToolResult
+from rankscope.tools.experiments.common import load_pairs
+from rankscope.tools.experiments.patching import PatchingArgs
+from rankscope.tools.interventions.cache import capture
+from rankscope.tools.interventions.figures import heatmap
+from rankscope.tools.interventions.pairs import pair_batches, with_progress
+from rankscope.tools.interventions.patching import PatchScores, sides
+from rankscope.tools.interventions.path import Receiver, parse_senders, path_patch
+from rankscope.tools.interventions.report import effect_report, save_scores, top_lines
+from rankscope.tools.registry import register
 
 
 class PathPatchingArgs(PatchingArgs):

@@ -9,18 +9,23 @@ import numpy as np
 from pydantic import Field, model_validator
 from tqdm.auto import tqdm
 
-from tools.contract import ArtifactFile, Tool, ToolContext, ToolResult, summarise_rows
-from tools.registry import register
-from tools.representations.activations import (
+from rankscope.tools.contract import ArtifactFile, Tool, ToolContext, ToolResult, summarise_rows
+from rankscope.tools.registry import register
+from rankscope.tools.representations.activations import (
     EMBEDDINGS,
     ActivationTable,
     collect_activations,
     layer_list,
 )
-from tools.representations.corpus import DocumentArgs, collection_texts, sample_documents
-from tools.representations.figures import probe_accuracy_figure
-from tools.representations.probing import fit_probe_weights, group_folds, probe_layer, save_probes
-from tools.representations.properties import (
+from rankscope.tools.representations.corpus import DocumentArgs, collection_texts, sample_documents
+from rankscope.tools.representations.figures import probe_accuracy_figure
+from rankscope.tools.representations.probing import (
+    fit_probe_weights,
+    group_folds,
+    probe_layer,
+    save_probes,
+)
+from rankscope.tools.representations.properties import (
     DOCUMENT_PROPERTIES,
     TOKEN_PROPERTIES,
     Labels,
@@ -30,7 +35,7 @@ from tools.representations.properties import (
     token_idf,
     token_labels,
 )
-from tools.representations.results import clean_metrics
+from rankscope.tools.representations.results import clean_metrics
 
 
 class ProbeArgs(DocumentArgs):

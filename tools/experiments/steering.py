@@ -10,25 +10,25 @@ import torch
 from pydantic import Field, model_validator
 from tqdm.auto import tqdm
 
-from tools.contract import ArtifactFile, Tool, ToolContext, ToolResult, summarise_rows
-from tools.diagnostics.types import Pair
-from tools.experiments.common import PairArgs, load_pairs
-from tools.registry import register
-from tools.representations.activations import length_batches
-from tools.representations.corpus import Document, query_groups, sample_documents
-from tools.representations.figures import dose_response_figure
-from tools.representations.probing import load_probes, probe_direction
-from tools.representations.ranking import ranking_agreement, solo_rank_change
-from tools.representations.results import clean_metrics
-from tools.representations.sae import load_sae
-from tools.representations.sae_eval import check_fits
-from tools.representations.steering import (
+from rankscope.tools.contract import ArtifactFile, Tool, ToolContext, ToolResult, summarise_rows
+from rankscope.tools.diagnostics.types import Pair
+from rankscope.tools.experiments.common import PairArgs, load_pairs
+from rankscope.tools.registry import register
+from rankscope.tools.representations.activations import length_batches
+from rankscope.tools.representations.corpus import Document, query_groups, sample_documents
+from rankscope.tools.representations.figures import dose_response_figure
+from rankscope.tools.representations.probing import load_probes, probe_direction
+from rankscope.tools.representations.ranking import ranking_agreement, solo_rank_change
+from rankscope.tools.representations.results import clean_metrics
+from rankscope.tools.representations.sae import load_sae
+from rankscope.tools.representations.sae_eval import check_fits
+from rankscope.tools.representations.steering import (
     mean_difference,
     position_mask,
     site_output_and_scores,
     steer_scores,
 )
-from tools.stats import bootstrap_ci
+from rankscope.tools.stats import bootstrap_ci
 
 
 class SteeringArgs(PairArgs):

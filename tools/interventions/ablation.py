@@ -17,10 +17,10 @@ import numpy as np
 import torch
 from scipy import stats
 
-from tools.diagnostics.types import Pair
-from tools.interventions.cache import SiteKey, capture
-from tools.interventions.pairs import pair_batches, with_progress
-from tools.interventions.patching import (
+from rankscope.tools.diagnostics.types import Pair
+from rankscope.tools.interventions.cache import SiteKey, capture
+from rankscope.tools.interventions.pairs import pair_batches, with_progress
+from rankscope.tools.interventions.patching import (
     DEFAULT_MAX_TOKENS,
     Intervention,
     Values,
@@ -28,7 +28,7 @@ from tools.interventions.patching import (
     check_patch,
     run_cached,
 )
-from tools.retrievers.base import Retriever, Role
+from rankscope.tools.retrievers.base import Retriever, Role
 
 
 @torch.inference_mode()

@@ -17,9 +17,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from tools.diagnostics.types import Pair
-from tools.interventions.pairs import POSITION_GROUPS, pair_batches, position_mask, with_progress
-from tools.retrievers.base import Retriever, Role
+from rankscope.tools.diagnostics.types import Pair
+from rankscope.tools.interventions.pairs import (
+    POSITION_GROUPS,
+    pair_batches,
+    position_mask,
+    with_progress,
+)
+from rankscope.tools.retrievers.base import Retriever, Role
 
 SAME_TOKEN = "same_token"
 EAGER_NEEDED = (

@@ -18,10 +18,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from tools.diagnostics.types import Pair
-from tools.interventions.cache import SiteKey, capture, layer_output, site_module
-from tools.interventions.pairs import ALL_POSITIONS, PairBatch, pair_batches, with_progress
-from tools.interventions.patching import (
+from rankscope.tools.diagnostics.types import Pair
+from rankscope.tools.interventions.cache import SiteKey, capture, layer_output, site_module
+from rankscope.tools.interventions.pairs import (
+    ALL_POSITIONS,
+    PairBatch,
+    pair_batches,
+    with_progress,
+)
+from rankscope.tools.interventions.patching import (
     Direction,
     Intervention,
     Patch,
@@ -32,7 +37,7 @@ from tools.interventions.patching import (
     sides,
     source_sites,
 )
-from tools.retrievers.base import Retriever, SideBatch
+from rankscope.tools.retrievers.base import Retriever, SideBatch
 
 
 @contextlib.contextmanager

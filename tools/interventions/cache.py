@@ -8,7 +8,7 @@ pre-hooks with ``with_kwargs=True`` so that every architecture works), repeated 
 the batch for ``k`` interventions at once (copy-major: row ``c * B + b`` is copy ``c`` of pair ``b``).
 
 Plain torch hooks are used here (no nnsight): this is the fast exact path. The generic path in
-:mod:`tools.interventions.patching` goes through nnsight.
+:mod:`rankscope.tools.interventions.patching` goes through nnsight.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from tools.retrievers.architectures import submodule
-from tools.retrievers.base import Retriever, SideBatch, Site
+from rankscope.tools.retrievers.architectures import submodule
+from rankscope.tools.retrievers.base import Retriever, SideBatch, Site
 
 POST_LAYERS: dict[str, str] = {"modernbert": "final_norm"}
 """Modules the base encoder applies after its last layer (path relative to the encoder)."""

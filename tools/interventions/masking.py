@@ -16,9 +16,9 @@ from typing import Any, Literal
 
 import torch
 
-from tools.interventions.cache import RunCache, repeat_side, run_from
-from tools.interventions.patching import DEFAULT_MAX_TOKENS, chunks
-from tools.retrievers.base import Retriever, Role
+from rankscope.tools.interventions.cache import RunCache, repeat_side, run_from
+from rankscope.tools.interventions.patching import DEFAULT_MAX_TOKENS, chunks
+from rankscope.tools.retrievers.base import Retriever, Role
 
 Segment = Literal["cls", "query", "doc", "sep"]
 SEGMENTS: dict[str, tuple[Role, ...]] = {

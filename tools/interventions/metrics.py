@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from tools.stats import bootstrap_ci_columns, one_sample_p_value
+from rankscope.tools.stats import bootstrap_ci_columns, one_sample_p_value
 
 Metric = Literal["classic", "robust"]
 METRICS: tuple[Metric, ...] = ("classic", "robust")

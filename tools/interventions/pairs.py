@@ -2,7 +2,7 @@
 
 Patching copies activations position by position between the baseline run and the perturbed run,
 so both sides of a pair must tokenise to the same positions: :func:`pair_batches` checks it and
-raises :class:`~tools.diagnostics.errors.AlignmentError` naming the pair otherwise.
+raises :class:`~rankscope.tools.diagnostics.errors.AlignmentError` naming the pair otherwise.
 
 Token positions are grouped by role (:data:`POSITION_GROUPS`). A position's role is the perturbed
 side's role, except that a position holding filler in the baseline is ``filler`` unless the
@@ -19,9 +19,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from tools.diagnostics.errors import AlignmentError
-from tools.diagnostics.types import Pair
-from tools.retrievers.base import Retriever, Role, SideBatch
+from rankscope.tools.diagnostics.errors import AlignmentError
+from rankscope.tools.diagnostics.types import Pair
+from rankscope.tools.retrievers.base import Retriever, Role, SideBatch
 
 POSITION_GROUPS: dict[str, tuple[Role, ...]] = {
     "cls": (Role.CLS,),

@@ -7,14 +7,14 @@ Two engines compute the same numbers:
   one nnsight trace of a full forward pass over the target batch repeated once per intervention,
   with the sites edited through the envoys (``model.encoder.layer[3].attention.output.dense``).
 - ``"cached"`` (:func:`run_cached`): the fast exact path. The target run's layer inputs are cached
-  (:mod:`tools.interventions.cache`) and each patched run starts at the first patched layer; the
+  (:mod:`rankscope.tools.interventions.cache`) and each patched run starts at the first patched layer; the
   interventions of a chunk run side by side as copies of the batch (one head patched per copy);
   the start layer's q/k/v projections, whose input is unchanged, are reused from the cache.
 
-Sites (see ``tools.retrievers.base.SITE_DOC``): ``resid`` (layer output), ``attn`` (attention
+Sites (see ``rankscope.tools.retrievers.base.SITE_DOC``): ``resid`` (layer output), ``attn`` (attention
 output projection's output), ``mlp`` (MLP's last linear's output), ``heads`` (the output
 projection's input, a head being a slice of ``head_dim`` columns). Positions are chosen per pair
-with a selector (:func:`tools.interventions.pairs.position_mask`).
+with a selector (:func:`rankscope.tools.interventions.pairs.position_mask`).
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from typing import Literal
 import numpy as np
 import torch
 
-from tools.diagnostics.types import Pair
-from tools.interventions.cache import (
+from rankscope.tools.diagnostics.types import Pair
+from rankscope.tools.interventions.cache import (
     SITE_ORDER,
     RunCache,
     SiteKey,
@@ -39,14 +39,14 @@ from tools.interventions.cache import (
     run_from,
     site_module,
 )
-from tools.interventions.pairs import (
+from rankscope.tools.interventions.pairs import (
     ALL_POSITIONS,
     PairBatch,
     pair_batches,
     position_mask,
     with_progress,
 )
-from tools.retrievers.base import Component, Retriever, SideBatch, Site
+from rankscope.tools.retrievers.base import Component, Retriever, SideBatch, Site
 
 Value = Literal["source", "zero", "mean"]
 Direction = Literal["denoising", "noising"]
@@ -88,7 +88,7 @@ class Intervention:
 
 def parse_target(name: str, value: Value = "source") -> Patch:
     """A patch from a component name with an optional position selector: ``L1.H6``,
-    ``L2.mlp@injected``, ``L0.resid@p5`` (see :func:`tools.interventions.pairs.position_mask`)."""
+    ``L2.mlp@injected``, ``L0.resid@p5`` (see :func:`rankscope.tools.interventions.pairs.position_mask`)."""
     base, _, positions = name.partition("@")
     comp = Component.parse(base)
     return Patch(comp.layer, comp.site, comp.head, positions or ALL_POSITIONS, value)

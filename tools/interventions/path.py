@@ -9,7 +9,7 @@ With target run T and source run S (T = baseline and S = perturbed for denoising
    projection output in this run.
 2. Run T with only the receiver head's slice of that projection replaced by the recorded one.
 
-Both steps run from the first sender layer on cached inputs (:mod:`tools.interventions.cache`);
+Both steps run from the first sender layer on cached inputs (:mod:`rankscope.tools.interventions.cache`);
 the senders of a chunk of sender sets run side by side as copies of the batch.
 """
 
@@ -23,10 +23,10 @@ from typing import Literal
 import torch
 from torch import nn
 
-from tools.interventions.cache import RunCache, hooked, repeat_side, run_from
-from tools.interventions.patching import DEFAULT_MAX_TOKENS, chunks
-from tools.retrievers.architectures import submodule
-from tools.retrievers.base import Component, Retriever, SideBatch
+from rankscope.tools.interventions.cache import RunCache, hooked, repeat_side, run_from
+from rankscope.tools.interventions.patching import DEFAULT_MAX_TOKENS, chunks
+from rankscope.tools.retrievers.architectures import submodule
+from rankscope.tools.retrievers.base import Component, Retriever, SideBatch
 
 QKV = Literal["q", "k", "v"]
 

@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from tools.contract import ArtifactFile
-from tools.interventions.metrics import (
+from rankscope.tools.contract import ArtifactFile
+from rankscope.tools.interventions.metrics import (
     METRICS,
     Metric,
     by_relevance,
@@ -23,7 +23,7 @@ from tools.interventions.metrics import (
     summarise_columns,
     top_metrics,
 )
-from tools.interventions.patching import PatchScores
+from rankscope.tools.interventions.patching import PatchScores
 
 
 @dataclass

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from tools.representations.corpus import Document
-from tools.retrievers.base import Retriever, Role, SideBatch
+from rankscope.tools.representations.corpus import Document
+from rankscope.tools.retrievers.base import Retriever, Role, SideBatch
 
 EMBEDDINGS = "emb"
 ActivationSite = Literal["resid", "neurons"]

@@ -9,8 +9,8 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
-from tools.contract import ToolArgs
-from tools.diagnostics.types import Collection, split_qids
+from rankscope.tools.contract import ToolArgs
+from rankscope.tools.diagnostics.types import Collection, split_qids
 
 
 class DocumentArgs(ToolArgs):

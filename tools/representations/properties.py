@@ -12,7 +12,7 @@ Document level (rows are documents):
   ``relevance`` the relevance grade (documents without one are left out).
 
 IDF is the BM25 form ``ln((N - df + 0.5) / (df + 0.5) + 1)`` over token ids of the collection's
-documents (the document-level words come from ``tools.diagnostics.text``).
+documents (the document-level words come from ``rankscope.tools.diagnostics.text``).
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ from typing import Any, Literal
 
 import numpy as np
 
-from tools.diagnostics.text import STOPWORDS, is_punctuation, words
-from tools.representations.activations import ActivationTable
-from tools.representations.corpus import Document
-from tools.retrievers.base import Role
+from rankscope.tools.diagnostics.text import STOPWORDS, is_punctuation, words
+from rankscope.tools.representations.activations import ActivationTable
+from rankscope.tools.representations.corpus import Document
+from rankscope.tools.retrievers.base import Role
 
 Level = Literal["token", "document"]
 Property = Literal["qterm", "tf", "idf", "length", "relevance"]

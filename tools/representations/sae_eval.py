@@ -23,24 +23,24 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from tools.representations.activations import (
+from rankscope.tools.representations.activations import (
     ActivationTable,
     collect_activations,
     document_embeddings,
     layer_name,
     length_batches,
 )
-from tools.representations.corpus import Document, query_groups, split_documents
-from tools.representations.ranking import ranking_agreement
-from tools.representations.sae import (
+from rankscope.tools.representations.corpus import Document, query_groups, split_documents
+from rankscope.tools.representations.ranking import ranking_agreement
+from rankscope.tools.representations.sae import (
     FINAL_EMBEDDING_HOOK,
     ReconstructionStats,
     SparseAutoencoder,
     reconstruction_stats,
     train_topk_sae,
 )
-from tools.representations.steering import edit_scores
-from tools.retrievers.base import Retriever, Role
+from rankscope.tools.representations.steering import edit_scores
+from rankscope.tools.retrievers.base import Retriever, Role
 
 TOKEN_ROLES: tuple[Role, ...] = (Role.CLS, Role.SEP, Role.QUERY, Role.DOC, Role.QTERM)
 

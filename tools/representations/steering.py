@@ -14,9 +14,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from tools.diagnostics.types import Pair
-from tools.representations.activations import read_layers
-from tools.retrievers.base import Retriever, Role, SideBatch
+from rankscope.tools.diagnostics.types import Pair
+from rankscope.tools.representations.activations import read_layers
+from rankscope.tools.retrievers.base import Retriever, Role, SideBatch
 
 EditSite = Literal["resid", "attn", "mlp"]
 Positions = Literal["all", "doc", "cls", "qterm", "filler"]

@@ -1,9 +1,9 @@
 """Retriever adapters: one view of bi-encoders and cross-encoders for every experiment."""
 
-from tools.retrievers.base import SITES, Component, Retriever, Role, SideBatch
-from tools.retrievers.bi_encoder import BiEncoder
-from tools.retrievers.cross_encoder import CrossEncoder
-from tools.retrievers.loading import DEFAULT_MODEL, RetrieverLoadError, load_retriever
+from rankscope.tools.retrievers.base import SITES, Component, Retriever, Role, SideBatch
+from rankscope.tools.retrievers.bi_encoder import BiEncoder
+from rankscope.tools.retrievers.cross_encoder import CrossEncoder
+from rankscope.tools.retrievers.loading import DEFAULT_MODEL, RetrieverLoadError, load_retriever
 
 __all__ = [
     "DEFAULT_MODEL",

@@ -22,7 +22,7 @@ from nnsight import NNsight
 from torch import nn
 from tqdm import tqdm
 
-from tools.retrievers.architectures import ArchSpec, model_dims, submodule
+from rankscope.tools.retrievers.architectures import ArchSpec, model_dims, submodule
 
 Site = Literal["resid", "attn", "mlp", "heads"]
 SITES: tuple[Site, ...] = ("resid", "attn", "mlp", "heads")

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tools.retrievers.architectures import ArchSpec
-from tools.retrievers.base import Retriever, SideBatch, token_roles
+from rankscope.tools.retrievers.architectures import ArchSpec
+from rankscope.tools.retrievers.base import Retriever, SideBatch, token_roles
 
 Pooling = Literal["cls", "mean"]
 Similarity = Literal["dot", "cosine"]

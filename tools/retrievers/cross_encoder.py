@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from tools.retrievers.base import Retriever, SideBatch, token_roles
+from rankscope.tools.retrievers.base import Retriever, SideBatch, token_roles
 
 
 def _logits_bert(model: nn.Module, hidden: torch.Tensor, batch: SideBatch) -> torch.Tensor:

@@ -9,10 +9,10 @@ import warnings
 from pathlib import Path
 from typing import Any, Literal
 
-from tools.retrievers.architectures import arch_for, weights_fingerprint
-from tools.retrievers.base import Retriever
-from tools.retrievers.bi_encoder import BiEncoder, Pooling, Similarity
-from tools.retrievers.cross_encoder import CrossEncoder
+from rankscope.tools.retrievers.architectures import arch_for, weights_fingerprint
+from rankscope.tools.retrievers.base import Retriever
+from rankscope.tools.retrievers.bi_encoder import BiEncoder, Pooling, Similarity
+from rankscope.tools.retrievers.cross_encoder import CrossEncoder
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 DEFAULT_ALIASES = {DEFAULT_MODEL, f"sentence-transformers/{DEFAULT_MODEL}", "default", "minilm"}
