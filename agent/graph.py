@@ -42,7 +42,8 @@ from langgraph.graph import END, START, StateGraph
 from pydantic import BaseModel, Field, ValidationError
 from sqlalchemy.engine import make_url
 
-from rankscope.agent.execution import CallRejected, Lab, available_tools, check_call
+from rankscope.agent.calls import CallRejected, available_tools, check_call
+from rankscope.agent.execution import Lab
 from rankscope.agent.llm_client import LLMBudgetExceeded, LLMError
 from rankscope.agent.planners.base import (
     Criterion,

@@ -238,7 +238,7 @@ def test_metric_catalogue_matches_what_the_tools_produce(tmp_path, mean_model):
     would reject valid criteria)."""
     import re
 
-    from rankscope.agent.execution import METRIC_PATTERNS
+    from rankscope.agent.calls import METRIC_PATTERNS
     from rankscope.tools.contract import ToolContext
     from rankscope.tools.diagnostics.source import resolve_data
     from rankscope.tools.registry import all_tools, get_tool
