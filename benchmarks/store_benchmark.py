@@ -111,12 +111,8 @@ def run_backend(backend: str, url: str, n: int, workdir: Path) -> Result:
             store.preregister_hypothesis(
                 inv,
                 f"hypothesis {h}",
-                Criterion(
-                    tool="activation_patching",
-                    metric="normalised_effect",
-                    direction="greater",
-                    threshold=0.2,
-                ),
+                Criterion(metric="normalised_effect", direction="greater", threshold=0.2),
+                tool="activation_patching",
             )
             for h in range(HYPOTHESES)
         ]

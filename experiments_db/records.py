@@ -16,24 +16,27 @@ ReviewDecision = Literal["accept", "dispute"]
 
 
 class Criterion(BaseModel):
-    """A hypothesis's pre-registered, checkable prediction.
+    """A hypothesis's pre-registered, checkable prediction — the one criterion of RankScope.
 
     The hypothesis is supported when ``metric`` (a key of the tool's result metrics) lies beyond
     ``threshold`` in ``direction`` at significance ``alpha`` (after ``correction`` over ``n_tests``
-    tests), measured on ``split``.
+    tests), measured on ``split``. Planners propose it, the store keeps it beside the hypothesis's
+    tool call, and the verdict rules read it.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    tool: str
-    tool_args: dict[str, Any] = Field(default_factory=dict)
-    metric: str
-    direction: Direction
+    metric: str = Field(
+        description="A metric key of the tool's result, e.g. 'share_moved_predicted'."
+    )
+    direction: Direction = Field(
+        description="'greater': metric > threshold predicted, 'less': below."
+    )
     threshold: float
-    alpha: float = Field(0.05, gt=0, lt=1)
+    alpha: float = Field(0.05, gt=0.0, lt=0.5, description="Significance level.")
     split: Split = "discovery"
     correction: Correction = "none"
-    n_tests: int = Field(1, ge=1)
+    n_tests: int = Field(1, ge=1, description="Number of components tested (for the correction).")
 
 
 class _Record(BaseModel):
@@ -70,6 +73,8 @@ class HypothesisRecord(_Record):
     rationale: str
     parent_id: int | None
     components: list[str]
+    tool: str
+    tool_args: dict[str, Any]
     criterion: Criterion
     created_at: datetime
     locked: bool

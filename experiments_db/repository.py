@@ -102,7 +102,7 @@ def _artifact_spec(item: ArtifactInput) -> ArtifactSpec:
 
 def _hypothesis_record(row: Mapping[str, Any]) -> HypothesisRecord:
     data = dict(row)
-    data["criterion"] = Criterion(**{c: data.pop(c) for c in CRITERION_COLUMNS})
+    data["criterion"] = Criterion(**{c: data.pop(c) for c in Criterion.model_fields})
     return HypothesisRecord.model_validate(data)
 
 
@@ -225,11 +225,14 @@ class Store:
         text: str,
         criterion: Criterion | Mapping[str, Any],
         *,
+        tool: str,
+        tool_args: Mapping[str, Any] | None = None,
         rationale: str = "",
         parent_id: int | None = None,
         components: Sequence[str] = (),
     ) -> int:
-        """Store a hypothesis with its pre-registered criterion; return its id.
+        """Store a hypothesis with its pre-registered criterion and the tool call that tests it
+        (``tool``, ``tool_args``); return its id.
 
         ``parent_id`` links a replication or follow-up to the hypothesis it came from.
         """
@@ -251,6 +254,8 @@ class Store:
                 rationale=rationale,
                 parent_id=parent_id,
                 components=[str(c) for c in components],
+                tool=tool,
+                tool_args=to_jsonable(dict(tool_args or {})),
                 **to_jsonable(crit.model_dump()),
             )
             session.add(row)
@@ -259,7 +264,8 @@ class Store:
             return row.id
 
     def update_criterion(self, hypothesis_id: int, **changes: Any) -> Criterion:
-        """Change criterion fields of a hypothesis that no experiment has started on yet.
+        """Change criterion fields (or ``tool``/``tool_args``) of a hypothesis that no experiment
+        has started on yet.
 
         Raises :class:`CriterionLockedError` once an experiment testing it has started (the
         database refuses it too, with a trigger).
@@ -276,9 +282,13 @@ class Store:
                 ).first()
                 if row.locked or started is not None:
                     raise self._locked_error(hypothesis_id, started)
-                current = {c: getattr(row, c) for c in CRITERION_COLUMNS}
+                unknown = set(changes) - set(CRITERION_COLUMNS)
+                if unknown:
+                    raise ValueError(f"not criterion fields: {sorted(unknown)}")
+                current = {c: getattr(row, c) for c in Criterion.model_fields}
+                call = {k: changes.pop(k) for k in ("tool", "tool_args") if k in changes}
                 new = Criterion.model_validate({**current, **changes})
-                for column, value in to_jsonable(new.model_dump()).items():
+                for column, value in to_jsonable({**new.model_dump(), **call}).items():
                     setattr(row, column, value)
                 return new
         except DBAPIError as exc:

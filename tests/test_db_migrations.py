@@ -12,7 +12,13 @@ from sqlalchemy.exc import DBAPIError
 from rankscope.experiments_db import create_db_engine, downgrade_database, upgrade_database
 from rankscope.experiments_db.migrate import current_revision, head_revision, schema_differences
 from rankscope.experiments_db.models import TABLE_NAMES
-from tests.test_db_support import backend_params, criterion, fresh_database, open_test_store
+from tests.test_db_support import (
+    TOOL_CALL,
+    backend_params,
+    criterion,
+    fresh_database,
+    open_test_store,
+)
 
 
 @pytest.fixture(params=backend_params())
@@ -59,7 +65,7 @@ def test_migrated_schema_matches_models_and_ignores_foreign_tables(db_url: str) 
 def test_trigger_refuses_criterion_change_after_start(db_url: str, tmp_path: Path) -> None:
     with open_test_store(db_url, tmp_path) as store:
         inv = store.create_investigation("q", "m", "d", "protocol")
-        hyp = store.preregister_hypothesis(inv, "h", criterion())
+        hyp = store.preregister_hypothesis(inv, "h", criterion(), **TOOL_CALL)
         with store.engine.begin() as conn:  # before any experiment: the database allows it
             conn.execute(text("UPDATE hypothesis SET threshold = 0.3 WHERE id = :id"), {"id": hyp})
         store.start_experiment(inv, "activation_patching", {}, hypothesis_id=hyp)

@@ -27,6 +27,7 @@ from rankscope.experiments_db import (
 )
 from rankscope.experiments_db.models import Artifact, Evidence
 from tests.test_db_support import (
+    TOOL_CALL,
     backend_params,
     criterion,
     fresh_database,
@@ -129,7 +130,7 @@ def test_provenance_and_json_values(store: Store) -> None:
 
 def test_criterion_lock(store: Store) -> None:
     inv = store.create_investigation("q", "m", "d", "protocol")
-    hyp = store.preregister_hypothesis(inv, "h", criterion())
+    hyp = store.preregister_hypothesis(inv, "h", criterion(), **TOOL_CALL)
     assert store.update_criterion(hyp, threshold=0.25, alpha=0.01).threshold == 0.25
     assert not store.get_hypothesis(hyp).locked
     exp = store.start_experiment(inv, "activation_patching", {"seed": 0}, hypothesis_id=hyp)
@@ -147,13 +148,15 @@ def test_criterion_lock(store: Store) -> None:
 def test_preregister_validates(store: Store) -> None:
     inv = store.create_investigation("q", "m", "d", "protocol")
     with pytest.raises(ValueError, match="alpha"):
-        store.preregister_hypothesis(inv, "h", {**criterion().model_dump(), "alpha": 1.5})
+        store.preregister_hypothesis(
+            inv, "h", {**criterion().model_dump(), "alpha": 1.5}, **TOOL_CALL
+        )
     with pytest.raises(NotFoundError, match="investigation 424242 does not exist"):
-        store.preregister_hypothesis(424242, "h", criterion())
+        store.preregister_hypothesis(424242, "h", criterion(), **TOOL_CALL)
     other = store.create_investigation("q2", "m", "d", "protocol")
-    hyp = store.preregister_hypothesis(other, "h", criterion())
+    hyp = store.preregister_hypothesis(other, "h", criterion(), **TOOL_CALL)
     with pytest.raises(ValueError, match="belongs to investigation"):
-        store.preregister_hypothesis(inv, "h", criterion(), parent_id=hyp)
+        store.preregister_hypothesis(inv, "h", criterion(), **TOOL_CALL, parent_id=hyp)
 
 
 def test_finish_is_atomic_when_an_artifact_is_missing(store: Store, tmp_path: Path) -> None:

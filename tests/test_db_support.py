@@ -74,8 +74,6 @@ def fresh_database(backend: str, tmp_path: Path) -> Iterator[str]:
 
 def criterion(**overrides: Any) -> Criterion:
     fields: dict[str, Any] = {
-        "tool": "activation_patching",
-        "tool_args": {"component": "attn_head", "layers": [0, 1, 2]},
         "metric": "normalised_effect",
         "direction": "greater",
         "threshold": 0.2,
@@ -83,6 +81,13 @@ def criterion(**overrides: Any) -> Criterion:
         "split": "discovery",
     }
     return Criterion(**{**fields, **overrides})
+
+
+TOOL_CALL: dict[str, Any] = {
+    "tool": "activation_patching",
+    "tool_args": {"component": "attn_head", "layers": [0, 1, 2]},
+}
+"""The tool call the hypotheses of these tests pre-register."""
 
 
 def populate(store: Store, tmp_path: Path) -> dict[str, int]:
@@ -100,6 +105,7 @@ def populate(store: Store, tmp_path: Path) -> dict[str, int]:
         inv,
         "Heads in layers 0-2 carry the term-frequency signal",
         criterion(),
+        **TOOL_CALL,
         rationale="TFC1 effect is large",
         components=["encoder.layer.1.attention.self.head.3"],
     )
@@ -121,6 +127,7 @@ def populate(store: Store, tmp_path: Path) -> dict[str, int]:
         inv,
         "Replication on held-out queries",
         criterion(split="holdout"),
+        **TOOL_CALL,
         parent_id=hyp,
     )
     exp2 = store.start_experiment(

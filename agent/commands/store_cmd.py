@@ -164,7 +164,7 @@ def _add_hypothesis(parent: Tree, hyp: HypothesisNode) -> None:
     )
     c = hyp.criterion
     node.add(
-        f"[dim]criterion: {escape(c.tool)}.{escape(c.metric)} {c.direction} {c.threshold:g} "
+        f"[dim]criterion: {escape(hyp.tool)}.{escape(c.metric)} {c.direction} {c.threshold:g} "
         f"at α={c.alpha:g} on {c.split}, correction {c.correction} (n={c.n_tests})"
         f"{', locked' if hyp.locked else ''}[/dim]"
     )

@@ -9,31 +9,13 @@ It may write the narrative of a verdict (``narrate``); citations in it are check
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-Direction = Literal["greater", "less", "two-sided"]
-Correction = Literal["none", "holm", "bonferroni"]
+from rankscope.experiments_db.records import Criterion
 
-
-class Criterion(BaseModel):
-    """A pre-registered, checkable prediction about one metric of a tool's result."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    metric: str = Field(
-        description="A metric key of the tool's result, e.g. 'share_moved_predicted'."
-    )
-    direction: Direction = Field(
-        description="'greater': metric > threshold predicted, 'less': below."
-    )
-    threshold: float
-    alpha: float = Field(0.05, gt=0.0, lt=0.5, description="Significance level.")
-    split: Literal["discovery", "holdout", "all"] = "discovery"
-    correction: Correction = "none"
-    n_tests: int = Field(1, ge=1, description="Number of components tested (for the correction).")
-
+__all__ = ["Criterion", "Ledger", "LedgerEntry", "Narrative", "Planner", "Proposal", "Stop"]
 
 class Proposal(BaseModel):
     """A hypothesis with its criterion and the tool call that tests it."""
