@@ -45,6 +45,13 @@ def _is_memory(database: str | None) -> bool:
     return database in (None, "", ":memory:") or "mode=memory" in (database or "")
 
 
+def _file_database(database: str | None) -> str | None:
+    """The file path a SQLite database name points to; ``None`` for in-memory and ``file:`` URIs."""
+    if database is None or _is_memory(database) or database.startswith("file:"):
+        return None
+    return database
+
+
 def database_url(url: str | None = None) -> str:
     """The database URL to use: ``url`` if given, else ``$RANKSCOPE_DB_URL``, else the SQLite file
     ``./rankscope.db``.
@@ -79,8 +86,8 @@ def database_url(url: str | None = None) -> str:
             raise DatabaseURLError(
                 f"unsupported SQLite driver {driver!r} in {mask_url(parsed)!r}. {_URL_HINT}"
             )
-        database = parsed.database
-        if not _is_memory(database) and not database.startswith("file:"):
+        database = _file_database(parsed.database)
+        if database is not None:
             parsed = parsed.set(database=str(Path(database).expanduser().resolve()))
     else:
         raise DatabaseURLError(
@@ -92,8 +99,9 @@ def database_url(url: str | None = None) -> str:
 
 def _sqlite_engine(url: URL) -> Engine:
     memory = _is_memory(url.database)
-    if not memory and not url.database.startswith("file:"):
-        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+    database = _file_database(url.database)
+    if database is not None:
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(
         url,
         connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S, "check_same_thread": False},
@@ -189,11 +197,10 @@ def create_db_engine(url: str | None = None, *, upgrade: bool = True) -> Engine:
 def sqlite_file(url: str) -> Path | None:
     """The file of a SQLite URL (``None`` for PostgreSQL or an in-memory database)."""
     parsed = make_url(url)
-    if parsed.get_backend_name() != "sqlite" or _is_memory(parsed.database):
+    if parsed.get_backend_name() != "sqlite":
         return None
-    if parsed.database.startswith("file:"):
-        return None
-    return Path(parsed.database)
+    database = _file_database(parsed.database)
+    return Path(database) if database is not None else None
 
 
 def open_store(

@@ -6,7 +6,7 @@ tracked). Every change to this module needs a new alembic revision in ``migratio
 """
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from sqlalchemy import (
     JSON,
@@ -15,6 +15,7 @@ from sqlalchemy import (
     Column,
     DateTime,
     MetaData,
+    Table,
     Text,
     TypeDecorator,
 )
@@ -90,6 +91,9 @@ class StoreBase(
     SQLModel, registry=registry(metadata=MetaData(naming_convention=NAMING_CONVENTION))
 ):
     """Base of the store's tables; they live in their own metadata, apart from other SQLModels."""
+
+    # Set by SQLAlchemy on each table model; declared so that the type checker knows it.
+    __table__: ClassVar[Table]
 
 
 metadata = StoreBase.metadata

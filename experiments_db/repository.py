@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
-from sqlalchemy import Select, func, insert, select, update
-from sqlalchemy.engine import Engine
+from sqlalchemy import ColumnElement, Select, func, insert, select, update
+from sqlalchemy.engine import CursorResult, Engine, RowMapping
 from sqlalchemy.exc import DBAPIError
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from rankscope.experiments_db.artifacts import ArtifactStore, StoredFile
 from rankscope.experiments_db.errors import (
@@ -100,7 +100,15 @@ def _artifact_spec(item: ArtifactInput) -> ArtifactSpec:
     raise TypeError(f"cannot store {item!r} as an artifact")
 
 
-def _hypothesis_record(row: Mapping[str, Any]) -> HypothesisRecord:
+def _inserted_id(result: CursorResult[Any]) -> int:
+    """The primary key of the row a single-row ``INSERT`` wrote."""
+    key = result.inserted_primary_key
+    if key is None:
+        raise RuntimeError("the INSERT returned no primary key")
+    return int(key[0])
+
+
+def _hypothesis_record(row: Mapping[str, Any] | RowMapping) -> HypothesisRecord:
     data = dict(row)
     data["criterion"] = Criterion(**{c: data.pop(c) for c in Criterion.model_fields})
     return HypothesisRecord.model_validate(data)
@@ -157,7 +165,7 @@ class Store:
     def _get(session: Session, model: type[RowT], row_id: int, *, for_update: bool = False) -> RowT:
         row = session.get(model, row_id, with_for_update=for_update or None)
         if row is None:
-            raise NotFoundError(f"{model.__tablename__.replace('_', ' ')} {row_id} does not exist")
+            raise NotFoundError(f"{model.__table__.name.replace('_', ' ')} {row_id} does not exist")
         return row
 
     @staticmethod
@@ -274,10 +282,10 @@ class Store:
             with self._write() as session:
                 row = self._get(session, Hypothesis, hypothesis_id, for_update=True)
                 started = session.execute(
-                    select(Experiment.id, Experiment.status)
-                    .where(Experiment.hypothesis_id == hypothesis_id)
-                    .where(Experiment.status != "pending")
-                    .order_by(Experiment.id)
+                    select(col(Experiment.id), col(Experiment.status))
+                    .where(col(Experiment.hypothesis_id) == hypothesis_id)
+                    .where(col(Experiment.status) != "pending")
+                    .order_by(col(Experiment.id))
                     .limit(1)
                 ).first()
                 if row.locked or started is not None:
@@ -360,7 +368,7 @@ class Store:
                     provenance=to_jsonable(provenance) if provenance is not None else {},
                 )
             )
-            return int(result.inserted_primary_key[0])
+            return _inserted_id(result)
 
     def finish_experiment(
         self,
@@ -400,7 +408,7 @@ class Store:
                         f"experiment {experiment_id} is {exp.status}; cannot finish it"
                     )
                 now = utcnow()
-                evidence_id = int(
+                evidence_id = _inserted_id(
                     conn.execute(
                         insert(Evidence.__table__).values(
                             experiment_id=experiment_id,
@@ -410,7 +418,7 @@ class Store:
                             approximate=bool(approximate),
                             created_at=now,
                         )
-                    ).inserted_primary_key[0]
+                    )
                 )
                 rows = [
                     self._artifact_row(experiment_id, evidence_id, spec, file)
@@ -496,16 +504,16 @@ class Store:
         with self._write() as session:
             self._get(session, Investigation, investigation_id)
             rows = session.execute(
-                select(Experiment.id, Experiment.started_at)
-                .where(Experiment.investigation_id == investigation_id)
-                .where(Experiment.status == "running")
+                select(col(Experiment.id), col(Experiment.started_at))
+                .where(col(Experiment.investigation_id) == investigation_id)
+                .where(col(Experiment.status) == "running")
                 .with_for_update()
             ).all()
             now = utcnow()
             for exp_id, started in rows:
                 session.execute(
                     update(Experiment)
-                    .where(Experiment.id == exp_id)
+                    .where(col(Experiment.id) == exp_id)
                     .values(
                         status="interrupted",
                         error=reason,
@@ -616,21 +624,21 @@ class Store:
             rows = [dict(r) for r in session.execute(stmt).mappings()]
             ids = [r["id"] for r in rows]
             counts: dict[str, dict[int, int]] = {}
-            for key, col in (
-                ("n_hypotheses", Hypothesis.investigation_id),
-                ("n_experiments", Experiment.investigation_id),
+            for key, column in (
+                ("n_hypotheses", col(Hypothesis.investigation_id)),
+                ("n_experiments", col(Experiment.investigation_id)),
             ):
                 counts[key] = dict(
                     session.execute(
-                        select(col, func.count()).where(col.in_(ids)).group_by(col)
+                        select(column, func.count()).where(column.in_(ids)).group_by(column)
                     ).all()
                 )
             counts["n_verdicts"] = dict(
                 session.execute(
-                    select(Hypothesis.investigation_id, func.count(Verdict.id))
-                    .join(Verdict, Verdict.hypothesis_id == Hypothesis.id)
-                    .where(Hypothesis.investigation_id.in_(ids))
-                    .group_by(Hypothesis.investigation_id)
+                    select(col(Hypothesis.investigation_id), func.count(col(Verdict.id)))
+                    .join(Verdict, col(Verdict.hypothesis_id) == col(Hypothesis.id))
+                    .where(col(Hypothesis.investigation_id).in_(ids))
+                    .group_by(col(Hypothesis.investigation_id))
                 ).all()
             )
         return [
@@ -681,7 +689,9 @@ class Store:
         with self._read() as session:
             return self._records(session, stmt.order_by(table.c.id), ExperimentRecord)
 
-    def _evidence_records(self, session: Session, where: Any) -> list[EvidenceRecord]:
+    def _evidence_records(
+        self, session: Session, where: ColumnElement[bool]
+    ) -> list[EvidenceRecord]:
         ev, art = Evidence.__table__, Artifact.__table__
         evidence = [dict(r) for r in session.execute(select(ev).where(where)).mappings()]
         by_evidence: dict[int, list[ArtifactRecord]] = defaultdict(list)
@@ -703,7 +713,7 @@ class Store:
         id is not stored."""
         ids = [int(i) for i in evidence_ids]
         with self._read() as session:
-            found = {e.id: e for e in self._evidence_records(session, Evidence.id.in_(ids))}
+            found = {e.id: e for e in self._evidence_records(session, col(Evidence.id).in_(ids))}
         missing = sorted(set(ids) - found.keys())
         if missing:
             raise UnknownEvidenceError(
@@ -717,10 +727,10 @@ class Store:
     ) -> list[int]:
         if not ids:
             return []
-        stmt = select(Evidence.id).where(Evidence.id.in_(set(ids)))
+        stmt = select(col(Evidence.id)).where(col(Evidence.id).in_(set(ids)))
         if investigation_id is not None:
-            stmt = stmt.join(Experiment, Experiment.id == Evidence.experiment_id).where(
-                Experiment.investigation_id == investigation_id
+            stmt = stmt.join(Experiment, col(Experiment.id) == col(Evidence.experiment_id)).where(
+                col(Experiment.investigation_id) == investigation_id
             )
         found = set(session.execute(stmt).scalars())
         return sorted(set(ids) - found)
@@ -741,9 +751,9 @@ class Store:
     def verdicts(self, hypothesis_id: int) -> list[VerdictRecord]:
         """The verdicts on a hypothesis, oldest first, with their reviews."""
         with self._read() as session:
-            return self._verdict_records(session, Verdict.hypothesis_id == hypothesis_id)
+            return self._verdict_records(session, col(Verdict.hypothesis_id) == hypothesis_id)
 
-    def _verdict_records(self, session: Session, where: Any) -> list[VerdictRecord]:
+    def _verdict_records(self, session: Session, where: ColumnElement[bool]) -> list[VerdictRecord]:
         ver, rev = Verdict.__table__, Review.__table__
         verdicts = [dict(r) for r in session.execute(select(ver).where(where)).mappings()]
         reviews: dict[int, list[ReviewRecord]] = defaultdict(list)
@@ -761,10 +771,10 @@ class Store:
         with self._read() as session:
             calls, prompt, completion = session.execute(
                 select(
-                    func.count(LLMCall.id),
-                    func.coalesce(func.sum(LLMCall.prompt_tokens), 0),
-                    func.coalesce(func.sum(LLMCall.completion_tokens), 0),
-                ).where(LLMCall.investigation_id == investigation_id)
+                    func.count(col(LLMCall.id)),
+                    func.coalesce(func.sum(col(LLMCall.prompt_tokens)), 0),
+                    func.coalesce(func.sum(col(LLMCall.completion_tokens)), 0),
+                ).where(col(LLMCall.investigation_id) == investigation_id)
             ).one()
         return LLMUsage(calls=calls, prompt_tokens=prompt, completion_tokens=completion)
 
@@ -796,14 +806,18 @@ class Store:
             ]
             evidence = self._evidence_records(
                 session,
-                Evidence.experiment_id.in_(
-                    select(Experiment.id).where(Experiment.investigation_id == investigation_id)
+                col(Evidence.experiment_id).in_(
+                    select(col(Experiment.id)).where(
+                        col(Experiment.investigation_id) == investigation_id
+                    )
                 ),
             )
             verdicts = self._verdict_records(
                 session,
-                Verdict.hypothesis_id.in_(
-                    select(Hypothesis.id).where(Hypothesis.investigation_id == investigation_id)
+                col(Verdict.hypothesis_id).in_(
+                    select(col(Hypothesis.id)).where(
+                        col(Hypothesis.investigation_id) == investigation_id
+                    )
                 ),
             )
             llm_calls = (
@@ -939,6 +953,7 @@ class Store:
                     )
                     session.add(row_v)
                     session.flush()
+                    assert row_v.id is not None
                     for r in v.reviews:
                         session.add(
                             Review(

@@ -5,6 +5,7 @@ Normally run through :func:`rankscope.experiments_db.upgrade_database`, which pa
 """
 
 from alembic import context
+from sqlalchemy.engine import Connection
 
 from rankscope.experiments_db.engine import create_db_engine
 from rankscope.experiments_db.migrate import include_name
@@ -13,9 +14,21 @@ from rankscope.experiments_db.models import metadata
 config = context.config
 
 
-def _configure(**kwargs: object) -> None:
+def _configure(
+    *,
+    render_as_batch: bool,
+    connection: Connection | None = None,
+    url: str | None = None,
+    literal_binds: bool = False,
+) -> None:
     context.configure(
-        target_metadata=metadata, include_name=include_name, compare_type=True, **kwargs
+        connection=connection,
+        url=url,
+        literal_binds=literal_binds,
+        render_as_batch=render_as_batch,
+        target_metadata=metadata,
+        include_name=include_name,
+        compare_type=True,
     )
 
 
