@@ -21,16 +21,18 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from rankscope.agent.citations import cited_in_text
 from rankscope.agent.execution import shared_retriever
-from rankscope.agent.graph import cited_in_text, split_of
-from rankscope.agent.planners.base import Criterion
+from rankscope.agent.ledger import split_of
+from rankscope.agent.settings import settings_of
 from rankscope.agent.verdicts import SplitResult, decide, evaluate_split
 from rankscope.experiments_db.errors import ArtifactError
 from rankscope.experiments_db.jsonutil import to_jsonable
 from rankscope.experiments_db.records import ExperimentNode, HypothesisNode
 from rankscope.experiments_db.repository import Store
 from rankscope.tools.contract import ToolContext
-from rankscope.tools.registry import UnknownToolError, get_tool, validate_args
+from rankscope.tools.registry import UnknownToolError, get_tool
+from rankscope.tools.running import run_tool
 
 REL_TOL = 1e-4
 ABS_TOL = 1e-6
@@ -95,8 +97,6 @@ def compare_metrics(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 
 
 def _rerun(exp: ExperimentNode, model: str | None, data: Any, device: str) -> dict[str, Any]:
-    tool = get_tool(exp.tool)
-    args = validate_args(tool, exp.args)
     retriever = shared_retriever(model, device)
     with tempfile.TemporaryDirectory(prefix=f"rankscope-audit{exp.id}-") as tmp:
         ctx = ToolContext(
@@ -106,7 +106,7 @@ def _rerun(exp: ExperimentNode, model: str | None, data: Any, device: str) -> di
             progress=False,
             device=device,
         )
-        return dict(tool.run(ctx, args).metrics)
+        return dict(run_tool(exp.tool, exp.args, ctx).result.metrics)
 
 
 def _check_experiment(
@@ -175,21 +175,13 @@ def _check_artifacts(report: AuditReport, store: Store, exp: ExperimentNode) -> 
 
 def reapply_verdict(node: HypothesisNode) -> str | None:
     """The verdict the rules give for a hypothesis's stored evidence (None: no experiment)."""
-    criterion = Criterion(
-        metric=node.criterion.metric,
-        direction=node.criterion.direction,
-        threshold=node.criterion.threshold,
-        alpha=node.criterion.alpha,
-        split=node.criterion.split,
-        correction=node.criterion.correction,
-        n_tests=node.criterion.n_tests,
-    )
+    criterion = node.criterion
     results: dict[str, SplitResult] = {}
     for exp in node.experiments:
         if exp.status != "finished" or not exp.evidence:
             continue
         phase = "holdout" if split_of(exp.args) == "holdout" else "discovery"
-        if phase == "discovery" and exp.args.get("seed") != node.criterion.tool_args.get("seed"):
+        if phase == "discovery" and exp.args.get("seed") != node.tool_args.get("seed"):
             phase = "holdout"
         ev = exp.evidence[0]
         results[phase] = evaluate_split(
@@ -220,8 +212,9 @@ def audit_investigation(
     tree = store.investigation_tree(investigation_id)
     inv = tree.investigation
     report = AuditReport(investigation_id)
-    model = inv.config.get("model_arg")
-    data = resolve_data(inv.config.get("data_arg")) if rerun else None
+    settings = settings_of(inv)
+    model = settings.model_arg
+    data = resolve_data(settings.data_arg) if rerun else None
     evidence = tree.evidence()
     for exp in tree.experiments():
         if rerun and (experiments is None or exp.id in experiments):

@@ -1,8 +1,7 @@
 """Run one tool call of an investigation and record it.
 
-``check_call`` validates a planner's call against the registry (unknown tool, arguments that do
-not validate, a criterion metric the tool does not produce) and raises :class:`CallRejected` with
-a message the planner can act on: nothing runs. ``Lab.run_experiment`` runs a validated call: it
+The graph validates a planner's call (:mod:`rankscope.agent.calls`) before it gets here.
+``Lab.run_experiment`` runs a validated call: it
 builds the :class:`~rankscope.tools.contract.ToolContext` (one retriever per investigation, loaded once),
 stores the experiment as ``running`` with its provenance (model id, weights hash, dataset hash,
 tool name and version, arguments, seed, package and code versions, device), runs the tool, and
@@ -25,14 +24,11 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from rankscope.agent.calls import check_call
 from rankscope.experiments_db.jsonutil import canonical_json
 from rankscope.experiments_db.provenance import capture_provenance
 from rankscope.experiments_db.repository import Store
 from rankscope.tools.contract import ArtifactFile, ToolContext
-from rankscope.tools.registry import (
-    get_tool,
-)
+from rankscope.tools.running import resolve_call, run_tool
 
 _RETRIEVERS: dict[tuple[str | None, str, int], Any] = {}
 
@@ -104,22 +100,20 @@ class Lab:
         return str(self.data().content_hash())
 
     def run_experiment(
-        self, hypothesis_id: int | None, tool_name: str, raw_args: dict[str, Any]
+        self, hypothesis_id: int | None, tool_name: str, args_json: dict[str, Any]
     ) -> ExperimentOutcome:
-        """Validate, run and record one tool call (see the module docstring).
-
-        Raises :class:`CallRejected` before anything is stored when the call is invalid.
-        """
-        args = check_call(tool_name, raw_args)
-        tool = get_tool(tool_name)
+        """Run and record one tool call whose arguments the graph validated (see the module
+        docstring); they are parsed into the tool's argument model once, here."""
+        tool, args = resolve_call(tool_name, args_json)
         retriever = self.retriever()
         data = self.data()
         args_json = args.model_dump(mode="json")
+        seed = getattr(args, "seed", None)
         provenance = capture_provenance(
             tool_name=tool.name,
             tool_version=tool.version,
             args=args_json,
-            seed=getattr(args, "seed", None),
+            seed=seed,
             model_id=retriever.model_id,
             weights_hash=retriever.weights_hash,
             dataset_hash=str(data.content_hash()),
@@ -143,7 +137,7 @@ class Lab:
             args_json,
             hypothesis_id=hypothesis_id,
             tool_version=tool.version,
-            seed=getattr(args, "seed", None),
+            seed=seed,
             provenance=provenance,
         )
         if reused is not None:
@@ -158,21 +152,20 @@ class Lab:
             )
             started = time.perf_counter()
             try:
-                result = tool.run(ctx, args)
+                run = run_tool(tool, args, ctx)
             except Exception as exc:
-                elapsed = time.perf_counter() - started
                 message = f"{type(exc).__name__}: {exc}"
                 self.store.fail_experiment(experiment_id, message)
                 return ExperimentOutcome(
                     experiment_id=experiment_id,
                     status="failed",
                     error=message,
-                    duration_s=elapsed,
+                    duration_s=time.perf_counter() - started,
                 )
-            elapsed = time.perf_counter() - started
+            result = run.result
             tables = dict(result.tables)
             tables["rankscope_timings"] = [
-                {"phase": "tool_run", "seconds": elapsed},
+                {"phase": "tool_run", "seconds": run.seconds},
                 *({"phase": k, "seconds": v} for k, v in self.timings.items()),
             ]
             evidence_id = self.store.finish_experiment(
@@ -191,7 +184,7 @@ class Lab:
             metrics=dict(result.metrics),
             summary=result.summary,
             approximate=result.approximate,
-            duration_s=elapsed,
+            duration_s=run.seconds,
         )
 
     def _record_reused(self, experiment_id: int, evidence_id: int) -> ExperimentOutcome:

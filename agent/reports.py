@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rankscope.agent.settings import settings_of
 from rankscope.experiments_db.errors import ArtifactError
 from rankscope.experiments_db.records import ExperimentNode, HypothesisNode, InvestigationTree
 from rankscope.experiments_db.repository import Store
@@ -66,7 +67,7 @@ def _ci(result: dict[str, Any] | None) -> str:
 
 
 def _metrics_rows(metrics: dict[str, Any], metric: str) -> list[list[str]]:
-    from rankscope.agent.graph import key_metrics
+    from rankscope.agent.ledger import key_metrics
 
     shown = list(key_metrics(metrics, metric).items())[:SHOWN_METRICS]
     return [[k, _fmt(v)] for k, v in shown]
@@ -78,7 +79,7 @@ def _hypothesis_blocks(store: Store, node: HypothesisNode, problems: list[str]) 
     status = verdict.status if verdict else "no verdict"
     blocks = [Block("heading", f"H{node.id} — {status}: {node.text}", level=3)]
     prereg = [
-        f"tool `{c.tool}` with arguments `{c.tool_args}`",
+        f"tool `{node.tool}` with arguments `{node.tool_args}`",
         f"criterion: `{c.metric}` {c.direction} {c.threshold:g} at alpha {c.alpha:g} "
         f"(correction {c.correction}, {c.n_tests} test(s)), split {c.split}",
         f"pre-registered at {node.created_at:%Y-%m-%d %H:%M:%S} UTC"
@@ -168,9 +169,9 @@ def build_blocks(store: Store, tree: InvestigationTree) -> tuple[list[Block], li
         Block(
             "list",
             items=[
-                f"model: {inv.model_id} (weights {str(inv.config.get('model', {}).get('weights_hash'))[:12]}…)",
+                f"model: {inv.model_id} (weights {str(settings_of(inv).model.get('weights_hash'))[:12]}…)",
                 f"data: {inv.data_spec}",
-                f"planner: {inv.planner} ({inv.config.get('planner_why', '')})",
+                f"planner: {inv.planner} ({settings_of(inv).planner_why})",
                 f"LLM: {inv.llm_model or 'none'} — {usage.calls} call(s), "
                 f"{usage.prompt_tokens} prompt + {usage.completion_tokens} completion tokens",
                 "budget: " + ", ".join(f"{k}={v}" for k, v in inv.budget.items()),
@@ -209,7 +210,7 @@ def build_blocks(store: Store, tree: InvestigationTree) -> tuple[list[Block], li
     for exp in tree.experiments():
         if exp.status in ("failed", "interrupted"):
             open_items.append(f"experiment {exp.id} ({exp.tool}) {exp.status}: {exp.error or ''}")
-    open_items += [str(n) for n in inv.config.get("notes", [])]
+    open_items += settings_of(inv).notes
     open_items += problems
     blocks.append(Block("heading", "What stays open", level=2))
     blocks.append(Block("list", items=open_items or ["nothing"]))

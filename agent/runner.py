@@ -15,9 +15,12 @@ from typing import Any, Literal
 from rich.console import Console
 
 from rankscope.agent.execution import Lab
-from rankscope.agent.graph import Budget, Deps, invoke
+from rankscope.agent.graph import invoke
+from rankscope.agent.nodes import GraphContext
 from rankscope.agent.planners.base import Planner
 from rankscope.agent.progress import ProgressPrinter
+from rankscope.agent.settings import InvestigationSettings, save_settings, settings_of
+from rankscope.agent.state import Budget
 from rankscope.experiments_db.engine import database_url, open_store
 from rankscope.experiments_db.repository import Store
 
@@ -129,17 +132,17 @@ def _run(
     retriever_loader: Callable[..., Any] | None,
     show_tool_progress: bool,
 ) -> RunResult:
-    inv = store.get_investigation(investigation_id)
+    settings = settings_of(store.get_investigation(investigation_id))
     lab = Lab(
         store=store,
         investigation_id=investigation_id,
-        model=inv.config.get("model_arg"),
-        data_spec=inv.config.get("data_arg"),
-        device=str(inv.config.get("device", "cpu")),
+        model=settings.model_arg,
+        data_spec=settings.data_arg,
+        device=settings.device,
         progress=show_tool_progress,
         retriever_loader=retriever_loader,
     )
-    deps = Deps(
+    context = GraphContext(
         store=store,
         lab=lab,
         planner=planner,
@@ -148,7 +151,7 @@ def _run(
         report_dir=report_dir / f"investigation-{investigation_id}",
         write_report=_write_report,
     )
-    final = invoke(deps, db_url, investigation_id, resume=resume)
+    final = invoke(context, db_url, investigation_id, resume=resume)
     inv = store.get_investigation(investigation_id)
     return RunResult(
         investigation_id=investigation_id,
@@ -196,20 +199,20 @@ def investigate(
             planner_name,
             llm_model=llm_model if choice.name == "llm" else None,
             budget=budget.model_dump(),
-            config={
-                "model_arg": model,
-                "data_arg": data,
-                "device": device,
-                "base_url": base_url if choice.name == "llm" else None,
-                "planner_why": choice.why,
-                "protocol_pairs": protocol_pairs,
-            },
+            config=InvestigationSettings(
+                model_arg=model,
+                data_arg=data,
+                device=device,
+                base_url=base_url if choice.name == "llm" else None,
+                planner_why=choice.why,
+                protocol_pairs=protocol_pairs,
+            ).model_dump(mode="json"),
         )
         progress.investigation(investigation_id, question)
         progress.line(f"planner: {choice.name} ({choice.why})")
-        lab_model = _describe_model(model, device, retriever_loader)
-        inv = store.get_investigation(investigation_id)
-        store.update_investigation_config(investigation_id, {**inv.config, "model": lab_model})
+        settings = settings_of(store.get_investigation(investigation_id))
+        settings.model = _describe_model(model, device, retriever_loader)
+        save_settings(store, investigation_id, settings)
         active = given or make_planner(
             store,
             investigation_id,
@@ -272,9 +275,9 @@ def resume(
             investigation_id,
             inv.planner,
             inv.llm_model,
-            inv.config.get("base_url"),
+            settings_of(inv).base_url,
             planner_factory,
-            protocol_pairs=inv.config.get("protocol_pairs"),
+            protocol_pairs=settings_of(inv).protocol_pairs,
             max_tokens=None
             if budget.max_tokens is None
             else max(1, budget.max_tokens - store.llm_usage(investigation_id).total_tokens),

@@ -10,7 +10,6 @@ from typing import Any
 import torch
 from rich.console import Console
 
-from rankscope.agent.graph import Budget
 from rankscope.agent.planners.base import (
     Criterion,
     Ledger,
@@ -21,6 +20,7 @@ from rankscope.agent.planners.base import (
     Stop,
 )
 from rankscope.agent.runner import RunResult, investigate
+from rankscope.agent.state import Budget
 from tests.tiny_models import save_tiny_model
 
 QUESTION = "Does the tiny model reward repeated query terms (TFC1)?"

@@ -9,10 +9,12 @@ import pytest
 import torch
 from rich.console import Console
 
-from rankscope.agent.graph import Budget, cited_in_text, fingerprint
+from rankscope.agent.citations import cited_in_text
 from rankscope.agent.llm_client import LLMUnavailableError
+from rankscope.agent.nodes import fingerprint
 from rankscope.agent.planners.base import Narrative, Proposal, Stop
 from rankscope.agent.runner import resume
+from rankscope.agent.state import Budget
 from rankscope.experiments_db.engine import open_store
 from tests.agent_support import ScriptedPlanner, behaviour, mean_bert, null_bert, run
 
@@ -98,7 +100,7 @@ def test_repeated_proposals_are_detected_and_stop_the_run(tmp_path, null_model):
     assert "repeated already-tested proposals 2 times" in (result.stop_reason or "")
     t = tree(tmp_path)
     assert len(t.hypotheses) == 1 and len(t.experiments()) == 1
-    args = t.hypotheses[0].criterion.tool_args
+    args = t.hypotheses[0].tool_args
     assert fingerprint("behavioural_test", args, same.criterion)
 
 

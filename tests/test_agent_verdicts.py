@@ -10,8 +10,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rankscope.agent.graph import Budget
 from rankscope.agent.planners.base import Criterion, Proposal
+from rankscope.agent.state import Budget
 from rankscope.agent.verdicts import corrected_alpha, decide, evaluate_split
 from rankscope.experiments_db.engine import open_store
 from tests.agent_support import ScriptedPlanner, null_bert, run

@@ -103,8 +103,8 @@ def register(app: typer.Typer) -> None:
         ] = None,
     ) -> None:
         """Investigate a question: hypotheses, experiments, verdicts, a report."""
-        from rankscope.agent.graph import Budget
         from rankscope.agent.runner import investigate
+        from rankscope.agent.state import Budget
 
         try:
             limits = Budget(

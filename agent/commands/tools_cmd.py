@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -17,9 +16,8 @@ from rankscope.tools.registry import (
     ToolArgumentError,
     UnknownToolError,
     all_tools,
-    get_tool,
-    validate_args,
 )
+from rankscope.tools.running import resolve_call, run_tool
 
 console = Console()
 err_console = Console(stderr=True)
@@ -69,7 +67,7 @@ def list_tools(as_json: bool) -> None:
     console.print("Argument schemas as OpenAI tool specs: [bold]rankscope tools --json[/bold]")
 
 
-def run_tool(
+def run_by_hand(
     tool_name: str,
     raw_args: str,
     model: str | None,
@@ -78,12 +76,12 @@ def run_tool(
     as_json: bool,
     progress: bool,
 ) -> None:
+    """``rankscope run``: one tool call outside any investigation, printed or as JSON."""
     from rankscope.tools.diagnostics.source import resolve_data
     from rankscope.tools.retrievers import load_retriever
 
     try:
-        tool = get_tool(tool_name)
-        args = validate_args(tool, parse_args_option(raw_args))
+        tool, args = resolve_call(tool_name, parse_args_option(raw_args))
     except (UnknownToolError, ToolArgumentError) as err:
         err_console.print(f"[red]error:[/red] {err}")
         raise typer.Exit(2) from err
@@ -94,9 +92,8 @@ def run_tool(
         artifact_dir=run_dir,
         progress=progress and not as_json,
     )
-    started = time.perf_counter()
-    result = tool.run(ctx, args)
-    elapsed = time.perf_counter() - started
+    run = run_tool(tool, args, ctx)
+    result = run.result
     if as_json:
         payload = {
             "tool": tool.name,
@@ -106,7 +103,7 @@ def run_tool(
             "tables": result.tables,
             "approximate": result.approximate,
             "artifacts": [a.model_dump(mode="json") for a in result.artifacts],
-            "seconds": elapsed,
+            "seconds": run.seconds,
         }
         print(json.dumps(payload, indent=2, default=str))
         return
@@ -116,7 +113,7 @@ def run_tool(
         console.print(
             "[yellow]approximate result (a first pass, not an exact measurement)[/yellow]"
         )
-    console.print(f"took {elapsed:.1f} s; artifacts in [bold]{run_dir}[/bold]")
+    console.print(f"took {run.seconds:.1f} s; artifacts in [bold]{run_dir}[/bold]")
     for artifact in result.artifacts:
         console.print(f"  {artifact.path}  ({artifact.media_type}) {artifact.description}")
 
@@ -152,7 +149,7 @@ def register(app: typer.Typer) -> None:
         from rankscope.tools.retrievers import RetrieverLoadError
 
         try:
-            run_tool(tool, args, model, data, out, as_json, progress)
+            run_by_hand(tool, args, model, data, out, as_json, progress)
         except (RetrieverLoadError, DataFormatError, FileNotFoundError, ValueError) as err:
             err_console.print(f"[red]error:[/red] {err}")
             raise typer.Exit(1) from err

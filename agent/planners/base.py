@@ -17,6 +17,7 @@ from rankscope.experiments_db.records import Criterion
 
 __all__ = ["Criterion", "Ledger", "LedgerEntry", "Narrative", "Planner", "Proposal", "Stop"]
 
+
 class Proposal(BaseModel):
     """A hypothesis with its criterion and the tool call that tests it."""
 

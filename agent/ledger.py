@@ -1,0 +1,100 @@
+"""The ledger: the investigation so far, as a planner reads it (compact, no raw tables)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rankscope.agent.planners.base import Ledger, LedgerEntry
+from rankscope.agent.state import Budget
+from rankscope.agent.verdicts import ci_keys, p_keys
+from rankscope.experiments_db.records import HypothesisNode, InvestigationTree
+from rankscope.tools.metric_keys import metric_family
+from rankscope.tools.registry import all_tools
+
+SUMMARY_CHARS = 1500
+KEY_METRICS = 40
+TOP_PER_FAMILY = 8
+
+
+def split_of(args: dict[str, Any]) -> str:
+    """The split a tool call runs on (``discovery`` for tools without a split argument)."""
+    return str(args.get("split", "discovery"))
+
+
+def key_metrics(metrics: dict[str, Any], metric: str | None = None) -> dict[str, Any]:
+    """A compact view of a tool's metrics: the criterion's metric with its CI and p-value first,
+    the largest entries of each per-component family, then the scalar metrics."""
+    out: dict[str, Any] = {}
+    if metric:
+        low, high = ci_keys(metric)
+        for key in [metric, *low, *high, *p_keys(metric)]:
+            if key in metrics:
+                out[key] = metrics[key]
+    families: dict[str, list[tuple[str, Any]]] = {}
+    for key, value in metrics.items():
+        family = metric_family(key)
+        if family is None:
+            if len(out) < KEY_METRICS:
+                out.setdefault(key, value)
+        else:
+            families.setdefault(family, []).append((key, value))
+    for items in families.values():
+        ranked = sorted(
+            items,
+            key=lambda kv: -abs(kv[1]) if isinstance(kv[1], int | float) else 0.0,
+        )
+        for key, value in ranked[:TOP_PER_FAMILY]:
+            if len(out) >= KEY_METRICS:
+                break
+            out.setdefault(key, value)
+    return {k: (v if isinstance(v, int | float) or v is None else None) for k, v in out.items()}
+
+
+def ledger_entry(node: HypothesisNode) -> LedgerEntry:
+    """One hypothesis as the planner sees it: its call, criterion, status and key numbers."""
+    finished = [e for e in node.experiments if e.status == "finished" and e.evidence]
+    discovery = next((e for e in finished if split_of(e.args) != "holdout"), None)
+    holdout = next((e for e in finished if split_of(e.args) == "holdout"), None)
+    if node.verdicts:
+        status = node.verdicts[-1].status
+    elif node.experiments and all(e.status == "failed" for e in node.experiments):
+        status = "failed"
+    else:
+        status = "pending"
+    metric = node.criterion.metric
+    return LedgerEntry(
+        hypothesis_id=node.id,
+        hypothesis=node.text,
+        tool=node.tool,
+        args=node.tool_args,
+        criterion=node.criterion,
+        components=list(node.components),
+        status=status,
+        key_metrics=key_metrics(discovery.evidence[0].metrics, metric) if discovery else {},
+        summary=(discovery.evidence[0].summary[:SUMMARY_CHARS] if discovery else "")
+        + ("" if discovery else "; ".join(e.error or "" for e in node.experiments)),
+        evidence_ids=[ev.id for e in finished for ev in e.evidence],
+        replication=key_metrics(holdout.evidence[0].metrics, metric) if holdout else None,
+    )
+
+
+def build_ledger(
+    tree: InvestigationTree,
+    feedback: list[str],
+    budget: Budget,
+    steps: int,
+    tool_calls: int,
+) -> Ledger:
+    """The ledger of an investigation after ``steps`` planner steps and ``tool_calls`` runs."""
+    inv = tree.investigation
+    return Ledger(
+        investigation_id=inv.id,
+        question=inv.question,
+        model=dict(inv.config.get("model") or {"model_id": inv.model_id}),
+        data=inv.data_spec,
+        tools=list(all_tools()),
+        entries=[ledger_entry(h) for h in tree.hypotheses],
+        feedback=list(feedback),
+        steps_left=max(0, budget.max_steps - steps),
+        tool_calls_left=max(0, budget.max_tool_calls - tool_calls),
+    )

@@ -1,0 +1,537 @@
+"""The nodes of the investigation graph, one function per job.
+
+Each node reads the checkpointed :class:`~rankscope.agent.state.InvestigationState` and the
+run's :class:`GraphContext` (LangGraph's runtime context: the store, the lab, the planner, the
+budget), and returns a state update. Nodes that write to the store are idempotent: on resume they
+find what a killed run already recorded (a hypothesis, a finished experiment, a verdict) instead
+of doing it again.
+
+plan        checks the budgets, builds the ledger, asks the planner; applies the guard rails (no
+            criterion, unknown tool, invalid arguments, a metric the tool does not produce, a split
+            that disagrees with the criterion, a repeated (tool, args, criterion)) and turns each
+            rejection into feedback for the planner's next call.
+preregister stores the hypothesis with its criterion before anything runs.
+run_tool    runs the validated call through the lab (one transaction per result).
+record      reads the stored evidence back and compares it with the criterion on this split.
+assess      decides: replicate (discovery met with exact evidence) or apply the verdict rules,
+            store the verdict and a narrative whose citations are checked.
+replicate   the same call on the held-out split with another seed, as a second experiment of the
+            same hypothesis.
+report      writes the reports and closes the investigation.
+
+Tool output (summaries, tables, documents) is data for the planner and the report; no node reads
+it as instructions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+from langgraph.runtime import Runtime
+from pydantic import ValidationError
+
+from rankscope.agent.calls import CallRejected, check_call
+from rankscope.agent.citations import cited_in_text
+from rankscope.agent.execution import Lab
+from rankscope.agent.ledger import build_ledger, key_metrics, ledger_entry, split_of
+from rankscope.agent.llm_client import LLMBudgetExceeded, LLMError
+from rankscope.agent.planners.base import Criterion, Narrative, Planner, Proposal, Stop
+from rankscope.agent.progress import ProgressPrinter
+from rankscope.agent.settings import add_note
+from rankscope.agent.state import (
+    Budget,
+    HypothesisInFlight,
+    InvestigationState,
+    PendingProposal,
+    Phase,
+)
+from rankscope.agent.verdicts import Decision, SplitResult, decide, evaluate_split
+from rankscope.experiments_db.jsonutil import canonical_json
+from rankscope.experiments_db.repository import Store
+from rankscope.tools.registry import get_tool
+
+Update = dict[str, Any]
+
+
+@dataclass
+class GraphContext:
+    """What the nodes use besides the state (LangGraph's runtime context; never checkpointed)."""
+
+    store: Store
+    lab: Lab
+    planner: Planner
+    budget: Budget
+    progress: ProgressPrinter
+    report_dir: Path
+    write_report: Callable[[Store, int, Path], Path] | None = None
+    clock: Callable[[], float] = time.monotonic
+    decided_by: str = "rules"
+
+
+Node = Callable[[InvestigationState, Runtime[GraphContext]], Update]
+
+
+def fingerprint(tool: str, args: dict[str, Any], criterion: Criterion) -> str:
+    """Identity of a proposal for repeat detection: tool, validated arguments and criterion."""
+    payload = {"tool": tool, "args": args, "criterion": criterion.model_dump(mode="json")}
+    return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
+
+
+def has_split(tool_name: str) -> bool:
+    """Whether a tool runs on a chosen split (it has a ``split`` argument)."""
+    return "split" in get_tool(tool_name).Args.model_fields
+
+
+def timed(node: Node) -> Node:
+    """``node`` that also adds its wall time to the state's ``elapsed_s``."""
+
+    def run(state: InvestigationState, runtime: Runtime[GraphContext]) -> Update:
+        started = runtime.context.clock()
+        update = node(state, runtime)
+        update["elapsed_s"] = state.get("elapsed_s", 0.0) + (runtime.context.clock() - started)
+        return update
+
+    run.__name__ = node.__name__
+    return run
+
+
+# -- plan ---------------------------------------------------------------------------------------
+
+
+def rejection(
+    state: InvestigationState, ctx: GraphContext, message: str, *, repeat: bool
+) -> Update:
+    """The update for a rejected proposal: feedback, and a stop once the limits are reached."""
+    ctx.progress.feedback(message)
+    update: Update = {"feedback": [*state.get("feedback", []), message], "proposal": None}
+    if repeat:
+        repeats = state.get("repeats", 0) + 1
+        update["repeats"] = repeats
+        if repeats >= ctx.budget.max_repeats:
+            update["stop_reason"] = (
+                f"the planner repeated already-tested proposals {repeats} times "
+                f"(limit {ctx.budget.max_repeats})"
+            )
+    else:
+        streak = state.get("invalid_streak", 0) + 1
+        update["invalid_streak"] = streak
+        if streak >= ctx.budget.max_invalid:
+            update["stop_reason"] = (
+                f"{streak} consecutive proposals were rejected (limit {ctx.budget.max_invalid})"
+            )
+    return update
+
+
+def exhausted_budget(state: InvestigationState, ctx: GraphContext) -> str | None:
+    """Why the investigation must stop now, or None while budget is left."""
+    budget = ctx.budget
+    if state.get("steps", 0) >= budget.max_steps:
+        return f"step budget reached ({budget.max_steps} planner steps)"
+    if state.get("tool_calls", 0) >= budget.max_tool_calls:
+        return f"tool-call budget reached ({budget.max_tool_calls} experiments)"
+    if budget.max_tokens is not None:
+        used = ctx.store.llm_usage(state["investigation_id"]).total_tokens
+        if used >= budget.max_tokens:
+            return f"LLM token budget reached ({used} of {budget.max_tokens} tokens)"
+    if state.get("elapsed_s", 0.0) >= budget.max_minutes * 60:
+        return f"wall-time budget reached ({budget.max_minutes:g} minutes)"
+    return None
+
+
+def planner_notes(ctx: GraphContext, investigation_id: int) -> list[str]:
+    """Notes the planner left since the last step (shown, and stored with the investigation)."""
+    drain = getattr(ctx.planner, "drain_notes", None)
+    notes = list(drain()) if callable(drain) else []
+    for note in notes:
+        ctx.progress.feedback(note)
+        add_note(ctx.store, investigation_id, note)
+    return notes
+
+
+def validated_proposal(raw: object, fingerprints: dict[str, int]) -> PendingProposal:
+    """The proposal with its call validated once against the registry and its criterion.
+
+    Raises :class:`CallRejected` with feedback for the planner (``repeat`` set on the error when
+    the same call and criterion were tested before)."""
+    if isinstance(raw, dict) and raw.get("criterion") is not None:
+        try:
+            raw = Proposal.model_validate(raw)
+        except ValidationError as err:
+            raise CallRejected(f"rejected proposal: {err}") from err
+    if isinstance(raw, dict) or (
+        isinstance(raw, Proposal) and not isinstance(raw.criterion, Criterion)
+    ):
+        tool = raw.get("tool") if isinstance(raw, dict) else raw.tool
+        raise CallRejected(
+            f"rejected {tool!r} proposal: it has no pre-registered criterion; every hypothesis "
+            "needs metric, direction, threshold and alpha before it runs"
+        )
+    if not isinstance(raw, Proposal):
+        raise CallRejected(f"rejected: the planner returned {type(raw).__name__}")
+    criterion = raw.criterion
+    args = dict(raw.args)
+    if has_split_safe(raw.tool):
+        given = args.get("split")
+        if given is not None and given != criterion.split:
+            raise CallRejected(
+                f"rejected call: args.split={given!r} disagrees with the criterion's split "
+                f"{criterion.split!r}; the tool runs on the pre-registered split"
+            )
+        args["split"] = criterion.split
+    try:
+        args_json = check_call(raw.tool, args, criterion.metric).model_dump(mode="json")
+    except CallRejected as err:
+        raise CallRejected(f"rejected call: {err}") from err
+    fp = fingerprint(raw.tool, args_json, criterion)
+    if fp in fingerprints:
+        raise RepeatedProposal(
+            f"repeated proposal: {raw.tool} with the same arguments and criterion was already "
+            f"tested as hypothesis H{fingerprints[fp]}; propose something new"
+        )
+    return PendingProposal(
+        hypothesis=raw.hypothesis,
+        rationale=raw.rationale,
+        tool=raw.tool,
+        args=args_json,
+        criterion=criterion.model_dump(mode="json"),
+        components=list(raw.components),
+        parent_hypothesis_id=raw.parent_hypothesis_id,
+        fingerprint=fp,
+    )
+
+
+class RepeatedProposal(CallRejected):
+    """A proposal whose tool call and criterion were already tested."""
+
+
+def has_split_safe(tool_name: str) -> bool:
+    """:func:`has_split`, False for an unknown tool (``check_call`` reports that one)."""
+    try:
+        return has_split(tool_name)
+    except KeyError:
+        return False
+
+
+def plan(state: InvestigationState, runtime: Runtime[GraphContext]) -> Update:
+    ctx = runtime.context
+    inv_id = state["investigation_id"]
+    exhausted = exhausted_budget(state, ctx)
+    if exhausted:
+        ctx.progress.stop(exhausted)
+        return {"stop_reason": exhausted}
+    tree = ctx.store.investigation_tree(inv_id, include_llm_calls=False)
+    ledger = build_ledger(
+        tree,
+        state.get("feedback", []),
+        ctx.budget,
+        state.get("steps", 0),
+        state.get("tool_calls", 0),
+    )
+    try:
+        raw = ctx.planner.propose(ledger)
+    except LLMBudgetExceeded as err:
+        ctx.progress.stop(str(err))
+        return {"stop_reason": f"LLM token budget: {err}"}
+    feedback = [*state.get("feedback", []), *planner_notes(ctx, inv_id)]
+    update: Update = {"steps": state.get("steps", 0) + 1, "feedback": feedback}
+    if isinstance(raw, Stop):
+        ctx.progress.stop(f"the planner stopped: {raw.reason}")
+        return {**update, "stop_reason": f"planner: {raw.reason}"}
+    state = cast(InvestigationState, {**state, "feedback": feedback})
+    try:
+        proposal = validated_proposal(raw, state.get("fingerprints", {}))
+    except RepeatedProposal as err:
+        return {**update, **rejection(state, ctx, str(err), repeat=True)}
+    except CallRejected as err:
+        return {**update, **rejection(state, ctx, str(err), repeat=False)}
+    return {**update, "proposal": proposal, "invalid_streak": 0}
+
+
+# -- preregister, run, record -------------------------------------------------------------------
+
+
+def preregister(state: InvestigationState, runtime: Runtime[GraphContext]) -> Update:
+    ctx = runtime.context
+    inv_id = state["investigation_id"]
+    prop = state.get("proposal")
+    assert prop is not None, "preregister runs only after plan accepted a proposal"
+    criterion = Criterion.model_validate(prop["criterion"])
+    known = set(state.get("fingerprints", {}).values())
+    existing = next(
+        (
+            h.id
+            for h in ctx.store.list_hypotheses(inv_id)
+            if h.id not in known
+            and h.text == prop["hypothesis"]
+            and (h.tool, h.tool_args, h.criterion) == (prop["tool"], prop["args"], criterion)
+        ),
+        None,
+    )
+    parent = prop.get("parent_hypothesis_id")
+    if parent is not None and parent not in known:
+        parent = None
+    hid = existing or ctx.store.preregister_hypothesis(
+        inv_id,
+        prop["hypothesis"],
+        criterion,
+        tool=prop["tool"],
+        tool_args=prop["args"],
+        rationale=prop.get("rationale", ""),
+        parent_id=parent,
+        components=prop.get("components", []),
+    )
+    ctx.progress.hypothesis(hid, prop["hypothesis"], prop["criterion"])
+    current = HypothesisInFlight(
+        hypothesis_id=hid,
+        phase="discovery",
+        tool=prop["tool"],
+        args=prop["args"],
+        criterion=prop["criterion"],
+        components=prop.get("components", []),
+        text=prop["hypothesis"],
+        results={},
+        experiments={},
+    )
+    return {
+        "proposal": None,
+        "current": current,
+        "fingerprints": {**state.get("fingerprints", {}), prop["fingerprint"]: hid},
+    }
+
+
+def in_flight(state: InvestigationState) -> HypothesisInFlight:
+    """A copy of the hypothesis under test (the nodes after preregister always have one)."""
+    current = state.get("current")
+    assert current is not None, "no hypothesis is under test"
+    return HypothesisInFlight(**current)
+
+
+def run_tool(state: InvestigationState, runtime: Runtime[GraphContext]) -> Update:
+    ctx = runtime.context
+    inv_id = state["investigation_id"]
+    cur = in_flight(state)
+    phase, args, hid = cur["phase"], cur["args"], cur["hypothesis_id"]
+    done = next(
+        (
+            e
+            for e in ctx.store.list_experiments(inv_id, hypothesis_id=hid, status="finished")
+            if e.args == args and e.tool == cur["tool"]
+        ),
+        None,
+    )
+    tool_calls = state.get("tool_calls", 0)
+    ctx.progress.tool_call(hid, cur["tool"], split_of(args), args)
+    metric = cur["criterion"]["metric"]
+    if done is not None:
+        evidence = ctx.store.investigation_tree(inv_id, include_llm_calls=False).evidence()
+        ev = next(e for e in evidence.values() if e.experiment_id == done.id)
+        cur["experiments"] = {**cur["experiments"], phase: done.id}
+        cur["evidence"] = {**cur.get("evidence", {}), phase: ev.id}
+        numbers = key_metrics(ev.metrics, metric)
+        ctx.progress.tool_result(
+            done.id, "finished", 0.0, dict(list(numbers.items())[:6]), reused=True
+        )
+        return {"current": cur, "tool_calls": tool_calls + 1}
+    if tool_calls >= ctx.budget.max_tool_calls:
+        cur["skipped"] = {**cur.get("skipped", {}), phase: "tool-call budget exhausted"}
+        return {"current": cur}
+    outcome = ctx.lab.run_experiment(hid, cur["tool"], args)
+    cur["experiments"] = {**cur["experiments"], phase: outcome.experiment_id}
+    if outcome.status == "finished" and outcome.evidence_id is not None:
+        cur["evidence"] = {**cur.get("evidence", {}), phase: outcome.evidence_id}
+    else:
+        cur["errors"] = {**cur.get("errors", {}), phase: outcome.error or outcome.status}
+    numbers = key_metrics(outcome.metrics, metric)
+    ctx.progress.tool_result(
+        outcome.experiment_id,
+        outcome.status,
+        outcome.duration_s,
+        dict(list(numbers.items())[:6]),
+        outcome.error,
+        reused=outcome.reused,
+    )
+    return {"current": cur, "tool_calls": tool_calls + 1}
+
+
+def record(state: InvestigationState, runtime: Runtime[GraphContext]) -> Update:
+    ctx = runtime.context
+    cur = in_flight(state)
+    phase = cur["phase"]
+    evidence_id = cur.get("evidence", {}).get(phase)
+    update: Update = {"current": cur}
+    if evidence_id is None:
+        return update
+    ev = ctx.store.get_evidence([evidence_id])[0]
+    criterion = Criterion.model_validate(cur["criterion"])
+    result = evaluate_split(
+        criterion,
+        ev.metrics,
+        split=split_of(cur["args"]),
+        approximate=ev.approximate,
+        components=cur.get("components", []),
+        evidence_id=ev.id,
+        experiment_id=ev.experiment_id,
+    )
+    cur["results"] = {**cur.get("results", {}), phase: result.model_dump(mode="json")}
+    ctx.progress.split_result(result.split, result.outcome, result.reason)
+    if criterion.metric not in ev.metrics:
+        produced = ", ".join(sorted(ev.metrics)[:30])
+        message = (
+            f"H{cur['hypothesis_id']}: tool {cur['tool']!r} did not produce the metric "
+            f"{criterion.metric!r}; it produced: {produced}"
+        )
+        ctx.progress.feedback(message)
+        update["feedback"] = [*state.get("feedback", []), message]
+    return update
+
+
+# -- assess, replicate, report ------------------------------------------------------------------
+
+
+def needs_replication(cur: HypothesisInFlight | None) -> bool:
+    """Whether the hypothesis met its criterion on discovery with exact evidence."""
+    if not cur:
+        return False
+    result = cur.get("results", {}).get("discovery")
+    return (
+        cur.get("phase") == "discovery"
+        and result is not None
+        and result["outcome"] == "met"
+        and not result["approximate"]
+    )
+
+
+def rule_narrative(text: str, decision: Decision, evidence_ids: list[int]) -> Narrative:
+    """The narrative the rules write when the planner's cannot be used."""
+    cites = ", ".join(f"E{i}" for i in evidence_ids) or "none"
+    return Narrative(
+        text=f"{text} — {decision.status}: {decision.reason}. Evidence: {cites}.",
+        cited_evidence_ids=list(evidence_ids),
+    )
+
+
+def phase_note(cur: HypothesisInFlight, phase: Phase) -> str | None:
+    """Why a phase produced no evidence (skipped, or the tool failed)."""
+    return cur.get("skipped", {}).get(phase) or cur.get("errors", {}).get(phase) or None
+
+
+def decision_of(cur: HypothesisInFlight) -> Decision:
+    """The verdict rules applied to the results of both phases."""
+    results = cur.get("results", {})
+    discovery = SplitResult.model_validate(results["discovery"]) if "discovery" in results else None
+    holdout = SplitResult.model_validate(results["holdout"]) if "holdout" in results else None
+    note = None
+    if discovery is not None and discovery.outcome == "met" and holdout is None:
+        note = phase_note(cur, "holdout")
+    if discovery is None:
+        note = phase_note(cur, "discovery")
+    decision = decide(discovery, holdout, replication_note=note)
+    if cur.get("seed_only_replication"):
+        decision.notes.append(
+            f"tool {cur['tool']!r} has no held-out split: replicated with another seed only"
+        )
+    return decision
+
+
+def checked_narrative(
+    state: InvestigationState, ctx: GraphContext, cur: HypothesisInFlight, decision: Decision
+) -> Narrative:
+    """The planner's narrative of the verdict, or the rules' when it fails or cites evidence
+    this investigation does not hold."""
+    inv_id, hid = state["investigation_id"], cur["hypothesis_id"]
+    evidence_ids = sorted(cur.get("evidence", {}).values())
+    tree = ctx.store.investigation_tree(inv_id, include_llm_calls=False)
+    node = next(h for h in tree.hypotheses if h.id == hid)
+    entry = ledger_entry(node).model_copy(update={"status": decision.status})
+    ledger = build_ledger(
+        tree,
+        state.get("feedback", []),
+        ctx.budget,
+        state.get("steps", 0),
+        state.get("tool_calls", 0),
+    )
+    try:
+        narrative = ctx.planner.narrate(ledger, entry)
+    except LLMError as err:
+        decision.notes.append(f"the planner could not write the narrative ({err})")
+        return rule_narrative(cur["text"], decision, evidence_ids)
+    cited = sorted(set(narrative.cited_evidence_ids) | set(cited_in_text(narrative.text)))
+    missing = ctx.store.missing_evidence(cited, investigation_id=inv_id)
+    if missing:
+        message = (
+            f"H{hid}: the narrative cited evidence {missing} that is not stored in this "
+            "investigation; it was replaced by the rule-written narrative"
+        )
+        decision.notes.append(message)
+        ctx.progress.feedback(message)
+        return rule_narrative(cur["text"], decision, evidence_ids)
+    return Narrative(text=narrative.text, cited_evidence_ids=cited)
+
+
+def assess(state: InvestigationState, runtime: Runtime[GraphContext]) -> Update:
+    ctx = runtime.context
+    cur = in_flight(state)
+    if needs_replication(cur):
+        return {"current": cur}
+    hid = cur["hypothesis_id"]
+    decision = decision_of(cur)
+    existing = ctx.store.verdicts(hid)
+    if existing:
+        verdict = existing[-1]
+        reason = str(verdict.criterion_result.get("reason", ""))
+        ctx.progress.verdict(hid, verdict.status, reason)
+        return {"current": None}
+    narrative = checked_narrative(state, ctx, cur, decision)
+    ctx.store.record_verdict(
+        hid,
+        decision.status,
+        criterion_result=decision.criterion_result(),
+        cited_evidence_ids=narrative.cited_evidence_ids,
+        decided_by=f"{ctx.decided_by}; narrative: {getattr(ctx.planner, 'name', 'planner')}",
+        narrative=narrative.text,
+    )
+    ctx.progress.verdict(hid, decision.status, decision.reason)
+    return {"current": None}
+
+
+def replicate(state: InvestigationState, runtime: Runtime[GraphContext]) -> Update:
+    cur = in_flight(state)
+    args = dict(cur["args"])
+    if has_split(cur["tool"]):
+        args["split"] = "holdout"
+    else:
+        cur["seed_only_replication"] = True
+    args["seed"] = int(args.get("seed", 0)) + 1
+    cur["args"] = check_call(cur["tool"], args).model_dump(mode="json")
+    cur["phase"] = "holdout"
+    return {"current": cur}
+
+
+def report(state: InvestigationState, runtime: Runtime[GraphContext]) -> Update:
+    ctx = runtime.context
+    inv_id = state["investigation_id"]
+    add_note(ctx.store, inv_id, f"stopped: {state.get('stop_reason') or 'done'}")
+    ctx.store.set_investigation_status(inv_id, "finished")
+    path = None
+    if ctx.write_report is not None:
+        path = ctx.write_report(ctx.store, inv_id, ctx.report_dir)
+        ctx.store.set_report_path(inv_id, path)
+    return {"report_path": str(path) if path else None}
+
+
+# -- routing ------------------------------------------------------------------------------------
+
+
+def after_plan(state: InvestigationState) -> str:
+    if state.get("stop_reason"):
+        return "report"
+    return "preregister" if state.get("proposal") else "plan"
+
+
+def after_assess(state: InvestigationState) -> str:
+    return "replicate" if state.get("current") else "plan"

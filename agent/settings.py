@@ -1,0 +1,48 @@
+"""An investigation's settings: one typed model, stored as the investigation's ``config``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from rankscope.experiments_db.records import InvestigationRecord
+from rankscope.experiments_db.repository import Store
+
+
+class InvestigationSettings(BaseModel):
+    """How an investigation runs: what the user asked for and what the agent recorded about it.
+
+    Stored as JSON in ``investigation.config`` (``model_dump``) and read back with
+    :func:`settings_of`; keys written by other parts of the system (an import note) are kept.
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    model_arg: str | None = Field(None, description="--model as given (None: the default).")
+    data_arg: str | None = Field(None, description="--data as given (None: built-in).")
+    device: str = "cpu"
+    base_url: str | None = Field(None, description="The LLM endpoint (LLM planner only).")
+    planner_why: str = Field("", description="Why this planner runs (the CLI prints it).")
+    protocol_pairs: int | None = Field(None, description="Pairs per protocol experiment.")
+    model: dict[str, Any] = Field(
+        default_factory=dict, description="The loaded retriever as it describes itself."
+    )
+    notes: list[str] = Field(default_factory=list, description="Notes shown in the report.")
+
+
+def settings_of(investigation: InvestigationRecord) -> InvestigationSettings:
+    """The typed settings of a stored investigation."""
+    return InvestigationSettings.model_validate(investigation.config)
+
+
+def save_settings(store: Store, investigation_id: int, settings: InvestigationSettings) -> None:
+    store.update_investigation_config(investigation_id, settings.model_dump(mode="json"))
+
+
+def add_note(store: Store, investigation_id: int, note: str) -> None:
+    """Add a note to the investigation's settings (once)."""
+    settings = settings_of(store.get_investigation(investigation_id))
+    if note not in settings.notes:
+        settings.notes.append(note)
+        save_settings(store, investigation_id, settings)
