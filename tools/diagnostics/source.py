@@ -211,9 +211,9 @@ class DataSource(ABC):
             )
         suffix = f"@{seed}" if n is None else f":n{n}@{seed}"
         suffix += ":aligned" if tokenizer is not None else ""
-        result = PairSet(name + suffix, tuple(p for i in sorted(chosen) for p in chosen[i]))
-        self._cache[key] = (tokenizer, result)
-        return result
+        pair_set = PairSet(name + suffix, tuple(p for i in sorted(chosen) for p in chosen[i]))
+        self._cache[key] = (tokenizer, pair_set)
+        return pair_set
 
     def documents(
         self,

@@ -86,18 +86,25 @@ def arch_for(model_type: str) -> ArchSpec:
 
 def submodule(root: nn.Module, path: str) -> nn.Module:
     """The module at a dotted path (``encoder.layer.3.attention.output.dense``)."""
-    module = root
-    for part in path.split("."):
-        module = module[int(part)] if part.isdigit() else getattr(module, part)
-    return module
+    return root.get_submodule(path)
 
 
 def model_dims(config: object) -> tuple[int, int, int]:
     """(layers, heads, hidden size) read from a transformers config of any supported family."""
-    n_layers = getattr(config, "num_hidden_layers", None) or config.n_layers
-    n_heads = getattr(config, "num_attention_heads", None) or config.n_heads
-    hidden = getattr(config, "hidden_size", None) or config.dim
-    return int(n_layers), int(n_heads), int(hidden)
+    return (
+        _config_int(config, "num_hidden_layers", "n_layers"),
+        _config_int(config, "num_attention_heads", "n_heads"),
+        _config_int(config, "hidden_size", "dim"),
+    )
+
+
+def _config_int(config: object, *names: str) -> int:
+    """The first of ``names`` that ``config`` sets: the families name their sizes differently."""
+    for name in names:
+        value = getattr(config, name, None)
+        if value:
+            return int(value)
+    raise AttributeError(f"{type(config).__name__} sets none of {', '.join(names)}")
 
 
 def weights_fingerprint(model: nn.Module) -> str:

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
 from functools import cached_property
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from nnsight import NNsight
@@ -23,6 +23,9 @@ from torch import nn
 from tqdm import tqdm
 
 from rankscope.tools.retrievers.architectures import ArchSpec, model_dims, submodule
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 Site = Literal["resid", "attn", "mlp", "heads"]
 SITES: tuple[Site, ...] = ("resid", "attn", "mlp", "heads")
@@ -151,7 +154,7 @@ class Retriever(ABC):
 
     def __init__(
         self,
-        model: nn.Module,
+        model: PreTrainedModel,
         tokenizer: Any,
         arch: ArchSpec,
         model_id: str,
@@ -230,7 +233,10 @@ class Retriever(ABC):
 
     @property
     def layer_modules(self) -> nn.ModuleList:
-        return submodule(self.encoder, self.arch.layers)
+        layers = submodule(self.encoder, self.arch.layers)
+        if not isinstance(layers, nn.ModuleList):
+            raise TypeError(f"{self.arch.model_type}'s {self.arch.layers!r} is not a ModuleList")
+        return layers
 
     def components(self, site: Site) -> list[Component]:
         if site == "heads":

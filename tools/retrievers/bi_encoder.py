@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -11,6 +11,9 @@ from torch import nn
 
 from rankscope.tools.retrievers.architectures import ArchSpec
 from rankscope.tools.retrievers.base import Retriever, SideBatch, token_roles
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 Pooling = Literal["cls", "mean"]
 Similarity = Literal["dot", "cosine"]
@@ -29,7 +32,7 @@ class BiEncoder(Retriever):
 
     def __init__(
         self,
-        model: nn.Module,
+        model: PreTrainedModel,
         tokenizer: Any,
         arch: ArchSpec,
         model_id: str,

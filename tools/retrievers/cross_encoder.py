@@ -3,36 +3,52 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from rankscope.tools.retrievers.base import Retriever, SideBatch, token_roles
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
-def _logits_bert(model: nn.Module, hidden: torch.Tensor, batch: SideBatch) -> torch.Tensor:
-    return model.classifier(model.dropout(model.bert.pooler(hidden)))
+
+def _parts(model: nn.Module, *paths: str) -> list[nn.Module]:
+    """The submodules of a classification head at dotted ``paths`` (``bert.pooler``)."""
+    return [model.get_submodule(path) for path in paths]
+
+
+def _logits_bert(model: PreTrainedModel, hidden: torch.Tensor, batch: SideBatch) -> torch.Tensor:
+    pooler, dropout, classifier = _parts(model, "bert.pooler", "dropout", "classifier")
+    return classifier(dropout(pooler(hidden)))
 
 
 def _logits_classification_head(
-    model: nn.Module, hidden: torch.Tensor, batch: SideBatch
+    model: PreTrainedModel, hidden: torch.Tensor, batch: SideBatch
 ) -> torch.Tensor:
-    return model.classifier(hidden)
+    (classifier,) = _parts(model, "classifier")
+    return classifier(hidden)
 
 
-def _logits_distilbert(model: nn.Module, hidden: torch.Tensor, batch: SideBatch) -> torch.Tensor:
-    pooled = torch.relu(model.pre_classifier(hidden[:, 0]))
-    return model.classifier(model.dropout(pooled))
+def _logits_distilbert(
+    model: PreTrainedModel, hidden: torch.Tensor, batch: SideBatch
+) -> torch.Tensor:
+    pre_classifier, dropout, classifier = _parts(model, "pre_classifier", "dropout", "classifier")
+    pooled = torch.relu(pre_classifier(hidden[:, 0]))
+    return classifier(dropout(pooled))
 
 
-def _logits_modernbert(model: nn.Module, hidden: torch.Tensor, batch: SideBatch) -> torch.Tensor:
+def _logits_modernbert(
+    model: PreTrainedModel, hidden: torch.Tensor, batch: SideBatch
+) -> torch.Tensor:
     if model.config.classifier_pooling == "cls":
         pooled = hidden[:, 0]
     else:
         mask = batch.attention_mask.unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(1) / mask.sum(1)
-    return model.classifier(model.drop(model.head(pooled)))
+    head, drop, classifier = _parts(model, "head", "drop", "classifier")
+    return classifier(drop(head(pooled)))
 
 
 HEADS = {
