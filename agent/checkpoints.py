@@ -1,14 +1,101 @@
-"""The graph's checkpointer, in the investigation's own database."""
+"""The graph's checkpointer, in the investigation's own database.
+
+Checkpoints are read with :class:`StrictCheckpointSerializer`: the state is plain JSON, so a
+checkpoint row that asks for any other object to be constructed (a msgpack extension naming, say,
+``os.system``) is refused with :class:`UnsafeCheckpointError` before anything is built from it.
+"""
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import ormsgpack
 from langgraph.checkpoint.base import BaseCheckpointSaver
+from langgraph.checkpoint.serde import _msgpack as lg_msgpack
+from langgraph.checkpoint.serde.base import maybe_add_typed_methods
+from langgraph.checkpoint.serde.jsonplus import (
+    EXT_CONSTRUCTOR_KW_ARGS,
+    EXT_CONSTRUCTOR_POS_ARGS,
+    EXT_CONSTRUCTOR_SINGLE_ARG,
+    EXT_METHOD_SINGLE_ARG,
+    EXT_PYDANTIC_V1,
+    EXT_PYDANTIC_V2,
+    JsonPlusSerializer,
+)
 from sqlalchemy.engine import make_url
+
+_CONSTRUCTOR_EXTS = frozenset(
+    {
+        EXT_CONSTRUCTOR_SINGLE_ARG,
+        EXT_CONSTRUCTOR_POS_ARGS,
+        EXT_CONSTRUCTOR_KW_ARGS,
+        EXT_PYDANTIC_V1,
+        EXT_PYDANTIC_V2,
+    }
+)
+
+
+class UnsafeCheckpointError(RuntimeError):
+    """A checkpoint row asks for an object outside the allow-list; nothing was built from it."""
+
+
+def _checking_hook(refused: list[str]) -> Callable[[int, bytes], Any]:
+    """A msgpack ext hook that only inspects: it records (and raises on) the first extension
+    naming a type or method outside LangGraph's safe list, recursing into nested extensions."""
+
+    def hook(code: int, data: bytes) -> Any:
+        inner = ormsgpack.unpackb(data, ext_hook=hook, option=ormsgpack.OPT_NON_STR_KEYS)
+        if code in _CONSTRUCTOR_EXTS:
+            name = (str(inner[0]), str(inner[1]))
+            if name not in lg_msgpack.SAFE_MSGPACK_TYPES:
+                refused.append(".".join(name))
+                raise UnsafeCheckpointError(refused[-1])
+        elif code == EXT_METHOD_SINGLE_ARG:
+            method = (str(inner[0]), str(inner[1]), str(inner[3]))
+            if method not in lg_msgpack.SAFE_MSGPACK_METHODS:
+                refused.append(".".join(method))
+                raise UnsafeCheckpointError(refused[-1])
+        return None
+
+    return hook
+
+
+class StrictCheckpointSerializer(JsonPlusSerializer):
+    """LangGraph's serializer with every msgpack payload checked against the safe-type list
+    first; pickle is never read."""
+
+    def __init__(self) -> None:
+        super().__init__(pickle_fallback=False, allowed_msgpack_modules=None)
+
+    def loads_typed(self, data: tuple[str, bytes]) -> Any:
+        type_, payload = data
+        if type_ == "pickle":
+            raise UnsafeCheckpointError(
+                "refusing a pickled checkpoint value: RankScope checkpoints are plain JSON"
+            )
+        if type_ == "msgpack":
+            refused: list[str] = []
+            try:
+                ormsgpack.unpackb(
+                    payload, ext_hook=_checking_hook(refused), option=ormsgpack.OPT_NON_STR_KEYS
+                )
+            except ValueError:
+                if not refused:
+                    raise
+                raise UnsafeCheckpointError(
+                    f"refusing a checkpoint that asks to construct {refused[0]!r}: RankScope "
+                    "checkpoints hold plain JSON only, so this row was altered outside RankScope; "
+                    "nothing was run"
+                ) from None
+        return super().loads_typed(data)
+
+
+def strict_serde() -> Any:
+    """The serializer every RankScope checkpointer uses."""
+    return maybe_add_typed_methods(StrictCheckpointSerializer())
 
 
 def postgres_conninfo(url: str) -> str:
@@ -29,7 +116,7 @@ def open_checkpointer(db_url: str) -> Iterator[BaseCheckpointSaver[Any]]:
         database = parsed.database or ":memory:"
         conn = sqlite3.connect(database, check_same_thread=False, timeout=30.0)
         try:
-            saver = SqliteSaver(conn)
+            saver = SqliteSaver(conn, serde=strict_serde())
             saver.setup()
             yield saver
         finally:
@@ -38,10 +125,18 @@ def open_checkpointer(db_url: str) -> Iterator[BaseCheckpointSaver[Any]]:
         from langgraph.checkpoint.postgres import PostgresSaver
 
         with PostgresSaver.from_conn_string(postgres_conninfo(db_url)) as pg_saver:
+            pg_saver.serde = strict_serde()
             pg_saver.setup()
             yield pg_saver
     else:
         raise ValueError(f"no checkpointer for database backend {backend!r}")
+
+
+def verify_checkpoint(db_url: str, investigation_id: int) -> None:
+    """Read an investigation's latest checkpoint and its pending writes through the strict
+    serializer; raises :class:`UnsafeCheckpointError` if any of it is refused."""
+    with open_checkpointer(db_url) as saver:
+        saver.get_tuple(thread_config(investigation_id, 1))
 
 
 def thread_config(investigation_id: int, recursion_limit: int) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from rich.console import Console
 
+from rankscope.agent.checkpoints import verify_checkpoint
 from rankscope.agent.execution import Lab
 from rankscope.agent.graph import invoke
 from rankscope.agent.nodes import GraphContext
@@ -260,6 +261,7 @@ def resume(
     url = database_url(db)
     with open_store(url, create=False) as store:
         inv = store.get_investigation(investigation_id)
+        verify_checkpoint(url, investigation_id)
         progress.investigation(investigation_id, inv.question, resumed=True)
         interrupted = store.mark_interrupted(
             investigation_id, "the process running it stopped before it finished"

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 console = Console()
 err_console = Console(stderr=True)
@@ -148,10 +149,14 @@ def register(app: typer.Typer) -> None:
         report_dir: ReportDirOption = Path("rankscope_reports"),
     ) -> None:
         """Continue an interrupted investigation from its last checkpoint."""
+        from rankscope.agent.checkpoints import UnsafeCheckpointError
         from rankscope.agent.runner import resume
 
         try:
             result = resume(investigation_id, db=db, report_dir=report_dir, console=console)
+        except UnsafeCheckpointError as err:
+            err_console.print(f"[red]error:[/red] {escape(str(err))}")
+            raise typer.Exit(1) from err
         except _stop_errors() as err:
             _stopped(err, f"`rankscope resume {investigation_id}`")
             raise typer.Exit(1) from err
