@@ -151,3 +151,33 @@ def save_tiny_model(
             )
         )
     return folder
+
+
+def save_tiny_splade(folder: Path, arch: str = "bert", seed: int = 0) -> Path:
+    """A tiny random masked-LM (SPLADE layout: transformers files + sentence-transformers
+    ``MLMTransformer``/``SpladePooling`` modules) with a WordPiece tokenizer."""
+    from transformers import AutoModelForMaskedLM
+
+    tokenizer = wordpiece_tokenizer(folder / "_tok")
+    config = tiny_config(arch, len(tokenizer), tokenizer, cross=False, initializer_range=0.2)
+    config.architectures = [f"{type(config).__name__.removesuffix('Config')}ForMaskedLM"]
+    torch.manual_seed(seed)
+    model = AutoModelForMaskedLM.from_config(config)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    modules = [
+        {
+            "idx": 0,
+            "name": "0",
+            "path": "",
+            "type": "sentence_transformers.sparse_encoder.models.MLMTransformer",
+        },
+        {
+            "idx": 1,
+            "name": "1",
+            "path": "1_SpladePooling",
+            "type": "sentence_transformers.sparse_encoder.models.SpladePooling",
+        },
+    ]
+    (folder / "modules.json").write_text(json.dumps(modules))
+    return folder

@@ -20,6 +20,7 @@ TOOL_MODULES: tuple[str, ...] = (
     "rankscope.tools.experiments.features",
     "rankscope.tools.experiments.steering",
     "rankscope.tools.experiments.embedding_svd",
+    "rankscope.tools.experiments.term_contributions",
 )
 
 _TOOLS: dict[str, type[Tool]] = {}

@@ -13,12 +13,21 @@ from rankscope.tools.retrievers.architectures import arch_for, weights_fingerpri
 from rankscope.tools.retrievers.base import Retriever
 from rankscope.tools.retrievers.bi_encoder import BiEncoder, Pooling, Similarity
 from rankscope.tools.retrievers.cross_encoder import CrossEncoder
+from rankscope.tools.retrievers.extra_kinds import EXTRA_KINDS, detect_kind, load_extra_kind
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 DEFAULT_ALIASES = {DEFAULT_MODEL, f"sentence-transformers/{DEFAULT_MODEL}", "default", "minilm"}
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json")
 
-Kind = Literal["bi-encoder", "cross-encoder"]
+Kind = Literal[
+    "bi-encoder",
+    "cross-encoder",
+    "splade",
+    "late-interaction",
+    "mono-t5",
+    "qwen3-reranker",
+    "rankllama",
+]
 
 
 class RetrieverLoadError(RuntimeError):
@@ -158,6 +167,9 @@ def load_retriever(
         raise RetrieverLoadError(
             f"could not read the config of {model_id!r} at {path}: {err}"
         ) from err
+    kind = kind or detect_kind(path, config)  # type: ignore[assignment]
+    if kind in EXTRA_KINDS:
+        return load_extra_kind(kind, path, config, model_id, max_length, device)
     arch = arch_for(config.model_type)
     if kind is None:
         kind = (

@@ -1,0 +1,96 @@
+"""Loading of the retriever kinds beyond bi- and cross-encoders: how each is recognised in a saved
+folder and which transformers class reads its weights (always ``trust_remote_code=False``)."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+from rankscope.tools.retrievers.base import Retriever
+
+EXTRA_KINDS = ("splade", "late-interaction", "mono-t5", "qwen3-reranker", "rankllama")
+"""Kinds loaded here; ``load_retriever(kind=...)`` accepts them as well."""
+
+
+def _module_types(path: Path) -> list[str]:
+    modules_file = path / "modules.json"
+    if not modules_file.exists():
+        return []
+    return [str(m.get("type", "")) for m in json.loads(modules_file.read_text())]
+
+
+def detect_kind(path: Path, config: Any) -> str | None:
+    """The extra kind a saved folder holds, from its files and config; None when it holds none
+    (then the bi-/cross-encoder rules apply). SPLADE folders written by transformers alone look
+    like any masked-LM checkpoint: pass ``kind="splade"`` for those."""
+    types = _module_types(path)
+    architectures = list(getattr(config, "architectures", None) or [])
+    if any(t.endswith("SpladePooling") for t in types):
+        return "splade"
+    if any(t.startswith("pylate.") for t in types) or "HF_ColBERT" in architectures:
+        return "late-interaction"
+    if "T5ForConditionalGeneration" in architectures:
+        return "mono-t5"
+    if any(a.endswith("ForCausalLM") for a in architectures):
+        return "qwen3-reranker"
+    if getattr(config, "model_type", None) in ("llama", "qwen2", "qwen3", "mistral") and any(
+        a.endswith("ForSequenceClassification") for a in architectures
+    ):
+        return "rankllama"
+    return None
+
+
+def load_extra_kind(
+    kind: str, path: Path, config: Any, model_id: str, max_length: int, device: str
+) -> Retriever:
+    """A retriever of one of ``EXTRA_KINDS`` from a resolved local folder."""
+    from transformers import AutoTokenizer
+
+    from rankscope.tools.retrievers.architectures import weights_fingerprint
+    from rankscope.tools.retrievers.loading import RetrieverLoadError, _weights_hash
+
+    if kind not in EXTRA_KINDS:
+        raise RetrieverLoadError(f"unknown retriever kind {kind!r}")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    except (OSError, ValueError) as err:
+        raise RetrieverLoadError(
+            f"could not load the tokenizer of {model_id!r} from {path}: {err}"
+        ) from err
+    if not getattr(tokenizer, "is_fast", False):
+        raise RetrieverLoadError(
+            f"the tokenizer of {model_id!r} is not a fast tokenizer; RankScope needs offsets "
+            "(tokenizer.json) to mark token roles"
+        )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            net = _load_model(kind, path)
+        except (OSError, ValueError) as err:
+            raise RetrieverLoadError(
+                f"could not load the weights of {model_id!r} as a {kind} model: {err}"
+            ) from err
+    weights = _weights_hash(path) or weights_fingerprint(net)
+    common: dict[str, Any] = {
+        "model_id": model_id,
+        "weights_hash": weights,
+        "max_length": max_length,
+        "device": device,
+    }
+    if kind == "splade":
+        from rankscope.tools.retrievers.architectures import arch_for
+        from rankscope.tools.retrievers.splade import Splade
+
+        return Splade(net, tokenizer, arch_for(config.model_type), **common)
+    raise RetrieverLoadError(f"the {kind} adapter is not available yet")
+
+
+def _load_model(kind: str, path: Path) -> Any:
+    from transformers import AutoModelForMaskedLM
+
+    opts = {"attn_implementation": "eager", "trust_remote_code": False}
+    if kind == "splade":
+        return AutoModelForMaskedLM.from_pretrained(path, **opts)
+    raise ValueError(f"no loader for kind {kind!r}")
