@@ -181,3 +181,65 @@ def save_tiny_splade(folder: Path, arch: str = "bert", seed: int = 0) -> Path:
     ]
     (folder / "modules.json").write_text(json.dumps(modules))
     return folder
+
+
+def save_tiny_late_interaction(
+    folder: Path, layout: str = "pylate", dim: int = 8, seed: int = 0
+) -> Path:
+    """A tiny random BERT with a linear projection to ``dim``: ``layout="pylate"`` writes a
+    sentence-transformers ``Dense`` module and PyLate's settings ([Q]/[D] prefixes, query
+    expansion to 12 tokens); ``layout="colbert"`` writes ``linear.weight`` beside the encoder's
+    weights (``bert.*``) in one checkpoint, as ColBERT's ``HF_ColBERT`` does."""
+    from safetensors.torch import save_file
+    from transformers import AutoModel
+
+    tokenizer = wordpiece_tokenizer(folder / "_tok")
+    if layout == "pylate":
+        tokenizer.add_tokens(["[Q]", "[D]"], special_tokens=False)
+    config = tiny_config("bert", len(tokenizer), tokenizer, cross=False, initializer_range=0.2)
+    torch.manual_seed(seed)
+    model = AutoModel.from_config(config)
+    linear = torch.nn.Linear(32, dim, bias=False)
+    tokenizer.save_pretrained(folder)
+    if layout == "colbert":
+        config.architectures = ["HF_ColBERT"]
+        config.save_pretrained(folder)
+        state = {f"bert.{k}": v.contiguous() for k, v in model.state_dict().items()}
+        state["linear.weight"] = linear.weight.detach().contiguous()
+        save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+        return folder
+    model.save_pretrained(folder)
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Dense", "type": "pylate.models.Dense.Dense"},
+    ]
+    (folder / "modules.json").write_text(json.dumps(modules))
+    (folder / "1_Dense").mkdir(exist_ok=True)
+    (folder / "1_Dense" / "config.json").write_text(
+        json.dumps(
+            {
+                "in_features": 32,
+                "out_features": dim,
+                "bias": False,
+                "activation_function": "torch.nn.modules.linear.Identity",
+            }
+        )
+    )
+    save_file(
+        {"linear.weight": linear.weight.detach().contiguous()},
+        str(folder / "1_Dense" / "model.safetensors"),
+    )
+    (folder / "config_sentence_transformers.json").write_text(
+        json.dumps(
+            {
+                "query_prefix": "[Q] ",
+                "document_prefix": "[D] ",
+                "query_length": 12,
+                "document_length": 64,
+                "do_query_expansion": True,
+                "attend_to_expansion_tokens": False,
+                "similarity_fn_name": "MaxSim",
+            }
+        )
+    )
+    return folder

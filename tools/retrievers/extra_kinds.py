@@ -84,13 +84,35 @@ def load_extra_kind(
         from rankscope.tools.retrievers.splade import Splade
 
         return Splade(net, tokenizer, arch_for(config.model_type), **common)
+    if kind == "late-interaction":
+        from rankscope.tools.retrievers.architectures import arch_for
+        from rankscope.tools.retrievers.late_interaction import (
+            LateInteraction,
+            LateInteractionSettings,
+            load_projection,
+        )
+
+        try:
+            projection = load_projection(path)
+        except (OSError, ValueError, KeyError, StopIteration) as err:
+            raise RetrieverLoadError(f"{model_id!r}: {err}") from err
+        return LateInteraction(
+            net,
+            tokenizer,
+            arch_for(config.model_type),
+            projection=projection,
+            settings=LateInteractionSettings.from_folder(path),
+            **common,
+        )
     raise RetrieverLoadError(f"the {kind} adapter is not available yet")
 
 
 def _load_model(kind: str, path: Path) -> Any:
-    from transformers import AutoModelForMaskedLM
+    from transformers import AutoModel, AutoModelForMaskedLM
 
     opts = {"attn_implementation": "eager", "trust_remote_code": False}
     if kind == "splade":
         return AutoModelForMaskedLM.from_pretrained(path, **opts)
+    if kind == "late-interaction":
+        return AutoModel.from_pretrained(path, **opts)
     raise ValueError(f"no loader for kind {kind!r}")
