@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rankscope.agent.review_state import verdict_label
 from rankscope.agent.settings import settings_of
 from rankscope.experiments_db.errors import ArtifactError
 from rankscope.experiments_db.records import ExperimentNode, HypothesisNode, InvestigationTree
@@ -76,7 +77,7 @@ def _metrics_rows(metrics: dict[str, Any], metric: str) -> list[list[str]]:
 def _hypothesis_blocks(store: Store, node: HypothesisNode, problems: list[str]) -> list[Block]:
     c = node.criterion
     verdict = node.verdicts[-1] if node.verdicts else None
-    status = verdict.status if verdict else "no verdict"
+    status = verdict_label(verdict)
     blocks = [Block("heading", f"H{node.id} — {status}: {node.text}", level=3)]
     prereg = [
         f"tool `{node.tool}` with arguments `{node.tool_args}`",
@@ -94,7 +95,7 @@ def _hypothesis_blocks(store: Store, node: HypothesisNode, problems: list[str]) 
         result = verdict.criterion_result
         replication = result.get("replication")
         items = [
-            f"verdict: **{verdict.status}** (decided by {verdict.decided_by})",
+            f"verdict: **{status}** (decided by {verdict.decided_by})",
             f"reason: {result.get('reason', '')}",
             f"discovery: {_ci(result)} (corrected alpha {_fmt(result.get('corrected_alpha'))})",
             f"replication (held-out): {_ci(replication)}"
@@ -102,6 +103,10 @@ def _hypothesis_blocks(store: Store, node: HypothesisNode, problems: list[str]) 
             f"cited evidence: {', '.join(f'E{i}' for i in verdict.cited_evidence_ids) or 'none'}",
         ]
         items += [f"note: {n}" for n in result.get("notes", [])]
+        items += [
+            f"review by {r.reviewer}: {r.decision}" + (f" — {r.comment}" if r.comment else "")
+            for r in verdict.reviews
+        ]
         blocks += [Block("para", "**Verdict**"), Block("list", items=items)]
         if verdict.narrative:
             blocks.append(Block("para", f"*Narrative:* {verdict.narrative}"))
@@ -190,7 +195,7 @@ def build_blocks(store: Store, tree: InvestigationTree) -> tuple[list[Block], li
         rows.append(
             [
                 f"H{node.id}: {node.text}",
-                v.status if v else "no verdict",
+                verdict_label(v),
                 f"{node.criterion.metric} {node.criterion.direction} {node.criterion.threshold:g}",
                 _ci(result) if v else "—",
                 _ci(result.get("replication")) if v else "—",

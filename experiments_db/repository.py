@@ -977,3 +977,90 @@ class Store:
                 },
             }
             return inv.id
+
+    # -- human reviews --------------------------------------------------------------------------
+
+    def review_hypothesis(
+        self,
+        hypothesis_id: int,
+        reviewer: str,
+        decision: str,
+        comment: str = "",
+        *,
+        investigation_id: int | None = None,
+    ) -> int:
+        """Review the latest verdict on a hypothesis (``accept`` or ``dispute``); return the
+        review id. :class:`NotFoundError` when the hypothesis (of ``investigation_id``, if
+        given) does not exist or has no verdict."""
+        _choice(decision, REVIEW_DECISIONS, "review decision")
+        if not reviewer.strip():
+            raise ValueError("a review needs a reviewer name")
+        with self._write() as session:
+            hyp = self._get(session, Hypothesis, hypothesis_id)
+            if investigation_id is not None and hyp.investigation_id != investigation_id:
+                raise NotFoundError(
+                    f"hypothesis {hypothesis_id} is not part of investigation {investigation_id}"
+                )
+            verdict_id = session.execute(
+                select(func.max(col(Verdict.id))).where(col(Verdict.hypothesis_id) == hypothesis_id)
+            ).scalar()
+            if verdict_id is None:
+                raise NotFoundError(f"hypothesis {hypothesis_id} has no verdict to review")
+            row = Review(
+                verdict_id=verdict_id, reviewer=reviewer.strip(), decision=decision, comment=comment
+            )
+            session.add(row)
+            session.flush()
+            assert row.id is not None
+            return row.id
+
+    def list_reviews(
+        self, *, investigation_id: int | None = None, hypothesis_id: int | None = None
+    ) -> list[ReviewRecord]:
+        """Reviews, oldest first, of one hypothesis's verdicts or one investigation's."""
+        rev, ver, hyp = Review.__table__, Verdict.__table__, Hypothesis.__table__
+        stmt = select(rev).join(ver, ver.c.id == rev.c.verdict_id)
+        if hypothesis_id is not None:
+            stmt = stmt.where(ver.c.hypothesis_id == hypothesis_id)
+        if investigation_id is not None:
+            stmt = stmt.join(hyp, hyp.c.id == ver.c.hypothesis_id).where(
+                hyp.c.investigation_id == investigation_id
+            )
+        with self._read() as session:
+            return self._records(session, stmt.order_by(rev.c.id), ReviewRecord)
+
+    def verdict_overview(self, investigation_ids: Sequence[int]) -> dict[int, dict[str, int]]:
+        """Per investigation: how many hypotheses' latest verdicts are ``supported``,
+        ``refuted``, ``inconclusive``, and how many of those are ``accepted``, ``disputed`` or
+        ``unreviewed`` (a verdict's state is its latest review's decision)."""
+        ver, hyp, rev = Verdict.__table__, Hypothesis.__table__, Review.__table__
+        ids = [int(i) for i in investigation_ids]
+        out: dict[int, dict[str, int]] = {i: defaultdict(int) for i in ids}
+        if not ids:
+            return {}
+        with self._read() as session:
+            verdicts = session.execute(
+                select(hyp.c.investigation_id, ver.c.hypothesis_id, ver.c.id, ver.c.status)
+                .join(hyp, hyp.c.id == ver.c.hypothesis_id)
+                .where(hyp.c.investigation_id.in_(ids))
+                .order_by(ver.c.id)
+            ).all()
+            latest = {row.hypothesis_id: row for row in verdicts}
+            decisions = dict(
+                session.execute(
+                    select(rev.c.verdict_id, rev.c.decision)
+                    .where(rev.c.verdict_id.in_([row.id for row in latest.values()]))
+                    .order_by(rev.c.id)
+                ).all()
+            )
+        for row in latest.values():
+            counts = out[row.investigation_id]
+            counts[row.status] += 1
+            decision = decisions.get(row.id)
+            counts[{"accept": "accepted", "dispute": "disputed"}.get(decision, "unreviewed")] += 1
+        return {i: dict(c) for i, c in out.items()}
+
+    def get_artifact(self, artifact_id: int) -> ArtifactRecord:
+        """One artifact row (:class:`NotFoundError` if absent)."""
+        with self._read() as session:
+            return ArtifactRecord.model_validate(self._get(session, Artifact, artifact_id))

@@ -14,6 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.tree import Tree
 
+from rankscope.agent.review_state import review_state
 from rankscope.experiments_db import (
     ENV_DB_URL,
     EvidenceRecord,
@@ -157,10 +158,13 @@ def _add_evidence(parent: Tree, ev: EvidenceRecord) -> None:
 
 
 def _add_hypothesis(parent: Tree, hyp: HypothesisNode) -> None:
-    verdict = hyp.verdicts[-1].status if hyp.verdicts else "no verdict"
+    latest = hyp.verdicts[-1] if hyp.verdicts else None
+    verdict = _status(latest.status) if latest else "no verdict"
+    if latest and review_state(latest) == "disputed":
+        verdict += " [bold red]DISPUTED[/bold red]"
     origin = f" (follows {hyp.parent_id})" if hyp.parent_id is not None else ""
     node = parent.add(
-        f"[bold]hypothesis {hyp.id}[/bold]{origin} \\[{_status(verdict)}] {escape(hyp.text)}"
+        f"[bold]hypothesis {hyp.id}[/bold]{origin} \\[{verdict}] {escape(hyp.text)}"
     )
     c = hyp.criterion
     node.add(

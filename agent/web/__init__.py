@@ -1,0 +1,9 @@
+"""The review workspace behind ``rankscope serve``: server-rendered pages over the store.
+
+Pages read investigations through :class:`~rankscope.experiments_db.Store`; the only rows they
+write are reviews (and audit jobs, which live in the server's memory).
+"""
+
+from rankscope.agent.web.app import create_app
+
+__all__ = ["create_app"]
