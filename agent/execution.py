@@ -34,16 +34,23 @@ _RETRIEVERS: dict[tuple[str | None, str, int], Any] = {}
 
 
 def shared_retriever(
-    model: str | None, device: str = "cpu", loader: Callable[..., Any] | None = None
+    model: str | None,
+    device: str = "cpu",
+    loader: Callable[..., Any] | None = None,
+    options: dict[str, Any] | None = None,
 ) -> Any:
-    """The process's retriever for ``model`` on ``device``: loaded once, then reused."""
-    key = (model, device, id(loader) if loader is not None else 0)
+    """The process's retriever for ``model`` on ``device``: loaded once, then reused.
+
+    ``options`` are extra keyword arguments of the loader (``allow_random_weights``, ``label``).
+    """
+    opts = dict(options or {})
+    key = (model, device, id(loader) if loader is not None else 0, tuple(sorted(opts.items())))
     if key not in _RETRIEVERS:
         if loader is None:
             from rankscope.tools.retrievers import load_retriever
 
             loader = load_retriever
-        _RETRIEVERS[key] = loader(model, device=device)
+        _RETRIEVERS[key] = loader(model, device=device, **opts)
     return _RETRIEVERS[key]
 
 
@@ -72,6 +79,7 @@ class Lab:
     device: str = "cpu"
     progress: bool = False
     retriever_loader: Callable[..., Any] | None = None
+    model_options: dict[str, Any] = field(default_factory=dict)
     _retriever: Any = field(default=None, repr=False)
     _data: Any = field(default=None, repr=False)
     timings: dict[str, float] = field(default_factory=dict)
@@ -82,7 +90,9 @@ class Lab:
         """The investigation's retriever, loaded on first use."""
         if self._retriever is None:
             started = time.perf_counter()
-            self._retriever = shared_retriever(self.model, self.device, self.retriever_loader)
+            self._retriever = shared_retriever(
+                self.model, self.device, self.retriever_loader, self.model_options
+            )
             self.timings["model_load_s"] = time.perf_counter() - started
         return self._retriever
 

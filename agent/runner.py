@@ -142,6 +142,7 @@ def _run(
         device=settings.device,
         progress=show_tool_progress,
         retriever_loader=retriever_loader,
+        model_options=settings.model_options,
     )
     context = GraphContext(
         store=store,
@@ -180,8 +181,11 @@ def investigate(
     retriever_loader: Callable[..., Any] | None = None,
     show_tool_progress: bool = False,
     protocol_pairs: int | None = None,
+    model_options: dict[str, Any] | None = None,
 ) -> RunResult:
-    """Start an investigation and run it to its end (or to an exception, which propagates)."""
+    """Start an investigation and run it to its end (or to an exception, which propagates).
+
+    ``model_options`` go to the model loader (``allow_random_weights``, ``label``)."""
     progress = ProgressPrinter(console, quiet=quiet)
     budget = budget or Budget()
     choice = (
@@ -207,12 +211,19 @@ def investigate(
                 base_url=base_url if choice.name == "llm" else None,
                 planner_why=choice.why,
                 protocol_pairs=protocol_pairs,
+                model_options=dict(model_options or {}),
             ).model_dump(mode="json"),
         )
         progress.investigation(investigation_id, question)
         progress.line(f"planner: {choice.name} ({choice.why})")
         settings = settings_of(store.get_investigation(investigation_id))
-        settings.model = _describe_model(model, device, retriever_loader)
+        settings.model = _describe_model(model, device, retriever_loader, settings.model_options)
+        if settings.model.get("random_weights"):
+            settings.notes.append(
+                f"{len(settings.model['random_weights'])} weights the score depends on were "
+                "randomly initialised (--allow-random-weights): findings describe a partly "
+                "random model"
+            )
         save_settings(store, investigation_id, settings)
         active = given or make_planner(
             store,
@@ -238,11 +249,18 @@ def investigate(
 
 
 def _describe_model(
-    model: str | None, device: str, loader: Callable[..., Any] | None
+    model: str | None,
+    device: str,
+    loader: Callable[..., Any] | None,
+    options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     from rankscope.agent.execution import shared_retriever
 
-    return dict(shared_retriever(model, device, loader).describe())
+    retriever = shared_retriever(model, device, loader, options)
+    described = dict(retriever.describe())
+    if getattr(retriever, "random_weights", ()):
+        described["random_weights"] = list(retriever.random_weights)
+    return described
 
 
 def resume(

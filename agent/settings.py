@@ -25,6 +25,10 @@ class InvestigationSettings(BaseModel):
     base_url: str | None = Field(None, description="The LLM endpoint (LLM planner only).")
     planner_why: str = Field("", description="Why this planner runs (the CLI prints it).")
     protocol_pairs: int | None = Field(None, description="Pairs per protocol experiment.")
+    model_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Loader options the user set (allow_random_weights, label).",
+    )
     model: dict[str, Any] = Field(
         default_factory=dict, description="The loaded retriever as it describes itself."
     )

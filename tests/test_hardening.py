@@ -71,3 +71,86 @@ def test_tampered_checkpoint_is_refused_and_runs_nothing(tmp_path, null_model):
     assert again.ledgers == []
     with open_store(url, create=False) as store:
         assert store.get_investigation(1).status == "interrupted"
+
+
+def _copy_model(src: Path, dst: Path) -> Path:
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_folder_with_custom_code_is_refused_without_running_it(tmp_path, null_model):
+    import json
+
+    from rankscope.tools.retrievers import RetrieverLoadError, load_retriever
+
+    folder = _copy_model(null_model, tmp_path / "custom")
+    config = json.loads((folder / "config.json").read_text())
+    config["auto_map"] = {"AutoModel": "evil.EvilModel", "AutoConfig": "evil.EvilConfig"}
+    (folder / "config.json").write_text(json.dumps(config))
+    marker = tmp_path / "pwned"
+    (folder / "evil.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    with pytest.raises(RetrieverLoadError, match="trust_remote_code=False"):
+        load_retriever(str(folder))
+    assert not marker.exists()
+
+
+def _drop_weights(folder: Path, fragment: str) -> None:
+    import safetensors.torch as st
+
+    weights = st.load_file(folder / "model.safetensors")
+    kept = {k: v for k, v in weights.items() if fragment not in k}
+    assert len(kept) < len(weights)
+    st.save_file(kept, folder / "model.safetensors", metadata={"format": "pt"})
+
+
+def test_missing_weights_are_an_error_unless_allowed_and_then_reported(tmp_path, null_model):
+    from rankscope.agent.execution import _RETRIEVERS
+    from rankscope.tools.retrievers import RetrieverLoadError, load_retriever
+
+    folder = _copy_model(null_model, tmp_path / "partial")
+    _drop_weights(folder, "layer.0.attention.self.key")
+    with pytest.raises(RetrieverLoadError, match="--allow-random-weights"):
+        load_retriever(str(folder))
+    allowed = load_retriever(str(folder), allow_random_weights=True)
+    assert any("attention.self.key" in name for name in allowed.random_weights)
+    assert load_retriever(str(null_model)).random_weights == ()
+
+    _RETRIEVERS.clear()
+    from rankscope.agent.runner import investigate
+    from rankscope.agent.state import Budget
+
+    result = investigate(
+        "q",
+        model=str(folder),
+        db=f"sqlite:///{tmp_path / 't.db'}",
+        budget=Budget(max_steps=2, max_tool_calls=2),
+        report_dir=tmp_path / "reports",
+        console=Console(file=io.StringIO()),
+        quiet=True,
+        planner_factory=lambda: ScriptedPlanner([]),
+        model_options={"allow_random_weights": True},
+    )
+    assert result.report_path is not None
+    assert "randomly initialised" in Path(result.report_path).read_text()
+
+
+def test_multi_label_head_needs_the_label_named(tmp_path):
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    from rankscope.tools.retrievers import RetrieverLoadError, load_retriever
+    from tests.tiny_models import save_tiny_model
+
+    folder = save_tiny_model(tmp_path / "cross", "bert", "cross-encoder")
+    config = AutoConfig.from_pretrained(folder)
+    config.num_labels = 2
+    config.id2label = {0: "irrelevant", 1: "relevant"}
+    config.label2id = {"irrelevant": 0, "relevant": 1}
+    AutoModelForSequenceClassification.from_config(config).save_pretrained(folder)
+    with pytest.raises(RetrieverLoadError, match="--label"):
+        load_retriever(str(folder))
+    with pytest.raises(RetrieverLoadError, match="label 1"):
+        load_retriever(str(folder), label="irrelevant")
+    scored = load_retriever(str(folder), label="relevant")
+    assert scored.kind == "cross-encoder"

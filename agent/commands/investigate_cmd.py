@@ -102,6 +102,20 @@ def register(app: typer.Typer) -> None:
                 "default 48/96).",
             ),
         ] = None,
+        allow_random_weights: Annotated[
+            bool,
+            typer.Option(
+                "--allow-random-weights",
+                help="Run even if weights the score depends on are missing from the checkpoint "
+                "(they are random; every report says so).",
+            ),
+        ] = False,
+        label: Annotated[
+            str | None,
+            typer.Option(
+                "--label", metavar="NAME", help="Cross-encoder: the head's label to score."
+            ),
+        ] = None,
     ) -> None:
         """Investigate a question: hypotheses, experiments, verdicts, a report."""
         from rankscope.agent.runner import investigate
@@ -130,6 +144,14 @@ def register(app: typer.Typer) -> None:
                 device=device,
                 console=console,
                 protocol_pairs=protocol_pairs,
+                model_options={
+                    k: v
+                    for k, v in {
+                        "allow_random_weights": allow_random_weights,
+                        "label": label,
+                    }.items()
+                    if v
+                },
             )
         except _stop_errors() as err:
             _stopped(err, "`rankscope resume ID` (the id printed above)")

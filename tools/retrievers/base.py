@@ -151,6 +151,8 @@ class Retriever(ABC):
     """A retrieval model seen through one interface (see the module docstring)."""
 
     kind: str
+    random_weights: tuple[str, ...] = ()
+    """Weights the score depends on that were randomly initialised (allowed explicitly)."""
 
     def __init__(
         self,

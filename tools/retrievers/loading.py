@@ -69,6 +69,59 @@ def _resolve_local(model: str) -> Path | None:
     return None
 
 
+def refuse_custom_code(path: Path, model_id: str) -> None:
+    """Refuse a folder that asks transformers to run its own Python (``auto_map``); RankScope
+    loads every model with ``trust_remote_code=False``."""
+    for name in ("config.json", "tokenizer_config.json"):
+        file = path / name
+        if not file.exists():
+            continue
+        try:
+            content = json.loads(file.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(content, dict) and content.get("auto_map"):
+            raise RetrieverLoadError(
+                f"{model_id!r} ships custom code ({name} has 'auto_map'); RankScope never runs a "
+                "model folder's Python (trust_remote_code=False). Use a model whose architecture "
+                "transformers implements, or remove 'auto_map' if the built-in class fits"
+            )
+
+
+def _score_relevant(key: str, kind: str) -> bool:
+    """Whether a weight feeds the score (a bi-encoder's pooler does not: it pools hidden states)."""
+    return kind == "cross-encoder" or not (key.startswith("pooler.") or ".pooler." in key)
+
+
+def _untrained_weights(info: dict[str, Any], kind: str) -> list[str]:
+    """Weights the score depends on that the checkpoint lacked or could not fill (so were newly
+    initialised at random)."""
+    names = list(info.get("missing_keys") or [])
+    names += [m[0] if isinstance(m, tuple) else str(m) for m in info.get("mismatched_keys") or []]
+    return sorted({n for n in names if _score_relevant(n, kind)})
+
+
+def _check_label(config: Any, model_id: str, label: str | None) -> None:
+    """A head with more than one label is scored only when the user names the label; RankScope's
+    score of a two-label head is ``logit[1] - logit[0]``, so the named label must be index 1."""
+    num_labels = int(getattr(config, "num_labels", 1) or 1)
+    if num_labels <= 1:
+        return
+    names = {str(v): int(k) for k, v in (getattr(config, "id2label", None) or {}).items()}
+    if label is None:
+        raise RetrieverLoadError(
+            f"{model_id!r} has a classification head with {num_labels} labels "
+            f"({', '.join(names) or 'unnamed'}); name the label that means 'relevant' "
+            "(--label NAME) so the score is not a guess"
+        )
+    index = names.get(label, int(label) if label.isdigit() else None)
+    if num_labels != 2 or index != 1:
+        raise RetrieverLoadError(
+            f"{model_id!r}: RankScope scores a two-label head as logit[1] - logit[0], the log-odds "
+            f"of label 1; label {label!r} is not label 1 of a two-label head"
+        )
+
+
 def _download(model: str) -> Path:
     from huggingface_hub import snapshot_download
 
@@ -144,11 +197,16 @@ def load_retriever(
     similarity: Similarity | None = None,
     max_length: int = 256,
     device: str = "cpu",
+    allow_random_weights: bool = False,
+    label: str | None = None,
 ) -> Retriever:
     """A retriever from a Hugging Face id or a local folder (default: the bundled MiniLM).
 
     The kind is read from the config (``*ForSequenceClassification`` → cross-encoder) unless given;
     a bi-encoder's pooling and similarity come from its sentence-transformers files unless given.
+    A folder with custom code is refused; so are weights the score depends on that the checkpoint
+    lacks (unless ``allow_random_weights``; the retriever's ``random_weights`` then lists them), and
+    a multi-label head unless ``label`` names the label to score.
     """
     _quiet_transformers()
     from transformers import (
@@ -161,8 +219,9 @@ def load_retriever(
     name = model or DEFAULT_MODEL
     path = _resolve_local(name) or _download(name)
     model_id = DEFAULT_MODEL if name in DEFAULT_ALIASES else name
+    refuse_custom_code(path, model_id)
     try:
-        config = AutoConfig.from_pretrained(path)
+        config = AutoConfig.from_pretrained(path, trust_remote_code=False)
     except (OSError, ValueError) as err:
         raise RetrieverLoadError(
             f"could not read the config of {model_id!r} at {path}: {err}"
@@ -178,7 +237,7 @@ def load_retriever(
             else "bi-encoder"
         )
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
     except (OSError, ValueError) as err:
         raise RetrieverLoadError(
             f"could not load the tokenizer of {model_id!r} from {path}: {err}. The folder needs "
@@ -189,16 +248,34 @@ def load_retriever(
             f"the tokenizer of {model_id!r} is not a fast tokenizer; RankScope needs offsets "
             "(tokenizer.json) to mark token roles"
         )
+    if kind == "cross-encoder":
+        _check_label(config, model_id, label)
     loader: Any = AutoModelForSequenceClassification if kind == "cross-encoder" else AutoModel
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            net = loader.from_pretrained(path, attn_implementation="eager")
-        except (OSError, ValueError) as err:
+            net, info = loader.from_pretrained(
+                path,
+                attn_implementation="eager",
+                trust_remote_code=False,
+                output_loading_info=True,
+            )
+        except (OSError, ValueError, RuntimeError) as err:
             raise RetrieverLoadError(f"could not load the weights of {model_id!r}: {err}") from err
+    untrained = _untrained_weights(info, kind)
+    if untrained and not allow_random_weights:
+        raise RetrieverLoadError(
+            f"{model_id!r}: {len(untrained)} weights the score depends on are not in the "
+            f"checkpoint and would be random ({', '.join(untrained[:4])}"
+            f"{', …' if len(untrained) > 4 else ''}); findings would describe noise. Fix the "
+            "checkpoint, or pass --allow-random-weights to study a partly random model on purpose"
+        )
     weights = _weights_hash(path) or weights_fingerprint(net)
+    retriever: Retriever
     if kind == "cross-encoder":
-        return CrossEncoder(net, tokenizer, arch, model_id, weights, max_length, device)
+        retriever = CrossEncoder(net, tokenizer, arch, model_id, weights, max_length, device)
+        retriever.random_weights = tuple(untrained)
+        return retriever
     settings = sentence_transformers_settings(path)
     if pooling is None and "pooling" not in settings:
         warnings.warn(
@@ -206,7 +283,7 @@ def load_retriever(
             "(pass pooling='mean' to change it)",
             stacklevel=2,
         )
-    return BiEncoder(
+    retriever = BiEncoder(
         net,
         tokenizer,
         arch,
@@ -217,3 +294,5 @@ def load_retriever(
         max_length=max_length,
         device=device,
     )
+    retriever.random_weights = tuple(untrained)
+    return retriever
