@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import nnsight
 import numpy as np
 import torch
 
@@ -140,7 +141,7 @@ def attention_by_role(
                 probs = envoy.output[1]
                 if probs is None:
                     raise RuntimeError(EAGER_NEEDED)
-                saved.append(role_masses(probs, from_masks, to_masks, same).save())
+                saved.append(nnsight.save(role_masses(probs, from_masks, to_masks, same)))
         stacked = torch.stack(saved, 1)[..., columns]
         values[batch.index] = stacked.cpu().numpy()
         flat = uniform_masses(from_masks, to_masks, same, roles != Role.PAD)[..., columns]

@@ -143,11 +143,12 @@ class RunCache:
     hidden: list[torch.Tensor]
     """``hidden[l]``: the input of layer ``l``; ``hidden[n_layers]``: the last layer's output."""
     acts: dict[SiteKey, torch.Tensor]
+    final: torch.Tensor
+    """The encoder's last hidden state."""
+    scores: torch.Tensor
     reuse: dict[int, tuple[list[nn.Module], list[Any]]] = field(default_factory=dict)
     """For some layers: modules whose outputs can be replayed when that layer's input is the
     cached one (see :func:`reusable`)."""
-    final: torch.Tensor | None = None
-    scores: torch.Tensor | None = None
 
     def site(self, layer: int, site: Site) -> torch.Tensor:
         """The activation at ``site`` of ``layer`` (``resid`` is read from the hidden states)."""
@@ -203,8 +204,8 @@ def capture(
         return lambda _m, _a, out: seen.__setitem__(key, out)
 
     try:
-        for i, layer in enumerate(layers):
-            handles.append(layer.register_forward_pre_hook(layer_pre(i), with_kwargs=True))
+        for i, block in enumerate(layers):
+            handles.append(block.register_forward_pre_hook(layer_pre(i), with_kwargs=True))
         handles.append(layers[n_layers - 1].register_forward_hook(last_out))
         for layer, site in sorted(set(sites)):
             if site == "resid":
@@ -257,6 +258,7 @@ def repeat_rows(obj: Any, rows: int, k: int, memo: dict[int, Any] | None = None)
     key = id(obj)
     if key in memo:
         return memo[key]
+    out: Any
     if isinstance(obj, torch.Tensor):
         out = obj.repeat(k, *([1] * (obj.dim() - 1))) if obj.dim() and obj.shape[0] == rows else obj
     elif isinstance(obj, tuple):

@@ -367,7 +367,7 @@ def patch_batch(
         patched = run_cached(retriever, target, interventions, masks, values, max_tokens)
         s_target, s_source = target.scores, source.scores
     elif engine == "nnsight":
-        resid = {(p.layer, "resid") for iv in interventions for p in iv.patches}
+        resid: set[SiteKey] = {(p.layer, "resid") for iv in interventions for p in iv.patches}
         acts, source_final = capture_nnsight(retriever, source_side, needed | resid)
         _, target_final = capture_nnsight(retriever, target_side, ())
         values = Values(source=lambda layer, site: acts[(layer, site)])

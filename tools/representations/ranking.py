@@ -13,14 +13,17 @@ def ranking_agreement(
 ) -> dict[str, float]:
     """Mean over queries (with at least 2 documents) of Spearman ρ and Kendall τ between the two
     scorings, top-1 agreement and top-``top_n`` overlap (share of the base top-n kept)."""
-    rho, tau, top1, overlap = [], [], [], []
+    rho: list[float] = []
+    tau: list[float] = []
+    top1: list[float] = []
+    overlap: list[float] = []
     for idx in groups:
         if len(idx) < 2:
             continue
         b, n = base[idx], new[idx]
         if np.ptp(b) > 0 and np.ptp(n) > 0:
-            rho.append(stats.spearmanr(b, n).statistic)
-            tau.append(stats.kendalltau(b, n).statistic)
+            rho.append(float(stats.spearmanr(b, n).statistic))
+            tau.append(float(stats.kendalltau(b, n).statistic))
         top1.append(float(np.argmax(b) == np.argmax(n)))
         m = min(top_n, len(idx))
         overlap.append(len(set(np.argsort(-b)[:m]) & set(np.argsort(-n)[:m])) / m)

@@ -17,6 +17,7 @@ import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import torch
@@ -155,7 +156,7 @@ def faithfulness(
             batch = retriever.encode_side([d.query for d in chosen], [d.text for d in chosen])
             mask = batch.attention_mask.bool()
             base[idx] = retriever.score_side(batch).float().cpu().numpy()
-            new[idx] = edit_scores(retriever, batch, layer, lambda h, m=mask: splice(h, m)).numpy()
+            new[idx] = edit_scores(retriever, batch, layer, partial(splice, mask=mask)).numpy()
     groups = query_groups(list(docs))
     agreement = ranking_agreement(groups, base, new)
     per_query = [ranking_agreement([g], base, new)["spearman"] for g in groups if len(g) >= 2]
