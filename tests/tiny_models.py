@@ -243,3 +243,52 @@ def save_tiny_late_interaction(
         )
     )
     return folder
+
+
+def wordlevel_tokenizer(folder: Path, extra: tuple[str, ...] = ()):
+    """A small word-level fast tokenizer over ``CORPUS`` plus ``extra`` words (T5 style: ``<pad>``
+    id 0, ``</s>`` appended), saved as a ``PreTrainedTokenizerFast``."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "</s>", "<unk>"]
+    words = sorted({w for text in CORPUS for w in text.split()} | set(extra))
+    vocab = {tok: i for i, tok in enumerate(specials + words)}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(
+        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", 1)]
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>"
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    fast.save_pretrained(folder)
+    return fast
+
+
+def save_tiny_mono_t5(folder: Path, seed: int = 0) -> Path:
+    """A tiny random T5ForConditionalGeneration (2+2 layers, 4 heads, d_model 32) with a word-level
+    tokenizer that knows monoT5's template words and ``true``/``false``."""
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    tokenizer = wordlevel_tokenizer(
+        folder, extra=("Query", "Document", "Relevant", ":", "true", "false")
+    )
+    config = T5Config(
+        vocab_size=len(tokenizer),
+        d_model=32,
+        d_kv=8,
+        d_ff=64,
+        num_layers=2,
+        num_decoder_layers=2,
+        num_heads=4,
+        pad_token_id=0,
+        eos_token_id=1,
+        decoder_start_token_id=0,
+        initializer_factor=1.0,
+    )
+    torch.manual_seed(seed)
+    model = T5ForConditionalGeneration(config)
+    model.save_pretrained(folder)
+    return folder

@@ -104,15 +104,28 @@ def load_extra_kind(
             settings=LateInteractionSettings.from_folder(path),
             **common,
         )
+    if kind == "mono-t5":
+        from rankscope.tools.retrievers.mono_t5 import T5_ARCH, MonoT5
+
+        if config.model_type not in ("t5", "mt5"):
+            raise RetrieverLoadError(
+                f"{model_id!r} is a {config.model_type!r} model; monoT5 needs a T5 checkpoint"
+            )
+        try:
+            return MonoT5(net, tokenizer, T5_ARCH, **common)
+        except ValueError as err:
+            raise RetrieverLoadError(f"{model_id!r}: {err}") from err
     raise RetrieverLoadError(f"the {kind} adapter is not available yet")
 
 
 def _load_model(kind: str, path: Path) -> Any:
-    from transformers import AutoModel, AutoModelForMaskedLM
+    from transformers import AutoModel, AutoModelForMaskedLM, AutoModelForSeq2SeqLM
 
     opts = {"attn_implementation": "eager", "trust_remote_code": False}
     if kind == "splade":
         return AutoModelForMaskedLM.from_pretrained(path, **opts)
     if kind == "late-interaction":
         return AutoModel.from_pretrained(path, **opts)
+    if kind == "mono-t5":
+        return AutoModelForSeq2SeqLM.from_pretrained(path, **opts)
     raise ValueError(f"no loader for kind {kind!r}")
