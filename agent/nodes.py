@@ -38,6 +38,7 @@ from pydantic import ValidationError
 from rankscope.agent.calls import CallRejected, check_call
 from rankscope.agent.citations import cited_in_text
 from rankscope.agent.execution import Lab
+from rankscope.agent.lease import renew
 from rankscope.agent.ledger import build_ledger, key_metrics, ledger_entry, split_of
 from rankscope.agent.llm_client import LLMBudgetExceeded, LLMError
 from rankscope.agent.planners.base import Criterion, Narrative, Planner, Proposal, Stop
@@ -94,6 +95,7 @@ def timed(node: Node) -> Node:
         started = runtime.context.clock()
         update = node(state, runtime)
         update["elapsed_s"] = state.get("elapsed_s", 0.0) + (runtime.context.clock() - started)
+        renew(runtime.context.store, state["investigation_id"])
         return update
 
     run.__name__ = node.__name__

@@ -7,7 +7,10 @@ and :func:`resume`; tests call them directly.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -17,6 +20,7 @@ from rich.console import Console
 from rankscope.agent.checkpoints import verify_checkpoint
 from rankscope.agent.execution import Lab
 from rankscope.agent.graph import invoke
+from rankscope.agent.lease import claim, release
 from rankscope.agent.nodes import GraphContext
 from rankscope.agent.planners.base import Planner
 from rankscope.agent.progress import ProgressPrinter
@@ -121,6 +125,24 @@ def _write_report(store: Store, investigation_id: int, out_dir: Path) -> Path:
     return md
 
 
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """While running, SIGTERM raises ``KeyboardInterrupt`` as SIGINT does, so the run is marked
+    interrupted rather than left ``running`` (main thread only; elsewhere nothing changes)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _run(
     store: Store,
     db_url: str,
@@ -153,7 +175,11 @@ def _run(
         report_dir=report_dir / f"investigation-{investigation_id}",
         write_report=_write_report,
     )
-    final = invoke(context, db_url, investigation_id, resume=resume)
+    try:
+        with _sigterm_as_interrupt():
+            final = invoke(context, db_url, investigation_id, resume=resume)
+    finally:
+        release(store, investigation_id)
     inv = store.get_investigation(investigation_id)
     return RunResult(
         investigation_id=investigation_id,
@@ -214,6 +240,7 @@ def investigate(
                 model_options=dict(model_options or {}),
             ).model_dump(mode="json"),
         )
+        claim(store, investigation_id)
         progress.investigation(investigation_id, question)
         progress.line(f"planner: {choice.name} ({choice.why})")
         settings = settings_of(store.get_investigation(investigation_id))
@@ -280,6 +307,7 @@ def resume(
     with open_store(url, create=False) as store:
         inv = store.get_investigation(investigation_id)
         verify_checkpoint(url, investigation_id)
+        claim(store, investigation_id)
         progress.investigation(investigation_id, inv.question, resumed=True)
         interrupted = store.mark_interrupted(
             investigation_id, "the process running it stopped before it finished"

@@ -154,3 +154,67 @@ def test_multi_label_head_needs_the_label_named(tmp_path):
         load_retriever(str(folder), label="irrelevant")
     scored = load_retriever(str(folder), label="relevant")
     assert scored.kind == "cross-encoder"
+
+
+_CHILD = """
+import sys, time
+from pathlib import Path
+from tests.agent_support import ScriptedPlanner, behaviour, run
+
+tmp, model = Path(sys.argv[1]), Path(sys.argv[2])
+
+
+def wait(ledger):
+    (tmp / "ready").write_text("x")
+    time.sleep(120)
+
+
+run(tmp, model, ScriptedPlanner([behaviour(), wait]))
+"""
+
+
+def test_sigterm_marks_interrupted_and_a_live_run_cannot_be_resumed(tmp_path, null_model):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from rankscope.agent.lease import LeaseHeldError
+
+    repo = Path(__file__).resolve().parents[1]
+    child = subprocess.Popen(
+        [sys.executable, "-c", _CHILD, str(tmp_path), str(null_model)],
+        cwd=repo,
+        env={**os.environ, "PYTHONPATH": str(repo)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while not (tmp_path / "ready").exists():
+            assert child.poll() is None, child.stderr.read().decode() if child.stderr else ""
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        url = f"sqlite:///{tmp_path / 't.db'}"
+        with pytest.raises(LeaseHeldError, match=f"process {child.pid}"):
+            resume(
+                1,
+                db=url,
+                report_dir=tmp_path / "reports",
+                console=Console(file=io.StringIO()),
+                quiet=True,
+                planner_factory=lambda: ScriptedPlanner([]),
+            )
+        with open_store(url, create=False) as store:
+            assert store.get_investigation(1).status == "running"
+            assert all(e.status == "finished" for e in store.investigation_tree(1).experiments())
+        child.send_signal(signal.SIGTERM)
+        assert child.wait(timeout=60) != 0
+    finally:
+        if child.poll() is None:
+            child.kill()
+    with open_store(url, create=False) as store:
+        inv = store.get_investigation(1)
+        assert inv.status == "interrupted"
+        assert "lease" not in (inv.config or {})

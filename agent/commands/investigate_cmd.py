@@ -172,11 +172,12 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Continue an interrupted investigation from its last checkpoint."""
         from rankscope.agent.checkpoints import UnsafeCheckpointError
+        from rankscope.agent.lease import LeaseHeldError
         from rankscope.agent.runner import resume
 
         try:
             result = resume(investigation_id, db=db, report_dir=report_dir, console=console)
-        except UnsafeCheckpointError as err:
+        except (UnsafeCheckpointError, LeaseHeldError) as err:
             err_console.print(f"[red]error:[/red] {escape(str(err))}")
             raise typer.Exit(1) from err
         except _stop_errors() as err:
