@@ -245,7 +245,12 @@ def save_tiny_late_interaction(
     return folder
 
 
-def wordlevel_tokenizer(folder: Path, extra: tuple[str, ...] = ()):
+def wordlevel_tokenizer(
+    folder: Path,
+    extra: tuple[str, ...] = (),
+    append_eos: bool = True,
+    added: tuple[str, ...] = (),
+):
     """A small word-level fast tokenizer over ``CORPUS`` plus ``extra`` words (T5 style: ``<pad>``
     id 0, ``</s>`` appended), saved as a ``PreTrainedTokenizerFast``."""
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
@@ -256,12 +261,15 @@ def wordlevel_tokenizer(folder: Path, extra: tuple[str, ...] = ()):
     vocab = {tok: i for i, tok in enumerate(specials + words)}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = processors.TemplateProcessing(
-        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", 1)]
-    )
+    if append_eos:
+        tok.post_processor = processors.TemplateProcessing(
+            single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", 1)]
+        )
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>"
     )
+    if added:
+        fast.add_special_tokens({"additional_special_tokens": list(added)})
     folder.mkdir(parents=True, exist_ok=True)
     fast.save_pretrained(folder)
     return fast
@@ -290,5 +298,44 @@ def save_tiny_mono_t5(folder: Path, seed: int = 0) -> Path:
     )
     torch.manual_seed(seed)
     model = T5ForConditionalGeneration(config)
+    model.save_pretrained(folder)
+    return folder
+
+
+def save_tiny_decoder_reranker(folder: Path, style: str = "qwen3", seed: int = 0) -> Path:
+    """A tiny random decoder reranker: ``style="qwen3"`` a Qwen3ForCausalLM whose tokenizer knows
+    the Qwen3-Reranker template's special tokens and ``yes``/``no``; ``style="rankllama"`` a
+    LlamaForSequenceClassification with one label."""
+    from transformers import (
+        LlamaConfig,
+        LlamaForSequenceClassification,
+        Qwen3Config,
+        Qwen3ForCausalLM,
+    )
+
+    common = {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 512,
+        "pad_token_id": 0,
+        "eos_token_id": 1,
+    }
+    torch.manual_seed(seed)
+    if style == "qwen3":
+        tokenizer = wordlevel_tokenizer(
+            folder,
+            extra=("yes", "no", "Query", "Document", "Instruct", "<", ">", ":"),
+            append_eos=False,
+            added=("<|im_start|>", "<|im_end|>", "<think>", "</think>"),
+        )
+        config = Qwen3Config(vocab_size=len(tokenizer), head_dim=8, **common)
+        model = Qwen3ForCausalLM(config)
+    else:
+        tokenizer = wordlevel_tokenizer(folder, extra=("query", "document", ":"))
+        config = LlamaConfig(vocab_size=len(tokenizer), num_labels=1, **common)
+        model = LlamaForSequenceClassification(config)
     model.save_pretrained(folder)
     return folder

@@ -115,11 +115,24 @@ def load_extra_kind(
             return MonoT5(net, tokenizer, T5_ARCH, **common)
         except ValueError as err:
             raise RetrieverLoadError(f"{model_id!r}: {err}") from err
-    raise RetrieverLoadError(f"the {kind} adapter is not available yet")
+    from rankscope.tools.retrievers.decoder_reranker import Qwen3Reranker, RankLlama, decoder_arch
+
+    try:
+        arch = decoder_arch(config.model_type)
+        cls = Qwen3Reranker if kind == "qwen3-reranker" else RankLlama
+        return cls(net, tokenizer, arch, **common)
+    except ValueError as err:
+        raise RetrieverLoadError(f"{model_id!r}: {err}") from err
 
 
 def _load_model(kind: str, path: Path) -> Any:
-    from transformers import AutoModel, AutoModelForMaskedLM, AutoModelForSeq2SeqLM
+    from transformers import (
+        AutoModel,
+        AutoModelForCausalLM,
+        AutoModelForMaskedLM,
+        AutoModelForSeq2SeqLM,
+        AutoModelForSequenceClassification,
+    )
 
     opts = {"attn_implementation": "eager", "trust_remote_code": False}
     if kind == "splade":
@@ -128,4 +141,8 @@ def _load_model(kind: str, path: Path) -> Any:
         return AutoModel.from_pretrained(path, **opts)
     if kind == "mono-t5":
         return AutoModelForSeq2SeqLM.from_pretrained(path, **opts)
+    if kind == "qwen3-reranker":
+        return AutoModelForCausalLM.from_pretrained(path, **opts)
+    if kind == "rankllama":
+        return AutoModelForSequenceClassification.from_pretrained(path, **opts)
     raise ValueError(f"no loader for kind {kind!r}")

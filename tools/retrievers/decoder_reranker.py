@@ -1,0 +1,216 @@
+"""Decoder-only LLM rerankers: Qwen3-Reranker style (yes − no logit) and RankLLaMA style (a
+sequence-classification head), both read at the last token of a left-padded batch.
+
+Both are causal: every position sees only its left context, so a perturbation changes the hidden
+states from its first token on. Inputs are left-padded, which puts the scored last token at the
+same position in every row. ``forward_hidden`` returns the model's own logits (``[B, S, V]`` for a
+causal LM, ``[B, labels]`` for a classifier) and ``readout`` takes a linear function of them.
+Components follow the model's names (``model.layers.{i}.self_attn.o_proj`` …).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from rankscope.tools.retrievers.architectures import ArchSpec
+from rankscope.tools.retrievers.base import Retriever, SideBatch, token_roles
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
+DECODER_ARCH = {
+    "layers": "model.layers",
+    "out_proj": "self_attn.o_proj",
+    "mlp_out": "mlp.down_proj",
+    "q_proj": "self_attn.q_proj",
+    "k_proj": "self_attn.k_proj",
+    "v_proj": "self_attn.v_proj",
+    "attention": "self_attn",
+}
+DECODER_TYPES = ("llama", "qwen2", "qwen3", "mistral")
+
+
+def decoder_arch(model_type: str) -> ArchSpec:
+    if model_type not in DECODER_TYPES:
+        raise ValueError(
+            f"decoder rerankers cover {', '.join(DECODER_TYPES)}; {model_type!r} is not one of them"
+        )
+    return ArchSpec(model_type, **DECODER_ARCH)
+
+
+QWEN3_PREFIX = (
+    "<|im_start|>system\nJudge whether the Document meets the requirements based on the Query and "
+    'the Instruct provided. Note that the answer can only be "yes" or "no".<|im_end|>\n'
+    "<|im_start|>user\n"
+)
+QWEN3_SUFFIX = "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+QWEN3_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
+
+
+class _DecoderReranker(Retriever):
+    """Shared pieces: left padding, the whole model as the traced module, per-layer dims."""
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: Any,
+        arch: ArchSpec,
+        model_id: str,
+        weights_hash: str,
+        max_length: int = 512,
+        device: str = "cpu",
+    ) -> None:
+        tokenizer.padding_side = "left"
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        super().__init__(model, tokenizer, arch, model_id, weights_hash, max_length, device)
+        self.head_dim = int(getattr(model.config, "head_dim", None) or self.head_dim)
+
+    @property
+    def encoder(self) -> nn.Module:
+        return self.model
+
+    def _roles(
+        self,
+        enc: Any,
+        offsets: torch.Tensor,
+        seq_ids: list[list[int | None]],
+        queries: Sequence[str],
+        doc_shift: Sequence[int],
+        injected: Sequence[Sequence[tuple[int, int]]] | None,
+        filler: Sequence[Sequence[tuple[int, int]]] | None,
+        doc_sequence: int,
+    ) -> torch.Tensor:
+        roles = []
+        for i, query in enumerate(queries):
+            q_ids = set(self.tokenizer(query, add_special_tokens=False)["input_ids"])
+            spans = [(s - doc_shift[i], e - doc_shift[i]) for s, e in offsets[i].tolist()]
+            roles.append(
+                token_roles(
+                    spans,
+                    seq_ids[i],
+                    enc["input_ids"][i].tolist(),
+                    enc["attention_mask"][i].tolist(),
+                    doc_sequence=doc_sequence,
+                    cls_id=-1,
+                    query_token_ids=q_ids,
+                    injected=injected[i] if injected else (),
+                    filler=filler[i] if filler else (),
+                )
+            )
+        return torch.tensor(roles, dtype=torch.long, device=self.device)
+
+
+class Qwen3Reranker(_DecoderReranker):
+    """Score: ``logit("yes") - logit("no")`` at the last token of Qwen3-Reranker's template."""
+
+    kind = "qwen3-reranker"
+
+    def __init__(self, *args: Any, instruction: str = QWEN3_INSTRUCTION, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.instruction = instruction
+        self.yes_id = int(self.tokenizer.convert_tokens_to_ids("yes"))
+        self.no_id = int(self.tokenizer.convert_tokens_to_ids("no"))
+        if self.tokenizer.unk_token_id in (self.yes_id, self.no_id):
+            raise ValueError("the tokenizer has no single 'yes' and 'no' tokens")
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "score": 'logit("yes") - logit("no") at the last token'}
+
+    def encode_side(
+        self,
+        queries: Sequence[str],
+        docs: Sequence[str],
+        injected: Sequence[Sequence[tuple[int, int]]] | None = None,
+        filler: Sequence[Sequence[tuple[int, int]]] | None = None,
+    ) -> SideBatch:
+        texts, doc_starts, query_spans = [], [], []
+        for query, doc in zip(queries, docs, strict=True):
+            head = f"{QWEN3_PREFIX}<Instruct>: {self.instruction}\n<Query>: "
+            middle = f"{head}{query}\n<Document>: "
+            texts.append(f"{middle}{doc}{QWEN3_SUFFIX}")
+            query_spans.append((len(head), len(head) + len(query)))
+            doc_starts.append(len(middle))
+        enc = self.tokenizer(
+            texts,
+            padding=True,
+            truncation=True,
+            max_length=self.max_length,
+            return_tensors="pt",
+            return_offsets_mapping=True,
+        )
+        offsets = enc.pop("offset_mapping")
+        seq_ids = []
+        for i, (q_start, q_end) in enumerate(query_spans):
+            d_start, d_end = doc_starts[i], doc_starts[i] + len(docs[i])
+            seq_ids.append(
+                [
+                    None
+                    if e <= s
+                    else 0
+                    if q_start <= s and e <= q_end
+                    else 1
+                    if d_start <= s and e <= d_end
+                    else None
+                    for s, e in offsets[i].tolist()
+                ]
+            )
+        roles = self._roles(enc, offsets, seq_ids, queries, doc_starts, injected, filler, 1)
+        inputs = {k: v.to(self.device) for k, v in enc.items()}
+        return SideBatch(inputs, roles)
+
+    def readout(self, hidden: torch.Tensor, batch: SideBatch) -> torch.Tensor:
+        """``hidden`` is the causal LM's logits ``[B, S, V]`` (left padded: the last is scored)."""
+        last = hidden[:, -1]
+        return last[:, self.yes_id] - last[:, self.no_id]
+
+
+class RankLlama(_DecoderReranker):
+    """Score: the one-label classification head on the last token of ``query: q`` / ``document: d``
+    (RankLLaMA's input pair)."""
+
+    kind = "rankllama"
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "score": "classification logit at the last token"}
+
+    def encode_side(
+        self,
+        queries: Sequence[str],
+        docs: Sequence[str],
+        injected: Sequence[Sequence[tuple[int, int]]] | None = None,
+        filler: Sequence[Sequence[tuple[int, int]]] | None = None,
+    ) -> SideBatch:
+        enc = self.tokenizer(
+            [f"query: {q}" for q in queries],
+            [f"document: {d}" for d in docs],
+            padding=True,
+            truncation="only_second",
+            max_length=self.max_length,
+            return_tensors="pt",
+            return_offsets_mapping=True,
+        )
+        offsets = enc.pop("offset_mapping")
+        shift = len("document: ")
+        seq_ids = []
+        for i in range(len(queries)):
+            row = enc.sequence_ids(i)
+            seq_ids.append(
+                [
+                    None if (seq == 1 and e <= shift) or (seq == 0 and e <= len("query: ")) else seq
+                    for seq, (_, e) in zip(row, offsets[i].tolist(), strict=True)
+                ]
+            )
+        roles = self._roles(
+            enc, offsets, seq_ids, queries, [shift] * len(queries), injected, filler, 1
+        )
+        inputs = {k: v.to(self.device) for k, v in enc.items()}
+        return SideBatch(inputs, roles)
+
+    def readout(self, hidden: torch.Tensor, batch: SideBatch) -> torch.Tensor:
+        """``hidden`` is the classifier's pooled logits ``[B, labels]``."""
+        return hidden[:, 0] if hidden.shape[-1] == 1 else hidden[:, 1] - hidden[:, 0]
