@@ -1056,7 +1056,7 @@ class Store:
         for row in latest.values():
             counts = out[row.investigation_id]
             counts[row.status] += 1
-            decision = decisions.get(row.id)
+            decision = str(decisions.get(row.id, ""))
             counts[{"accept": "accepted", "dispute": "disputed"}.get(decision, "unreviewed")] += 1
         return {i: dict(c) for i, c in out.items()}
 
