@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import ormsgpack
+from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.checkpoint.serde import _msgpack as lg_msgpack
 from langgraph.checkpoint.serde.base import maybe_add_typed_methods
@@ -139,7 +140,7 @@ def verify_checkpoint(db_url: str, investigation_id: int) -> None:
         saver.get_tuple(thread_config(investigation_id, 1))
 
 
-def thread_config(investigation_id: int, recursion_limit: int) -> dict[str, Any]:
+def thread_config(investigation_id: int, recursion_limit: int) -> RunnableConfig:
     """The LangGraph run config of an investigation: its thread and recursion limit."""
     return {
         "configurable": {"thread_id": str(investigation_id)},

@@ -11,7 +11,7 @@ process resumes from the last finished node.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from langgraph.graph import END, START, StateGraph
 
@@ -62,7 +62,7 @@ def invoke(
         config = thread_config(investigation_id, context.budget.recursion_limit())
         snapshot = graph.get_state(config)
         if resume and snapshot.values and not snapshot.next:
-            return InvestigationState(**snapshot.values)
+            return cast(InvestigationState, snapshot.values)
         payload = None if (resume and snapshot.values) else initial_state(investigation_id)
         try:
             final = graph.invoke(
@@ -77,4 +77,4 @@ def invoke(
             )
             store.set_investigation_status(investigation_id, "interrupted")
             raise
-        return InvestigationState(**final)
+        return cast(InvestigationState, final)

@@ -55,6 +55,7 @@ def ledger_entry(node: HypothesisNode) -> LedgerEntry:
     finished = [e for e in node.experiments if e.status == "finished" and e.evidence]
     discovery = next((e for e in finished if split_of(e.args) != "holdout"), None)
     holdout = next((e for e in finished if split_of(e.args) == "holdout"), None)
+    status: str
     if node.verdicts:
         status = node.verdicts[-1].status
     elif node.experiments and all(e.status == "failed" for e in node.experiments):

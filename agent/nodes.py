@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from langgraph.runtime import Runtime
 from pydantic import ValidationError
@@ -74,7 +74,12 @@ class GraphContext:
     decided_by: str = "rules"
 
 
-Node = Callable[[InvestigationState, Runtime[GraphContext]], Update]
+class Node(Protocol):
+    """A graph node: the state and the runtime context in, a state update out."""
+
+    __name__: str
+
+    def __call__(self, state: InvestigationState, runtime: Runtime[GraphContext]) -> Update: ...
 
 
 def fingerprint(tool: str, args: dict[str, Any], criterion: Criterion) -> str:
