@@ -4,10 +4,10 @@ import json
 import os
 import tempfile
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from pydantic import ValidationError
 
@@ -22,6 +22,9 @@ BUNDLE_FORMAT = "rankscope-investigation-bundle"
 BUNDLE_VERSION = 1
 MANIFEST = "bundle.json"
 ARTIFACT_PREFIX = "artifacts/"
+MAX_UNPACKED_BYTES = 4 * 1024**3
+"""The most a bundle may unpack to (manifest and artifacts together); a zip bomb stops here."""
+_CHUNK = 1 << 20
 
 
 def default_bundle_path(investigation_id: int) -> Path:
@@ -69,23 +72,40 @@ def export_investigation(
 class _Bundle:
     """Read access to a bundle, zipped or unpacked into a folder."""
 
-    def __init__(self, path: Path, zf: zipfile.ZipFile | None) -> None:
+    def __init__(
+        self, path: Path, zf: zipfile.ZipFile | None, max_bytes: int = MAX_UNPACKED_BYTES
+    ) -> None:
         self.path = path
         self._zip = zf
+        self._left = max_bytes
+        self._max = max_bytes
 
     def read(self, name: str) -> bytes:
+        """A member's bytes, read in chunks so that unpacking past the size bound stops early
+        (whatever sizes the zip declares)."""
+        parts: list[bytes] = []
         try:
-            if self._zip is not None:
-                return self._zip.read(name)
-            return (self.path / name).read_bytes()
+            member: IO[bytes] = (
+                self._zip.open(name) if self._zip is not None else (self.path / name).open("rb")
+            )
+            with member as fh:
+                while chunk := fh.read(min(_CHUNK, self._left + 1)):
+                    self._left -= len(chunk)
+                    if self._left < 0:
+                        raise BundleError(
+                            f"bundle {self.path} unpacks to more than {self._max} bytes "
+                            f"(at {name}); refusing it"
+                        )
+                    parts.append(chunk)
         except (KeyError, FileNotFoundError):
             raise BundleError(f"bundle {self.path} lacks {name}; it is incomplete") from None
+        return b"".join(parts)
 
 
 @contextmanager
-def _open_bundle(path: Path) -> Iterator[_Bundle]:
+def _open_bundle(path: Path, max_bytes: int = MAX_UNPACKED_BYTES) -> Iterator[_Bundle]:
     if path.is_dir():
-        yield _Bundle(path, None)
+        yield _Bundle(path, None, max_bytes)
         return
     if not path.is_file():
         raise BundleError(f"no bundle at {path}")
@@ -94,7 +114,7 @@ def _open_bundle(path: Path) -> Iterator[_Bundle]:
     except zipfile.BadZipFile:
         raise BundleError(f"{path} is not a RankScope bundle (not a zip file)") from None
     with zf:
-        yield _Bundle(path, zf)
+        yield _Bundle(path, zf, max_bytes)
 
 
 def read_manifest(path: str | Path) -> dict[str, Any]:
@@ -118,15 +138,23 @@ def _manifest(bundle: _Bundle) -> dict[str, Any]:
     return manifest
 
 
-def import_bundle(store: Store, path: str | Path) -> int:
+def import_bundle(
+    store: Store,
+    path: str | Path,
+    *,
+    verify: Callable[[InvestigationTree], None] | None = None,
+    max_unpacked_bytes: int = MAX_UNPACKED_BYTES,
+) -> int:
     """Re-create a bundled investigation under new ids; return the new investigation id.
 
     Every artifact is checked against its sha256 before anything is written
-    (:class:`ArtifactIntegrityError` names the file and both hashes); the rows are then inserted
-    in one transaction. The id maps are kept in the investigation's ``config["imported_from"]``.
+    (:class:`ArtifactIntegrityError` names the file and both hashes), and ``verify`` (if given)
+    sees the tree and may raise; the rows are then inserted in one transaction. A bundle that
+    unpacks to more than ``max_unpacked_bytes`` is refused. The id maps are kept in the
+    investigation's ``config["imported_from"]``.
     """
     path = Path(path)
-    with _open_bundle(path) as bundle:
+    with _open_bundle(path, max_unpacked_bytes) as bundle:
         manifest = _manifest(bundle)
         try:
             tree = InvestigationTree.model_validate(manifest["tree"])
@@ -146,6 +174,8 @@ def import_bundle(store: Store, path: str | Path) -> int:
                     f"{path}:{ARTIFACT_PREFIX}{artifact.path}", artifact.sha256, actual
                 )
             contents[artifact.path] = data
+    if verify is not None:
+        verify(tree)
     for relpath, data in contents.items():
         stored = store.artifacts.put_bytes(data, suffix=Path(relpath).suffix)
         if stored.relpath != relpath:

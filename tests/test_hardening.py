@@ -218,3 +218,55 @@ def test_sigterm_marks_interrupted_and_a_live_run_cannot_be_resumed(tmp_path, nu
         inv = store.get_investigation(1)
         assert inv.status == "interrupted"
         assert "lease" not in (inv.config or {})
+
+
+def _forge_verdicts(bundle: Path, out: Path) -> None:
+    """Copy ``bundle`` with every verdict flipped to one its evidence does not give."""
+    import json
+    import zipfile
+
+    with zipfile.ZipFile(bundle) as zin, zipfile.ZipFile(out, "w") as zout:
+        for name in zin.namelist():
+            data = zin.read(name)
+            if name == "bundle.json":
+                manifest = json.loads(data)
+                for hyp in manifest["tree"]["hypotheses"]:
+                    for verdict in hyp["verdicts"]:
+                        verdict["status"] = (
+                            "refuted" if verdict["status"] == "supported" else "supported"
+                        )
+                data = json.dumps(manifest).encode()
+            zout.writestr(name, data)
+
+
+def test_import_rederives_verdicts_and_bounds_unpacked_size(tmp_path, null_model):
+    import json
+    import zipfile
+
+    from typer.testing import CliRunner
+
+    from rankscope.agent.cli import app
+    from rankscope.experiments_db import export_investigation, import_bundle
+    from rankscope.experiments_db.errors import BundleError
+
+    run(tmp_path, null_model, ScriptedPlanner([behaviour()]))
+    with open_store(f"sqlite:///{tmp_path / 't.db'}") as store:
+        assert store.investigation_tree(1).hypotheses[0].verdicts
+        bundle = export_investigation(store, 1, tmp_path / "b.zip")
+    forged = tmp_path / "forged.zip"
+    _forge_verdicts(bundle, forged)
+    target = f"sqlite:///{tmp_path / 'dst.db'}"
+    cli = CliRunner()
+    refused = cli.invoke(app, ["import", str(forged), "--db", target])
+    assert refused.exit_code == 1
+    assert "do not follow from its evidence" in refused.output
+    assert cli.invoke(app, ["import", str(bundle), "--db", target]).exit_code == 0
+    with open_store(target) as store:
+        assert len(store.list_investigations()) == 1
+
+    bomb = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("bundle.json", json.dumps({"pad": " " * (8 << 20)}))
+    assert bomb.stat().st_size < 100_000
+    with open_store(target) as store, pytest.raises(BundleError, match="more than"):
+        import_bundle(store, bomb, max_unpacked_bytes=1 << 20)

@@ -27,6 +27,7 @@ from rankscope.experiments_db import (
     import_bundle,
     open_store,
 )
+from rankscope.experiments_db.errors import BundleError
 
 DbOption = Annotated[
     str | None,
@@ -238,13 +239,29 @@ def export_command(
     )
 
 
+def verdicts_follow_evidence(tree: InvestigationTree) -> None:
+    """Re-derive each hypothesis's verdict from the bundle's own evidence with the verdict rules;
+    raise :class:`BundleError` naming every verdict the evidence does not give."""
+    from rankscope.agent.audit import reapply_verdict
+
+    forged = [
+        f"H{node.id} says {node.verdicts[-1].status!r}, its evidence gives {again!r}"
+        for node in tree.hypotheses
+        if node.verdicts and (again := reapply_verdict(node)) != node.verdicts[-1].status
+    ]
+    if forged:
+        raise BundleError(
+            f"refusing the bundle: its verdicts do not follow from its evidence ({'; '.join(forged)})"
+        )
+
+
 def import_command(
     bundle: Annotated[Path, typer.Argument(metavar="BUNDLE", help="A bundle made by export.")],
     db: DbOption = None,
 ) -> None:
-    """Import a bundle under new ids (artifact hashes are checked first)."""
+    """Import a bundle under new ids (artifact hashes and verdicts are checked first)."""
     with _store(db, create=True) as store:
-        new_id = import_bundle(store, bundle)
+        new_id = import_bundle(store, bundle, verify=verdicts_follow_evidence)
     _console().print(f"Imported {escape(str(bundle))} as investigation {new_id}", soft_wrap=True)
 
 
