@@ -28,25 +28,32 @@ from rankscope.agent.llm_client import (
 )
 from rankscope.agent.planners.base import Criterion, Ledger, LedgerEntry, Narrative, Proposal, Stop
 from rankscope.agent.planners.llm import (
+    MAX_DESCRIBE_CALLS,
     MAX_FULL_ENTRIES,
+    REQUEST_TOKEN_BUDGET,
     LLMPlanner,
     data_block,
     parse_citations,
+    planner_args_schema,
     preregistered_tool_spec,
 )
 from rankscope.prompts import PromptError, load_prompt, placeholders, render
 from rankscope.tools.contract import Tool, ToolArgs, ToolContext, ToolResult
 from rankscope.tools.registry import (
     ToolArgumentError,
+    all_tools,
     get_tool,
     openai_tool_specs,
     register,
     validate_args,
 )
 from tests.llm_server import (
+    TOKEN_SLACK,
+    TOKENIZER,
     Reply,
     ScriptedLLMServer,
     error_reply,
+    prompt_tokens,
     slow_reply,
     text_reply,
     tool_call_reply,
@@ -205,7 +212,7 @@ def free_port() -> int:
 
 def test_good_tool_call_becomes_a_proposal(server: ScriptedLLMServer, calls: list[LLMCall]) -> None:
     server.push(tool_call_reply(TOOL, good_call()))
-    result = make_planner(server, calls).propose(make_ledger())
+    result = make_planner(server, calls, catalogue="full").propose(make_ledger())
 
     assert isinstance(result, Proposal)
     assert result.tool == TOOL
@@ -261,7 +268,9 @@ def test_empty_ledger_tools_offers_every_registered_tool(
     server.push(tool_call_reply("stop", {"reason": "nothing to test"}))
     make_planner(server, calls).propose(make_ledger(tools=[]))
     offered = [t["function"]["name"] for t in server.bodies[0]["tools"]]
-    assert offered == [s["function"]["name"] for s in openai_tool_specs()] + ["stop"]
+    assert offered == ["propose", "describe_tool", "stop"]
+    enum = server.bodies[0]["tools"][0]["function"]["parameters"]["properties"]["tool"]["enum"]
+    assert enum == [s["function"]["name"] for s in openai_tool_specs()]
 
 
 def test_stop_call_returns_stop(server: ScriptedLLMServer, calls: list[LLMCall]) -> None:
@@ -308,7 +317,8 @@ def test_unknown_tool_feedback_lists_the_tools(
     assert isinstance(make_planner(server, calls).propose(make_ledger()), Proposal)
     feedback = messages_of(server.bodies[1])[-1]["content"]
     assert "there is no function `activation_patching_v9`" in feedback
-    assert f"the available functions are `{TOOL}`, `stop`" in feedback
+    assert "the available functions are `propose`, `describe_tool`, `stop`" in feedback
+    assert f"the tools for `propose` are `{TOOL}`" in feedback
 
 
 def test_invalid_args_get_the_validation_message_verbatim(
@@ -484,8 +494,9 @@ def test_step_prompt_is_compact_and_carries_feedback(
 
     text = messages_of(server.bodies[0])[1]["content"]
     assert len(text) < 20_000
-    n_short = len(entries) - MAX_FULL_ENTRIES
-    assert f"Earlier hypotheses ({n_short}), in short:" in text
+    n_full = text.count("\n### H")
+    assert 1 <= n_full <= MAX_FULL_ENTRIES
+    assert f"Earlier hypotheses ({len(entries) - n_full}), in short:" in text
     assert "summary-1 " not in text and "Hypothesis number 1 about" in text
     assert "summary-12 " in text and "more characters]" in text
     assert "old feedback 0" not in text and "old feedback 3" in text
@@ -656,7 +667,7 @@ def test_recorder_receives_every_call_including_failed_ones(
     assert (calls[2].prompt_tokens, calls[2].completion_tokens) == (321, 54)
     assert all(c.model == MODEL and c.endpoint == server.base_url for c in calls)
     assert all(c.latency_s > 0 for c in calls)
-    assert calls[2].tool_names == [TOOL, "stop"]
+    assert calls[2].tool_names == ["propose", "describe_tool", "stop"]
     record = json.loads(json.dumps(calls[0].as_dict()))
     assert record["error"] == "HTTP 500: upstream crashed" and record["total_tokens"] == 0
 
@@ -734,17 +745,168 @@ def test_parse_citations_forms() -> None:
 
 
 def test_prompt_templates_load_and_name_missing_placeholders() -> None:
-    assert placeholders(load_prompt("system")) == ["question", "model", "data", "tools"]
+    assert placeholders(load_prompt("system")) == ["question", "model", "data", "tools", "calling"]
     assert placeholders(load_prompt("step.md")) == [
         "steps_left",
         "tool_calls_left",
         "entries",
         "feedback",
+        "move",
     ]
     assert "hypothesis_id" in placeholders(load_prompt("narrate"))
     with pytest.raises(PromptError, match=r"'step.md' needs a value for \{entries\}, \{feedback\}"):
         render("step", steps_left=1, tool_calls_left=1)
     with pytest.raises(PromptError, match="no prompt template 'nope.md'.*system.md"):
         load_prompt("nope")
-    rendered = render("step", steps_left=1, tool_calls_left=2, entries="E {x}", feedback="F")
+    rendered = render(
+        "step", steps_left=1, tool_calls_left=2, entries="E {x}", feedback="F", move="M"
+    )
     assert "Budget left: 1 steps, 2 tool calls." in rendered and "E {x}" in rendered
+
+
+# --- the compact tool catalogue and the request budget ------------------------------------------
+
+
+def heavy_entry(hypothesis_id: int) -> LedgerEntry:
+    """A ledger entry as large as real ones get: long hypothesis, many metrics, a long summary."""
+    tools = list(all_tools())
+    layer = hypothesis_id % 6
+    return LedgerEntry(
+        hypothesis_id=hypothesis_id,
+        hypothesis=f"H{hypothesis_id}: heads in layer {layer} raise the score of documents with a "
+        "repeated query term more than documents with an appended filler word, on every "
+        "relevance grade of the discovery split.",
+        tool=tools[hypothesis_id % len(tools)],
+        args={
+            "layer": layer,
+            "components": [f"L{layer}.H{h}" for h in range(8)],
+            "axiom": "TFC1",
+            "n_pairs": 64,
+        },
+        criterion=Criterion(metric=f"effect[L{layer}.H3]", direction="greater", threshold=0.2),
+        components=[f"L{layer}.H3", f"L{layer}.mlp"],
+        status=("supported", "refuted", "inconclusive")[hypothesis_id % 3],
+        key_metrics={f"effect[L{layer}.H{h}]": 0.1234567 * h for h in range(12)},
+        summary=" ".join(
+            f"L{k}.H{k} effect 0.{k}3 CI [0.1{k}, 0.5{k}] p=0.00{k};" for k in range(40)
+        ),
+        evidence_ids=[3 * hypothesis_id, 3 * hypothesis_id + 1],
+        replication={f"effect[L{layer}.H3]": 0.31, f"p_value[L{layer}.H3]": 0.004}
+        if hypothesis_id % 3 == 0
+        else None,
+    )
+
+
+def long_ledger(n_entries: int, **overrides: Any) -> Ledger:
+    values: dict[str, Any] = {
+        "tools": [],
+        "entries": [heavy_entry(i) for i in range(1, n_entries + 1)],
+        "feedback": [
+            f"message {i}: a criterion metric the tool does not produce" for i in range(3)
+        ],
+        "steps_left": 40 - n_entries,
+        "tool_calls_left": 40 - n_entries,
+    }
+    values.update(overrides)
+    return make_ledger(**values)
+
+
+def test_request_stays_under_the_token_budget_at_step_1_and_after_20_hypotheses() -> None:
+    planner = LLMPlanner(MODEL, base_url="http://127.0.0.1:9/v1")
+    full = LLMPlanner(MODEL, base_url="http://127.0.0.1:9/v1", catalogue="full")
+    for n_entries in (0, 20):
+        compact_tokens = prompt_tokens(planner.request(long_ledger(n_entries)))
+        full_tokens = prompt_tokens(full.request(long_ledger(n_entries)))
+        assert compact_tokens <= REQUEST_TOKEN_BUDGET * TOKEN_SLACK, (
+            TOKENIZER,
+            n_entries,
+            compact_tokens,
+        )
+        assert full_tokens > 3 * compact_tokens, (n_entries, full_tokens, compact_tokens)
+
+
+def test_every_request_of_a_20_step_investigation_fits_the_budget(
+    server: ScriptedLLMServer, calls: list[LLMCall]
+) -> None:
+    """Each step first asks for a tool's schema, then proposes: both requests fit the budget."""
+    planner = make_planner(server, calls)
+    for step in range(20):
+        server.push(
+            tool_call_reply("describe_tool", {"name": "activation_patching"}),
+            tool_call_reply("propose", {"tool": TOOL, **good_call()}),
+        )
+        assert isinstance(planner.propose(long_ledger(step)), Proposal)
+    assert len(server.bodies) == 40
+    sizes = [prompt_tokens(body) for body in server.bodies]
+    assert max(sizes) <= REQUEST_TOKEN_BUDGET * TOKEN_SLACK, (TOKENIZER, sizes)
+
+
+def test_long_ledger_is_summarised_never_cut_mid_record() -> None:
+    planner = LLMPlanner(MODEL, base_url="http://127.0.0.1:9/v1")
+    user = planner.messages(long_ledger(60), [])[1]["content"]
+    assert "Oldest hypotheses H1–H" in user and "summarised" in user
+    assert "### H60 " in user
+    for block in re.findall(r'<data source="H(\d+)[^"]*">\n(.*?)\n</data>', user, re.DOTALL):
+        assert block[1].startswith(f"H{block[0]}:") or block[1].startswith("hypothesis: H")
+    assert user.count("<data") == user.count("</data>")
+
+
+def test_compact_catalogue_lists_each_tool_on_one_line(
+    server: ScriptedLLMServer, calls: list[LLMCall]
+) -> None:
+    server.push(tool_call_reply("stop", {"reason": "done"}))
+    make_planner(server, calls).propose(make_ledger(tools=[]))
+    system = messages_of(server.bodies[0])[0]["content"]
+    for name in all_tools():
+        (line,) = [ln for ln in system.splitlines() if ln.startswith(f"- `{name}`:")]
+        assert len(line) < 400
+    assert "effect[<component>]" in system
+    assert "_ci_low" not in system
+
+
+def test_describe_tool_answers_with_the_reduced_schema_then_propose_runs(
+    server: ScriptedLLMServer, calls: list[LLMCall]
+) -> None:
+    server.push(
+        tool_call_reply("describe_tool", {"name": TOOL}),
+        tool_call_reply("propose", {"tool": TOOL, **good_call()}),
+    )
+    result = make_planner(server, calls, max_invalid_replies=0).propose(make_ledger())
+    assert isinstance(result, Proposal) and result.tool == TOOL
+    answer = messages_of(server.bodies[1])[-1]
+    assert answer["role"] == "tool"
+    assert f"Arguments of `{TOOL}`" in answer["content"]
+    assert '"layer"' in answer["content"] and "seed" not in answer["content"]
+    assert '"title"' not in answer["content"]
+
+
+def test_planner_args_schema_drops_hidden_args_titles_and_defaults() -> None:
+    schema = planner_args_schema("activation_patching")
+    text = json.dumps(schema)
+    assert "seed" not in schema["properties"] and "batch_size" not in schema["properties"]
+    assert '"title"' not in text and '"default"' not in text
+    assert schema["properties"]["components"]["type"] == "array"
+    assert len(text) < len(json.dumps(get_tool("activation_patching").Args.model_json_schema()))
+
+
+def test_propose_without_a_known_tool_is_rejected_with_the_tool_names(
+    server: ScriptedLLMServer, calls: list[LLMCall]
+) -> None:
+    server.push(
+        tool_call_reply("propose", good_call()),
+        tool_call_reply("propose", {"tool": TOOL, **good_call()}),
+    )
+    assert isinstance(make_planner(server, calls).propose(make_ledger()), Proposal)
+    feedback = messages_of(server.bodies[1])[-1]["content"]
+    assert f"`propose` needs `tool`: one of `{TOOL}`" in feedback
+
+
+def test_endless_describe_calls_end_in_stop(
+    server: ScriptedLLMServer, calls: list[LLMCall]
+) -> None:
+    n = MAX_DESCRIBE_CALLS + 2
+    server.push(*[tool_call_reply("describe_tool", {"name": TOOL}) for _ in range(n)])
+    result = make_planner(server, calls, max_invalid_replies=1).propose(make_ledger())
+    assert isinstance(result, Stop)
+    assert "describe_tool" in result.reason
+    assert len(server.bodies) == n

@@ -3,8 +3,23 @@
 Each ``propose`` call starts a short conversation: the system message (``prompts/system.md``: the
 question, the model under study, the tools and the pre-registration rules) and one user message
 (``prompts/step.md``: a compact ledger of hypotheses, verdicts, key numbers and the graph's
-feedback, never the full history). The model answers with one function call. Every registered tool
-is offered as a *pre-registration wrapper* whose parameters are::
+feedback, never the full history). The model answers with one function call.
+
+How the tools are offered is the ``catalogue`` (see ``ToolCatalogue``); every planning request,
+ledger included, is meant to stay under ``REQUEST_TOKEN_BUDGET`` tokens with the default
+``"compact"`` catalogue, at every step of a long investigation:
+
+* ``"compact"`` (default): the system prompt lists each tool on one line (name, what it tests, its
+  main metrics); the functions are ``propose(tool, hypothesis, rationale, criterion, components,
+  args, parent_hypothesis_id)``, ``describe_tool(name)`` (answered in the same conversation with
+  the tool's argument schema, reduced by ``planner_args_schema``) and ``stop(reason)``. A call
+  named after a tool itself is accepted as a ``propose`` of that tool.
+* ``"reduced"``: every tool is offered as a *pre-registration wrapper* (below) whose ``args`` is
+  the reduced schema.
+* ``"full"``: every tool is offered as a wrapper around its full ``Args`` schema (the old
+  behaviour, about 18,000 tokens of tool schemas for the default tools).
+
+A pre-registration wrapper's parameters are::
 
     {"hypothesis": str, "rationale": str, "criterion": Criterion, "components": [str],
      "args": <the tool's Args schema>, "parent_hypothesis_id": int (optional)}
@@ -29,9 +44,10 @@ from __future__ import annotations
 import copy
 import json
 import re
+from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from pydantic import ValidationError
 
@@ -46,21 +62,58 @@ from rankscope.agent.planners.base import (
     Stop,
 )
 from rankscope.prompts import render
-from rankscope.tools.registry import ToolArgumentError, get_tool, openai_tool_specs, validate_args
+from rankscope.tools.registry import (
+    ToolArgumentError,
+    all_tools,
+    get_tool,
+    openai_tool_specs,
+    validate_args,
+)
 
 if TYPE_CHECKING:
     import httpx2
 
 __all__ = [
+    "DESCRIBE_FUNCTION",
+    "PROPOSE_FUNCTION",
+    "REQUEST_TOKEN_BUDGET",
     "STOP_FUNCTION",
     "LLMPlanner",
+    "ToolCatalogue",
+    "catalogue_line",
     "data_block",
+    "describe_tool_spec",
     "parse_citations",
+    "planner_args_schema",
     "preregistered_tool_spec",
+    "propose_tool_spec",
     "stop_tool_spec",
 ]
 
+ToolCatalogue = Literal["compact", "reduced", "full"]
+"""How tools are offered to the model (see the module docstring)."""
+CATALOGUES: tuple[str, ...] = get_args(ToolCatalogue)
 STOP_FUNCTION = "stop"
+PROPOSE_FUNCTION = "propose"
+DESCRIBE_FUNCTION = "describe_tool"
+REQUEST_TOKEN_BUDGET = 6000
+"""The documented ceiling of one planning request (system and user messages plus the function
+specs, chat-templated) for the default tools with the compact catalogue, at any step, counted with
+the Qwen2.5 tokenizer; ``tests/test_llm_planner.py`` and ``benchmarks/llm_planner_budget.py`` check
+it. A ``describe_tool`` answer adds one tool's reduced schema (at most about 1,000 tokens) to the
+conversation."""
+LEDGER_CHARS = 5000
+"""Characters of ledger text in one step prompt (about 2,200 tokens at the ~2.3 characters per
+token measured with the Qwen2.5 tokenizer for number-dense ledgers): the newest entries in full,
+older ones in one line each, the oldest collapsed into a tally when even those lines do not fit.
+No entry is ever cut."""
+MAX_DESCRIBE_CALLS = 4
+"""``describe_tool`` answers one ``propose`` gives before further ones count as unusable."""
+HIDDEN_ARGS = frozenset({"seed", "split_seed", "holdout_fraction", "batch_size", "engine"})
+"""Execution details the reduced schemas leave out: they keep their defaults unless a call sets
+them anyway (they are still validated)."""
+MAX_CATALOGUE_METRICS = 6
+CATALOGUE_DESCRIPTION_CHARS = 170
 WRAPPER_KEYS = (
     "hypothesis",
     "rationale",
@@ -69,11 +122,12 @@ WRAPPER_KEYS = (
     "args",
     "parent_hypothesis_id",
 )
-MAX_FULL_ENTRIES = 8
-"""The latest entries shown in full; older ones get one line each."""
-MAX_SUMMARY_CHARS = 800
+MAX_FULL_ENTRIES = 6
+"""At most this many of the latest entries are shown in full; older ones get one line each."""
+MAX_SUMMARY_CHARS = 600
 MAX_HYPOTHESIS_CHARS = 300
-MAX_ARGS_CHARS = 400
+MAX_SHORT_HYPOTHESIS_CHARS = 160
+MAX_ARGS_CHARS = 300
 MAX_METRICS = 8
 MAX_FEEDBACK = 5
 
@@ -189,6 +243,185 @@ def stop_tool_spec() -> dict[str, Any]:
     }
 
 
+def _reduce(node: Any, keep_defaults: bool) -> Any:
+    """A JSON schema without titles (and defaults), ``anyOf [X, null]`` shortened to ``X``."""
+    if isinstance(node, list):
+        return [_reduce(item, keep_defaults) for item in node]
+    if not isinstance(node, dict):
+        return node
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if key == "title" and not isinstance(value, dict):
+            continue
+        if key == "default" and not keep_defaults:
+            continue
+        if key == "properties":
+            out[key] = {name: _reduce(sub, keep_defaults) for name, sub in value.items()}
+            continue
+        out[key] = _reduce(value, keep_defaults)
+    options = out.get("anyOf")
+    if isinstance(options, list):
+        non_null = [o for o in options if o != {"type": "null"}]
+        if len(non_null) == 1 and len(non_null) < len(options):
+            del out["anyOf"]
+            out = {**non_null[0], **out}
+    return out
+
+
+def planner_args_schema(tool_name: str, *, keep_defaults: bool = False) -> dict[str, Any]:
+    """A tool's argument schema reduced to what a planner sets.
+
+    ``HIDDEN_ARGS`` (seeds, batch sizes, engines) are left out, as are titles and, unless
+    ``keep_defaults``, defaults; ``anyOf [X, null]`` becomes ``X``. The tool's ``$defs`` stay.
+    """
+    schema = copy.deepcopy(all_tools()[tool_name].Args.model_json_schema())
+    properties = schema.get("properties", {})
+    for name in HIDDEN_ARGS & set(properties):
+        del properties[name]
+    if "required" in schema:
+        schema["required"] = [n for n in schema["required"] if n in properties]
+        if not schema["required"]:
+            del schema["required"]
+    reduced: dict[str, Any] = _reduce(schema, keep_defaults)
+    return reduced
+
+
+def _first_sentence(text: str, limit: int = CATALOGUE_DESCRIPTION_CHARS) -> str:
+    text = " ".join(text.split())
+    match = re.search(r"(?<!e\.g)(?<!i\.e)(?<!\be)\.\s", text)
+    if match:
+        text = text[: match.start() + 1]
+    if len(text) > limit:
+        text = text[:limit].rsplit(" ", 1)[0].rstrip(",;:") + " …"
+    return text
+
+
+def _main_metrics(tool_name: str) -> list[str]:
+    """The metric names worth predicting: no CIs, p-values, counts or timings."""
+    catalogue = all_tools()[tool_name].metrics
+    if catalogue is None:
+        return []
+    skip = ("_ci_low", "_ci_high", "seconds")
+    names = [
+        name
+        for name in catalogue.patterns()
+        if not any(part in name for part in skip)
+        and not name.startswith(("n_", "p_", "top_p_"))
+        and "p_value" not in name
+    ]
+    return names[:MAX_CATALOGUE_METRICS]
+
+
+def catalogue_line(spec: dict[str, Any]) -> str:
+    """One line of the compact catalogue: name, what the tool tests, its main metrics."""
+    function = spec["function"]
+    name = function["name"]
+    line = f"- `{name}`: {_first_sentence(function.get('description') or '')}"
+    metrics = _main_metrics(name) if name in all_tools() else []
+    if metrics:
+        line += " Metrics: " + ", ".join(metrics) + "."
+    return line
+
+
+def _wrapper_properties(criterion_schema: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "hypothesis": {
+            "type": "string",
+            "description": "One falsifiable sentence about the model that this call tests.",
+        },
+        "rationale": {
+            "type": "string",
+            "description": "Why this experiment tests the hypothesis; which results led here.",
+        },
+        "criterion": criterion_schema,
+        "components": {
+            "type": "array",
+            "items": {"type": "string"},
+            "description": "Components the hypothesis is about: L3.H5, L3.attn, L3.mlp, L3.resid.",
+        },
+    }
+
+
+def propose_tool_spec(names: Sequence[str]) -> dict[str, Any]:
+    """The compact catalogue's ``propose`` function: one pre-registered call of a named tool."""
+    defs: dict[str, Any] = {}
+    criterion_schema = _merge_defs(defs, _reduce(Criterion.model_json_schema(), True), "Criterion")
+    criterion_schema["description"] = "The pre-registered prediction."
+    properties = {
+        "tool": {"type": "string", "enum": list(names), "description": "The tool to run."},
+        **_wrapper_properties(criterion_schema),
+        "args": {
+            "type": "object",
+            "description": f"The tool's own arguments (`{DESCRIBE_FUNCTION}` gives them); "
+            "{} takes every default.",
+        },
+        "parent_hypothesis_id": {
+            "type": "integer",
+            "description": "The earlier hypothesis this one follows up (optional).",
+        },
+    }
+    parameters: dict[str, Any] = {
+        "type": "object",
+        "properties": properties,
+        "required": ["tool", "hypothesis", "rationale", "criterion", "components", "args"],
+        "additionalProperties": False,
+    }
+    if defs:
+        parameters["$defs"] = defs
+    return {
+        "type": "function",
+        "function": {
+            "name": PROPOSE_FUNCTION,
+            "description": "Run one tool as a pre-registered experiment.",
+            "parameters": parameters,
+        },
+    }
+
+
+def describe_tool_spec(names: Sequence[str]) -> dict[str, Any]:
+    """The compact catalogue's ``describe_tool`` function: a tool's argument schema on request."""
+    return {
+        "type": "function",
+        "function": {
+            "name": DESCRIBE_FUNCTION,
+            "description": "Get the arguments of one tool before proposing it (runs nothing).",
+            "parameters": {
+                "type": "object",
+                "properties": {"name": {"type": "string", "enum": list(names)}},
+                "required": ["name"],
+                "additionalProperties": False,
+            },
+        },
+    }
+
+
+def describe_answer(tool_name: str) -> str:
+    """What ``describe_tool`` answers: the tool's reduced argument schema, defaults kept."""
+    schema = planner_args_schema(tool_name, keep_defaults=True)
+    return (
+        f"Arguments of `{tool_name}` (JSON schema; leave an argument out to take its default): "
+        + json.dumps(schema, separators=(",", ":"), ensure_ascii=False)
+        + f"\nNow call `{PROPOSE_FUNCTION}` with tool `{tool_name}` (or another tool)."
+    )
+
+
+def reduced_tool_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    """A tool's spec with a one-sentence description and its reduced argument schema."""
+    function = spec["function"]
+    name = function["name"]
+    parameters = (
+        planner_args_schema(name) if name in all_tools() else function.get("parameters") or {}
+    )
+    return {
+        "type": "function",
+        "function": {
+            "name": name,
+            "description": _first_sentence(function.get("description") or ""),
+            "parameters": parameters,
+        },
+    }
+
+
 def _pydantic_problems(err: ValidationError, prefix: str) -> str:
     return "; ".join(
         f"{'.'.join([prefix, *(str(p) for p in e['loc'])])}: {e['msg']}" for e in err.errors()
@@ -243,11 +476,20 @@ def _decode_json_value(value: Any) -> Any:
 
 
 @dataclass(frozen=True)
+class _Describe:
+    """A ``describe_tool`` call of a known tool."""
+
+    tool: str
+
+
+@dataclass(frozen=True)
 class _Rejection:
-    """An unusable reply: what was wrong, and the messages that tell the model."""
+    """A reply that gave no proposal: what was wrong (``""`` when it only asked for tool
+    descriptions, which does not count as unusable), and the messages that answer it."""
 
     problem: str
     messages: list[dict[str, Any]]
+    described: list[str] = field(default_factory=list)
 
 
 class LLMPlanner(Planner):
@@ -257,7 +499,8 @@ class LLMPlanner(Planner):
     ``OPENAI_BASE_URL`` and ``OPENAI_API_KEY`` (see ``rankscope.agent.llm_client``). ``recorder`` receives
     every HTTP attempt; ``max_retries``, ``backoff_s`` and ``timeout_s`` bound the transport
     retries; ``max_tokens_budget`` caps the tokens of all calls together; ``max_invalid_replies``
-    is how many unusable replies one ``propose`` answers with feedback before it stops.
+    is how many unusable replies one ``propose`` answers with feedback before it stops;
+    ``catalogue`` is how the tools are offered (``"compact"`` by default, see ``ToolCatalogue``).
     """
 
     name = "llm"
@@ -274,9 +517,13 @@ class LLMPlanner(Planner):
         max_tokens_budget: int | None = None,
         max_invalid_replies: int = 3,
         http_client: httpx2.Client | None = None,
+        catalogue: ToolCatalogue = "compact",
     ) -> None:
         if max_invalid_replies < 0:
             raise ValueError(f"max_invalid_replies must be >= 0, got {max_invalid_replies}")
+        if catalogue not in CATALOGUES:
+            raise ValueError(f"catalogue must be one of {', '.join(CATALOGUES)}, got {catalogue!r}")
+        self.catalogue: ToolCatalogue = catalogue
         self.client = LLMClient(
             model,
             base_url,
@@ -308,10 +555,32 @@ class LLMPlanner(Planner):
         allowed = set(ledger.tools)
         if allowed:
             specs = [s for s in specs if s["function"]["name"] in allowed]
+        reserved = {STOP_FUNCTION, PROPOSE_FUNCTION, DESCRIBE_FUNCTION}
         for spec in specs:
-            if spec["function"]["name"] == STOP_FUNCTION:
-                raise ValueError(f"a tool is registered as {STOP_FUNCTION!r}, the planner's stop")
+            if spec["function"]["name"] in reserved:
+                raise ValueError(
+                    f"a tool is registered as {spec['function']['name']!r}, a name the planner "
+                    "reserves for its own functions"
+                )
         return specs
+
+    def functions(self, specs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The function specs a planning request offers, for the planner's ``catalogue``."""
+        names = [spec["function"]["name"] for spec in specs]
+        if self.catalogue == "compact":
+            return [propose_tool_spec(names), describe_tool_spec(names), stop_tool_spec()]
+        if self.catalogue == "reduced":
+            specs = [reduced_tool_spec(spec) for spec in specs]
+        return [preregistered_tool_spec(spec) for spec in specs] + [stop_tool_spec()]
+
+    def request(self, ledger: Ledger) -> dict[str, Any]:
+        """The body of the first planning request for ``ledger`` (what ``propose`` sends first)."""
+        specs = self.offered_tools(ledger)
+        return {
+            "model": self.client.model,
+            "messages": self.messages(ledger, specs),
+            "tools": self.functions(specs),
+        }
 
     def messages(self, ledger: Ledger, specs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         """The system and user messages that open a ``propose`` conversation."""
@@ -335,18 +604,25 @@ class LLMPlanner(Planner):
         specs = self.offered_tools(ledger)
         if not specs:
             return Stop(reason="no registered tool is available to the LLM planner")
-        tools = [preregistered_tool_spec(spec) for spec in specs] + [stop_tool_spec()]
+        tools = self.functions(specs)
         names = [spec["function"]["name"] for spec in specs]
         messages = self.messages(ledger, specs)
         last_problem = ""
-        for _ in range(self.max_invalid_replies + 1):
+        invalid = 0
+        described = 0
+        while invalid <= self.max_invalid_replies:
             reply = self.client.chat(messages, tools=tools, purpose="propose")
             outcome = self._outcome(reply, names, ledger)
             if isinstance(outcome, Proposal | Stop):
                 return outcome
             messages.append(reply.assistant_message())
             messages.extend(outcome.messages)
-            last_problem = outcome.problem
+            described += len(outcome.described)
+            if outcome.problem or described > MAX_DESCRIBE_CALLS:
+                invalid += 1
+                last_problem = outcome.problem or (
+                    f"more than {MAX_DESCRIBE_CALLS} `{DESCRIBE_FUNCTION}` calls without a proposal"
+                )
         replies = self.max_invalid_replies + 1
         return Stop(
             reason=f"the LLM planner gave {replies} unusable repl{'y' if replies == 1 else 'ies'} "
@@ -391,11 +667,18 @@ class LLMPlanner(Planner):
         return Narrative(text=text, cited_evidence_ids=parse_citations(text))
 
     def _system_prompt(self, ledger: Ledger, specs: Sequence[dict[str, Any]]) -> str:
-        tool_lines = []
-        for spec in specs:
-            function = spec["function"]
-            lines = (function.get("description") or "").strip().splitlines()
-            tool_lines.append(f"- `{function['name']}`: {lines[0] if lines else ''}".rstrip(": "))
+        if self.catalogue == "compact":
+            tool_lines = [catalogue_line(spec) for spec in specs]
+            calling = render("calling_compact")
+        else:
+            tool_lines = []
+            for spec in specs:
+                function = spec["function"]
+                lines = (function.get("description") or "").strip().splitlines()
+                tool_lines.append(
+                    f"- `{function['name']}`: {lines[0] if lines else ''}".rstrip(": ")
+                )
+            calling = render("calling_functions")
         model = "\n".join(
             f"- {key}: {json.dumps(value, default=str)}" for key, value in ledger.model.items()
         )
@@ -405,16 +688,56 @@ class LLMPlanner(Planner):
             model=model or "(not described)",
             data=ledger.data or "(not described)",
             tools="\n".join(tool_lines),
+            calling=calling.strip(),
         )
 
-    def _step_prompt(self, ledger: Ledger) -> str:
-        entries = ledger.entries
-        older, recent = entries[:-MAX_FULL_ENTRIES], entries[-MAX_FULL_ENTRIES:]
+    def _ledger_text(self, entries: Sequence[LedgerEntry]) -> str:
+        """The ledger within ``LEDGER_CHARS``: the newest entries in full, older ones in one line
+        each, the oldest in a tally when their lines do not fit; never a record cut in half."""
+        used = 0
+        full: list[str] = []
+        for entry in reversed(entries[-MAX_FULL_ENTRIES:]):
+            text = self._full_entry(entry)
+            if full and used + len(text) > LEDGER_CHARS * 2 // 3:
+                break
+            full.insert(0, text)
+            used += len(text) + 2
+        older = list(entries[: len(entries) - len(full)])
+        short: list[str] = []
+        for entry in reversed(older):
+            text = self._short_entry(entry)
+            if used + len(text) > LEDGER_CHARS:
+                break
+            short.insert(0, text)
+            used += len(text) + 1
+        tallied = older[: len(older) - len(short)]
         parts = []
-        if older:
-            parts.append(f"Earlier hypotheses ({len(older)}), in short:")
-            parts.extend(self._short_entry(entry) for entry in older)
-        parts.extend(self._full_entry(entry) for entry in recent)
+        if tallied:
+            parts.append(self._tally(tallied))
+        if short:
+            parts.append(f"Earlier hypotheses ({len(short)}), in short:\n" + "\n".join(short))
+        parts.extend(full)
+        return "\n\n".join(parts)
+
+    @staticmethod
+    def _tally(entries: Sequence[LedgerEntry]) -> str:
+        """Several old entries summarised as counts (the ids of supported ones kept)."""
+        first, last = entries[0].hypothesis_id, entries[-1].hypothesis_id
+        statuses = Counter(entry.status for entry in entries)
+        tools = Counter(entry.tool for entry in entries)
+        supported = [f"H{e.hypothesis_id}" for e in entries if e.status == "supported"]
+        text = (
+            f"Oldest hypotheses H{first}–H{last} ({len(entries)}), summarised: "
+            + ", ".join(f"{n} {status}" for status, n in statuses.most_common())
+            + "; tools: "
+            + ", ".join(f"`{tool}` ×{n}" for tool, n in tools.most_common())
+            + "."
+        )
+        if supported:
+            text += f" Supported: {', '.join(supported)}."
+        return text
+
+    def _step_prompt(self, ledger: Ledger) -> str:
         feedback = [
             "- " + _DATA_TAG.sub(lambda m: f"&lt;{m.group(1)}{m.group(2)}", message)
             for message in ledger.feedback[-MAX_FEEDBACK:]
@@ -423,8 +746,11 @@ class LLMPlanner(Planner):
             "step",
             steps_left=ledger.steps_left,
             tool_calls_left=ledger.tool_calls_left,
-            entries="\n\n".join(parts) or "No hypothesis has been tested yet.",
+            entries=self._ledger_text(ledger.entries) or "No hypothesis has been tested yet.",
             feedback="\n".join(feedback) or "None.",
+            move=render(
+                f"move_{'compact' if self.catalogue == 'compact' else 'functions'}"
+            ).strip(),
         )
 
     @staticmethod
@@ -434,7 +760,9 @@ class LLMPlanner(Planner):
         return (
             head
             + "\n"
-            + data_block(f"H{entry.hypothesis_id}", _clip(entry.hypothesis, MAX_HYPOTHESIS_CHARS))
+            + data_block(
+                f"H{entry.hypothesis_id}", _clip(entry.hypothesis, MAX_SHORT_HYPOTHESIS_CHARS)
+            )
         )
 
     @staticmethod
@@ -462,12 +790,20 @@ class LLMPlanner(Planner):
     def _outcome(
         self, reply: ChatReply, names: list[str], ledger: Ledger
     ) -> Proposal | Stop | _Rejection:
-        """The first usable call of a reply, or the feedback for an unusable reply."""
-        usage = (
-            f"Reply with exactly one function call: one of {', '.join(f'`{n}`' for n in names)} "
-            f"(with hypothesis, rationale, criterion, components, args), or `{STOP_FUNCTION}` "
-            "with a reason."
-        )
+        """The first usable call of a reply, or the answer to a reply without one."""
+        listed = ", ".join(f"`{n}`" for n in names)
+        if self.catalogue == "compact":
+            usage = (
+                f"Reply with exactly one function call: `{PROPOSE_FUNCTION}` (with tool — one of "
+                f"{listed} — hypothesis, rationale, criterion, components, args), "
+                f"`{DESCRIBE_FUNCTION}` to see a tool's arguments, or `{STOP_FUNCTION}` with a "
+                "reason."
+            )
+        else:
+            usage = (
+                f"Reply with exactly one function call: one of {listed} (with hypothesis, "
+                f"rationale, criterion, components, args), or `{STOP_FUNCTION}` with a reason."
+            )
         if not reply.tool_calls:
             said = "an empty reply" if not (reply.content or "").strip() else "only text"
             if reply.finish_reason == "length":
@@ -475,28 +811,40 @@ class LLMPlanner(Planner):
             problem = f"the reply had no function call ({said})"
             content = f"Your reply had no function call ({said}); nothing was run. {usage}"
             return _Rejection(problem, [{"role": "user", "content": content}])
-        problems: list[str] = []
+        results: list[str | _Describe] = []
         for call in reply.tool_calls:
             result = self._parse_call(call, names, ledger)
             if isinstance(result, Proposal | Stop):
                 return result
-            problems.append(result)
+            results.append(result)
         feedback = [
             {
                 "role": "tool",
                 "tool_call_id": call.id,
-                "content": f"Rejected, nothing was run: {problem}. {usage}",
+                "content": describe_answer(result.tool)
+                if isinstance(result, _Describe)
+                else f"Rejected, nothing was run: {result}. {usage}",
             }
-            for call, problem in zip(reply.tool_calls, problems, strict=True)
+            for call, result in zip(reply.tool_calls, results, strict=True)
         ]
-        return _Rejection(problems[0], feedback)
+        problems = [r for r in results if isinstance(r, str)]
+        described = [r.tool for r in results if isinstance(r, _Describe)]
+        return _Rejection(problems[0] if problems else "", feedback, described)
 
     def _parse_call(
         self, call: ToolCall, names: list[str], ledger: Ledger
-    ) -> Proposal | Stop | str:
-        """A Proposal or Stop from one call, or what is wrong with it (one string)."""
+    ) -> Proposal | Stop | _Describe | str:
+        """A Proposal, Stop or description request from one call, or what is wrong with it."""
         offered = [*names, STOP_FUNCTION]
+        if self.catalogue == "compact":
+            offered = [PROPOSE_FUNCTION, DESCRIBE_FUNCTION, *offered]
         if call.name not in offered:
+            if self.catalogue == "compact":
+                return (
+                    f"there is no function `{call.name}`; the available functions are "
+                    f"`{PROPOSE_FUNCTION}`, `{DESCRIBE_FUNCTION}`, `{STOP_FUNCTION}`, and the "
+                    f"tools for `{PROPOSE_FUNCTION}` are " + ", ".join(f"`{n}`" for n in names)
+                )
             return f"there is no function `{call.name}`; the available functions are " + ", ".join(
                 f"`{n}`" for n in offered
             )
@@ -514,6 +862,17 @@ class LLMPlanner(Planner):
             if not isinstance(reason, str) or not reason.strip():
                 return f"`{STOP_FUNCTION}` needs a non-empty `reason` string"
             return Stop(reason=reason.strip())
+        if call.name in (PROPOSE_FUNCTION, DESCRIBE_FUNCTION):
+            key = "tool" if call.name == PROPOSE_FUNCTION else "name"
+            tool = raw.pop(key, None)
+            if tool not in names:
+                return (
+                    f"`{call.name}` needs `{key}`: one of {', '.join(f'`{n}`' for n in names)} "
+                    f"(got {tool!r})"
+                )
+            if call.name == DESCRIBE_FUNCTION:
+                return _Describe(str(tool))
+            return self._proposal(str(tool), raw, ledger)
         return self._proposal(call.name, raw, ledger)
 
     @staticmethod
