@@ -26,7 +26,7 @@ from rankscope.agent.planners.base import Planner
 from rankscope.agent.progress import ProgressPrinter
 from rankscope.agent.settings import InvestigationSettings, save_settings, settings_of
 from rankscope.agent.state import Budget
-from rankscope.experiments_db.engine import database_url, open_store
+from rankscope.experiments_db.engine import database_url, open_store, refuse_in_memory
 from rankscope.experiments_db.repository import Store
 
 PlannerName = Literal["llm", "protocol"]
@@ -72,10 +72,13 @@ def make_planner(
     planner_factory: Callable[[], Planner] | None = None,
     protocol_pairs: int | None = None,
     max_tokens: int | None = None,
+    llm_timeout_s: float | None = None,
+    llm_retries: int | None = None,
 ) -> Planner:
     """The planner of an investigation; LLM calls are stored with the investigation.
 
-    ``max_tokens`` is the LLM token budget left to the investigation."""
+    ``max_tokens`` is the LLM token budget left to the investigation; ``llm_timeout_s`` and
+    ``llm_retries`` (``None``: environment or defaults) bound each LLM request."""
     if planner_factory is not None:
         return planner_factory()
     if name == "protocol":
@@ -107,6 +110,8 @@ def make_planner(
         api_key=os.environ.get("OPENAI_API_KEY"),
         recorder=recorder,
         max_tokens_budget=max_tokens,
+        timeout_s=llm_timeout_s,
+        max_retries=llm_retries,
     )
 
 
@@ -208,10 +213,14 @@ def investigate(
     show_tool_progress: bool = False,
     protocol_pairs: int | None = None,
     model_options: dict[str, Any] | None = None,
+    llm_timeout_s: float | None = None,
+    llm_retries: int | None = None,
 ) -> RunResult:
     """Start an investigation and run it to its end (or to an exception, which propagates).
 
-    ``model_options`` go to the model loader (``allow_random_weights``, ``label``)."""
+    ``model_options`` go to the model loader (``allow_random_weights``, ``label``);
+    ``llm_timeout_s`` and ``llm_retries`` are stored with the investigation, so ``resume`` uses
+    them too."""
     progress = ProgressPrinter(console, quiet=quiet)
     budget = budget or Budget()
     choice = (
@@ -221,6 +230,7 @@ def investigate(
     )
     given = planner_factory() if planner_factory is not None else None
     url = database_url(db)
+    refuse_in_memory(url)
     with open_store(url) as store:
         planner_name = getattr(given, "name", None) or choice.name
         investigation_id = store.create_investigation(
@@ -238,6 +248,8 @@ def investigate(
                 planner_why=choice.why,
                 protocol_pairs=protocol_pairs,
                 model_options=dict(model_options or {}),
+                llm_timeout_s=llm_timeout_s,
+                llm_retries=llm_retries,
             ).model_dump(mode="json"),
         )
         claim(store, investigation_id)
@@ -260,6 +272,8 @@ def investigate(
             base_url,
             protocol_pairs=protocol_pairs,
             max_tokens=budget.max_tokens,
+            llm_timeout_s=llm_timeout_s,
+            llm_retries=llm_retries,
         )
         return _run(
             store,
@@ -304,6 +318,7 @@ def resume(
     """Continue an investigation from its last checkpoint; finished steps are not re-run."""
     progress = ProgressPrinter(console, quiet=quiet)
     url = database_url(db)
+    refuse_in_memory(url)
     with open_store(url, create=False) as store:
         inv = store.get_investigation(investigation_id)
         verify_checkpoint(url, investigation_id)
@@ -329,6 +344,8 @@ def resume(
             max_tokens=None
             if budget.max_tokens is None
             else max(1, budget.max_tokens - store.llm_usage(investigation_id).total_tokens),
+            llm_timeout_s=settings_of(inv).llm_timeout_s,
+            llm_retries=settings_of(inv).llm_retries,
         )
         return _run(
             store,

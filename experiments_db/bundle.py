@@ -4,7 +4,7 @@ import json
 import os
 import tempfile
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -142,14 +142,13 @@ def import_bundle(
     store: Store,
     path: str | Path,
     *,
-    verify: Callable[[InvestigationTree], None] | None = None,
     max_unpacked_bytes: int = MAX_UNPACKED_BYTES,
 ) -> int:
     """Re-create a bundled investigation under new ids; return the new investigation id.
 
     Every artifact is checked against its sha256 before anything is written
-    (:class:`ArtifactIntegrityError` names the file and both hashes), and ``verify`` (if given)
-    sees the tree and may raise; the rows are then inserted in one transaction. A bundle that
+    (:class:`ArtifactIntegrityError` names the file and both hashes); the rows are then inserted
+    in one transaction. A bundle that
     unpacks to more than ``max_unpacked_bytes`` is refused. The id maps are kept in the
     investigation's ``config["imported_from"]``.
     """
@@ -174,8 +173,6 @@ def import_bundle(
                     f"{path}:{ARTIFACT_PREFIX}{artifact.path}", artifact.sha256, actual
                 )
             contents[artifact.path] = data
-    if verify is not None:
-        verify(tree)
     for relpath, data in contents.items():
         stored = store.artifacts.put_bytes(data, suffix=Path(relpath).suffix)
         if stored.relpath != relpath:

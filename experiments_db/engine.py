@@ -203,6 +203,36 @@ def sqlite_file(url: str) -> Path | None:
     return Path(database) if database is not None else None
 
 
+def refuse_in_memory(url: str | None) -> None:
+    """Refuse an in-memory SQLite URL where results must outlive the command."""
+    parsed = make_url(database_url(url))
+    if parsed.get_backend_name() == "sqlite" and _is_memory(parsed.database):
+        raise DatabaseURLError(
+            f"{mask_url(parsed)!r} is an in-memory database: everything recorded would vanish "
+            "when the command exits. Pass a file, e.g. sqlite:///rankscope.db"
+        )
+
+
+def _refuse_foreign_sqlite(file: Path) -> None:
+    """Refuse to open an existing SQLite file that holds tables but none of RankScope's (opening
+    it would add RankScope's tables to someone else's database)."""
+    import sqlite3
+
+    try:
+        conn = sqlite3.connect(f"file:{file}?mode=ro", uri=True)
+        try:
+            tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as exc:
+        raise DatabaseURLError(f"{file} is not a RankScope database ({exc})") from None
+    if tables and "alembic_version" not in tables and "investigation" not in tables:
+        raise DatabaseURLError(
+            f"{file} is a SQLite database without RankScope's tables; refusing to add them. "
+            f"Pass the right database with --db or {ENV_DB_URL}."
+        )
+
+
 def open_store(
     url: str | None = None,
     *,
@@ -213,7 +243,8 @@ def open_store(
     """Open the evidence store: the database (migrated to head) and its artifact folder.
 
     ``artifact_dir`` defaults to :func:`default_artifact_root`. With ``create=False`` a missing
-    SQLite file is an error instead of a new, empty database.
+    SQLite file is an error instead of a new, empty database; so is an existing SQLite file with
+    tables but none of RankScope's.
     """
     resolved = database_url(url)
     file = sqlite_file(resolved)
@@ -222,6 +253,8 @@ def open_store(
             f"no RankScope database at {file}: run an investigation first, or pass the right "
             f"database with --db or {ENV_DB_URL}."
         )
+    if not create and file is not None:
+        _refuse_foreign_sqlite(file)
     engine = create_db_engine(resolved, upgrade=upgrade)
     root = Path(artifact_dir) if artifact_dir is not None else default_artifact_root(resolved)
     return Store(engine, ArtifactStore(root))

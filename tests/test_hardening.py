@@ -257,12 +257,18 @@ def test_import_rederives_verdicts_and_bounds_unpacked_size(tmp_path, null_model
     _forge_verdicts(bundle, forged)
     target = f"sqlite:///{tmp_path / 'dst.db'}"
     cli = CliRunner()
-    refused = cli.invoke(app, ["import", str(forged), "--db", target])
-    assert refused.exit_code == 1
-    assert "do not follow from its evidence" in refused.output
-    assert cli.invoke(app, ["import", str(bundle), "--db", target]).exit_code == 0
+    honest = cli.invoke(app, ["import", str(bundle), "--db", target])
+    assert honest.exit_code == 0 and "UNVERIFIED" not in honest.output
+    flagged = cli.invoke(app, ["import", str(forged), "--db", target])
+    assert flagged.exit_code == 0 and "UNVERIFIED" in flagged.output
+    shown = cli.invoke(app, ["show", "2", "--db", target])
+    assert "UNVERIFIED" in shown.output
+    assert "UNVERIFIED" not in cli.invoke(app, ["show", "1", "--db", target]).output
+    from rankscope.agent.reports import write_reports
+
     with open_store(target) as store:
-        assert len(store.list_investigations()) == 1
+        md, _html = write_reports(store, 2, tmp_path / "imported-report")
+    assert "UNVERIFIED" in Path(md).read_text()
 
     bomb = tmp_path / "bomb.zip"
     with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as zf:
@@ -270,3 +276,29 @@ def test_import_rederives_verdicts_and_bounds_unpacked_size(tmp_path, null_model
     assert bomb.stat().st_size < 100_000
     with open_store(target) as store, pytest.raises(BundleError, match="more than"):
         import_bundle(store, bomb, max_unpacked_bytes=1 << 20)
+
+
+def test_in_memory_and_foreign_sqlite_databases_are_refused(tmp_path):
+    from typer.testing import CliRunner
+
+    from rankscope.agent.cli import app
+
+    cli = CliRunner()
+    memory = cli.invoke(app, ["list", "--db", "sqlite://"])
+    assert memory.exit_code == 1 and "in-memory" in memory.output
+    foreign = tmp_path / "other.db"
+    conn = sqlite3.connect(foreign)
+    conn.execute("CREATE TABLE notes (body TEXT)")
+    conn.commit()
+    conn.close()
+    for command in (["list"], ["show", "1"]):
+        refused = cli.invoke(app, [*command, "--db", f"sqlite:///{foreign}"])
+        assert refused.exit_code == 1 and "without RankScope's tables" in refused.output
+    conn = sqlite3.connect(foreign)
+    tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+    conn.close()
+    assert tables == {"notes"}
+    from rankscope.experiments_db.errors import DatabaseURLError
+
+    with pytest.raises(DatabaseURLError, match="in-memory"):
+        resume(1, db="sqlite://")

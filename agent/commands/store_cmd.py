@@ -27,7 +27,7 @@ from rankscope.experiments_db import (
     import_bundle,
     open_store,
 )
-from rankscope.experiments_db.errors import BundleError
+from rankscope.experiments_db.engine import refuse_in_memory
 
 DbOption = Annotated[
     str | None,
@@ -67,6 +67,7 @@ def _store(db: str | None, *, create: bool = False) -> Iterator[Store]:
     """Open the store for the body; a store error anywhere in it becomes a one-line message on
     stderr and exit status 1 (no traceback)."""
     try:
+        refuse_in_memory(db)
         with open_store(db, create=create) as store:
             yield store
     except StoreError as exc:
@@ -221,6 +222,9 @@ def show_command(
         typer.echo(json.dumps(tree.model_dump(mode="json"), indent=2, ensure_ascii=False))
         return
     _console().print(render_tree(tree))
+    for note in tree.investigation.config.get("notes", []):
+        if str(note).startswith("UNVERIFIED"):
+            _console().print(f"[bold yellow]{escape(str(note))}[/bold yellow]", soft_wrap=True)
 
 
 def export_command(
@@ -239,20 +243,22 @@ def export_command(
     )
 
 
-def verdicts_follow_evidence(tree: InvestigationTree) -> None:
-    """Re-derive each hypothesis's verdict from the bundle's own evidence with the verdict rules;
-    raise :class:`BundleError` naming every verdict the evidence does not give."""
+def mark_unverified_verdicts(store: Store, investigation_id: int) -> list[str]:
+    """Re-derive each imported hypothesis's verdict from the bundle's own evidence with the verdict
+    rules; every verdict the evidence does not give gets an UNVERIFIED note (shown by ``show``
+    and in the reports). Returns the notes."""
     from rankscope.agent.audit import reapply_verdict
+    from rankscope.agent.settings import add_note
 
-    forged = [
-        f"H{node.id} says {node.verdicts[-1].status!r}, its evidence gives {again!r}"
-        for node in tree.hypotheses
+    notes = [
+        f"UNVERIFIED verdict on hypothesis {node.id}: the bundle says "
+        f"{node.verdicts[-1].status!r}, its own evidence gives {again!r} under the verdict rules"
+        for node in store.investigation_tree(investigation_id).hypotheses
         if node.verdicts and (again := reapply_verdict(node)) != node.verdicts[-1].status
     ]
-    if forged:
-        raise BundleError(
-            f"refusing the bundle: its verdicts do not follow from its evidence ({'; '.join(forged)})"
-        )
+    for note in notes:
+        add_note(store, investigation_id, note)
+    return notes
 
 
 def import_command(
@@ -261,8 +267,11 @@ def import_command(
 ) -> None:
     """Import a bundle under new ids (artifact hashes and verdicts are checked first)."""
     with _store(db, create=True) as store:
-        new_id = import_bundle(store, bundle, verify=verdicts_follow_evidence)
+        new_id = import_bundle(store, bundle)
+        unverified = mark_unverified_verdicts(store, new_id)
     _console().print(f"Imported {escape(str(bundle))} as investigation {new_id}", soft_wrap=True)
+    for note in unverified:
+        _err().print(f"[bold yellow]warning:[/bold yellow] {escape(note)}")
 
 
 def register(app: typer.Typer) -> None:
