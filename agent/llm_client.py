@@ -7,7 +7,15 @@ off (``max_retries=0``) and does its own bounded retries instead, so that every 
   connection errors, with exponential backoff ``backoff_s * 2**k`` (capped at ``max_backoff_s``)
   plus jitter from a seeded ``random.Random``;
 * not retried: other HTTP errors (401, 403, 404, 400 …) and replies that are not a chat
-  completion; they fail at once.
+  completion; they fail at once;
+* timeouts are retried only when ``retry_timeouts`` is set (by default: for hosted endpoints, never
+  for local ones, whose single worker is still busy with the timed-out request, so a re-sent prompt
+  would only queue behind it).
+
+Timeout and retries (see ``transport_defaults``): ``--llm-timeout`` / ``RANKSCOPE_LLM_TIMEOUT``
+(seconds; default 60 for hosted endpoints, 600 for local ones), ``--llm-retries`` /
+``RANKSCOPE_LLM_RETRIES`` (default 3 hosted, 1 local) and ``RANKSCOPE_LLM_RETRY_TIMEOUTS``
+(``1``/``0``).
 
 When the endpoint cannot be used, ``LLMUnavailableError`` says which endpoint and model, what
 happened, and what to do (check ``OPENAI_BASE_URL``, ``OPENAI_API_KEY`` and the server, then
@@ -63,6 +71,14 @@ __all__ = [
 ]
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
+TIMEOUT_ENV = "RANKSCOPE_LLM_TIMEOUT"
+RETRIES_ENV = "RANKSCOPE_LLM_RETRIES"
+RETRY_TIMEOUTS_ENV = "RANKSCOPE_LLM_RETRY_TIMEOUTS"
+HOSTED_TIMEOUT_S = 60.0
+LOCAL_TIMEOUT_S = 600.0
+"""A local server on a laptop may need minutes for a long prompt."""
+HOSTED_RETRIES = 3
+LOCAL_RETRIES = 1
 PLACEHOLDER_API_KEY = "not-needed"
 RETRYABLE_STATUS = frozenset({408, 409, 429})
 CHARS_PER_TOKEN = 4
@@ -215,6 +231,62 @@ def _retry_after(headers: Any) -> float | None:
     return None
 
 
+def is_local_endpoint(base_url: str) -> bool:
+    """Whether ``base_url`` is on this machine (localhost, 127.0.0.0/8, ::1, 0.0.0.0)."""
+    host = (urlsplit(base_url).hostname or "").lower()
+    return host in ("localhost", "::1", "0.0.0.0") or host.startswith("127.")
+
+
+@dataclass(frozen=True)
+class TransportSettings:
+    """Request timeout, retries, and whether a timed-out request may be re-sent."""
+
+    timeout_s: float
+    max_retries: int
+    retry_timeouts: bool
+
+
+def _env_number(name: str, kind: type[float] | type[int]) -> float | int | None:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        return kind(raw)
+    except ValueError as err:
+        raise LLMConfigError(f"{name}={raw!r} is not a {kind.__name__}") from err
+
+
+def transport_defaults(
+    base_url: str | None,
+    timeout_s: float | None = None,
+    max_retries: int | None = None,
+    retry_timeouts: bool | None = None,
+) -> TransportSettings:
+    """The transport settings: given values win, then the environment, then the defaults for a
+    local or a hosted endpoint (``base_url`` or ``OPENAI_BASE_URL``)."""
+    endpoint = base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
+    local = is_local_endpoint(endpoint)
+    if timeout_s is None:
+        timeout_s = _env_number(TIMEOUT_ENV, float)
+    if max_retries is None:
+        env_retries = _env_number(RETRIES_ENV, int)
+        max_retries = None if env_retries is None else int(env_retries)
+    if retry_timeouts is None:
+        raw = os.environ.get(RETRY_TIMEOUTS_ENV, "").strip().lower()
+        retry_timeouts = raw in ("1", "true", "yes") if raw else not local
+    timeout = float(
+        timeout_s if timeout_s is not None else (LOCAL_TIMEOUT_S if local else HOSTED_TIMEOUT_S)
+    )
+    retries = int(
+        max_retries if max_retries is not None else (LOCAL_RETRIES if local else HOSTED_RETRIES)
+    )
+    if timeout <= 0:
+        raise LLMConfigError(f"the LLM request timeout must be positive, got {timeout:g} s")
+    if retries < 0:
+        raise LLMConfigError(f"the LLM retries must be >= 0, got {retries}")
+    return TransportSettings(timeout, retries, retry_timeouts)
+
+
 def _status_hint(status: int, model: str) -> str:
     if status in (401, 403):
         return "the server refused the API key: check OPENAI_API_KEY"
@@ -250,8 +322,10 @@ class LLMClient:
         recorder: Recorder | None = None,
         http_client: httpx2.Client | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        retry_timeouts: bool = True,
     ) -> None:
-        """``max_retries`` retries follow the first attempt; ``sleep`` waits between attempts."""
+        """``max_retries`` retries follow the first attempt; ``sleep`` waits between attempts;
+        ``retry_timeouts=False`` makes a timeout final (the server may still be working on it)."""
         if not model or not model.strip():
             raise LLMConfigError(
                 "no LLM model given: pass --llm-model NAME (the model name your server serves)"
@@ -275,6 +349,7 @@ class LLMClient:
             key = PLACEHOLDER_API_KEY
         self.timeout_s = timeout_s
         self.max_retries = max_retries
+        self.retry_timeouts = retry_timeouts
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
         self.jitter = jitter
@@ -423,7 +498,15 @@ class LLMClient:
         try:
             response = self._client.chat.completions.with_raw_response.create(**request)
         except openai.APITimeoutError:
-            return _Failure(f"the request timed out after {self.timeout_s:g} s", True)
+            if self.retry_timeouts:
+                return _Failure(f"the request timed out after {self.timeout_s:g} s", True)
+            return _Failure(
+                f"the request timed out after {self.timeout_s:g} s",
+                False,
+                hint="not re-sent, since the server may still be working on it; a local model "
+                f"may need minutes for a long prompt: raise --llm-timeout (or {TIMEOUT_ENV}), "
+                f"or set {RETRY_TIMEOUTS_ENV}=1 to re-send timed-out requests",
+            )
         except openai.APIConnectionError as err:
             cause = err.__cause__ or err
             return _Failure(f"could not connect ({type(cause).__name__}: {cause})", True)

@@ -25,6 +25,12 @@ class InvestigationSettings(BaseModel):
     base_url: str | None = Field(None, description="The LLM endpoint (LLM planner only).")
     planner_why: str = Field("", description="Why this planner runs (the CLI prints it).")
     protocol_pairs: int | None = Field(None, description="Pairs per protocol experiment.")
+    llm_timeout_s: float | None = Field(
+        None, gt=0, description="--llm-timeout: seconds per LLM request (None: env or default)."
+    )
+    llm_retries: int | None = Field(
+        None, ge=0, description="--llm-retries: retries after a failed LLM request (None: default)."
+    )
     model_options: dict[str, Any] = Field(
         default_factory=dict,
         description="Loader options the user set (allow_random_weights, label).",

@@ -18,13 +18,17 @@ from typing import Any, Literal
 import pytest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from rankscope.agent import runner
 from rankscope.agent.llm_client import (
     PLACEHOLDER_API_KEY,
+    RETRIES_ENV,
+    TIMEOUT_ENV,
     LLMBudgetExceeded,
     LLMCall,
     LLMClient,
     LLMConfigError,
     LLMUnavailableError,
+    transport_defaults,
 )
 from rankscope.agent.planners.base import Criterion, Ledger, LedgerEntry, Narrative, Proposal, Stop
 from rankscope.agent.planners.llm import (
@@ -37,6 +41,7 @@ from rankscope.agent.planners.llm import (
     planner_args_schema,
     preregistered_tool_spec,
 )
+from rankscope.agent.settings import InvestigationSettings
 from rankscope.prompts import PromptError, load_prompt, placeholders, render
 from rankscope.tools.contract import Tool, ToolArgs, ToolContext, ToolResult
 from rankscope.tools.registry import (
@@ -572,7 +577,7 @@ def test_persistent_rate_limit_raises_a_clear_unavailable_error(
 
 def test_timeouts_are_retried_then_raise(server: ScriptedLLMServer, calls: list[LLMCall]) -> None:
     server.push(slow_reply(5.0), slow_reply(5.0))
-    planner = make_planner(server, calls, timeout_s=0.2, max_retries=1)
+    planner = make_planner(server, calls, timeout_s=0.2, max_retries=1, retry_timeouts=True)
     start = time.perf_counter()
     with pytest.raises(LLMUnavailableError, match=r"timed out after 0\.2 s, after 2 attempts"):
         planner.propose(make_ledger())
@@ -583,9 +588,74 @@ def test_timeouts_are_retried_then_raise(server: ScriptedLLMServer, calls: list[
 
 def test_timeout_then_success(server: ScriptedLLMServer, calls: list[LLMCall]) -> None:
     server.push(slow_reply(5.0), tool_call_reply(TOOL, good_call()))
-    result = make_planner(server, calls, timeout_s=0.2).propose(make_ledger())
-    assert isinstance(result, Proposal)
+    planner = make_planner(server, calls, timeout_s=0.2, retry_timeouts=True)
+    assert isinstance(planner.propose(make_ledger()), Proposal)
     assert [c.error is None for c in calls] == [False, True]
+
+
+def test_a_local_server_is_not_sent_the_request_again_after_a_timeout(
+    server: ScriptedLLMServer, calls: list[LLMCall], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("RANKSCOPE_LLM_RETRY_TIMEOUTS", raising=False)
+    server.push(slow_reply(5.0), tool_call_reply(TOOL, good_call()))
+    planner = make_planner(server, calls, timeout_s=0.2, max_retries=3)
+    assert planner.client.retry_timeouts is False
+    with pytest.raises(LLMUnavailableError) as err:
+        planner.propose(make_ledger())
+    assert len(server.bodies) == 1 and err.value.attempts == 1
+    message = str(err.value)
+    assert "timed out after 0.2 s" in message and "not re-sent" in message
+    assert "--llm-timeout" in message and "rankscope resume ID" in message
+
+
+def test_transport_defaults_local_hosted_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in (TIMEOUT_ENV, RETRIES_ENV, "RANKSCOPE_LLM_RETRY_TIMEOUTS"):
+        monkeypatch.delenv(name, raising=False)
+    local = transport_defaults("http://localhost:11434/v1")
+    assert (local.timeout_s, local.max_retries, local.retry_timeouts) == (600.0, 1, False)
+    hosted = transport_defaults("https://api.openai.com/v1")
+    assert (hosted.timeout_s, hosted.max_retries, hosted.retry_timeouts) == (60.0, 3, True)
+    monkeypatch.setenv(TIMEOUT_ENV, "900")
+    monkeypatch.setenv(RETRIES_ENV, "0")
+    monkeypatch.setenv("RANKSCOPE_LLM_RETRY_TIMEOUTS", "1")
+    env = transport_defaults("http://127.0.0.1:8080/v1")
+    assert (env.timeout_s, env.max_retries, env.retry_timeouts) == (900.0, 0, True)
+    given = transport_defaults("http://127.0.0.1:8080/v1", 30.0, 2, False)
+    assert (given.timeout_s, given.max_retries, given.retry_timeouts) == (30.0, 2, False)
+    monkeypatch.setenv(TIMEOUT_ENV, "soon")
+    with pytest.raises(LLMConfigError, match="RANKSCOPE_LLM_TIMEOUT='soon'"):
+        transport_defaults(None)
+    with pytest.raises(LLMConfigError, match="must be positive"):
+        transport_defaults(None, 0.0, 1)
+
+
+def test_llm_timeout_and_retries_reach_the_planner_and_are_stored() -> None:
+    planner = runner.make_planner(
+        None,  # type: ignore[arg-type]
+        1,
+        "llm",
+        MODEL,
+        "http://127.0.0.1:9/v1",
+        llm_timeout_s=321.0,
+        llm_retries=0,
+    )
+    assert isinstance(planner, LLMPlanner)
+    assert (planner.client.timeout_s, planner.client.max_retries) == (321.0, 0)
+    stored = InvestigationSettings(llm_timeout_s=321.0, llm_retries=0).model_dump(mode="json")
+    again = InvestigationSettings.model_validate(stored)
+    assert (again.llm_timeout_s, again.llm_retries) == (321.0, 0)
+    with pytest.raises(ValidationError):
+        InvestigationSettings(llm_retries=-1)
+
+
+def test_investigate_offers_llm_timeout_and_retries() -> None:
+    from typer.testing import CliRunner
+
+    from rankscope.agent.cli import app
+
+    result = CliRunner().invoke(app, ["investigate", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    assert "--llm-timeout" in result.output and "--llm-retries" in result.output
 
 
 def test_connection_refused_raises_unavailable(calls: list[LLMCall]) -> None:

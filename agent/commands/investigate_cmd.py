@@ -47,7 +47,7 @@ def _finish(result: object) -> None:
 
 
 def _stopped(err: BaseException, investigation_hint: str) -> None:
-    err_console.print(f"[bold red]stopped:[/bold red] {err}")
+    err_console.print(f"[bold red]stopped:[/bold red] {escape(str(err))}")
     err_console.print(
         f"Everything recorded so far stays in the database; continue with {investigation_hint}."
     )
@@ -80,6 +80,26 @@ def register(app: typer.Typer) -> None:
             str | None,
             typer.Option(
                 "--base-url", help="OpenAI-compatible endpoint (default $OPENAI_BASE_URL)."
+            ),
+        ] = None,
+        llm_timeout: Annotated[
+            float | None,
+            typer.Option(
+                "--llm-timeout",
+                min=1.0,
+                metavar="SECONDS",
+                help="Seconds one LLM request may take (default $RANKSCOPE_LLM_TIMEOUT, else 600 "
+                "for a local endpoint, 60 for a hosted one). Stored: `resume` uses it.",
+            ),
+        ] = None,
+        llm_retries: Annotated[
+            int | None,
+            typer.Option(
+                "--llm-retries",
+                min=0,
+                help="Retries after a failed LLM request (default $RANKSCOPE_LLM_RETRIES, else 1 "
+                "local, 3 hosted; a timed-out request is re-sent only to a hosted endpoint or "
+                "with RANKSCOPE_LLM_RETRY_TIMEOUTS=1). Stored: `resume` uses it.",
             ),
         ] = None,
         budget: Annotated[int, typer.Option("--budget", help="Maximum planner steps.")] = 12,
@@ -144,6 +164,8 @@ def register(app: typer.Typer) -> None:
                 device=device,
                 console=console,
                 protocol_pairs=protocol_pairs,
+                llm_timeout_s=llm_timeout,
+                llm_retries=llm_retries,
                 model_options={
                     k: v
                     for k, v in {
@@ -157,7 +179,7 @@ def register(app: typer.Typer) -> None:
             _stopped(err, "`rankscope resume ID` (the id printed above)")
             raise typer.Exit(1) from err
         except ValueError as err:
-            err_console.print(f"[red]error:[/red] {err}")
+            err_console.print(f"[red]error:[/red] {escape(str(err))}")
             raise typer.Exit(2) from err
         except KeyboardInterrupt:
             _stopped(KeyboardInterrupt("interrupted"), "`rankscope resume ID`")

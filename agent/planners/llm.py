@@ -51,7 +51,13 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from pydantic import ValidationError
 
-from rankscope.agent.llm_client import ChatReply, LLMClient, Recorder, ToolCall
+from rankscope.agent.llm_client import (
+    ChatReply,
+    LLMClient,
+    Recorder,
+    ToolCall,
+    transport_defaults,
+)
 from rankscope.agent.planners.base import (
     Criterion,
     Ledger,
@@ -497,8 +503,9 @@ class LLMPlanner(Planner):
 
     ``model`` is the served model name (``--llm-model``); ``base_url`` and ``api_key`` default to
     ``OPENAI_BASE_URL`` and ``OPENAI_API_KEY`` (see ``rankscope.agent.llm_client``). ``recorder`` receives
-    every HTTP attempt; ``max_retries``, ``backoff_s`` and ``timeout_s`` bound the transport
-    retries; ``max_tokens_budget`` caps the tokens of all calls together; ``max_invalid_replies``
+    every HTTP attempt; ``max_retries``, ``backoff_s``, ``timeout_s`` and ``retry_timeouts`` bound
+    the transport retries (``None``: the environment, else the defaults for a local or hosted
+    endpoint, see ``rankscope.agent.llm_client.transport_defaults``); ``max_tokens_budget`` caps the tokens of all calls together; ``max_invalid_replies``
     is how many unusable replies one ``propose`` answers with feedback before it stops;
     ``catalogue`` is how the tools are offered (``"compact"`` by default, see ``ToolCatalogue``).
     """
@@ -511,25 +518,28 @@ class LLMPlanner(Planner):
         base_url: str | None = None,
         api_key: str | None = None,
         recorder: Recorder | None = None,
-        max_retries: int = 3,
+        max_retries: int | None = None,
         backoff_s: float = 1.0,
-        timeout_s: float = 60.0,
+        timeout_s: float | None = None,
         max_tokens_budget: int | None = None,
         max_invalid_replies: int = 3,
         http_client: httpx2.Client | None = None,
         catalogue: ToolCatalogue = "compact",
+        retry_timeouts: bool | None = None,
     ) -> None:
         if max_invalid_replies < 0:
             raise ValueError(f"max_invalid_replies must be >= 0, got {max_invalid_replies}")
         if catalogue not in CATALOGUES:
             raise ValueError(f"catalogue must be one of {', '.join(CATALOGUES)}, got {catalogue!r}")
         self.catalogue: ToolCatalogue = catalogue
+        transport = transport_defaults(base_url, timeout_s, max_retries, retry_timeouts)
         self.client = LLMClient(
             model,
             base_url,
             api_key,
-            timeout_s=timeout_s,
-            max_retries=max_retries,
+            timeout_s=transport.timeout_s,
+            max_retries=transport.max_retries,
+            retry_timeouts=transport.retry_timeouts,
             backoff_s=backoff_s,
             max_tokens_budget=max_tokens_budget,
             recorder=recorder,
