@@ -302,3 +302,16 @@ def test_in_memory_and_foreign_sqlite_databases_are_refused(tmp_path):
 
     with pytest.raises(DatabaseURLError, match="in-memory"):
         resume(1, db="sqlite://")
+
+
+def test_bracketed_text_in_errors_prints_intact(tmp_path):
+    from typer.testing import CliRunner
+
+    from rankscope.agent.cli import app
+
+    bad = tmp_path / "rankscope[irds]" / "[/b]model"
+    result = CliRunner().invoke(
+        app, ["investigate", "q", "--model", str(bad), "--db", f"sqlite:///{tmp_path / 't.db'}"]
+    )
+    assert result.exit_code == 1, result.output
+    assert "rankscope[irds]/[/b]model" in result.output.replace("\n", "")
