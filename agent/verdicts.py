@@ -49,18 +49,17 @@ The hypothesis (both splits)
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
 from rankscope.agent.planners.base import Criterion
+from rankscope.tools import metric_keys
+from rankscope.tools.metric_keys import MetricKey, try_parse_metric_key
 
 Outcome = Literal["met", "contradicted", "undetermined"]
 Status = Literal["supported", "refuted", "inconclusive"]
-
-_BRACKET = re.compile(r"^(?P<base>[^\[\]]+)\[(?P<key>[^\[\]]+)\]$")
 
 
 class SplitResult(BaseModel):
@@ -124,42 +123,50 @@ def _lookup(metrics: Mapping[str, Any], keys: Sequence[str]) -> float | None:
     return None
 
 
+def _unique(keys: Sequence[str]) -> list[str]:
+    return list(dict.fromkeys(keys))
+
+
+def _bracketed(metric: str) -> MetricKey | None:
+    """The parsed metric when it names one entry of a family (``effect[L1.H6]``), else None."""
+    parsed = try_parse_metric_key(metric)
+    return parsed if parsed is not None and parsed.bracketed else None
+
+
 def ci_keys(metric: str) -> tuple[list[str], list[str]]:
-    """The metric keys that may hold the CI bounds of ``metric``."""
-    low, high = [f"{metric}_ci_low"], [f"{metric}_ci_high"]
-    match = _BRACKET.match(metric)
-    if match:
-        base, key = match["base"], match["key"]
-        low += [f"{base}_ci_low[{key}]", f"ci_low[{key}]"]
-        high += [f"{base}_ci_high[{key}]", f"ci_high[{key}]"]
-    return low, high
+    """The metric keys that may hold the CI bounds of ``metric``: the suffix on the whole key
+    (``effect[L1.H6]_ci_low``), then :func:`rankscope.tools.metric_keys.ci_keys`."""
+    low, high = metric_keys.ci_keys(metric)
+    return _unique([f"{metric}_ci_low", *low]), _unique([f"{metric}_ci_high", *high])
 
 
 def p_keys(metric: str) -> list[str]:
-    """The metric keys that may hold the p-value of ``metric``."""
-    keys = [f"{metric}_p_value"]
-    match = _BRACKET.match(metric)
-    if match:
-        keys += [f"{match['base']}_p_value[{match['key']}]", f"p_value[{match['key']}]"]
-    else:
-        if metric.startswith("top_"):
-            keys.append("top_p_value")
+    """The metric keys that may hold the p-value of ``metric``: the suffix on the whole key, then
+    :func:`rankscope.tools.metric_keys.p_keys`; an un-bracketed metric falls back on the tool's
+    overall ``top_p_value`` (for a ``top_…`` metric) and ``p_value``."""
+    keys = _unique([f"{metric}_p_value", *metric_keys.p_keys(metric)])
+    if _bracketed(metric) is None:
+        keys += ["top_p_value"] if metric.startswith("top_") else []
         keys.append("p_value")
     return keys
+
+
+def _component_p_keys(parsed: MetricKey, component: str) -> list[str]:
+    """Where the p-value of ``parsed``'s family member for ``component`` may be stored:
+    ``effect[L0.H2]_p_value``, ``effect_p_value[L0.H2]``, ``p_value[L0.H2]``."""
+    member = MetricKey(parsed.name, component)
+    return _unique([f"{member}_p_value", *metric_keys.p_keys(member)])
 
 
 def _family_p_values(
     metrics: Mapping[str, Any], metric: str, components: Sequence[str]
 ) -> list[float] | None:
-    match = _BRACKET.match(metric)
-    if not match or not components:
+    parsed = _bracketed(metric)
+    if parsed is None or not components:
         return None
-    base = match["base"]
     family: list[float] = []
     for comp in components:
-        p = _lookup(
-            metrics, [f"{base}[{comp}]_p_value", f"{base}_p_value[{comp}]", f"p_value[{comp}]"]
-        )
+        p = _lookup(metrics, _component_p_keys(parsed, comp))
         if p is not None:
             family.append(p)
     return family or None

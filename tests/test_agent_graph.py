@@ -235,34 +235,63 @@ def test_criterion_is_locked_once_the_experiment_ran(tmp_path, null_model):
         store.update_criterion(1, threshold=0.0)
 
 
-def test_metric_catalogue_matches_what_the_tools_produce(tmp_path, mean_model):
-    """Every metric a catalogued tool produces is in ``METRIC_PATTERNS`` (else the metric guard
-    would reject valid criteria)."""
-    import re
+CATALOGUE_RUNS: dict[str, list[dict]] = {
+    "behavioural_test": [{"n_pairs": 8, "n_bootstrap": 200}],
+    "activation_patching": [{"n_pairs": 8, "components": ["L0.H1", "L1.H2"], "joint": True}],
+    "attribution_patching": [{"n_pairs": 8}],
+    "path_patching": [{"n_pairs": 8, "senders": ["L0.H1", "L0.H2"], "joint": True}],
+    "ablation": [{"n_pairs": 8, "components": ["L0.H1", "L1.H2"]}],
+    "attention_by_role": [{"n_pairs": 8, "heads": ["L0.H1", "L1.H2"]}],
+    "attention_masking": [{"n_pairs": 8, "layers": [1]}],
+    "linear_probe": [{"n_docs": 24, "layers": [1], "folds": 2}],
+    "feature_inspection": [
+        {"n_docs": 24, "n_units": 3, "top_k": 2},
+        {"n_docs": 24, "n_units": 3, "top_k": 2, "property": None},
+    ],
+    "train_sae": [{"n_docs": 24, "epochs": 2, "layer": 1}],
+    "steering": [
+        {"n_docs": 16, "scales": [-1.0, 1.0]},
+        {"target": "pairs", "n_pairs": 16, "scales": [-1.0, 1.0], "positions": "filler"},
+    ],
+    "embedding_svd": [{"n_components": 3}],
+    "term_contributions": [{"n_pairs": 8, "n_bootstrap": 200}],
+}
+"""Small calls of every registered tool, between them giving every metric the tool declares."""
 
-    from rankscope.agent.calls import METRIC_PATTERNS
+
+def test_metric_catalogue_matches_what_the_tools_produce(tmp_path, mean_model):
+    """Every tool declares its metrics, every metric a tool produces is declared (else the metric
+    guard would reject valid criteria), and every declared metric is produced by some run (else
+    the guard would let through criteria that can never be evaluated)."""
     from rankscope.tools.contract import ToolContext
     from rankscope.tools.diagnostics.source import resolve_data
-    from rankscope.tools.registry import all_tools, get_tool
+    from rankscope.tools.metric_keys import parse_metric_key
+    from rankscope.tools.registry import all_tools, get_tool, validate_args
     from rankscope.tools.retrievers import load_retriever
+    from tests.tiny_models import save_tiny_model, save_tiny_splade
 
-    retriever = load_retriever(str(mean_model))
-    data = resolve_data(None)
-    extra = {
-        "activation_patching": {"components": ["L0.H1", "L1.H2"]},
-        "ablation": {"components": ["L0.H1", "L1.H2"]},
-        "attention_by_role": {"heads": ["L0.H1", "L1.H2"]},
-        "behavioural_test": {"n_bootstrap": 200},
+    bi_encoder = load_retriever(str(mean_model))
+    other_kinds = {
+        "attention_masking": save_tiny_model(tmp_path / "cross", "bert", "cross-encoder"),
+        "term_contributions": save_tiny_splade(tmp_path / "splade"),
     }
-    for name, patterns in METRIC_PATTERNS.items():
-        if name not in all_tools():
-            continue
+    data = resolve_data(None)
+    assert set(CATALOGUE_RUNS) == set(all_tools())
+    for name, calls in CATALOGUE_RUNS.items():
         tool = get_tool(name)
-        args = tool.Args(n_pairs=8, **extra.get(name, {}))
-        ctx = ToolContext(lambda: retriever, data, tmp_path / name, progress=False)
-        metrics = tool.run(ctx, args).metrics
-        unknown = [k for k in metrics if not any(re.fullmatch(p, k) for p in patterns)]
-        assert not unknown, f"{name} produces metrics outside the catalogue: {unknown}"
+        assert tool.metrics is not None, f"{name} declares no metrics"
+        retriever = load_retriever(str(other_kinds[name])) if name in other_kinds else bi_encoder
+        unmatched = set(tool.metrics.specs)
+        for i, raw in enumerate(calls):
+            args = validate_args(tool, raw)
+            ctx = ToolContext(lambda r=retriever: r, data, tmp_path / f"{name}{i}", progress=False)
+            metrics = tool.run(ctx, args).metrics
+            undeclared = [k for k in metrics if not tool.produces(args, k)]
+            assert not undeclared, f"{name} produces metrics it does not declare: {undeclared}"
+            assert tool.produces(args, "accuracy_of_nothing") is False
+            parsed = [parse_metric_key(k) for k in metrics]
+            unmatched -= {spec for spec in unmatched if any(map(spec.matches, parsed))}
+        assert not unmatched, f"{name} declares metrics no run produced: {unmatched}"
 
 
 def test_cli_unreachable_llm_endpoint_stops_cleanly_and_is_resumable(tmp_path, null_model):

@@ -6,9 +6,11 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from rankscope.tools.metric_keys import MetricCatalogue
 
 if TYPE_CHECKING:
     from rankscope.tools.diagnostics.source import DataSource
@@ -68,16 +70,39 @@ class ToolContext:
         return self.artifact_dir / name
 
 
-class Tool:
-    """Base class of a registered tool. Subclasses set ``name``, ``description``, ``Args``, ``run``."""
+ArgsT = TypeVar("ArgsT", bound=ToolArgs)
+
+
+class Tool(Generic[ArgsT]):
+    """Base class of a registered tool, generic over its argument model: a subclass
+    ``class XTool(Tool[XArgs])`` sets ``name``, ``description``, ``Args = XArgs``, ``metrics``
+    and ``run(ctx, args: XArgs)``."""
 
     name: ClassVar[str]
     description: ClassVar[str]
     version: ClassVar[str] = "1"
-    Args: ClassVar[type[ToolArgs]]
+    Args: type[ArgsT]
+    metrics: ClassVar[MetricCatalogue | None] = None
+    """The metrics the tool produces; None: undeclared (a criterion is then checked after the
+    run, against the metrics it gave)."""
 
-    def run(self, ctx: ToolContext, args: ToolArgs) -> ToolResult:  # pragma: no cover - abstract
+    def run(self, ctx: ToolContext, args: ArgsT) -> ToolResult:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def metrics_for(self, args: ArgsT) -> MetricCatalogue | None:
+        """The metrics a run with ``args`` may produce (a tool narrows ``metrics`` by its
+        arguments by overriding this)."""
+        return self.metrics
+
+    def produces(self, args: ArgsT, key: str) -> bool | None:
+        """Whether a run with ``args`` may produce the metric ``key`` (None: undeclared)."""
+        catalogue = self.metrics_for(args)
+        return None if catalogue is None else catalogue.produces(key)
+
+    def metric_names(self, args: ArgsT) -> list[str] | None:
+        """The shapes of the keys a run with ``args`` may produce (None: undeclared)."""
+        catalogue = self.metrics_for(args)
+        return None if catalogue is None else catalogue.patterns()
 
     @classmethod
     def openai_schema(cls) -> dict[str, Any]:

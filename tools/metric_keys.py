@@ -5,34 +5,47 @@ A metric key names one number of a :class:`~rankscope.tools.contract.ToolResult`
 ``name``
     a scalar of the whole run: ``share_moved_predicted``, ``mean_delta``, ``top_effect``.
 ``name[component]``
-    one component of a per-component family: ``effect[L5.H7]``, ``attention[L1.H2]``.
+    one component of a per-component family: ``effect[L5.H7]``, ``accuracy[L3]``.
+``name[component|tag]``
+    one cell of a component × label grid; a tag is an unnamed label after the component:
+    ``attention[L1.H2|injected->same_token]`` (a head and a role pair).
 ``name[component|qualifier=value]`` or ``name[qualifier=value]``
     a breakdown: ``effect[L5.H7|rel=2]`` (one relevance grade), ``mean_delta[grade=1]``.
 
-The uncertainty of an estimate is stored next to it under the same component and qualifiers, with
-a statistic suffix on the name: ``effect_ci_low[L5.H7]``, ``effect_ci_high[L5.H7]``,
-``share_moved_predicted_ci_low``; per-component tests store ``p_value[L5.H7]``.
+Inside the brackets the component comes first, then the tags, then the qualifiers; no part is
+empty or contains ``[ ] | =`` (a qualifier's ``=`` separates its name from its value).
 
-Tools build keys with :func:`metric_key`; the agent reads them with :func:`parse_metric_key`,
-:func:`ci_keys` and :func:`p_keys`. Nothing else in the code base splits a key by hand.
+The uncertainty of an estimate is stored next to it under the same component, tags and
+qualifiers, with a statistic suffix on the name: ``effect_ci_low[L5.H7]``,
+``effect_ci_high[L5.H7]``, ``share_moved_predicted_ci_low``; per-component tests store
+``p_value[L5.H7]``.
+
+Tools build keys with :func:`metric_key` and declare what they produce with a
+:class:`MetricCatalogue`; the agent reads keys with :func:`parse_metric_key`, :func:`ci_keys` and
+:func:`p_keys`. Nothing else in the code base splits a key by hand.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
 
 Statistic = Literal["value", "ci_low", "ci_high", "p_value"]
 STAT_SUFFIXES: dict[Statistic, str] = {
+    "value": "",
     "ci_low": "_ci_low",
     "ci_high": "_ci_high",
     "p_value": "_p_value",
 }
+WITH_CI: tuple[Statistic, ...] = ("value", "ci_low", "ci_high")
+"""The statistics of an estimate stored with its confidence interval."""
 
-_KEY = re.compile(r"^(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:\[(?P<inner>[^\[\]]+)\])?$")
-_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_KEY = re.compile(r"(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:\[(?P<inner>[^\[\]]+)\])?")
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _FORBIDDEN = set("[]|=")
+_SHAPES = "name, name[component], name[component|tag] or name[component|key=value]"
 
 
 class MetricKeyError(ValueError):
@@ -41,15 +54,21 @@ class MetricKeyError(ValueError):
 
 @dataclass(frozen=True)
 class MetricKey:
-    """A parsed metric key: its name, the component it belongs to and its qualifiers."""
+    """A parsed metric key: its name, the component it belongs to, tags and qualifiers."""
 
     name: str
     component: str | None = None
     qualifiers: tuple[tuple[str, str], ...] = ()
+    tags: tuple[str, ...] = ()
+    """Unnamed labels after the component (the role pair of ``attention[L1.H2|doc->cls]``)."""
+
+    def __post_init__(self) -> None:
+        if self.tags and self.component is None:
+            raise MetricKeyError(f"metric {self.name!r}: tags {self.tags} need a component")
 
     def __str__(self) -> str:
         parts = [self.component] if self.component is not None else []
-        parts += [f"{k}={v}" for k, v in self.qualifiers]
+        parts += [*self.tags, *(f"{k}={v}" for k, v in self.qualifiers)]
         return f"{self.name}[{'|'.join(parts)}]" if parts else self.name
 
     @property
@@ -60,70 +79,86 @@ class MetricKey:
     @property
     def family(self) -> str | None:
         """The family a bracketed key belongs to: ``effect`` for ``effect[L1.H6]``,
-        ``effect|rel`` for ``effect[L1.H6|rel=2]``; None for a scalar."""
+        ``effect|rel`` for ``effect[L1.H6|rel=2]``, ``attention|doc->cls`` for
+        ``attention[L1.H2|doc->cls]``; None for a scalar."""
         if not self.bracketed:
             return None
-        return self.name + "".join(f"|{k}" for k, _ in self.qualifiers)
+        return (
+            self.name
+            + "".join(f"|{t}" for t in self.tags)
+            + "".join(f"|{k}" for k, _ in self.qualifiers)
+        )
 
     def with_name(self, name: str) -> MetricKey:
-        """The same component and qualifiers under another name."""
+        """The same component, tags and qualifiers under another name."""
         return replace(self, name=name)
 
     def statistic(self, stat: Statistic) -> MetricKey:
         """The key of ``stat`` (CI bound or p-value) of this estimate."""
-        if stat == "value":
-            return self
         return self.with_name(self.name + STAT_SUFFIXES[stat])
 
     def qualifier(self, name: str) -> str | None:
         return dict(self.qualifiers).get(name)
 
 
-def _check_part(text: str, what: str) -> str:
+def _check_part(text: str, what: str, key: str | None = None) -> str:
+    """``text`` if it may stand as one bracketed part of a key (``key``, when parsing one)."""
     if not text or _FORBIDDEN & set(text):
-        raise MetricKeyError(f"a metric key's {what} may not be empty or contain [ ] | =: {text!r}")
+        where = f"{key!r}: the" if key is not None else "a metric key's"
+        raise MetricKeyError(f"{where} {what} may not be empty or contain [ ] | =, got {text!r}")
     return text
 
 
 def metric_key(
-    name: str, component: str | None = None, stat: Statistic = "value", **qualifiers: object
+    name: str,
+    component: str | None = None,
+    stat: Statistic = "value",
+    *,
+    tags: Sequence[str] = (),
+    **qualifiers: object,
 ) -> str:
     """The key of a metric: ``metric_key("effect", "L5.H7", stat="ci_low")`` is
-    ``effect_ci_low[L5.H7]``; ``metric_key("mean_delta", grade=1)`` is ``mean_delta[grade=1]``."""
-    if not _NAME.match(name):
+    ``effect_ci_low[L5.H7]``; ``metric_key("mean_delta", grade=1)`` is ``mean_delta[grade=1]``;
+    ``metric_key("attention", "L1.H2", tags=["doc->cls"])`` is ``attention[L1.H2|doc->cls]``.
+    Qualifiers keep their order; none may be called ``name``, ``component``, ``stat`` or ``tags``."""
+    if not _NAME.fullmatch(name):
         raise MetricKeyError(f"a metric name must be an identifier, got {name!r}")
     key = MetricKey(
         name=name,
         component=_check_part(component, "component") if component is not None else None,
         qualifiers=tuple(
-            (_check_part(k, "qualifier"), _check_part(str(v), "qualifier"))
+            (_check_part(k, "qualifier name"), _check_part(str(v), "qualifier value"))
             for k, v in qualifiers.items()
         ),
+        tags=tuple(_check_part(t, "tag") for t in tags),
     )
     return str(key.statistic(stat))
 
 
 def parse_metric_key(key: str) -> MetricKey:
     """Parse a key written by :func:`metric_key`; raise :class:`MetricKeyError` otherwise."""
-    match = _KEY.match(key)
+    match = _KEY.fullmatch(key)
     if not match:
-        raise MetricKeyError(
-            f"{key!r} is not a metric key (name, name[component] or name[component|k=v])"
-        )
+        raise MetricKeyError(f"{key!r} is not a metric key ({_SHAPES})")
     inner = match["inner"]
     if inner is None:
         return MetricKey(match["name"])
-    component: str | None = None
+    labels: list[str] = []
     qualifiers: list[tuple[str, str]] = []
-    for i, part in enumerate(inner.split("|")):
+    for part in inner.split("|"):
         if "=" in part:
             k, _, v = part.partition("=")
-            qualifiers.append((_check_part(k, "qualifier"), _check_part(v, "qualifier")))
-        elif i == 0:
-            component = _check_part(part, "component")
+            qualifiers.append(
+                (_check_part(k, "qualifier name", key), _check_part(v, "qualifier value", key))
+            )
+        elif qualifiers:
+            raise MetricKeyError(
+                f"{key!r}: the component and tags come before the qualifiers, not after"
+            )
         else:
-            raise MetricKeyError(f"{key!r}: only the first bracketed part may be a component")
-    return MetricKey(match["name"], component, tuple(qualifiers))
+            labels.append(_check_part(part, "tag" if labels else "component", key))
+    component = labels[0] if labels else None
+    return MetricKey(match["name"], component, tuple(qualifiers), tuple(labels[1:]))
 
 
 def try_parse_metric_key(key: str) -> MetricKey | None:
@@ -140,10 +175,14 @@ def metric_family(key: str) -> str | None:
     return parsed.family if parsed is not None else None
 
 
-def ci_keys(metric: str) -> tuple[list[str], list[str]]:
+def _as_key(metric: str | MetricKey) -> MetricKey | None:
+    return metric if isinstance(metric, MetricKey) else try_parse_metric_key(metric)
+
+
+def ci_keys(metric: str | MetricKey) -> tuple[list[str], list[str]]:
     """The keys that may hold the lower and upper CI bound of ``metric``: ``m_ci_low`` for a
     scalar; ``effect_ci_low[X]`` and ``ci_low[X]`` for a per-component ``effect[X]``."""
-    parsed = try_parse_metric_key(metric)
+    parsed = _as_key(metric)
     if parsed is None:
         return [f"{metric}_ci_low"], [f"{metric}_ci_high"]
     low, high = [str(parsed.statistic("ci_low"))], [str(parsed.statistic("ci_high"))]
@@ -153,13 +192,97 @@ def ci_keys(metric: str) -> tuple[list[str], list[str]]:
     return low, high
 
 
-def p_keys(metric: str) -> list[str]:
+def p_keys(metric: str | MetricKey) -> list[str]:
     """The keys that may hold the p-value of ``metric`` itself: ``m_p_value``, and ``p_value[X]``
     for a per-component ``effect[X]``."""
-    parsed = try_parse_metric_key(metric)
+    parsed = _as_key(metric)
     if parsed is None:
         return [f"{metric}_p_value"]
     keys = [str(parsed.statistic("p_value"))]
     if parsed.bracketed:
         keys.append(str(parsed.with_name("p_value")))
     return keys
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """One metric, or one family of metrics, that a tool declares it produces.
+
+    ``stats`` are the statistics stored under the name (``WITH_CI``: the estimate and its CI
+    bounds); ``component`` says whether each entry names a component; ``tags`` and ``qualifiers``
+    name the labels and breakdown qualifiers every entry carries, in the order of the key.
+    """
+
+    name: str
+    stats: tuple[Statistic, ...] = ("value",)
+    component: bool = False
+    tags: tuple[str, ...] = ()
+    qualifiers: tuple[str, ...] = ()
+
+    def names(self) -> list[str]:
+        """The metric names this spec covers: ``effect``, ``effect_ci_low``, …"""
+        return [self.name + STAT_SUFFIXES[stat] for stat in self.stats]
+
+    def matches(self, key: MetricKey) -> bool:
+        """Whether ``key`` is one of the metrics this spec declares."""
+        return (
+            key.name in self.names()
+            and (key.component is not None) == self.component
+            and len(key.tags) == len(self.tags)
+            and tuple(k for k, _ in key.qualifiers) == self.qualifiers
+        )
+
+    def patterns(self) -> list[str]:
+        """Readable shapes of the declared keys: ``effect_ci_low[<component>|rel=<rel>]``."""
+        shape = MetricKey(
+            self.name,
+            "<component>" if self.component else None,
+            tuple((q, f"<{q}>") for q in self.qualifiers),
+            tuple(f"<{t}>" for t in self.tags),
+        )
+        return [str(shape.statistic(stat)) for stat in self.stats]
+
+
+def scalar(name: str, *, ci: bool = False) -> MetricSpec:
+    """A number of the whole run, with its CI bounds when ``ci``."""
+    return MetricSpec(name, WITH_CI if ci else ("value",))
+
+
+def per_component(
+    name: str, *, ci: bool = False, tags: Sequence[str] = (), qualifiers: Sequence[str] = ()
+) -> MetricSpec:
+    """A family ``name[component]`` (with tags and qualifiers), with CI bounds when ``ci``."""
+    return MetricSpec(name, WITH_CI if ci else ("value",), True, tuple(tags), tuple(qualifiers))
+
+
+def breakdown(name: str, *qualifiers: str) -> MetricSpec:
+    """A family without components, one entry per qualifier value: ``mean_delta[grade=1]``."""
+    return MetricSpec(name, ("value",), False, (), qualifiers)
+
+
+@dataclass(frozen=True)
+class MetricCatalogue:
+    """The metrics a tool produces; :meth:`produces` checks a key against it."""
+
+    specs: tuple[MetricSpec, ...] = ()
+
+    def produces(self, key: str) -> bool:
+        """Whether ``key`` is a well-formed key of a declared metric."""
+        parsed = try_parse_metric_key(key)
+        return parsed is not None and any(spec.matches(parsed) for spec in self.specs)
+
+    def patterns(self) -> list[str]:
+        """Every declared key shape, for messages: ``n_pairs``, ``effect[<component>]``, …"""
+        return [pattern for spec in self.specs for pattern in spec.patterns()]
+
+    def without(self, *names: str) -> MetricCatalogue:
+        """The catalogue less the specs of these names (metrics some arguments never give)."""
+        return MetricCatalogue(tuple(s for s in self.specs if s.name not in names))
+
+    def __add__(self, other: MetricCatalogue) -> MetricCatalogue:
+        return MetricCatalogue(self.specs + other.specs)
+
+
+def declare(*specs: MetricSpec | str) -> MetricCatalogue:
+    """A catalogue of specs; a plain string declares a scalar of that name."""
+    return MetricCatalogue(tuple(scalar(s) if isinstance(s, str) else s for s in specs))

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
-from rankscope.tools.contract import Tool, ToolArgs
+from rankscope.tools.contract import ArgsT, Tool
 
 TOOL_MODULES: tuple[str, ...] = (
     "rankscope.tools.experiments.behaviour",
@@ -23,7 +23,8 @@ TOOL_MODULES: tuple[str, ...] = (
     "rankscope.tools.experiments.term_contributions",
 )
 
-_TOOLS: dict[str, type[Tool]] = {}
+_TOOLS: dict[str, type[Tool[Any]]] = {}
+ToolT = TypeVar("ToolT", bound=type[Tool[Any]])
 
 
 class UnknownToolError(KeyError):
@@ -35,7 +36,7 @@ class ToolArgumentError(ValueError):
     """Arguments that do not validate against a tool's ``Args`` model."""
 
 
-def register(cls: type[Tool]) -> type[Tool]:
+def register(cls: ToolT) -> ToolT:
     """Class decorator: add a tool to the registry under its ``name``."""
     if cls.name in _TOOLS and _TOOLS[cls.name] is not cls:
         raise ValueError(f"two tools are registered under the name {cls.name!r}")
@@ -52,13 +53,13 @@ def _load_all() -> None:
                 raise
 
 
-def all_tools() -> dict[str, type[Tool]]:
+def all_tools() -> dict[str, type[Tool[Any]]]:
     """Every registered tool by name, sorted."""
     _load_all()
     return dict(sorted(_TOOLS.items()))
 
 
-def get_tool(name: str) -> Tool:
+def get_tool(name: str) -> Tool[Any]:
     tools = all_tools()
     if name not in tools:
         raise UnknownToolError(
@@ -67,7 +68,7 @@ def get_tool(name: str) -> Tool:
     return tools[name]()
 
 
-def validate_args(tool: Tool, raw: dict[str, Any]) -> ToolArgs:
+def validate_args(tool: Tool[ArgsT], raw: dict[str, Any]) -> ArgsT:
     """Validate raw arguments; raise ToolArgumentError with a message a planner can act on."""
     try:
         return tool.Args.model_validate(raw)

@@ -38,11 +38,13 @@ import re
 from typing import Any
 
 from rankscope.agent.planners.base import Criterion, Ledger, LedgerEntry, Planner, Proposal, Stop
+from rankscope.tools.metric_keys import metric_key, try_parse_metric_key
 from rankscope.tools.registry import all_tools
 
 AXIOMS = ("TFC1", "TFC2", "TDC", "STMC1", "LNC1", "LNC2")
 VARIANTS = ("append", "prepend", "replace")
-_COMPONENT = re.compile(r"^[a-z_]*effect\[(L\d+\.H\d+)\]$")
+_EFFECT_NAME = re.compile(r"[a-z_]*effect")
+_HEAD = re.compile(r"L\d+\.H\d+")
 
 
 def parse_axiom(question: str) -> tuple[str, str]:
@@ -68,13 +70,22 @@ def fit_args(tool: Any, desired: dict[str, Any], optional: tuple[str, ...] = ())
     return args
 
 
+def head_of_effect(key: str) -> str | None:
+    """The head of a per-head effect key (``effect[L1.H6]``, ``top_effect[L1.H6]``), else None."""
+    parsed = try_parse_metric_key(key)
+    if parsed is None or parsed.component is None or parsed.tags or parsed.qualifiers:
+        return None
+    is_effect = _EFFECT_NAME.fullmatch(parsed.name) and _HEAD.fullmatch(parsed.component)
+    return parsed.component if is_effect else None
+
+
 def component_effects(entry: LedgerEntry) -> list[tuple[str, float]]:
     """(component, effect) pairs read from an entry's metrics, largest effect first."""
     effects = []
     for key, value in entry.key_metrics.items():
-        match = _COMPONENT.match(key)
-        if match and isinstance(value, int | float):
-            effects.append((match.group(1), float(value)))
+        head = head_of_effect(key)
+        if head is not None and isinstance(value, int | float):
+            effects.append((head, float(value)))
     return sorted(effects, key=lambda kv: -kv[1])
 
 
@@ -262,7 +273,7 @@ class ProtocolPlanner(Planner):
                 tool, axiom, variant, n_pairs=self.localise_pairs, components=top, metric="robust"
             ),
             criterion=Criterion(
-                metric=f"effect[{head}]",
+                metric=metric_key("effect", head),
                 direction="greater",
                 threshold=self.min_effect,
                 alpha=self.alpha,
@@ -302,7 +313,10 @@ class ProtocolPlanner(Planner):
             tool=tool.name,
             args=self._pair_args(tool, axiom, variant, components=heads, joint=True),
             criterion=Criterion(
-                metric=f"delta_change[{joint}]", direction="less", threshold=0.0, alpha=self.alpha
+                metric=metric_key("delta_change", joint),
+                direction="less",
+                threshold=0.0,
+                alpha=self.alpha,
             ),
             components=heads,
         )

@@ -18,6 +18,7 @@ from rankscope.tools.interventions.ablation import (
 from rankscope.tools.interventions.metrics import rank_rows, summarise_columns
 from rankscope.tools.interventions.patching import Intervention, parse_target, patch_name
 from rankscope.tools.interventions.report import fmt
+from rankscope.tools.metric_keys import declare, metric_key, per_component, scalar
 from rankscope.tools.registry import register
 
 
@@ -59,7 +60,7 @@ def build_ablations(args: AblationArgs) -> list[Intervention]:
 
 
 @register
-class Ablation(Tool):
+class Ablation(Tool[AblationArgs]):
     name = "ablation"
     description = (
         "Zero or mean ablation of heads, attention blocks and MLPs (each alone and together) on "
@@ -69,8 +70,25 @@ class Ablation(Tool):
     )
     version = "1"
     Args = AblationArgs
+    metrics = declare(
+        "n_pairs",
+        "n_components",
+        "mean_delta",
+        "share_pert_higher",
+        "rank_gain",
+        "n_ranked_pairs",
+        "top_p_value",
+        "top_fraction_removed",
+        scalar("top_delta_change", ci=True),
+        per_component("delta_change", ci=True),
+        per_component("p_value"),
+        per_component("fraction_removed"),
+        per_component("delta_ablated"),
+        per_component("rank_gain_ablated"),
+        per_component("kendall_tau"),
+    )
 
-    def run(self, ctx: ToolContext, args: AblationArgs) -> ToolResult:  # type: ignore[override]
+    def run(self, ctx: ToolContext, args: AblationArgs) -> ToolResult:
         retriever = ctx.retriever
         pairs = list(load_pairs(ctx, args))
         interventions = build_ablations(args)
@@ -135,15 +153,7 @@ class Ablation(Tool):
                 "top_fraction_removed": top["fraction_removed"],
             }
         for row in ranked:
-            name = row["component"]
-            metrics[f"delta_change[{name}]"] = row["delta_change"]
-            metrics[f"delta_change_ci_low[{name}]"] = row["ci_low"]
-            metrics[f"delta_change_ci_high[{name}]"] = row["ci_high"]
-            metrics[f"p_value[{name}]"] = row["p_value"]
-            metrics[f"fraction_removed[{name}]"] = row["fraction_removed"]
-            metrics[f"delta_ablated[{name}]"] = row["delta_ablated"]
-            metrics[f"rank_gain_ablated[{name}]"] = row["rank_gain_ablated"]
-            metrics[f"kendall_tau[{name}]"] = row["kendall_tau"]
+            metrics |= _component_metrics(row)
         lines = [
             f"  {r['component']}: Δ change {fmt(r['delta_change'])} [{fmt(r['ci_low'])}, "
             f"{fmt(r['ci_high'])}] p={fmt(r['p_value'])}; Δ {fmt(r['delta'])} → "
@@ -160,6 +170,21 @@ class Ablation(Tool):
             + "\n".join(lines)
         )
         return ToolResult(metrics=metrics, summary=summary, tables={"ablations": ranked})
+
+
+def _component_metrics(row: dict[str, Any]) -> dict[str, Any]:
+    """The per-component metrics of one ablation row: ``delta_change[L1.H6]`` and the rest."""
+    name = row["component"]
+    return {
+        metric_key("delta_change", name): row["delta_change"],
+        metric_key("delta_change", name, "ci_low"): row["ci_low"],
+        metric_key("delta_change", name, "ci_high"): row["ci_high"],
+        metric_key("p_value", name): row["p_value"],
+        **{
+            metric_key(column, name): row[column]
+            for column in ("fraction_removed", "delta_ablated", "rank_gain_ablated", "kendall_tau")
+        },
+    }
 
 
 def _nanmean(values: np.ndarray) -> float | None:

@@ -24,6 +24,7 @@ from rankscope.tools.interventions.masking import (
 from rankscope.tools.interventions.metrics import rank_rows, summarise_columns
 from rankscope.tools.interventions.pairs import POSITION_GROUPS, pair_batches, with_progress
 from rankscope.tools.interventions.report import fmt
+from rankscope.tools.metric_keys import declare, metric_key, per_component, scalar
 from rankscope.tools.registry import register
 from rankscope.tools.retrievers.base import Retriever
 
@@ -90,7 +91,7 @@ class AttentionByRoleArgs(PairArgs):
 
 
 @register
-class AttentionByRole(Tool):
+class AttentionByRole(Tool[AttentionByRoleArgs]):
     name = "attention_by_role"
     description = (
         "Mean attention mass from tokens of one role (cls, query, doc, qterm, injected, filler, "
@@ -101,8 +102,16 @@ class AttentionByRole(Tool):
     )
     version = "1"
     Args = AttentionByRoleArgs
+    metrics = declare(
+        "n_pairs",
+        "n_heads",
+        "top_lift",
+        "uniform_attention",
+        scalar("top_attention", ci=True),
+        per_component("attention", tags=["from->to"]),
+    )
 
-    def run(self, ctx: ToolContext, args: AttentionByRoleArgs) -> ToolResult:  # type: ignore[override]
+    def run(self, ctx: ToolContext, args: AttentionByRoleArgs) -> ToolResult:
         retriever = ctx.retriever
         heads = parse_heads(retriever, args.heads)
         groups = [g for g in POSITION_GROUPS if g != "query" or retriever.kind == "cross-encoder"]
@@ -174,8 +183,8 @@ class AttentionByRole(Tool):
                 "uniform_attention": top["uniform"],
             }
         for r in rows:
-            key = f"{r['head']}|{r['from_role']}->{r['to_role']}"
-            metrics[f"attention[{key}]"] = r["attention"]
+            role_pair = f"{r['from_role']}->{r['to_role']}"
+            metrics[metric_key("attention", r["head"], tags=[role_pair])] = r["attention"]
         artifacts = self._figure(ctx, rows, heads, args) if rows else []
         lines = [
             f"  {r['head']}: {fmt(r['attention'])} [{fmt(r['ci_low'])}, {fmt(r['ci_high'])}] "
@@ -251,7 +260,7 @@ class AttentionMaskingArgs(PairArgs):
 
 
 @register
-class AttentionMasking(Tool):
+class AttentionMasking(Tool[AttentionMaskingArgs]):
     name = "attention_masking"
     description = (
         "Cross-encoders only: block attention from one segment (cls, query, doc, sep) to another "
@@ -261,8 +270,17 @@ class AttentionMasking(Tool):
     )
     version = "1"
     Args = AttentionMaskingArgs
+    metrics = declare(
+        "n_pairs",
+        "n_blocks",
+        "mean_delta",
+        scalar("top_delta_change", ci=True),
+        per_component("delta_change", ci=True),
+        per_component("p_value"),
+        per_component("base_score_change"),
+    )
 
-    def run(self, ctx: ToolContext, args: AttentionMaskingArgs) -> ToolResult:  # type: ignore[override]
+    def run(self, ctx: ToolContext, args: AttentionMaskingArgs) -> ToolResult:
         retriever = ctx.retriever
         require_cross_encoder(retriever)
         layers = args.layers if args.layers is not None else list(range(retriever.n_layers))
@@ -322,11 +340,11 @@ class AttentionMasking(Tool):
             }
         for r in ranked:
             name = r["block"]
-            metrics[f"delta_change[{name}]"] = r["delta_change"]
-            metrics[f"delta_change_ci_low[{name}]"] = r["ci_low"]
-            metrics[f"delta_change_ci_high[{name}]"] = r["ci_high"]
-            metrics[f"p_value[{name}]"] = r["p_value"]
-            metrics[f"base_score_change[{name}]"] = r["base_score_change"]
+            metrics[metric_key("delta_change", name)] = r["delta_change"]
+            metrics[metric_key("delta_change", name, "ci_low")] = r["ci_low"]
+            metrics[metric_key("delta_change", name, "ci_high")] = r["ci_high"]
+            metrics[metric_key("p_value", name)] = r["p_value"]
+            metrics[metric_key("base_score_change", name)] = r["base_score_change"]
         lines = [
             f"  {r['block']}: Δ change {fmt(r['delta_change'])} [{fmt(r['ci_low'])}, "
             f"{fmt(r['ci_high'])}] p={fmt(r['p_value'])}; baseline score change "

@@ -17,7 +17,12 @@ from rankscope.tools.experiments.patching import (
     figures,
 )
 from rankscope.tools.interventions.attribution import attribute_pairs
-from rankscope.tools.interventions.report import effect_report, save_scores, top_lines
+from rankscope.tools.interventions.report import (
+    EFFECT_METRICS,
+    effect_report,
+    save_scores,
+    top_lines,
+)
 from rankscope.tools.registry import register
 
 
@@ -38,7 +43,7 @@ class AttributionPatchingArgs(PatchingArgs):
 
 
 @register
-class AttributionPatching(Tool):
+class AttributionPatching(Tool[AttributionPatchingArgs]):
     name = "attribution_patching"
     description = (
         "Attribution patching: a first-order (activation difference · gradient) estimate of "
@@ -48,8 +53,9 @@ class AttributionPatching(Tool):
     )
     version = "1"
     Args = AttributionPatchingArgs
+    metrics = EFFECT_METRICS
 
-    def run(self, ctx: ToolContext, args: AttributionPatchingArgs) -> ToolResult:  # type: ignore[override]
+    def run(self, ctx: ToolContext, args: AttributionPatchingArgs) -> ToolResult:
         retriever = ctx.retriever
         grid = ActivationPatchingArgs(
             **args.model_dump(

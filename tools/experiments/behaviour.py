@@ -16,6 +16,7 @@ from scipy import stats
 from rankscope.tools.contract import ArtifactFile, Tool, ToolContext, ToolResult
 from rankscope.tools.diagnostics.types import PairSet
 from rankscope.tools.experiments.common import PairArgs, load_pairs
+from rankscope.tools.metric_keys import breakdown, declare, metric_key, scalar
 from rankscope.tools.registry import register
 from rankscope.tools.retrievers.base import Retriever
 from rankscope.tools.stats import bootstrap_ci
@@ -121,7 +122,7 @@ def delta_histogram(delta: np.ndarray, grades: list[int | None], path: str, titl
 
 
 @register
-class BehaviouralTest(Tool):
+class BehaviouralTest(Tool[BehaviouralTestArgs]):
     name = "behavioural_test"
     description = (
         "Score (baseline, perturbed) document pairs of an IR axiom (e.g. TFC1 append: a query term "
@@ -132,6 +133,20 @@ class BehaviouralTest(Tool):
     )
     version = "1"
     Args = BehaviouralTestArgs
+    metrics = declare(
+        scalar("share_moved_predicted", ci=True),
+        scalar("mean_delta", ci=True),
+        scalar("median_delta", ci=True),
+        scalar("mean_rank_gain", ci=True),
+        "p_value",
+        "n_pairs",
+        "n_queries",
+        "mean_relative_delta",
+        "share_rank_improved",
+        "share_rank_worsened",
+        breakdown("share_moved_predicted", "grade"),
+        breakdown("mean_delta", "grade"),
+    )
 
     def run(self, ctx: ToolContext, args: BehaviouralTestArgs) -> ToolResult:
         pairs = load_pairs(ctx, args, aligned=args.aligned)
@@ -177,8 +192,8 @@ class BehaviouralTest(Tool):
                     "mean_delta_ci_high": g_mean.ci_high,
                 }
             )
-            metrics[f"share_moved_predicted[grade={grade}]"] = g_share.value
-            metrics[f"mean_delta[grade={grade}]"] = g_mean.value
+            metrics[metric_key("share_moved_predicted", grade=grade)] = g_share.value
+            metrics[metric_key("mean_delta", grade=grade)] = g_mean.value
         pair_rows = sorted(
             (
                 {

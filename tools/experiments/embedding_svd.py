@@ -15,6 +15,7 @@ from rankscope.tools.contract import (
     ToolResult,
     summarise_rows,
 )
+from rankscope.tools.metric_keys import declare, metric_key, per_component
 from rankscope.tools.registry import register
 from rankscope.tools.representations.corpus import collection_texts, sample_documents
 from rankscope.tools.representations.figures import svd_figure
@@ -36,7 +37,7 @@ class EmbeddingSVDArgs(ToolArgs):
 
 
 @register
-class EmbeddingSVD(Tool):
+class EmbeddingSVD(Tool[EmbeddingSVDArgs]):
     name = "embedding_svd"
     description = (
         "Top singular components of the token embedding matrix and the Spearman correlation of "
@@ -46,8 +47,20 @@ class EmbeddingSVD(Tool):
     )
     version = "1"
     Args = EmbeddingSVDArgs
+    metrics = declare(
+        "spearman_c1",
+        "abs_spearman_c1",
+        "p_c1",
+        "best_component",
+        "best_abs_spearman",
+        "n_tokens",
+        "n_docs",
+        "seconds",
+        per_component("spearman"),
+        per_component("energy"),
+    )
 
-    def run(self, ctx: ToolContext, args: EmbeddingSVDArgs) -> ToolResult:  # type: ignore[override]
+    def run(self, ctx: ToolContext, args: EmbeddingSVDArgs) -> ToolResult:
         start = time.perf_counter()
         retriever = ctx.retriever
         weight = retriever.encoder.get_input_embeddings().weight
@@ -92,8 +105,9 @@ class EmbeddingSVD(Tool):
             "seconds": time.perf_counter() - start,
         }
         for r in rows:
-            metrics[f"spearman[c{r['component']}]"] = r["spearman"]
-            metrics[f"energy[c{r['component']}]"] = r["energy"]
+            component = f"c{r['component']}"
+            metrics[metric_key("spearman", component)] = r["spearman"]
+            metrics[metric_key("energy", component)] = r["energy"]
         figure = svd_figure(
             ctx.artifact_path("embedding_svd_idf.png"),
             np.abs(rho).tolist(),

@@ -11,6 +11,7 @@ from pydantic import Field
 from scipy import stats
 
 from rankscope.tools.contract import ArtifactFile, Tool, ToolContext, ToolResult, summarise_rows
+from rankscope.tools.metric_keys import MetricCatalogue, declare, metric_key, per_component
 from rankscope.tools.registry import register
 from rankscope.tools.representations.activations import (
     DOC_ROLES,
@@ -126,7 +127,7 @@ def _save_sae(ctx: ToolContext, sae: SparseAutoencoder, layer: int | None) -> li
 
 
 @register
-class TrainSAE(Tool):
+class TrainSAE(Tool[TrainSAEArgs]):
     name = "train_sae"
     description = (
         "Train a TopK sparse autoencoder (seeded, Adam, unit-norm decoder rows) on a layer's "
@@ -138,8 +139,33 @@ class TrainSAE(Tool):
     )
     version = "1"
     Args = TrainSAEArgs
+    metrics = declare(
+        "fvu",
+        "explained_variance",
+        "mse",
+        "cosine",
+        "l0",
+        "train_fvu",
+        "dead_latents",
+        "dead_fraction",
+        "width",
+        "k",
+        "n_train_rows",
+        "n_eval_rows",
+        "score_mae",
+        "score_delta_mean",
+        "score_std",
+        "spearman",
+        "kendall",
+        "top1_agreement",
+        "top10_overlap",
+        "n_eval_queries",
+        "collect_seconds",
+        "train_seconds",
+        "evaluate_seconds",
+    )
 
-    def run(self, ctx: ToolContext, args: TrainSAEArgs) -> ToolResult:  # type: ignore[override]
+    def run(self, ctx: ToolContext, args: TrainSAEArgs) -> ToolResult:
         report = _train(ctx, args)
         sae, ev, faith = report.sae, report.eval_stats, report.faithfulness
         where = (
@@ -207,6 +233,10 @@ class TrainSAE(Tool):
             tables={"training": rows},
             artifacts=artifacts,
         )
+
+
+CORRELATION_METRICS = ("best_unit", "best_correlation", "best_p_bonferroni")
+"""The scalars of the unit most correlated with the property (none without a property)."""
 
 
 class FeatureArgs(DocumentArgs):
@@ -358,7 +388,7 @@ def _labels_for(
 
 
 @register
-class FeatureInspection(Tool):
+class FeatureInspection(Tool[FeatureArgs]):
     name = "feature_inspection"
     description = (
         "Inspect MLP neurons or SAE latents over documents: activation statistics (mean, std, "
@@ -369,8 +399,27 @@ class FeatureInspection(Tool):
     )
     version = "1"
     Args = FeatureArgs
+    metrics = declare(
+        "n_rows",
+        "n_docs",
+        "n_units_total",
+        "n_units_tested",
+        "mean_active_frac",
+        "seconds",
+        *CORRELATION_METRICS,
+        per_component("active_frac"),
+        per_component("mean"),
+        per_component("corr"),
+    )
 
-    def run(self, ctx: ToolContext, args: FeatureArgs) -> ToolResult:  # type: ignore[override]
+    def metrics_for(self, args: FeatureArgs) -> MetricCatalogue | None:
+        """Without a property there are no correlations."""
+        catalogue = self.metrics
+        if catalogue is not None and args.property is None:
+            return catalogue.without("corr", *CORRELATION_METRICS)
+        return catalogue
+
+    def run(self, ctx: ToolContext, args: FeatureArgs) -> ToolResult:
         start = time.perf_counter()
         acts, table, docs, what, artifacts, _ = _unit_activations(ctx, args)
         n_units_total = acts.shape[1]
@@ -449,10 +498,11 @@ class FeatureInspection(Tool):
             "seconds": time.perf_counter() - start,
         }
         for r in unit_rows:
-            metrics[f"active_frac[{r['unit']}]"] = r["active_frac"]
-            metrics[f"mean[{r['unit']}]"] = r["mean"]
+            unit_name = str(r["unit"])
+            metrics[metric_key("active_frac", unit_name)] = r["active_frac"]
+            metrics[metric_key("mean", unit_name)] = r["mean"]
             if "correlation" in r:
-                metrics[f"corr[{r['unit']}]"] = r["correlation"]
+                metrics[metric_key("corr", unit_name)] = r["correlation"]
         if corr is not None:
             best = max(unit_rows, key=lambda r: abs(r["correlation"]))
             metrics["best_unit"] = best["unit"]

@@ -18,7 +18,12 @@ from rankscope.tools.interventions.patching import (
     patch_name,
     patch_pairs,
 )
-from rankscope.tools.interventions.report import effect_report, save_scores, top_lines
+from rankscope.tools.interventions.report import (
+    EFFECT_METRICS,
+    effect_report,
+    save_scores,
+    top_lines,
+)
 from rankscope.tools.registry import register
 from rankscope.tools.retrievers.base import Retriever
 
@@ -185,7 +190,7 @@ def _position_order(selector: str) -> tuple[int, int | str]:
 
 
 @register
-class ActivationPatching(Tool):
+class ActivationPatching(Tool[ActivationPatchingArgs]):
     name = "activation_patching"
     description = (
         "Activation patching between the baseline and perturbed document of each pair: per head "
@@ -196,8 +201,9 @@ class ActivationPatching(Tool):
     )
     version = "1"
     Args = ActivationPatchingArgs
+    metrics = EFFECT_METRICS
 
-    def run(self, ctx: ToolContext, args: ActivationPatchingArgs) -> ToolResult:  # type: ignore[override]
+    def run(self, ctx: ToolContext, args: ActivationPatchingArgs) -> ToolResult:
         retriever = ctx.retriever
         pairs = load_pairs(ctx, args)
         interventions = build_interventions(retriever, args)

@@ -13,7 +13,12 @@ from rankscope.tools.interventions.figures import heatmap
 from rankscope.tools.interventions.pairs import pair_batches, with_progress
 from rankscope.tools.interventions.patching import PatchScores, sides
 from rankscope.tools.interventions.path import Receiver, parse_senders, path_patch
-from rankscope.tools.interventions.report import effect_report, save_scores, top_lines
+from rankscope.tools.interventions.report import (
+    EFFECT_METRICS,
+    effect_report,
+    save_scores,
+    top_lines,
+)
 from rankscope.tools.registry import register
 
 
@@ -41,7 +46,7 @@ class PathPatchingArgs(PatchingArgs):
 
 
 @register
-class PathPatching(Tool):
+class PathPatching(Tool[PathPatchingArgs]):
     name = "path_patching"
     description = (
         "Path patching: the effect of sender heads on a receiver (the final representation, or a "
@@ -51,8 +56,9 @@ class PathPatching(Tool):
     )
     version = "1"
     Args = PathPatchingArgs
+    metrics = EFFECT_METRICS
 
-    def run(self, ctx: ToolContext, args: PathPatchingArgs) -> ToolResult:  # type: ignore[override]
+    def run(self, ctx: ToolContext, args: PathPatchingArgs) -> ToolResult:
         retriever = ctx.retriever
         receiver = Receiver.parse(args.receiver)
         limit = retriever.n_layers if receiver.layer is None else receiver.layer

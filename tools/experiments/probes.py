@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import time
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field, model_validator
 from tqdm.auto import tqdm
 
 from rankscope.tools.contract import ArtifactFile, Tool, ToolContext, ToolResult, summarise_rows
+from rankscope.tools.metric_keys import declare, metric_key, per_component
 from rankscope.tools.registry import register
 from rankscope.tools.representations.activations import (
     EMBEDDINGS,
@@ -20,6 +21,7 @@ from rankscope.tools.representations.activations import (
 from rankscope.tools.representations.corpus import DocumentArgs, collection_texts, sample_documents
 from rankscope.tools.representations.figures import probe_accuracy_figure
 from rankscope.tools.representations.probing import (
+    ProbeWeights,
     fit_probe_weights,
     group_folds,
     probe_layer,
@@ -36,6 +38,9 @@ from rankscope.tools.representations.properties import (
     token_labels,
 )
 from rankscope.tools.representations.results import clean_metrics
+
+LAYER_COLUMNS = ("accuracy", "balanced_accuracy", "control", "selectivity")
+"""The per-layer results stored as metrics: ``accuracy[L3]``, …"""
 
 
 class ProbeArgs(DocumentArgs):
@@ -87,7 +92,7 @@ def _labels(ctx: ToolContext, args: ProbeArgs, table: ActivationTable, docs: lis
 
 
 @register
-class LinearProbe(Tool):
+class LinearProbe(Tool[ProbeArgs]):
     name = "linear_probe"
     description = (
         "Layer-wise linear probes (logistic regression, standardised features, folds grouped by "
@@ -99,8 +104,24 @@ class LinearProbe(Tool):
     )
     version = "1"
     Args = ProbeArgs
+    metrics = declare(
+        "best_layer",
+        "best_accuracy",
+        "best_selectivity",
+        "best_selectivity_layer",
+        "selectivity_at_best_layer",
+        "majority_baseline",
+        "n_rows",
+        "n_docs",
+        "n_queries",
+        "n_classes",
+        "n_folds",
+        "collect_seconds",
+        "probe_seconds",
+        *(per_component(column) for column in LAYER_COLUMNS),
+    )
 
-    def run(self, ctx: ToolContext, args: ProbeArgs) -> ToolResult:  # type: ignore[override]
+    def run(self, ctx: ToolContext, args: ProbeArgs) -> ToolResult:
         retriever = ctx.retriever
         start = time.perf_counter()
         docs = sample_documents(
@@ -140,7 +161,8 @@ class LinearProbe(Tool):
         types = table.token_id if args.level == "token" else table.doc
         control = control_labels(y, types, args.seed)
         folds = group_folds(qids, args.folds, args.seed)
-        rows, weights = [], {}
+        rows: list[dict[str, Any]] = []
+        weights: dict[str, ProbeWeights] = {}
         for name in tqdm(table.layers, desc="probes", disable=not ctx.progress, leave=False):
             x = table.acts[name]
             result = probe_layer(name, x, y, control, folds, args.c, args.seed)
@@ -181,8 +203,8 @@ class LinearProbe(Tool):
             "probe_seconds": probe_seconds,
         }
         for r in rows:
-            for key in ("accuracy", "balanced_accuracy", "control", "selectivity"):
-                metrics[f"{key}[{r['layer']}]"] = float(r[key])
+            for column in LAYER_COLUMNS:
+                metrics[metric_key(column, r["layer"])] = float(r[column])
         what = f"{args.property} ({args.level} level" + (
             f", {args.pooling} pooling)" if args.level == "document" else ")"
         )

@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 from rankscope.tools.contract import ArtifactFile, Tool, ToolContext, ToolResult, summarise_rows
 from rankscope.tools.diagnostics.types import Pair
 from rankscope.tools.experiments.common import PairArgs, load_pairs
+from rankscope.tools.metric_keys import MetricCatalogue, breakdown, declare, metric_key, scalar
 from rankscope.tools.registry import register
 from rankscope.tools.representations.activations import length_batches
 from rankscope.tools.representations.corpus import Document, query_groups, sample_documents
@@ -85,6 +86,10 @@ class SteeringArgs(PairArgs):
         return self
 
 
+PAIR_METRICS = ("actual_delta", "n_direction_pairs", "best_recovered")
+"""The scalars of target 'pairs' only (the perturbation's real effect and its recovery)."""
+
+
 def _direction(
     ctx: ToolContext, args: SteeringArgs, layer: int, pairs: list[Pair]
 ) -> tuple[np.ndarray, str]:
@@ -139,7 +144,7 @@ def _fmt(value: float | int | None) -> str:
 
 
 @register
-class Steering(Tool):
+class Steering(Tool[SteeringArgs]):
     name = "steering"
     description = (
         "Add scale x direction to a layer's output (residual stream, attention or MLP write) at "
@@ -154,8 +159,34 @@ class Steering(Tool):
     )
     version = "1"
     Args = SteeringArgs
+    metrics = declare(
+        "layer",
+        "n_docs",
+        "n_queries",
+        "n_positions",
+        "direction_norm",
+        "site_norm",
+        scalar("slope", ci=True),
+        "slope_positive",
+        "slope_negative",
+        "max_abs_delta",
+        "base_score_std",
+        "seconds",
+        *PAIR_METRICS,
+        breakdown("mean_delta", "s"),
+        breakdown("share_up", "s"),
+        breakdown("rank_gain", "s"),
+        breakdown("recovered", "s"),
+    )
 
-    def run(self, ctx: ToolContext, args: SteeringArgs) -> ToolResult:  # type: ignore[override]
+    def metrics_for(self, args: SteeringArgs) -> MetricCatalogue | None:
+        """Steering documents (not pair baselines) has no real effect to recover."""
+        catalogue = self.metrics
+        if catalogue is not None and args.target != "pairs":
+            return catalogue.without("recovered", *PAIR_METRICS)
+        return catalogue
+
+    def run(self, ctx: ToolContext, args: SteeringArgs) -> ToolResult:
         retriever = ctx.retriever
         start = time.perf_counter()
         layer = retriever.n_layers // 2 if args.layer is None else args.layer
@@ -272,12 +303,12 @@ class Steering(Tool):
             if actual_mean:
                 metrics["best_recovered"] = max(r["recovered"] for r in rows)
         for r in rows:
-            key = f"s={r['scale']:g}"
-            metrics[f"mean_delta[{key}]"] = r["mean_delta"]
-            metrics[f"share_up[{key}]"] = r["share_up"]
-            metrics[f"rank_gain[{key}]"] = r["rank_gain"]
+            at = f"{r['scale']:g}"
+            metrics[metric_key("mean_delta", s=at)] = r["mean_delta"]
+            metrics[metric_key("share_up", s=at)] = r["share_up"]
+            metrics[metric_key("rank_gain", s=at)] = r["rank_gain"]
             if "recovered" in r:
-                metrics[f"recovered[{key}]"] = r["recovered"]
+                metrics[metric_key("recovered", s=at)] = r["recovered"]
         where = f"{args.site} of L{layer} at {args.positions} positions"
         what = "pair baselines" if args.target == "pairs" else "documents"
         figure = dose_response_figure(

@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from rankscope.tools.metric_keys import metric_key
 from rankscope.tools.stats import bootstrap_ci_columns, one_sample_p_value
 
 Metric = Literal["classic", "robust"]
@@ -136,10 +137,10 @@ def component_metrics(rows: Sequence[dict[str, Any]], prefix: str = "effect") ->
     out: dict[str, Any] = {}
     for row in rows:
         name = row["component"]
-        out[f"{prefix}[{name}]"] = row["effect"]
-        out[f"{prefix}_ci_low[{name}]"] = row["ci_low"]
-        out[f"{prefix}_ci_high[{name}]"] = row["ci_high"]
-        out[f"p_value[{name}]"] = row["p_value"]
+        out[metric_key(prefix, name)] = row["effect"]
+        out[metric_key(prefix, name, "ci_low")] = row["ci_low"]
+        out[metric_key(prefix, name, "ci_high")] = row["ci_high"]
+        out[metric_key("p_value", name)] = row["p_value"]
     return out
 
 
@@ -148,8 +149,8 @@ def top_metrics(ranked: Sequence[dict[str, Any]], prefix: str = "top_effect") ->
     top = ranked[0] if ranked else {}
     return {
         prefix: top.get("effect"),
-        f"{prefix}_ci_low": top.get("ci_low"),
-        f"{prefix}_ci_high": top.get("ci_high"),
+        metric_key(prefix, stat="ci_low"): top.get("ci_low"),
+        metric_key(prefix, stat="ci_high"): top.get("ci_high"),
         f"{prefix.replace('effect', 'p_value')}": top.get("p_value"),
     }
 

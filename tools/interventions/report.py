@@ -24,6 +24,22 @@ from rankscope.tools.interventions.metrics import (
     top_metrics,
 )
 from rankscope.tools.interventions.patching import PatchScores
+from rankscope.tools.metric_keys import declare, metric_key, per_component, scalar
+
+EFFECT_METRICS = declare(
+    "n_pairs",
+    "n_dropped",
+    "n_components",
+    "mean_delta",
+    "top_p_value",
+    "top_layer",
+    "top_head",
+    scalar("top_effect", ci=True),
+    per_component("effect", ci=True),
+    per_component("p_value"),
+    per_component("effect", qualifiers=["rel"]),
+)
+"""The metrics of :func:`effect_report` (activation, attribution and path patching)."""
 
 
 @dataclass
@@ -89,7 +105,7 @@ def effect_report(
         **component_metrics(ranked),
     }
     for row in rel_rows:
-        metrics[f"effect[{row['component']}|rel={row['relevance']}]"] = row["effect"]
+        metrics[metric_key("effect", row["component"], rel=row["relevance"])] = row["effect"]
     return EffectReport(
         rows=ranked,
         relevance_rows=rel_rows,
