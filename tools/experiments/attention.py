@@ -115,8 +115,8 @@ class AttentionByRole(Tool[AttentionByRoleArgs]):
         retriever = ctx.retriever
         heads = parse_heads(retriever, args.heads)
         groups = [g for g in POSITION_GROUPS if g != "query" or retriever.kind == "cross-encoder"]
-        from_groups = list(args.from_roles or groups)
-        to_groups = list(args.to_roles or [*groups, SAME_TOKEN])
+        from_groups: list[str] = list(args.from_roles or groups)
+        to_groups: list[str] = list(args.to_roles) if args.to_roles else [*groups, SAME_TOKEN]
         focus_from, _, focus_to = args.focus.partition("->")
         if focus_from not in from_groups:
             from_groups.append(focus_from)

@@ -13,6 +13,7 @@ from rankscope.tools.experiments.patching import (
     BlockSite,
     PatchingArgs,
     RoleGroup,
+    all_block_sites,
     build_interventions,
     figures,
 )
@@ -33,7 +34,7 @@ class AttributionPatchingArgs(PatchingArgs):
         "'head_role' = every head × position role.",
     )
     sites: list[BlockSite] = Field(
-        default_factory=lambda: ["resid", "attn", "mlp"], min_length=1, description="Block sites."
+        default_factory=all_block_sites, min_length=1, description="Block sites."
     )
     positions: Literal["all", "role", "index"] = Field(
         "role", description="Positions of the block grid (as in activation_patching)."

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from functools import partial
+from operator import itemgetter
 from typing import Literal
 
 import matplotlib
@@ -22,6 +24,13 @@ from rankscope.tools.retrievers.base import Retriever
 from rankscope.tools.stats import bootstrap_ci
 
 Predicted = Literal["increase", "decrease", "any"]
+Alternative = Literal["greater", "less", "two-sided"]
+ALTERNATIVES: dict[Predicted, Alternative] = {
+    "increase": "greater",
+    "decrease": "less",
+    "any": "two-sided",
+}
+"""The alternative of the one-sided test in the predicted direction."""
 
 PREDICTED_BY_AXIOM: dict[str, Predicted] = {
     "TFC1": "increase",
@@ -89,8 +98,7 @@ def direction_p_value(delta: np.ndarray, predicted: Predicted) -> float:
     nonzero = delta[delta != 0]
     if nonzero.size < 2:
         return 1.0
-    alternative = {"increase": "greater", "decrease": "less", "any": "two-sided"}[predicted]
-    return float(stats.wilcoxon(nonzero, alternative=alternative).pvalue)
+    return float(stats.wilcoxon(nonzero, alternative=ALTERNATIVES[predicted]).pvalue)
 
 
 def delta_histogram(delta: np.ndarray, grades: list[int | None], path: str, title: str) -> None:
@@ -110,7 +118,7 @@ def delta_histogram(delta: np.ndarray, grades: list[int | None], path: str, titl
     bins = np.histogram_bin_edges(delta, bins=30)
     for label, values in groups:
         if values.size:
-            ax.hist(values, bins=bins, alpha=0.55, label=f"{label} (n={values.size})")
+            ax.hist(values, bins=bins.tolist(), alpha=0.55, label=f"{label} (n={values.size})")
     ax.axvline(0.0, color="black", linewidth=0.8)
     ax.set_xlabel("score delta (perturbed − baseline)")
     ax.set_ylabel("pairs")
@@ -157,11 +165,11 @@ class BehaviouralTest(Tool[BehaviouralTestArgs]):
         delta = pert - base
         moved = moved_predicted(delta, predicted)
         gains = rank_changes(pairs, base, pert)
-        boot = {"n_resamples": args.n_bootstrap, "seed": args.seed}
-        share = bootstrap_ci(moved, **boot)
-        mean = bootstrap_ci(delta, **boot)
-        median = bootstrap_ci(delta, statistic=lambda x, axis=-1: np.median(x, axis=axis), **boot)
-        rank = bootstrap_ci(gains, **boot)
+        boot = partial(bootstrap_ci, n_resamples=args.n_bootstrap, seed=args.seed)
+        share = boot(moved)
+        mean = boot(delta)
+        median = boot(delta, statistic=lambda x, axis=-1: np.median(x, axis=axis))
+        rank = boot(gains)
         metrics: dict[str, float | int | None] = {
             "n_pairs": len(pairs),
             "n_queries": len(pairs.qids()),
@@ -178,8 +186,8 @@ class BehaviouralTest(Tool[BehaviouralTestArgs]):
         by_grade = []
         for grade in sorted({g for g in grades if g is not None}):
             idx = np.array([g == grade for g in grades])
-            g_share = bootstrap_ci(moved[idx], **boot)
-            g_mean = bootstrap_ci(delta[idx], **boot)
+            g_share = boot(moved[idx])
+            g_mean = boot(delta[idx])
             by_grade.append(
                 {
                     "grade": grade,
@@ -207,7 +215,7 @@ class BehaviouralTest(Tool[BehaviouralTestArgs]):
                 }
                 for p, b, s, g in zip(pairs, base, pert, gains, strict=True)
             ),
-            key=lambda row: row["delta"],
+            key=itemgetter("delta"),
         )
         figure = ctx.artifact_path(f"behaviour_{args.axiom}_{args.variant}_{args.split}.png")
         delta_histogram(

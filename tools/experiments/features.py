@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from functools import partial
 from typing import Literal
 
 import numpy as np
@@ -311,19 +312,27 @@ def _unit_activations(
         holdout_fraction=args.holdout_fraction,
         split_seed=args.split_seed,
     )
-    common = {
-        "roles": DOC_ROLES,
-        "max_tokens_per_doc": args.max_tokens_per_doc,
-        "batch_size": args.batch_size,
-        "seed": args.seed,
-        "progress": ctx.progress,
-    }
+    collect = partial(
+        collect_activations,
+        roles=DOC_ROLES,
+        max_tokens_per_doc=args.max_tokens_per_doc,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        progress=ctx.progress,
+    )
     if args.unit_type == "neuron":
-        layer = retriever.n_layers - 1 if args.layer is None else args.layer
-        if not 0 <= layer < retriever.n_layers:
-            raise ValueError(f"layer {layer} does not exist (0..{retriever.n_layers - 1})")
-        table = collect_activations(retriever, docs, [layer], site="neurons", **common)
-        return table.acts[layer_name(layer)], table, docs, f"MLP neurons of L{layer}", [], layer
+        neurons = retriever.n_layers - 1 if args.layer is None else args.layer
+        if not 0 <= neurons < retriever.n_layers:
+            raise ValueError(f"layer {neurons} does not exist (0..{retriever.n_layers - 1})")
+        table = collect(retriever, docs, [neurons], site="neurons")
+        return (
+            table.acts[layer_name(neurons)],
+            table,
+            docs,
+            f"MLP neurons of L{neurons}",
+            [],
+            neurons,
+        )
     extra: list[ArtifactFile] = []
     if args.sae:
         sae = load_sae(args.sae)
@@ -354,7 +363,7 @@ def _unit_activations(
             extra,
             None,
         )
-    table = collect_activations(retriever, docs, [layer], **common)
+    table = collect(retriever, docs, [layer])
     with torch.no_grad():
         acts = sae.encode(torch.from_numpy(table.acts[layer_name(layer)])).numpy()
     return acts, table, docs, f"SAE latents of L{layer} residual stream", extra, layer

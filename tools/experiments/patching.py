@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -29,6 +30,13 @@ from rankscope.tools.retrievers.base import Retriever
 
 RoleGroup = Literal["cls", "query", "doc", "qterm", "injected", "filler", "sep"]
 BlockSite = Literal["resid", "attn", "mlp"]
+
+
+def all_block_sites() -> list[BlockSite]:
+    """Every site of the block grid (the default of ``sites``)."""
+    return ["resid", "attn", "mlp"]
+
+
 DIRECTION_DOC = (
     "'denoising': perturbed-run activations patched into the baseline run (does the component "
     "restore the effect?); 'noising': baseline activations patched into the perturbed run (does "
@@ -73,7 +81,7 @@ class ActivationPatchingArgs(PatchingArgs):
         "'block' = sites × layer × positions; 'head_role' = every head × position role.",
     )
     sites: list[BlockSite] = Field(
-        default_factory=lambda: ["resid", "attn", "mlp"],
+        default_factory=all_block_sites,
         description="Sites of the block grid: resid (layer output), attn (attention write), mlp.",
     )
     positions: Literal["all", "role", "index"] = Field(
@@ -104,7 +112,7 @@ class ActivationPatchingArgs(PatchingArgs):
         return self
 
 
-def role_groups(retriever: Retriever, roles: list[str] | None) -> list[str]:
+def role_groups(retriever: Retriever, roles: Sequence[str] | None) -> list[str]:
     """The role groups to use (``query`` only exists on cross-encoders)."""
     groups = list(roles) if roles else list(POSITION_GROUPS)
     if retriever.kind != "cross-encoder" and not roles:

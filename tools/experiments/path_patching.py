@@ -8,7 +8,7 @@ from pydantic import Field, model_validator
 from rankscope.tools.contract import ArtifactFile, Tool, ToolContext, ToolResult
 from rankscope.tools.experiments.common import load_pairs
 from rankscope.tools.experiments.patching import PatchingArgs
-from rankscope.tools.interventions.cache import capture
+from rankscope.tools.interventions.cache import SiteKey, capture
 from rankscope.tools.interventions.figures import heatmap
 from rankscope.tools.interventions.pairs import pair_batches, with_progress
 from rankscope.tools.interventions.patching import PatchScores, sides
@@ -68,7 +68,7 @@ class PathPatching(Tool[PathPatchingArgs]):
                 raise ValueError(f"no head lies before the receiver {receiver.name}")
         else:
             heads = list(parse_senders(args.senders))
-        sender_sets = [(head,) for head in heads]
+        sender_sets: list[tuple[tuple[int, int], ...]] = [(head,) for head in heads]
         names = [f"L{layer}.H{h}" for layer, h in heads]
         if args.joint and len(heads) > 1:
             sender_sets.append(tuple(heads))
@@ -76,7 +76,7 @@ class PathPatching(Tool[PathPatchingArgs]):
         pairs = list(load_pairs(ctx, args))
         n, k = len(pairs), len(sender_sets)
         s_base, s_pert, s_patched = np.zeros(n), np.zeros(n), np.zeros((n, k))
-        sites = [(layer, "heads") for layer in range(retriever.n_layers)]
+        sites: list[SiteKey] = [(layer, "heads") for layer in range(retriever.n_layers)]
         batches = pair_batches(retriever, pairs, args.batch_size)
         for batch in with_progress(batches, n, "path patching", ctx.progress):
             target_side, source_side = sides(batch, args.direction)
