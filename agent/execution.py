@@ -30,7 +30,7 @@ from rankscope.experiments_db.repository import Store
 from rankscope.tools.contract import ArtifactFile, ToolContext
 from rankscope.tools.running import resolve_call, run_tool
 
-_RETRIEVERS: dict[tuple[str | None, str, int], Any] = {}
+_RETRIEVERS: dict[tuple[str | None, str, int, tuple[tuple[str, Any], ...]], Any] = {}
 
 
 def shared_retriever(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel
@@ -39,7 +40,9 @@ def bootstrap_ci(
         return Estimate(value=float("nan"), ci_low=float("nan"), ci_high=float("nan"), n=0)
     value = float(statistic(data))
     if data.size == 1 or np.all(data == data[0]):
-        return Estimate(value=value, ci_low=value, ci_high=value, n=int(data.size))
+        # One value, or no variability: the bootstrap has nothing to resample, so there is no
+        # interval (a zero-width one would claim certainty the data cannot give).
+        return Estimate(value=value, ci_low=float("nan"), ci_high=float("nan"), n=int(data.size))
     result = stats.bootstrap(
         (data,),
         statistic,
@@ -69,14 +72,18 @@ def bootstrap_ci_columns(
     return np.nanmean(data, axis=0), low, high
 
 
-def one_sample_p_value(values: np.ndarray | list[float], alternative: str = "two-sided") -> float:
-    """p-value of a one-sample t-test of mean zero (``greater``, ``less`` or ``two-sided``)."""
+Alternative = Literal["two-sided", "less", "greater"]
+
+
+def one_sample_p_value(
+    values: np.ndarray | list[float], alternative: Alternative = "two-sided"
+) -> float:
+    """p-value of a one-sample t-test of mean zero (``greater``, ``less`` or ``two-sided``).
+
+    NaN with fewer than two values or none that differ: the test is undefined there, and a
+    p-value of 0 would turn one pair into a "significant" result."""
     data = np.asarray(values, dtype=float)
     data = data[np.isfinite(data)]
     if data.size < 2 or np.all(data == data[0]):
-        if data.size and data[0] != 0:
-            positive = data[0] > 0
-            sure = alternative == "two-sided" or (alternative == "greater") == positive
-            return 0.0 if sure else 1.0
-        return 1.0
+        return float("nan")
     return float(stats.ttest_1samp(data, 0.0, alternative=alternative).pvalue)

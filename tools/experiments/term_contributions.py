@@ -10,6 +10,7 @@ the document), ``doc_expansion`` (the document side expanded to a query token) o
 from __future__ import annotations
 
 from collections import defaultdict
+from typing import cast
 
 import numpy as np
 from pydantic import Field
@@ -97,12 +98,12 @@ class TermContributions(Tool[TermContributionsArgs]):
                 change = (after.contribution if after else 0.0) - (
                     before.contribution if before else 0.0
                 )
-                row = after or before
-                if row is None:
+                entry = after or before
+                if entry is None:
                     continue
-                delta_by_kind[row.kind] += change
-                term_delta[row.term].append(change)
-                term_kind[row.term][row.kind] += 1
+                delta_by_kind[entry.kind] += change
+                term_delta[entry.term].append(change)
+                term_kind[entry.term][entry.kind] += 1
                 if after is not None and after.in_doc and token_id not in base_ids:
                     injected_delta += change
                 if abs(change) > abs(top_change):
@@ -142,7 +143,7 @@ class TermContributions(Tool[TermContributionsArgs]):
                 }
                 for term, changes in term_delta.items()
             ),
-            key=lambda r: -abs(r["mean_change"]),
+            key=lambda r: -abs(float(cast(float, r["mean_change"]))),
         )[: args.top_k]
         summary = (
             f"term contributions on {n} {args.axiom}/{args.variant} pairs: mean delta "
