@@ -145,10 +145,10 @@ def p_keys(metric: str) -> list[str]:
     :func:`rankscope.tools.metric_keys.p_keys`; an un-bracketed metric falls back on the tool's
     overall ``top_p_value`` (for a ``top_…`` metric) and ``p_value``."""
     keys = _unique([f"{metric}_p_value", *metric_keys.p_keys(metric)])
-    if _bracketed(metric) is None:
-        keys += ["top_p_value"] if metric.startswith("top_") else []
-        keys.append("p_value")
-    return keys
+    if _bracketed(metric) is not None:
+        return keys
+    overall = ["top_p_value", "p_value"] if metric.startswith("top_") else ["p_value"]
+    return keys + overall
 
 
 def _component_p_keys(parsed: MetricKey, component: str) -> list[str]:
