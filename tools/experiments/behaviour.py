@@ -21,10 +21,9 @@ from rankscope.tools.experiments.common import PairArgs, load_pairs
 from rankscope.tools.metric_keys import breakdown, declare, metric_key, scalar
 from rankscope.tools.registry import register
 from rankscope.tools.retrievers.base import Retriever
-from rankscope.tools.stats import bootstrap_ci
+from rankscope.tools.stats import Alternative, bootstrap_ci
 
 Predicted = Literal["increase", "decrease", "any"]
-Alternative = Literal["greater", "less", "two-sided"]
 ALTERNATIVES: dict[Predicted, Alternative] = {
     "increase": "greater",
     "decrease": "less",
