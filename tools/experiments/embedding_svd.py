@@ -63,7 +63,7 @@ class EmbeddingSVD(Tool[EmbeddingSVDArgs]):
     def run(self, ctx: ToolContext, args: EmbeddingSVDArgs) -> ToolResult:
         start = time.perf_counter()
         retriever = ctx.retriever
-        weight = retriever.encoder.get_input_embeddings().weight
+        weight = retriever.model.get_input_embeddings().weight
         docs = (
             []
             if ctx.data.collection() is not None
