@@ -1,10 +1,10 @@
-"""One process drives an investigation at a time: a lease in the investigation's ``config`` JSON.
+"""One process drives an investigation at a time: a lease in the investigation's settings.
 
-The process that runs an investigation writes ``config["lease"]`` (host, pid, heartbeat), renews
-the heartbeat after every graph node and removes the lease when it stops. Another process may
-take over only when the holder is gone: on the same host its pid is no longer alive; on another
-host its heartbeat is older than :data:`STALE_AFTER_S`. A process killed with ``kill -9`` thus
-leaves a lease that the next ``resume`` on its host takes over at once.
+The process that runs an investigation writes its :class:`~rankscope.agent.settings.Lease`
+(host, pid, heartbeat), renews the heartbeat after every graph node and removes the lease when it
+stops. Another process may take over only when the holder is gone: on the same host its pid is no
+longer alive; on another host its heartbeat is older than :data:`STALE_AFTER_S`. A process killed
+with ``kill -9`` thus leaves a lease that the next ``resume`` on its host takes over at once.
 """
 
 from __future__ import annotations
@@ -12,11 +12,10 @@ from __future__ import annotations
 import os
 import socket
 from datetime import UTC, datetime
-from typing import Any
 
+from rankscope.agent.settings import Lease, save_settings, settings_of
 from rankscope.experiments_db.repository import Store
 
-LEASE_KEY = "lease"
 STALE_AFTER_S = 30 * 60.0
 
 
@@ -38,38 +37,32 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _holder(lease: dict[str, Any]) -> str | None:
+def _holder(lease: Lease) -> str | None:
     """Who holds ``lease``, if it is someone else and still live; else None."""
-    host, pid = lease.get("host"), lease.get("pid")
-    if not isinstance(pid, int):
-        return None
-    if host == socket.gethostname():
-        if pid == os.getpid() or not _pid_alive(pid):
+    if lease.host == socket.gethostname():
+        if lease.pid == os.getpid() or not _pid_alive(lease.pid):
             return None
-        return f"process {pid} on this host"
+        return f"process {lease.pid} on this host"
     try:
-        age = (_now() - datetime.fromisoformat(str(lease.get("heartbeat")))).total_seconds()
+        age = (_now() - datetime.fromisoformat(lease.heartbeat)).total_seconds()
     except ValueError:
         return None
     if age > STALE_AFTER_S:
         return None
-    return f"process {pid} on host {host} (last heartbeat {age:.0f} s ago)"
+    return f"process {lease.pid} on host {lease.host} (last heartbeat {age:.0f} s ago)"
 
 
-def _write(store: Store, investigation_id: int, lease: dict[str, Any] | None) -> None:
-    config = dict(store.get_investigation(investigation_id).config or {})
-    if lease is None:
-        config.pop(LEASE_KEY, None)
-    else:
-        config[LEASE_KEY] = lease
-    store.update_investigation_config(investigation_id, config)
+def _write(store: Store, investigation_id: int, lease: Lease | None) -> None:
+    settings = settings_of(store.get_investigation(investigation_id))
+    settings.lease = lease
+    save_settings(store, investigation_id, settings)
 
 
 def claim(store: Store, investigation_id: int) -> None:
     """Take the lease, or raise :class:`LeaseHeldError` saying who holds it and what to do."""
     inv = store.get_investigation(investigation_id)
-    lease = (inv.config or {}).get(LEASE_KEY)
-    if inv.status == "running" and isinstance(lease, dict):
+    lease = settings_of(inv).lease
+    if inv.status == "running" and lease is not None:
         holder = _holder(lease)
         if holder is not None:
             raise LeaseHeldError(
@@ -85,12 +78,12 @@ def renew(store: Store, investigation_id: int) -> None:
     _write(
         store,
         investigation_id,
-        {"host": socket.gethostname(), "pid": os.getpid(), "heartbeat": _now().isoformat()},
+        Lease(host=socket.gethostname(), pid=os.getpid(), heartbeat=_now().isoformat()),
     )
 
 
 def release(store: Store, investigation_id: int) -> None:
     """Drop this process's lease (if it still holds it)."""
-    lease = (store.get_investigation(investigation_id).config or {}).get(LEASE_KEY)
-    if isinstance(lease, dict) and lease.get("pid") == os.getpid():
+    lease = settings_of(store.get_investigation(investigation_id)).lease
+    if lease is not None and lease.pid == os.getpid():
         _write(store, investigation_id, None)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from rankscope.agent.planners.base import Ledger, LedgerEntry
+from rankscope.agent.settings import settings_of
 from rankscope.agent.state import Budget
 from rankscope.agent.verdicts import ci_keys, p_keys
 from rankscope.experiments_db.records import HypothesisNode, InvestigationTree
@@ -91,7 +92,7 @@ def build_ledger(
     return Ledger(
         investigation_id=inv.id,
         question=inv.question,
-        model=dict(inv.config.get("model") or {"model_id": inv.model_id}),
+        model=settings_of(inv).model or {"model_id": inv.model_id},
         data=inv.data_spec,
         tools=list(all_tools()),
         entries=[ledger_entry(h) for h in tree.hypotheses],

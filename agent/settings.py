@@ -10,6 +10,15 @@ from rankscope.experiments_db.records import InvestigationRecord
 from rankscope.experiments_db.repository import Store
 
 
+class Lease(BaseModel):
+    """The process driving an investigation now (see :mod:`rankscope.agent.lease`)."""
+
+    host: str
+    pid: int
+    heartbeat: str
+    """ISO time of the last renewal."""
+
+
 class InvestigationSettings(BaseModel):
     """How an investigation runs: what the user asked for and what the agent recorded about it.
 
@@ -39,6 +48,7 @@ class InvestigationSettings(BaseModel):
         default_factory=dict, description="The loaded retriever as it describes itself."
     )
     notes: list[str] = Field(default_factory=list, description="Notes shown in the report.")
+    lease: Lease | None = Field(None, description="The live process driving the investigation.")
 
 
 def settings_of(investigation: InvestigationRecord) -> InvestigationSettings:
@@ -47,7 +57,10 @@ def settings_of(investigation: InvestigationRecord) -> InvestigationSettings:
 
 
 def save_settings(store: Store, investigation_id: int, settings: InvestigationSettings) -> None:
-    store.update_investigation_config(investigation_id, settings.model_dump(mode="json"))
+    """Store the settings as the investigation's config (unset optional fields left out)."""
+    store.update_investigation_config(
+        investigation_id, settings.model_dump(mode="json", exclude_none=True)
+    )
 
 
 def add_note(store: Store, investigation_id: int, note: str) -> None:

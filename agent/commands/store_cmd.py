@@ -15,6 +15,7 @@ from rich.table import Table
 from rich.tree import Tree
 
 from rankscope.agent.review_state import review_state
+from rankscope.agent.settings import settings_of
 from rankscope.experiments_db import (
     ENV_DB_URL,
     EvidenceRecord,
@@ -222,7 +223,7 @@ def show_command(
         typer.echo(json.dumps(tree.model_dump(mode="json"), indent=2, ensure_ascii=False))
         return
     _console().print(render_tree(tree))
-    for note in tree.investigation.config.get("notes", []):
+    for note in settings_of(tree.investigation).notes:
         if str(note).startswith("UNVERIFIED"):
             _console().print(f"[bold yellow]{escape(str(note))}[/bold yellow]", soft_wrap=True)
 

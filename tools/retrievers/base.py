@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
 from functools import cached_property
@@ -144,6 +144,56 @@ def token_roles(
             roles.append(Role.QTERM)
         else:
             roles.append(Role.DOC)
+    return roles
+
+
+Spans = Sequence[Sequence[tuple[int, int]]]
+
+
+def cached_rows(
+    cache: dict[str, torch.Tensor],
+    texts: Sequence[str],
+    encode: Callable[[Sequence[str]], torch.Tensor],
+) -> torch.Tensor:
+    """The rows of ``texts`` stacked, encoding (in one call) only those ``cache`` lacks."""
+    missing = sorted({t for t in texts if t not in cache})
+    if missing:
+        for text, row in zip(missing, encode(missing), strict=True):
+            cache[text] = row
+    return torch.stack([cache[t] for t in texts])
+
+
+def side_roles(
+    tokenizer: Any,
+    enc: Any,
+    offsets: torch.Tensor,
+    queries: Sequence[str],
+    *,
+    doc_sequence: int,
+    cls_id: int | None,
+    injected: Spans | None = None,
+    filler: Spans | None = None,
+    shifts: Sequence[int] | None = None,
+    sequence_ids: Sequence[Sequence[int | None]] | None = None,
+) -> list[list[int]]:
+    """:func:`token_roles` of every row of a tokenised batch: ``shifts[i]`` is subtracted from
+    row ``i``'s offsets (text before the document), ``sequence_ids`` default to the encoding's."""
+    roles = []
+    for i, query in enumerate(queries):
+        shift = shifts[i] if shifts is not None else 0
+        roles.append(
+            token_roles(
+                [(s - shift, e - shift) for s, e in offsets[i].tolist()],
+                sequence_ids[i] if sequence_ids is not None else enc.sequence_ids(i),
+                enc["input_ids"][i].tolist(),
+                enc["attention_mask"][i].tolist(),
+                doc_sequence=doc_sequence,
+                cls_id=cls_id,
+                query_token_ids=set(tokenizer(query, add_special_tokens=False)["input_ids"]),
+                injected=injected[i] if injected else (),
+                filler=filler[i] if filler else (),
+            )
+        )
     return roles
 
 

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rankscope.tools.retrievers.architectures import ArchSpec
-from rankscope.tools.retrievers.base import Retriever, SideBatch, token_roles
+from rankscope.tools.retrievers.base import Retriever, SideBatch, cached_rows, side_roles
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -78,11 +78,7 @@ class BiEncoder(Retriever):
         return torch.cat(out) if out else torch.empty(0, self.hidden_size)
 
     def query_embeddings(self, queries: Sequence[str]) -> torch.Tensor:
-        missing = sorted({q for q in queries if q not in self._query_cache})
-        if missing:
-            for text, emb in zip(missing, self.encode_texts(missing), strict=True):
-                self._query_cache[text] = emb
-        return torch.stack([self._query_cache[q] for q in queries])
+        return cached_rows(self._query_cache, queries, self.encode_texts)
 
     def encode_side(
         self,
@@ -93,23 +89,16 @@ class BiEncoder(Retriever):
     ) -> SideBatch:
         enc = self._tokenize(docs, offsets=True)
         offsets = enc.pop("offset_mapping")
-        cls_id = self.tokenizer.cls_token_id
-        roles = []
-        for i, query in enumerate(queries):
-            q_ids = set(self.tokenizer(query, add_special_tokens=False)["input_ids"])
-            roles.append(
-                token_roles(
-                    [tuple(o) for o in offsets[i].tolist()],
-                    enc.sequence_ids(i),
-                    enc["input_ids"][i].tolist(),
-                    enc["attention_mask"][i].tolist(),
-                    doc_sequence=0,
-                    cls_id=cls_id,
-                    query_token_ids=q_ids,
-                    injected=injected[i] if injected else (),
-                    filler=filler[i] if filler else (),
-                )
-            )
+        roles = side_roles(
+            self.tokenizer,
+            enc,
+            offsets,
+            queries,
+            doc_sequence=0,
+            cls_id=self.tokenizer.cls_token_id,
+            injected=injected,
+            filler=filler,
+        )
         inputs = {k: v.to(self.device) for k, v in enc.items()}
         return SideBatch(
             inputs,

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from rankscope.tools.retrievers.base import Retriever, SideBatch, token_roles
+from rankscope.tools.retrievers.base import Retriever, SideBatch, side_roles
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -91,22 +91,16 @@ class CrossEncoder(Retriever):
             return_offsets_mapping=True,
         )
         offsets = enc.pop("offset_mapping")
-        roles = []
-        for i, query in enumerate(queries):
-            q_ids = set(self.tokenizer(query, add_special_tokens=False)["input_ids"])
-            roles.append(
-                token_roles(
-                    [tuple(o) for o in offsets[i].tolist()],
-                    enc.sequence_ids(i),
-                    enc["input_ids"][i].tolist(),
-                    enc["attention_mask"][i].tolist(),
-                    doc_sequence=1,
-                    cls_id=self.tokenizer.cls_token_id,
-                    query_token_ids=q_ids,
-                    injected=injected[i] if injected else (),
-                    filler=filler[i] if filler else (),
-                )
-            )
+        roles = side_roles(
+            self.tokenizer,
+            enc,
+            offsets,
+            queries,
+            doc_sequence=1,
+            cls_id=self.tokenizer.cls_token_id,
+            injected=injected,
+            filler=filler,
+        )
         inputs = {k: v.to(self.device) for k, v in enc.items()}
         return SideBatch(inputs, torch.tensor(roles, dtype=torch.long, device=self.device))
 

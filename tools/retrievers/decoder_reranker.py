@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from rankscope.tools.retrievers.architectures import ArchSpec
-from rankscope.tools.retrievers.base import Retriever, SideBatch, token_roles
+from rankscope.tools.retrievers.base import Retriever, SideBatch, side_roles
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -85,23 +85,18 @@ class _DecoderReranker(Retriever):
         filler: Sequence[Sequence[tuple[int, int]]] | None,
         doc_sequence: int,
     ) -> torch.Tensor:
-        roles = []
-        for i, query in enumerate(queries):
-            q_ids = set(self.tokenizer(query, add_special_tokens=False)["input_ids"])
-            spans = [(s - doc_shift[i], e - doc_shift[i]) for s, e in offsets[i].tolist()]
-            roles.append(
-                token_roles(
-                    spans,
-                    seq_ids[i],
-                    enc["input_ids"][i].tolist(),
-                    enc["attention_mask"][i].tolist(),
-                    doc_sequence=doc_sequence,
-                    cls_id=-1,
-                    query_token_ids=q_ids,
-                    injected=injected[i] if injected else (),
-                    filler=filler[i] if filler else (),
-                )
-            )
+        roles = side_roles(
+            self.tokenizer,
+            enc,
+            offsets,
+            queries,
+            doc_sequence=doc_sequence,
+            cls_id=-1,
+            injected=injected,
+            filler=filler,
+            shifts=doc_shift,
+            sequence_ids=seq_ids,
+        )
         return torch.tensor(roles, dtype=torch.long, device=self.device)
 
 

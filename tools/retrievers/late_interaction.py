@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rankscope.tools.retrievers.architectures import ArchSpec
-from rankscope.tools.retrievers.base import Retriever, Role, SideBatch, token_roles
+from rankscope.tools.retrievers.base import Retriever, Role, SideBatch, side_roles
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -200,28 +200,26 @@ class LateInteraction(Retriever):
             return_offsets_mapping=True,
         )
         offsets = enc.pop("offset_mapping")
-        roles = []
-        for i, query in enumerate(queries):
-            q_ids = set(self.tokenizer(query, add_special_tokens=False)["input_ids"])
-            shifted = [(s - len(prefix), e - len(prefix)) for s, e in offsets[i].tolist()]
-            seq_ids = enc.sequence_ids(i)
-            row = token_roles(
-                shifted,
-                seq_ids,
-                enc["input_ids"][i].tolist(),
-                enc["attention_mask"][i].tolist(),
-                doc_sequence=0,
-                cls_id=self.tokenizer.cls_token_id,
-                query_token_ids=q_ids,
-                injected=injected[i] if injected else (),
-                filler=filler[i] if filler else (),
-            )
-            roles.append(
-                [
-                    Role.SEP if seq is not None and end <= 0 and role != Role.PAD else role
-                    for role, seq, (_, end) in zip(row, seq_ids, shifted, strict=True)
-                ]
-            )
+        rows = side_roles(
+            self.tokenizer,
+            enc,
+            offsets,
+            queries,
+            doc_sequence=0,
+            cls_id=self.tokenizer.cls_token_id,
+            injected=injected,
+            filler=filler,
+            shifts=[len(prefix)] * len(queries),
+        )
+        roles = [
+            [
+                Role.SEP if seq is not None and end <= len(prefix) and role != Role.PAD else role
+                for role, seq, (_, end) in zip(
+                    row, enc.sequence_ids(i), offsets[i].tolist(), strict=True
+                )
+            ]
+            for i, row in enumerate(rows)
+        ]
         query_vecs = [self.query_vectors(q)[0] for q in queries]
         width = max(v.shape[0] for v in query_vecs)
         padded = torch.zeros(len(queries), width, query_vecs[0].shape[-1], device=self.device)

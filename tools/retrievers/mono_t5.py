@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from rankscope.tools.retrievers.architectures import ArchSpec
-from rankscope.tools.retrievers.base import Retriever, SideBatch, Site, token_roles
+from rankscope.tools.retrievers.base import Retriever, SideBatch, Site, side_roles
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -100,33 +100,32 @@ class MonoT5(Retriever):
             return_offsets_mapping=True,
         )
         offsets = enc.pop("offset_mapping")
-        roles = []
-        for i, query in enumerate(queries):
-            q_ids = set(self.tokenizer(query, add_special_tokens=False)["input_ids"])
+        seq_ids: list[list[int | None]] = []
+        for i in range(len(queries)):
             start, (q_start, q_end) = doc_starts[i], query_spans[i]
             doc_end = start + len(docs[i])
-            spans = [tuple(o) for o in offsets[i].tolist()]
-            seq_ids: list[int | None] = [
-                0
-                if q_start <= s and e <= q_end and e > s
-                else 1
-                if start <= s and e <= doc_end and e > s
-                else None
-                for s, e in spans
-            ]
-            roles.append(
-                token_roles(
-                    [(s - start, e - start) for s, e in spans],
-                    seq_ids,
-                    enc["input_ids"][i].tolist(),
-                    enc["attention_mask"][i].tolist(),
-                    doc_sequence=1,
-                    cls_id=-1,
-                    query_token_ids=q_ids,
-                    injected=injected[i] if injected else (),
-                    filler=filler[i] if filler else (),
-                )
+            seq_ids.append(
+                [
+                    0
+                    if q_start <= s and e <= q_end and e > s
+                    else 1
+                    if start <= s and e <= doc_end and e > s
+                    else None
+                    for s, e in offsets[i].tolist()
+                ]
             )
+        roles = side_roles(
+            self.tokenizer,
+            enc,
+            offsets,
+            queries,
+            doc_sequence=1,
+            cls_id=-1,
+            injected=injected,
+            filler=filler,
+            shifts=doc_starts,
+            sequence_ids=seq_ids,
+        )
         inputs = {k: v.to(self.device) for k, v in enc.items()}
         start_id = self.model.config.decoder_start_token_id
         inputs["decoder_input_ids"] = torch.full(
