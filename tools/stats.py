@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Literal
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel
@@ -87,3 +87,83 @@ def one_sample_p_value(
     if data.size < 2 or np.all(data == data[0]):
         return float("nan")
     return float(stats.ttest_1samp(data, 0.0, alternative=alternative).pvalue)
+
+
+# --- per-query values (docs/evidence_contract.md §2) -------------------------------------------
+
+
+class QueryValue(BaseModel):
+    """One query's aggregate of one estimate: the query is the unit of analysis.
+
+    ``value`` is the mean over the query's pairs (for a ratio-of-means metric, the query's sum
+    of numerators over its sum of denominators); ``n_pairs`` is how many pairs it summarises."""
+
+    qid: str
+    n_pairs: int
+    value: float
+
+
+def values_by_query(qids: Sequence[str], values: Sequence[float]) -> list[QueryValue]:
+    """Per-query means of pair-level ``values`` (``qids[i]`` is the query of ``values[i]``).
+
+    Non-finite values are dropped before averaging; a query left with no finite value is left
+    out. Queries come out in the order of their first appearance."""
+    if len(qids) != len(values):
+        raise ValueError(f"{len(qids)} qids for {len(values)} values")
+    sums: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    for qid, raw in zip(qids, values, strict=True):
+        value = float(raw)
+        if not np.isfinite(value):
+            continue
+        key = str(qid)
+        sums[key] = sums.get(key, 0.0) + value
+        counts[key] = counts.get(key, 0) + 1
+    return [QueryValue(qid=q, n_pairs=counts[q], value=sums[q] / counts[q]) for q in sums]
+
+
+def ratio_by_query(
+    qids: Sequence[str], numerators: Sequence[float], denominators: Sequence[float]
+) -> list[QueryValue]:
+    """Per-query ratio of means: the query's sum of numerators over its sum of denominators.
+
+    Pairs with a non-finite numerator or denominator are dropped; a query whose denominators
+    sum to zero has no ratio and is left out. Queries come out in order of first appearance."""
+    if not len(qids) == len(numerators) == len(denominators):
+        raise ValueError(
+            f"{len(qids)} qids, {len(numerators)} numerators, {len(denominators)} denominators"
+        )
+    nums: dict[str, float] = {}
+    dens: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    for qid, raw_num, raw_den in zip(qids, numerators, denominators, strict=True):
+        num, den = float(raw_num), float(raw_den)
+        if not (np.isfinite(num) and np.isfinite(den)):
+            continue
+        key = str(qid)
+        nums[key] = nums.get(key, 0.0) + num
+        dens[key] = dens.get(key, 0.0) + den
+        counts[key] = counts.get(key, 0) + 1
+    return [
+        QueryValue(qid=q, n_pairs=counts[q], value=nums[q] / dens[q]) for q in nums if dens[q] != 0
+    ]
+
+
+def per_query_rows(per_query: Mapping[str, Sequence[QueryValue]]) -> list[dict[str, Any]]:
+    """The rows of the ``per_query`` evidence table: one ``{metric, qid, n_pairs, value}`` per
+    query of each estimate key (the inverse of :func:`per_query_from_rows`)."""
+    return [
+        {"metric": metric, "qid": qv.qid, "n_pairs": qv.n_pairs, "value": qv.value}
+        for metric, values in per_query.items()
+        for qv in values
+    ]
+
+
+def per_query_from_rows(rows: Iterable[Mapping[str, Any]]) -> dict[str, list[QueryValue]]:
+    """Per-query values by metric key, read back from ``per_query`` table rows (row order kept)."""
+    out: dict[str, list[QueryValue]] = {}
+    for row in rows:
+        out.setdefault(str(row["metric"]), []).append(
+            QueryValue(qid=str(row["qid"]), n_pairs=int(row["n_pairs"]), value=float(row["value"]))
+        )
+    return out
