@@ -73,6 +73,7 @@ def test_trigger_refuses_criterion_change_after_start(db_url: str, tmp_path: Pat
             "UPDATE hypothesis SET threshold = 0.9 WHERE id = :id",
             "UPDATE hypothesis SET metric = 'other' WHERE id = :id",
             "UPDATE hypothesis SET locked = false WHERE id = :id",
+            "UPDATE hypothesis SET components = '[\"L5.H9\"]' WHERE id = :id",
         ):
             with (
                 pytest.raises(DBAPIError, match="criterion of hypothesis"),
