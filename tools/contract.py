@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from rankscope.tools.metric_keys import MetricCatalogue
+from rankscope.tools.metric_keys import MetricCatalogue, MetricSpec
+from rankscope.tools.stats import QueryValue
 
 if TYPE_CHECKING:
     from rankscope.tools.diagnostics.source import DataSource
@@ -46,6 +47,11 @@ class ToolResult(BaseModel):
     tables: dict[str, list[dict[str, Any]]] = Field(default_factory=dict)
     artifacts: list[ArtifactFile] = Field(default_factory=list)
     approximate: bool = False
+    per_query: dict[str, list[QueryValue]] = Field(default_factory=dict)
+    """Per-query values of every declared estimate the run produced, by metric key (the query
+    is the unit of analysis of the verdict rules; docs/evidence_contract.md §2)."""
+    run_facts: dict[str, float | str] = Field(default_factory=dict)
+    """Facts of the run that are not results (wall-clock seconds, device): never compared."""
 
 
 @dataclass
@@ -98,6 +104,11 @@ class Tool(Generic[ArgsT]):
         """Whether a run with ``args`` may produce the metric ``key`` (None: undeclared)."""
         catalogue = self.metrics_for(args)
         return None if catalogue is None else catalogue.produces(key)
+
+    def metric_spec(self, args: ArgsT, key: str) -> MetricSpec | None:
+        """The spec that declares ``key`` for a run with ``args`` (None: undeclared)."""
+        catalogue = self.metrics_for(args)
+        return None if catalogue is None else catalogue.spec_for(key)
 
     def metric_names(self, args: ArgsT) -> list[str] | None:
         """The shapes of the keys a run with ``args`` may produce (None: undeclared)."""

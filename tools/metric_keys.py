@@ -33,6 +33,9 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 Statistic = Literal["value", "ci_low", "ci_high", "p_value"]
+Kind = Literal["estimate", "descriptive"]
+"""An ``estimate`` can be a criterion (the tool stores its per-query values); a ``descriptive``
+number (a count, a location, a CI bound, a tool's own p-value, a timing-free summary) cannot."""
 STAT_SUFFIXES: dict[Statistic, str] = {
     "value": "",
     "ci_low": "_ci_low",
@@ -211,6 +214,11 @@ class MetricSpec:
     ``stats`` are the statistics stored under the name (``WITH_CI``: the estimate and its CI
     bounds); ``component`` says whether each entry names a component; ``tags`` and ``qualifiers``
     name the labels and breakdown qualifiers every entry carries, in the order of the key.
+
+    The declaration (docs/evidence_contract.md §1): ``kind`` (only an ``estimate`` can be a
+    criterion; its tool stores per-query values of every entry it produces), ``meaning`` and
+    ``unit`` for readers, ``family`` (the SESOI family of an estimate), ``null_value`` (the value
+    of "no effect") and ``approximate`` (an estimate that can never support a claim).
     """
 
     name: str
@@ -218,6 +226,16 @@ class MetricSpec:
     component: bool = False
     tags: tuple[str, ...] = ()
     qualifiers: tuple[str, ...] = ()
+    kind: Kind = "descriptive"
+    meaning: str = ""
+    unit: str = ""
+    family: str = ""
+    null_value: float = 0.0
+    approximate: bool = False
+
+    def __post_init__(self) -> None:
+        if self.kind == "estimate" and not self.family:
+            raise ValueError(f"estimate {self.name!r} needs a family (its SESOI family)")
 
     def names(self) -> list[str]:
         """The metric names this spec covers: ``effect``, ``effect_ci_low``, …"""
@@ -234,13 +252,62 @@ class MetricSpec:
 
     def patterns(self) -> list[str]:
         """Readable shapes of the declared keys: ``effect_ci_low[<component>|rel=<rel>]``."""
-        shape = MetricKey(
+        return [str(self._shape().statistic(stat)) for stat in self.stats]
+
+    def estimate_pattern(self) -> str | None:
+        """The shape of the estimate's own key (``effect[<component>]``); None if descriptive."""
+        return str(self._shape()) if self.kind == "estimate" else None
+
+    def _shape(self) -> MetricKey:
+        return MetricKey(
             self.name,
             "<component>" if self.component else None,
             tuple((q, f"<{q}>") for q in self.qualifiers),
             tuple(f"<{t}>" for t in self.tags),
         )
-        return [str(shape.statistic(stat)) for stat in self.stats]
+
+    def for_statistic(self, name: str) -> MetricSpec:
+        """The spec of the statistic ``name`` of this metric: the spec itself for its own name;
+        for a CI bound or p-value stored beside an estimate, a descriptive spec (a tool's own CI
+        and p-value are for readers, never a criterion)."""
+        if name == self.name:
+            return self
+        stat = next(s for s in self.stats if self.name + STAT_SUFFIXES[s] == name)
+        return replace(
+            self,
+            name=name,
+            stats=("value",),
+            kind="descriptive",
+            meaning=f"{stat.replace('_', ' ')} of {self.name} (the tool's own, for readers)",
+            family="",
+            approximate=False,
+        )
+
+    def described(self, meaning: str, unit: str = "") -> MetricSpec:
+        """The spec with its meaning and unit."""
+        return replace(self, meaning=meaning, unit=unit)
+
+
+def estimate(
+    spec: MetricSpec | str,
+    *,
+    family: str,
+    meaning: str,
+    unit: str,
+    null_value: float = 0.0,
+    approximate: bool = False,
+) -> MetricSpec:
+    """``spec`` (a plain string: a scalar) declared an estimate of SESOI ``family``."""
+    base = scalar(spec) if isinstance(spec, str) else spec
+    return replace(
+        base,
+        kind="estimate",
+        family=family,
+        meaning=meaning,
+        unit=unit,
+        null_value=null_value,
+        approximate=approximate,
+    )
 
 
 def scalar(name: str, *, ci: bool = False) -> MetricSpec:
@@ -268,12 +335,54 @@ class MetricCatalogue:
 
     def produces(self, key: str) -> bool:
         """Whether ``key`` is a well-formed key of a declared metric."""
+        return self.spec_for(key) is not None
+
+    def spec_for(self, key: str) -> MetricSpec | None:
+        """The spec that declares ``key`` (None: not declared). A CI bound or p-value stored
+        beside an estimate gets a descriptive spec (see :meth:`MetricSpec.for_statistic`)."""
         parsed = try_parse_metric_key(key)
-        return parsed is not None and any(spec.matches(parsed) for spec in self.specs)
+        if parsed is None:
+            return None
+        for spec in self.specs:
+            if spec.matches(parsed):
+                return spec.for_statistic(parsed.name)
+        return None
+
+    def is_estimate(self, key: str) -> bool:
+        """Whether ``key`` is a declared estimate (a metric a criterion may use)."""
+        spec = self.spec_for(key)
+        return spec is not None and spec.kind == "estimate"
 
     def patterns(self) -> list[str]:
         """Every declared key shape, for messages: ``n_pairs``, ``effect[<component>]``, …"""
         return [pattern for spec in self.specs for pattern in spec.patterns()]
+
+    def estimate_patterns(self) -> list[str]:
+        """The shapes of the declared estimates: the metrics a criterion may use."""
+        return [p for spec in self.specs if (p := spec.estimate_pattern()) is not None]
+
+    def describe(self, **about: str | tuple[str, str]) -> MetricCatalogue:
+        """The catalogue with meanings (and units) of specs by name: ``n_pairs="pairs run"`` or
+        ``mean_delta=("mean score change", "score")``; every name must be declared."""
+        unknown = set(about) - {s.name for s in self.specs}
+        if unknown:
+            raise ValueError(f"describe: no spec named {sorted(unknown)}")
+        out = []
+        for spec in self.specs:
+            text = about.get(spec.name)
+            if text is None:
+                out.append(spec)
+            elif isinstance(text, tuple):
+                out.append(spec.described(*text))
+            else:
+                out.append(spec.described(text))
+        return MetricCatalogue(tuple(out))
+
+    def approximate(self) -> MetricCatalogue:
+        """The catalogue with every estimate marked approximate (it can never support)."""
+        return MetricCatalogue(
+            tuple(replace(s, approximate=True) if s.kind == "estimate" else s for s in self.specs)
+        )
 
     def without(self, *names: str) -> MetricCatalogue:
         """The catalogue less the specs of these names (metrics some arguments never give)."""
