@@ -23,6 +23,7 @@ from rankscope.agent.graph import invoke
 from rankscope.agent.lease import claim, release
 from rankscope.agent.nodes import GraphContext
 from rankscope.agent.planners.base import Planner
+from rankscope.agent.policy import StatsPolicy
 from rankscope.agent.progress import ProgressPrinter
 from rankscope.agent.settings import InvestigationSettings, save_settings, settings_of
 from rankscope.agent.state import Budget
@@ -215,12 +216,14 @@ def investigate(
     model_options: dict[str, Any] | None = None,
     llm_timeout_s: float | None = None,
     llm_retries: int | None = None,
+    policy: StatsPolicy | None = None,
 ) -> RunResult:
     """Start an investigation and run it to its end (or to an exception, which propagates).
 
     ``model_options`` go to the model loader (``allow_random_weights``, ``label``);
     ``llm_timeout_s`` and ``llm_retries`` are stored with the investigation, so ``resume`` uses
-    them too."""
+    them too; ``policy`` is the statistical policy the verdict rules apply (default
+    :class:`StatsPolicy`), stored with the investigation."""
     progress = ProgressPrinter(console, quiet=quiet)
     budget = budget or Budget()
     choice = (
@@ -250,6 +253,7 @@ def investigate(
                 model_options=dict(model_options or {}),
                 llm_timeout_s=llm_timeout_s,
                 llm_retries=llm_retries,
+                policy=policy or StatsPolicy(),
             ).model_dump(mode="json"),
         )
         claim(store, investigation_id)

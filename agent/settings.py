@@ -6,6 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from rankscope.agent.policy import StatsPolicy
 from rankscope.experiments_db.records import InvestigationRecord
 from rankscope.experiments_db.repository import Store
 
@@ -46,6 +47,11 @@ class InvestigationSettings(BaseModel):
     )
     model: dict[str, Any] = Field(
         default_factory=dict, description="The loaded retriever as it describes itself."
+    )
+    policy: StatsPolicy = Field(
+        default_factory=StatsPolicy,
+        description="The statistical policy the verdict rules apply (--alpha, --min-queries, "
+        "--policy FILE.toml).",
     )
     notes: list[str] = Field(default_factory=list, description="Notes shown in the report.")
     lease: Lease | None = Field(None, description="The live process driving the investigation.")

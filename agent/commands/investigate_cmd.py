@@ -102,6 +102,33 @@ def register(app: typer.Typer) -> None:
                 "with RANKSCOPE_LLM_RETRY_TIMEOUTS=1). Stored: `resume` uses it.",
             ),
         ] = None,
+        alpha: Annotated[
+            float | None,
+            typer.Option(
+                "--alpha",
+                min=0.0,
+                max=0.49,
+                help="The investigation's error level (default 0.05; stored; planners may only "
+                "be stricter).",
+            ),
+        ] = None,
+        min_queries: Annotated[
+            int | None,
+            typer.Option(
+                "--min-queries", min=2, help="Queries a split needs to be decided (default 8)."
+            ),
+        ] = None,
+        policy_file: Annotated[
+            Path | None,
+            typer.Option(
+                "--policy",
+                metavar="FILE.toml",
+                exists=True,
+                dir_okay=False,
+                help="A statistical policy (alpha, min_queries, min_pairs, [sesoi], "
+                "multiplicity, n_resamples); --alpha and --min-queries override it.",
+            ),
+        ] = None,
         budget: Annotated[int, typer.Option("--budget", help="Maximum planner steps.")] = 12,
         max_tool_calls: Annotated[int, typer.Option("--max-tool-calls")] = 24,
         max_tokens: Annotated[
@@ -138,10 +165,12 @@ def register(app: typer.Typer) -> None:
         ] = None,
     ) -> None:
         """Investigate a question: hypotheses, experiments, verdicts, a report."""
+        from rankscope.agent.policy import make_policy
         from rankscope.agent.runner import investigate
         from rankscope.agent.state import Budget
 
         try:
+            policy = make_policy(policy_file, alpha=alpha, min_queries=min_queries)
             limits = Budget(
                 max_steps=budget,
                 max_tool_calls=max_tool_calls,
@@ -166,6 +195,7 @@ def register(app: typer.Typer) -> None:
                 protocol_pairs=protocol_pairs,
                 llm_timeout_s=llm_timeout,
                 llm_retries=llm_retries,
+                policy=policy,
                 model_options={
                     k: v
                     for k, v in {
