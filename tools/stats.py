@@ -167,3 +167,157 @@ def per_query_from_rows(rows: Iterable[Mapping[str, Any]]) -> dict[str, list[Que
             QueryValue(qid=str(row["qid"]), n_pairs=int(row["n_pairs"]), value=float(row["value"]))
         )
     return out
+
+
+# --- inference on per-query values (docs/evidence_contract.md §3) ------------------------------
+
+Direction = Literal["greater", "less", "two-sided"]
+
+
+class QueryInference(BaseModel):
+    """What the verdict rules read: an estimate over queries with its CI and tests.
+
+    ``p_value`` is the t-test of the per-query values against the pre-registered threshold in
+    the claim's direction; ``tost_p`` the equivalence test inside the asked bounds. Both are
+    ``None`` (and the CI NaN) with fewer than two queries or none that differ."""
+
+    estimate: float
+    ci_low: float
+    ci_high: float
+    ci_level: float
+    p_value: float | None
+    tost_p: float | None
+    n_queries: int
+    n_pairs: int
+    method: str
+
+
+def ci_level_for(alpha: float, direction: Direction) -> float:
+    """The CI level that matches a test at ``alpha``: ``1 - 2*alpha`` for a one-sided claim
+    (its CI bound on the claim's side is then the one-sided ``1 - alpha`` bound), ``1 - alpha``
+    for a two-sided one."""
+    if direction == "two-sided":
+        if not 0.0 < alpha < 1.0:
+            raise ValueError(f"alpha must lie in (0, 1) for a two-sided test, not {alpha}")
+        return 1.0 - alpha
+    if not 0.0 < alpha < 0.5:
+        raise ValueError(f"alpha must lie in (0, 0.5) for a one-sided test, not {alpha}")
+    return 1.0 - 2.0 * alpha
+
+
+def query_inference(
+    values: Sequence[QueryValue],
+    *,
+    threshold: float,
+    direction: Direction,
+    alpha: float,
+    equivalence: tuple[float, float] | None = None,
+    n_resamples: int = 2000,
+    seed: int = 0,
+) -> QueryInference:
+    """Inference with the query as the unit of analysis.
+
+    - estimate: the mean of the per-query values (each query's value is already the mean over
+      its pairs, so a query's pairs move together: this is a cluster bootstrap over queries);
+    - CI: percentile bootstrap of that mean over ``n_resamples`` resamples of the queries drawn
+      with ``numpy.random.default_rng(seed)`` (the resamples scipy's ``stats.bootstrap`` draws
+      with the same generator), at :func:`ci_level_for` ``(alpha, direction)``; ``alpha`` is the
+      level after multiplicity correction, so corrections apply to the CI too;
+    - ``p_value``: one-sample t-test of the per-query values against ``threshold`` (not zero),
+      with the claim's ``direction`` as the alternative;
+    - ``tost_p``: with ``equivalence=(low, high)``, the two one-sided tests of
+      ``low < mean < high`` (the larger of the two p-values), else ``None``.
+
+    Non-finite per-query values are left out (and their pairs are not counted). Fewer than two
+    queries, or values that do not differ: no inference (``None`` p-values, NaN CI)."""
+    level = ci_level_for(alpha, direction)
+    if n_resamples < 1:
+        raise ValueError(f"n_resamples must be positive, not {n_resamples}")
+    if equivalence is not None and not equivalence[0] < equivalence[1]:
+        raise ValueError(f"equivalence bounds must be (low, high) with low < high: {equivalence}")
+    kept = [qv for qv in values if np.isfinite(qv.value)]
+    data = np.array([qv.value for qv in kept], dtype=float)
+    n = int(data.size)
+    n_pairs = sum(qv.n_pairs for qv in kept)
+    method = (
+        f"query-cluster percentile bootstrap ({n_resamples} resamples, seed {seed}) at level "
+        f"{level:.6g}; one-sample t-test ({direction}) of per-query means vs {threshold:.6g}"
+    )
+    if equivalence is not None:
+        method += f"; TOST vs [{equivalence[0]:.6g}, {equivalence[1]:.6g}]"
+    estimate = float(data.mean()) if n else float("nan")
+    if n < 2 or np.all(data == data[0]):
+        return QueryInference(
+            estimate=estimate,
+            ci_low=float("nan"),
+            ci_high=float("nan"),
+            ci_level=level,
+            p_value=None,
+            tost_p=None,
+            n_queries=n,
+            n_pairs=n_pairs,
+            method=method + " (no inference: fewer than 2 queries or no variation)",
+        )
+    rng = np.random.default_rng(seed)
+    means = data[rng.integers(0, n, size=(n_resamples, n))].mean(axis=1)
+    tail = (1.0 - level) / 2.0
+    low, high = np.quantile(means, [tail, 1.0 - tail])
+    p_value = float(stats.ttest_1samp(data, threshold, alternative=direction).pvalue)
+    tost_p = None
+    if equivalence is not None:
+        p_above_low = stats.ttest_1samp(data, equivalence[0], alternative="greater").pvalue
+        p_below_high = stats.ttest_1samp(data, equivalence[1], alternative="less").pvalue
+        tost_p = float(max(p_above_low, p_below_high))
+    return QueryInference(
+        estimate=estimate,
+        ci_low=float(low),
+        ci_high=float(high),
+        ci_level=level,
+        p_value=p_value,
+        tost_p=tost_p,
+        n_queries=n,
+        n_pairs=n_pairs,
+        method=method,
+    )
+
+
+# --- multiplicity ---------------------------------------------------------------------------
+
+
+def lond_gamma(index: int) -> float:
+    """LOND's weight of the ``index``-th test (from 1): ``6 / (pi^2 * index^2)``; they sum to 1."""
+    if index < 1:
+        raise ValueError(f"LOND indices start at 1, not {index}")
+    return 6.0 / (np.pi**2 * index**2)
+
+
+def lond_levels(alpha: float, n_previous_discoveries: int, index: int) -> float:
+    """The level LOND spends on the ``index``-th confirmatory hypothesis (from 1).
+
+    LOND (Javanmard & Montanari 2018, "Online rules for control of false discovery rate"):
+    ``alpha_i = alpha * gamma_i * (D + 1)`` with ``gamma_i`` from :func:`lond_gamma` and ``D``
+    the discoveries among hypotheses ``1 .. index-1``. It controls the FDR at ``alpha`` over
+    the whole sequence, however long, for independent tests; each hypothesis is tested once,
+    at the level its position gives it, and the level is stored with its verdict."""
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha must lie in (0, 1), not {alpha}")
+    if n_previous_discoveries < 0:
+        raise ValueError(f"the number of discoveries cannot be negative: {n_previous_discoveries}")
+    return alpha * lond_gamma(index) * (n_previous_discoveries + 1)
+
+
+def holm_adjusted(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values, in the order given.
+
+    The k-th smallest of m p-values is multiplied by ``m - k + 1``, capped at 1, and made
+    monotone (an adjusted p-value is never below an earlier one's); rejecting where the
+    adjusted p-value is ``<= alpha`` controls the family-wise error rate at ``alpha``."""
+    p = np.asarray(p_values, dtype=float)
+    m = int(p.size)
+    if m == 0:
+        return []
+    order = np.argsort(p, kind="stable")
+    stepped = np.minimum(1.0, np.maximum.accumulate(p[order] * (m - np.arange(m))))
+    adjusted = np.empty(m)
+    adjusted[order] = stepped
+    return [float(x) for x in adjusted]
