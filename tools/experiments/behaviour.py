@@ -18,10 +18,10 @@ from scipy import stats
 from rankscope.tools.contract import ArtifactFile, Tool, ToolContext, ToolResult
 from rankscope.tools.diagnostics.types import PairSet
 from rankscope.tools.experiments.common import PairArgs, load_pairs
-from rankscope.tools.metric_keys import breakdown, declare, metric_key, scalar
+from rankscope.tools.metric_keys import breakdown, declare, estimate, metric_key, scalar
 from rankscope.tools.registry import register
 from rankscope.tools.retrievers.base import Retriever
-from rankscope.tools.stats import Alternative, bootstrap_ci
+from rankscope.tools.stats import Alternative, QueryValue, bootstrap_ci, values_by_query
 
 Predicted = Literal["increase", "decrease", "any"]
 ALTERNATIVES: dict[Predicted, Alternative] = {
@@ -92,6 +92,17 @@ def moved_predicted(delta: np.ndarray, predicted: Predicted) -> np.ndarray:
     return (delta != 0).astype(float)
 
 
+def medians_by_query(qids: list[str], values: np.ndarray) -> list[QueryValue]:
+    """Each query's median of its pairs' ``values`` (queries in order of first appearance)."""
+    groups: dict[str, list[float]] = defaultdict(list)
+    for qid, value in zip(qids, values.tolist(), strict=True):
+        groups[qid].append(value)
+    return [
+        QueryValue(qid=qid, n_pairs=len(vals), value=float(np.median(vals)))
+        for qid, vals in groups.items()
+    ]
+
+
 def direction_p_value(delta: np.ndarray, predicted: Predicted) -> float:
     """Wilcoxon signed-rank p-value of the deltas in the predicted direction."""
     nonzero = delta[delta != 0]
@@ -141,18 +152,60 @@ class BehaviouralTest(Tool[BehaviouralTestArgs]):
     version = "1"
     Args = BehaviouralTestArgs
     metrics = declare(
-        scalar("share_moved_predicted", ci=True),
-        scalar("mean_delta", ci=True),
-        scalar("median_delta", ci=True),
-        scalar("mean_rank_gain", ci=True),
+        estimate(
+            scalar("share_moved_predicted", ci=True),
+            family="behaviour_share",
+            meaning="share of pairs whose score moved the predicted way (per query: the share "
+            "among the query's pairs)",
+            unit="fraction of pairs",
+            null_value=0.5,
+        ),
+        estimate(
+            scalar("mean_delta", ci=True),
+            family="score_delta",
+            meaning="mean score change s_pert − s_base (per query: the mean over its pairs)",
+            unit="score",
+        ),
+        estimate(
+            scalar("median_delta", ci=True),
+            family="score_delta",
+            meaning="median score change s_pert − s_base; per query the median over its pairs "
+            "(the verdict rules test the mean of these per-query medians)",
+            unit="score",
+        ),
+        estimate(
+            scalar("mean_rank_gain", ci=True),
+            family="rank_gain",
+            meaning="ranks the perturbed document gains among its query's baseline candidates "
+            "in the pair set (per query: the mean over its pairs)",
+            unit="ranks",
+        ),
         "p_value",
         "n_pairs",
         "n_queries",
         "mean_relative_delta",
         "share_rank_improved",
         "share_rank_worsened",
-        breakdown("share_moved_predicted", "grade"),
-        breakdown("mean_delta", "grade"),
+        estimate(
+            breakdown("share_moved_predicted", "grade"),
+            family="behaviour_share",
+            meaning="share_moved_predicted among the pairs of one relevance grade",
+            unit="fraction of pairs",
+            null_value=0.5,
+        ),
+        estimate(
+            breakdown("mean_delta", "grade"),
+            family="score_delta",
+            meaning="mean_delta among the pairs of one relevance grade",
+            unit="score",
+        ),
+    ).describe(
+        p_value="Wilcoxon signed-rank p-value of the deltas in the predicted direction (pairs)",
+        n_pairs=("pairs scored", "pairs"),
+        n_queries=("queries the pairs belong to", "queries"),
+        mean_relative_delta=("mean of delta / |baseline score|", "fraction"),
+        share_rank_improved=("share of pairs whose rank gain is positive", "fraction of pairs"),
+        share_rank_worsened=("share of pairs whose rank gain is negative", "fraction of pairs"),
     )
 
     def run(self, ctx: ToolContext, args: BehaviouralTestArgs) -> ToolResult:
@@ -181,6 +234,13 @@ class BehaviouralTest(Tool[BehaviouralTestArgs]):
             "share_rank_improved": float(np.mean(gains > 0)),
             "share_rank_worsened": float(np.mean(gains < 0)),
         }
+        qids = [p.qid for p in pairs]
+        per_query = {
+            "share_moved_predicted": values_by_query(qids, moved.tolist()),
+            "mean_delta": values_by_query(qids, delta.tolist()),
+            "median_delta": medians_by_query(qids, delta),
+            "mean_rank_gain": values_by_query(qids, gains.tolist()),
+        }
         grades = [p.relevance for p in pairs]
         by_grade = []
         for grade in sorted({g for g in grades if g is not None}):
@@ -199,8 +259,13 @@ class BehaviouralTest(Tool[BehaviouralTestArgs]):
                     "mean_delta_ci_high": g_mean.ci_high,
                 }
             )
-            metrics[metric_key("share_moved_predicted", grade=grade)] = g_share.value
-            metrics[metric_key("mean_delta", grade=grade)] = g_mean.value
+            g_qids = [q for q, keep in zip(qids, idx, strict=True) if keep]
+            share_key = metric_key("share_moved_predicted", grade=grade)
+            mean_key = metric_key("mean_delta", grade=grade)
+            metrics[share_key] = g_share.value
+            metrics[mean_key] = g_mean.value
+            per_query[share_key] = values_by_query(g_qids, moved[idx].tolist())
+            per_query[mean_key] = values_by_query(g_qids, delta[idx].tolist())
         pair_rows = sorted(
             (
                 {
@@ -238,6 +303,7 @@ class BehaviouralTest(Tool[BehaviouralTestArgs]):
             metrics=metrics,
             summary="\n".join(summary_lines),
             tables={"by_grade": by_grade, "pairs": pair_rows},
+            per_query=per_query,
             artifacts=[
                 ArtifactFile(
                     path=figure,
