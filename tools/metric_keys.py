@@ -363,14 +363,15 @@ class MetricCatalogue:
 
     def describe(self, **about: str | tuple[str, str]) -> MetricCatalogue:
         """The catalogue with meanings (and units) of specs by name: ``n_pairs="pairs run"`` or
-        ``mean_delta=("mean score change", "score")``; every name must be declared."""
+        ``mean_delta=("mean score change", "score")``; every name must be declared. Only specs
+        without a meaning get one (an estimate declared with its meaning keeps it)."""
         unknown = set(about) - {s.name for s in self.specs}
         if unknown:
             raise ValueError(f"describe: no spec named {sorted(unknown)}")
         out = []
         for spec in self.specs:
             text = about.get(spec.name)
-            if text is None:
+            if text is None or spec.meaning:
                 out.append(spec)
             elif isinstance(text, tuple):
                 out.append(spec.described(*text))

@@ -22,6 +22,7 @@ from rankscope.tools.interventions.report import (
     EFFECT_METRICS,
     effect_report,
     save_scores,
+    sign_note,
     top_lines,
 )
 from rankscope.tools.registry import register
@@ -54,7 +55,7 @@ class AttributionPatching(Tool[AttributionPatchingArgs]):
     )
     version = "1"
     Args = AttributionPatchingArgs
-    metrics = EFFECT_METRICS
+    metrics = EFFECT_METRICS.approximate()
 
     def run(self, ctx: ToolContext, args: AttributionPatchingArgs) -> ToolResult:
         retriever = ctx.retriever
@@ -105,8 +106,13 @@ class AttributionPatching(Tool[AttributionPatchingArgs]):
         )
         return ToolResult(
             metrics=report.metrics,
-            summary=summary,
-            tables={"effects": report.rows, "effects_by_relevance": report.relevance_rows},
+            summary=summary + sign_note(report),
+            tables={
+                "effects": report.rows,
+                "effects_by_relevance": report.relevance_rows,
+                "pair_scores": report.pair_rows,
+            },
+            per_query=report.per_query,
             artifacts=artifacts,
             approximate=True,
         )

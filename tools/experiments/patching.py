@@ -23,6 +23,7 @@ from rankscope.tools.interventions.report import (
     EFFECT_METRICS,
     effect_report,
     save_scores,
+    sign_note,
     top_lines,
 )
 from rankscope.tools.registry import register
@@ -259,7 +260,12 @@ class ActivationPatching(Tool[ActivationPatchingArgs]):
             )
         return ToolResult(
             metrics=report.metrics,
-            summary=summary,
-            tables={"effects": report.rows, "effects_by_relevance": report.relevance_rows},
+            summary=summary + sign_note(report),
+            tables={
+                "effects": report.rows,
+                "effects_by_relevance": report.relevance_rows,
+                "pair_scores": report.pair_rows,
+            },
+            per_query=report.per_query,
             artifacts=artifacts,
         )

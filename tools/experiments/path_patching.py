@@ -17,6 +17,7 @@ from rankscope.tools.interventions.report import (
     EFFECT_METRICS,
     effect_report,
     save_scores,
+    sign_note,
     top_lines,
 )
 from rankscope.tools.registry import register
@@ -95,6 +96,7 @@ class PathPatching(Tool[PathPatchingArgs]):
             applicable=np.ones((n, k), dtype=bool),
             relevance=[p.relevance for p in pairs],
             direction=args.direction,
+            qids=[p.qid for p in pairs],
         )
         report = effect_report(scores, args.metric, args.min_abs_delta, args.confidence, args.seed)
         artifacts = [
@@ -135,7 +137,12 @@ class PathPatching(Tool[PathPatchingArgs]):
         )
         return ToolResult(
             metrics=report.metrics,
-            summary=summary,
-            tables={"effects": report.rows, "effects_by_relevance": report.relevance_rows},
+            summary=summary + sign_note(report),
+            tables={
+                "effects": report.rows,
+                "effects_by_relevance": report.relevance_rows,
+                "pair_scores": report.pair_rows,
+            },
+            per_query=report.per_query,
             artifacts=artifacts,
         )

@@ -170,4 +170,5 @@ def attribute_pairs(
         applicable=ok,
         relevance=[p.relevance for p in pairs],
         direction=direction,
+        qids=[p.qid for p in pairs],
     )

@@ -336,6 +336,8 @@ class PatchScores:
     """``[N, n]`` whether the intervention touched the pair (position groups can be empty)."""
     relevance: list[int | None]
     direction: Direction
+    qids: list[str]
+    """The query id of each pair (the unit of analysis of the verdict rules)."""
 
 
 def sides(batch: PairBatch, direction: Direction) -> tuple[SideBatch, SideBatch]:
@@ -414,4 +416,5 @@ def patch_pairs(
         applicable=ok,
         relevance=[p.relevance for p in pairs],
         direction=direction,
+        qids=[p.qid for p in pairs],
     )

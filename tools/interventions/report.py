@@ -24,7 +24,8 @@ from rankscope.tools.interventions.metrics import (
     top_metrics,
 )
 from rankscope.tools.interventions.patching import PatchScores
-from rankscope.tools.metric_keys import declare, metric_key, per_component, scalar
+from rankscope.tools.metric_keys import declare, estimate, metric_key, per_component, scalar
+from rankscope.tools.stats import QueryValue, ratio_by_query, values_by_query
 
 EFFECT_METRICS = declare(
     "n_pairs",
@@ -35,9 +36,37 @@ EFFECT_METRICS = declare(
     "top_layer",
     "top_head",
     scalar("top_effect", ci=True),
-    per_component("effect", ci=True),
+    estimate(
+        per_component("effect", ci=True),
+        family="patching_effect",
+        meaning="the component's normalised patching effect, mean over pairs of the primary "
+        "metric (classic: numerator / Δ; robust: numerator / sqrt(1 + Δ²)); per query: the mean "
+        "over its pairs",
+        unit="fraction of the score change (classic) or score / sqrt(1 + Δ²) (robust)",
+    ),
+    estimate(
+        per_component("fraction_restored"),
+        family="patching_fraction",
+        meaning="fraction of the perturbation's score change the component restores "
+        "(denoising) or removes (noising), as a ratio of means: per query the sum of "
+        "numerators over the sum of Δ = s_pert − s_base of its pairs; the value is the mean "
+        "over queries",
+        unit="fraction of the score change",
+    ),
     per_component("p_value"),
     per_component("effect", qualifiers=["rel"]),
+).describe(
+    n_pairs=("pairs kept (|Δ| above min_abs_delta and not 0)", "pairs"),
+    n_dropped=("pairs dropped for a too small |Δ|", "pairs"),
+    n_components=("components (interventions) with a value", "components"),
+    mean_delta=("mean Δ = s_pert − s_base over the kept pairs", "score"),
+    top_p_value="the tool's own one-sample p-value of the top component (pairs, for readers)",
+    top_layer="layer of the component with the largest |effect| (a location, not a test)",
+    top_head="head of the component with the largest |effect| (a location, not a test)",
+    top_effect="effect of the component with the largest |effect|: selected after the fact, "
+    "for readers only",
+    p_value="the tool's own two-sided one-sample p-value of a component's effect (pairs)",
+    effect="the effect within one relevance grade (breakdown for readers)",
 )
 """The metrics of :func:`effect_report` (activation, attribution and path patching)."""
 
@@ -53,6 +82,12 @@ class EffectReport:
     n_dropped: int
     effects: dict[str, np.ndarray]
     """Per-pair effects ``[kept pairs, n]`` under each metric."""
+    per_query: dict[str, list[QueryValue]]
+    """Per-query values of ``effect[X]`` and ``fraction_restored[X]`` of every reported X."""
+    pair_rows: list[dict[str, Any]]
+    """The plain per-pair scores behind them: one row per kept pair and applicable component."""
+    sign_disagreements: list[str]
+    """Components whose fraction restored and robust effect have opposite signs."""
 
 
 def effect_report(
@@ -90,6 +125,33 @@ def effect_report(
             }
         )
     rows = [r for r in rows if r["n"] > 0]
+    qids = [q for q, k in zip(scores.qids, keep, strict=True) if k]
+    numerators = restored_numerator(scores, keep)
+    denominators = scores.s_pert[keep] - scores.s_base[keep]
+    index = {name: j for j, name in enumerate(names)}
+    per_query: dict[str, list[QueryValue]] = {}
+    disagreements: list[str] = []
+    for row in rows:
+        j = index[row["component"]]
+        ok = scores.applicable[keep][:, j]
+        fraction = ratio_by_query(
+            [q for q, a in zip(qids, ok, strict=True) if a],
+            numerators[ok, j].tolist(),
+            denominators[ok].tolist(),
+        )
+        per_query[metric_key("effect", row["component"])] = values_by_query(
+            qids, effects[metric][:, j].tolist()
+        )
+        per_query[metric_key("fraction_restored", row["component"])] = fraction
+        row["fraction_restored"] = float(np.mean([v.value for v in fraction])) if fraction else None
+        robust = row["effect"] if metric == "robust" else row["effect_robust"]
+        row["sign_disagrees"] = bool(
+            robust is not None
+            and row["fraction_restored"] is not None
+            and np.sign(robust) * np.sign(row["fraction_restored"]) < 0
+        )
+        if row["sign_disagrees"]:
+            disagreements.append(row["component"])
     ranked = rank_rows(rows)
     relevance = [g for g, k in zip(scores.relevance, keep, strict=True) if k]
     rel_rows = by_relevance(effects[metric], names, relevance, confidence, seed)
@@ -104,6 +166,8 @@ def effect_report(
         **top_location(ranked),
         **component_metrics(ranked),
     }
+    for row in ranked:
+        metrics[metric_key("fraction_restored", row["component"])] = row["fraction_restored"]
     for row in rel_rows:
         metrics[metric_key("effect", row["component"], rel=row["relevance"])] = row["effect"]
     return EffectReport(
@@ -113,6 +177,54 @@ def effect_report(
         n_kept=int(keep.sum()),
         n_dropped=int((~keep).sum()),
         effects=effects,
+        per_query=per_query,
+        pair_rows=pair_score_rows(scores, keep, [r["component"] for r in ranked]),
+        sign_disagreements=disagreements,
+    )
+
+
+def restored_numerator(scores: PatchScores, keep: np.ndarray) -> np.ndarray:
+    """``[kept pairs, n]`` the score change each patch restores (denoising: s_patched − s_base)
+    or removes (noising: s_pert − s_patched); signed like Δ = s_pert − s_base."""
+    patched = scores.s_patched[keep]
+    if scores.direction == "denoising":
+        return np.asarray(patched - scores.s_base[keep][:, None], dtype=float)
+    return np.asarray(scores.s_pert[keep][:, None] - patched, dtype=float)
+
+
+def pair_score_rows(
+    scores: PatchScores, keep: np.ndarray, components: Sequence[str]
+) -> list[dict[str, Any]]:
+    """The per-pair scores of ``components``: ``{pair, qid, component, s_base, s_pert,
+    s_patched}`` for each kept pair where the component applies (pair: its index in the set)."""
+    index = {name: j for j, name in enumerate(scores.names)}
+    out: list[dict[str, Any]] = []
+    for component in components:
+        j = index[component]
+        for i in np.flatnonzero(keep & scores.applicable[:, j]).tolist():
+            out.append(
+                {
+                    "pair": i,
+                    "qid": scores.qids[i],
+                    "component": component,
+                    "s_base": float(scores.s_base[i]),
+                    "s_pert": float(scores.s_pert[i]),
+                    "s_patched": float(scores.s_patched[i, j]),
+                }
+            )
+    return out
+
+
+def sign_note(report: EffectReport) -> str:
+    """A summary line flagging components whose fraction restored and robust effect disagree
+    in sign ("" when none do)."""
+    flagged = report.sign_disagreements
+    if not flagged:
+        return ""
+    shown = ", ".join(flagged[:5]) + (f" and {len(flagged) - 5} more" if len(flagged) > 5 else "")
+    return (
+        f"\nSign disagreement between fraction_restored and the robust effect (a few pairs "
+        f"with large Δ pull the other way): {shown}."
     )
 
 
