@@ -18,8 +18,9 @@ from rankscope.tools.interventions.ablation import (
 from rankscope.tools.interventions.metrics import rank_rows, summarise_columns
 from rankscope.tools.interventions.patching import Intervention, parse_target, patch_name
 from rankscope.tools.interventions.report import fmt
-from rankscope.tools.metric_keys import declare, metric_key, per_component, scalar
+from rankscope.tools.metric_keys import declare, estimate, metric_key, per_component, scalar
 from rankscope.tools.registry import register
+from rankscope.tools.stats import values_by_query
 
 
 class AblationArgs(PairArgs):
@@ -80,12 +81,34 @@ class Ablation(Tool[AblationArgs]):
         "top_p_value",
         "top_fraction_removed",
         scalar("top_delta_change", ci=True),
-        per_component("delta_change", ci=True),
+        estimate(
+            per_component("delta_change", ci=True),
+            family="ablation_delta",
+            meaning="change of the score delta s_pert − s_base when the component is ablated "
+            "(per query: the mean over its pairs)",
+            unit="score",
+        ),
         per_component("p_value"),
         per_component("fraction_removed"),
         per_component("delta_ablated"),
         per_component("rank_gain_ablated"),
         per_component("kendall_tau"),
+    ).describe(
+        n_pairs=("pairs run", "pairs"),
+        n_components=("ablations run (each component, and the joint one)", "ablations"),
+        mean_delta=("mean Δ = s_pert − s_base without ablation", "score"),
+        share_pert_higher=("share of pairs with s_pert > s_base", "fraction of pairs"),
+        rank_gain=("mean rank gain of the perturbed document without ablation", "ranks"),
+        n_ranked_pairs=("pairs whose query has another document in the set", "pairs"),
+        top_p_value="the tool's own p-value of the top ablation (pairs, for readers)",
+        top_fraction_removed="fraction of the mean Δ removed by the top ablation (readers)",
+        top_delta_change="delta_change of the ablation with the largest |change|: selected "
+        "after the fact, for readers only",
+        p_value="the tool's own two-sided p-value of a component's delta_change (pairs)",
+        fraction_removed=("1 − mean ablated Δ / mean Δ (ratio of the pair means)", "fraction"),
+        delta_ablated=("mean Δ with the component ablated", "score"),
+        rank_gain_ablated=("mean rank gain with the component ablated", "ranks"),
+        kendall_tau="mean per-query Kendall tau between baseline scores with and without ablation",
     )
 
     def run(self, ctx: ToolContext, args: AblationArgs) -> ToolResult:
@@ -169,7 +192,16 @@ class Ablation(Tool[AblationArgs]):
             f"Mean Δ = s_pert − s_base = {fmt(mean_delta)}; ranked by |change of Δ|:\n"
             + "\n".join(lines)
         )
-        return ToolResult(metrics=metrics, summary=summary, tables={"ablations": ranked})
+        column = {name: j for j, name in enumerate(res.names)}
+        per_query = {
+            metric_key("delta_change", r["component"]): values_by_query(
+                res.qids, change[:, column[r["component"]]].tolist()
+            )
+            for r in ranked
+        }
+        return ToolResult(
+            metrics=metrics, summary=summary, tables={"ablations": ranked}, per_query=per_query
+        )
 
 
 def _component_metrics(row: dict[str, Any]) -> dict[str, Any]:

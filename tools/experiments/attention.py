@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import re
 import warnings
-from typing import Any, Literal
+from dataclasses import replace
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import Field, field_validator, model_validator
@@ -24,9 +25,17 @@ from rankscope.tools.interventions.masking import (
 from rankscope.tools.interventions.metrics import rank_rows, summarise_columns
 from rankscope.tools.interventions.pairs import POSITION_GROUPS, pair_batches, with_progress
 from rankscope.tools.interventions.report import fmt
-from rankscope.tools.metric_keys import declare, metric_key, per_component, scalar
+from rankscope.tools.metric_keys import (
+    MetricCatalogue,
+    declare,
+    estimate,
+    metric_key,
+    per_component,
+    scalar,
+)
 from rankscope.tools.registry import register
 from rankscope.tools.retrievers.base import Retriever
+from rankscope.tools.stats import QueryValue, values_by_query
 
 FromRole = Literal["cls", "query", "doc", "qterm", "injected", "filler", "sep"]
 ToRole = Literal["cls", "query", "doc", "qterm", "injected", "filler", "sep", "same_token"]
@@ -108,8 +117,32 @@ class AttentionByRole(Tool[AttentionByRoleArgs]):
         "top_lift",
         "uniform_attention",
         scalar("top_attention", ci=True),
-        per_component("attention", tags=["from->to"]),
+        estimate(
+            per_component("attention", tags=["from->to"]),
+            family="attention_mass",
+            meaning="mean attention mass from tokens of one role to tokens of another for one "
+            "head (per query: the mean over its pairs that have tokens of both roles); an "
+            "estimate when heads are named, descriptive in a screen of every head",
+            unit="attention probability mass",
+        ),
+    ).describe(
+        n_pairs=("pairs read", "pairs"),
+        n_heads=("heads read", "heads"),
+        top_lift="attention / uniform attention of the top head of the focus role pair",
+        uniform_attention="mass uniform attention would give the focus role pair",
+        top_attention="attention of the top head of the focus role pair: selected after the "
+        "fact, for readers only",
     )
+    screen_metrics: ClassVar[MetricCatalogue] = MetricCatalogue(
+        tuple(
+            replace(s, kind="descriptive", family="") if s.kind == "estimate" else s
+            for s in metrics.specs
+        )
+    )
+    """The metrics of a screen of every head (``heads`` left out): too many tests to claim on."""
+
+    def metrics_for(self, args: AttentionByRoleArgs) -> MetricCatalogue:
+        return self.metrics if args.heads is not None else self.screen_metrics
 
     def run(self, ctx: ToolContext, args: AttentionByRoleArgs) -> ToolResult:
         retriever = ctx.retriever
@@ -145,6 +178,7 @@ class AttentionByRole(Tool[AttentionByRoleArgs]):
                 for ti, dest in enumerate(to_groups):
                     columns.append(res.values[:, li, head, fi, ti])
                     names.append((f"L{layer}.H{head}", source, dest, fi, ti))
+        column_of = {(h, f, t): col for (h, f, t, _, _), col in zip(names, columns, strict=True)}
         summaries = summarise_columns(
             np.stack(columns, 1) if columns else np.zeros((len(pairs), 0)),
             [f"{h}|{f}->{t}" for h, f, t, _, _ in names],
@@ -182,9 +216,15 @@ class AttentionByRole(Tool[AttentionByRoleArgs]):
                 "top_lift": top["lift"],
                 "uniform_attention": top["uniform"],
             }
+        per_query: dict[str, list[QueryValue]] = {}
+        qids = [p.qid for p in pairs]
         for r in rows:
             role_pair = f"{r['from_role']}->{r['to_role']}"
-            metrics[metric_key("attention", r["head"], tags=[role_pair])] = r["attention"]
+            key = metric_key("attention", r["head"], tags=[role_pair])
+            metrics[key] = r["attention"]
+            if args.heads is not None:
+                values = column_of[(r["head"], r["from_role"], r["to_role"])]
+                per_query[key] = values_by_query(qids, values.tolist())
         artifacts = self._figure(ctx, rows, heads, args) if rows else []
         lines = [
             f"  {r['head']}: {fmt(r['attention'])} [{fmt(r['ci_low'])}, {fmt(r['ci_high'])}] "
@@ -201,7 +241,11 @@ class AttentionByRole(Tool[AttentionByRoleArgs]):
             + ("\n".join(lines) if lines else "  no pair has tokens of both roles")
         )
         return ToolResult(
-            metrics=metrics, summary=summary, tables={"attention": rows}, artifacts=artifacts
+            metrics=metrics,
+            summary=summary,
+            tables={"attention": rows},
+            artifacts=artifacts,
+            per_query=per_query,
         )
 
     @staticmethod
@@ -275,9 +319,23 @@ class AttentionMasking(Tool[AttentionMaskingArgs]):
         "n_blocks",
         "mean_delta",
         scalar("top_delta_change", ci=True),
-        per_component("delta_change", ci=True),
+        estimate(
+            per_component("delta_change", ci=True),
+            family="ablation_delta",
+            meaning="change of the score delta s_pert − s_base when the attention block is "
+            "masked (per query: the mean over its pairs)",
+            unit="score",
+        ),
         per_component("p_value"),
         per_component("base_score_change"),
+    ).describe(
+        n_pairs=("pairs run", "pairs"),
+        n_blocks=("masking configurations run", "configurations"),
+        mean_delta=("mean Δ = s_pert − s_base without masking", "score"),
+        top_delta_change="delta_change of the block with the largest |change|: selected after "
+        "the fact, for readers only",
+        p_value="the tool's own two-sided p-value of a block's delta_change (pairs)",
+        base_score_change=("mean change of the baseline score under the mask", "score"),
     )
 
     def run(self, ctx: ToolContext, args: AttentionMaskingArgs) -> ToolResult:
@@ -357,4 +415,12 @@ class AttentionMasking(Tool[AttentionMaskingArgs]):
             f"Attention masking on {n} pairs of {args.axiom}/{args.variant} [{args.split}]; "
             f"mean Δ = {fmt(mean_delta)}. Ranked by |change of Δ|:\n" + "\n".join(lines)
         )
-        return ToolResult(metrics=metrics, summary=summary, tables={"masking": ranked})
+        qids = [p.qid for p in pairs]
+        per_query = {
+            metric_key("delta_change", name): values_by_query(qids, change[:, j].tolist())
+            for j, name in enumerate(names)
+            if metric_key("delta_change", name) in metrics
+        }
+        return ToolResult(
+            metrics=metrics, summary=summary, tables={"masking": ranked}, per_query=per_query
+        )

@@ -17,10 +17,10 @@ from pydantic import Field
 
 from rankscope.tools.contract import Tool, ToolContext, ToolResult, summarise_rows
 from rankscope.tools.experiments.common import PairArgs, load_pairs
-from rankscope.tools.metric_keys import breakdown, declare, metric_key, scalar
+from rankscope.tools.metric_keys import breakdown, declare, estimate, metric_key, scalar
 from rankscope.tools.registry import register
 from rankscope.tools.retrievers.splade import Splade, TermContribution
-from rankscope.tools.stats import bootstrap_ci
+from rankscope.tools.stats import bootstrap_ci, values_by_query
 
 TERM_KINDS = ("matched", "query_expansion", "doc_expansion", "expansion")
 
@@ -52,12 +52,26 @@ class TermContributions(Tool[TermContributionsArgs]):
     version = "1"
     Args = TermContributionsArgs
     metrics = declare(
-        scalar("mean_delta", ci=True),
+        estimate(
+            scalar("mean_delta", ci=True),
+            family="score_delta",
+            meaning="mean score change s_pert − s_base (per query: the mean over its pairs)",
+            unit="score",
+        ),
         "share_delta_injected",
         "max_sum_error",
         "n_pairs",
         breakdown("share_score", "kind"),
         breakdown("share_delta", "kind"),
+    ).describe(
+        share_delta_injected=(
+            "share of the summed score change on terms the perturbation added (all pairs)",
+            "fraction",
+        ),
+        max_sum_error=("largest |sum of term contributions − score| (a check)", "score"),
+        n_pairs=("pairs split over terms", "pairs"),
+        share_score=("share of the summed baseline score from terms of one kind", "fraction"),
+        share_delta=("share of the summed score change on terms of one kind", "fraction"),
     )
 
     def run(self, ctx: ToolContext, args: TermContributionsArgs) -> ToolResult:
@@ -157,5 +171,8 @@ class TermContributions(Tool[TermContributionsArgs]):
             + summarise_rows(term_rows, ["term", "kind", "mean_change", "pairs"])
         )
         return ToolResult(
-            metrics=metrics, summary=summary, tables={"terms": term_rows, "pairs": pair_rows}
+            metrics=metrics,
+            summary=summary,
+            tables={"terms": term_rows, "pairs": pair_rows},
+            per_query={"mean_delta": values_by_query([p.qid for p in pairs], deltas.tolist())},
         )
