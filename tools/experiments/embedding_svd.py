@@ -55,9 +55,18 @@ class EmbeddingSVD(Tool[EmbeddingSVDArgs]):
         "best_abs_spearman",
         "n_tokens",
         "n_docs",
-        "seconds",
         per_component("spearman"),
         per_component("energy"),
+    ).describe(
+        spearman_c1="Spearman ρ of SVD component 1 with token IDF (tokens, no per-query unit: descriptive)",
+        abs_spearman_c1="|spearman_c1|",
+        p_c1="the tool's own p-value of spearman_c1 (tokens, for readers)",
+        best_component="component (1-based) with the largest |ρ| with IDF",
+        best_abs_spearman="largest |ρ| with IDF over components",
+        n_tokens=("tokens compared", "tokens"),
+        n_docs=("documents the IDF is computed over", "documents"),
+        spearman="Spearman ρ of one component with token IDF",
+        energy=("share of the squared singular values in one component", "fraction"),
     )
 
     def run(self, ctx: ToolContext, args: EmbeddingSVDArgs) -> ToolResult:
@@ -102,7 +111,6 @@ class EmbeddingSVD(Tool[EmbeddingSVDArgs]):
             "best_abs_spearman": float(abs(rho[best])),
             "n_tokens": int(tokens.size),
             "n_docs": len(texts),
-            "seconds": time.perf_counter() - start,
         }
         for r in rows:
             component = f"c{r['component']}"
@@ -132,6 +140,7 @@ class EmbeddingSVD(Tool[EmbeddingSVDArgs]):
             metrics=clean_metrics(metrics),
             summary=summary,
             tables={"components": rows},
+            run_facts={"seconds": time.perf_counter() - start},
             artifacts=[
                 ArtifactFile(
                     path=figure,

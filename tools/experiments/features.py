@@ -161,9 +161,27 @@ class TrainSAE(Tool[TrainSAEArgs]):
         "top1_agreement",
         "top10_overlap",
         "n_eval_queries",
-        "collect_seconds",
-        "train_seconds",
-        "evaluate_seconds",
+    ).describe(
+        fvu="held-out fraction of variance unexplained by the SAE (rows: descriptive)",
+        explained_variance="held-out explained variance (1 − fvu)",
+        mse="held-out reconstruction mean squared error",
+        cosine="held-out mean cosine of activations and reconstructions",
+        l0=("mean active latents per row", "latents"),
+        train_fvu="fvu on the training rows",
+        dead_latents=("latents never active", "latents"),
+        dead_fraction=("dead latents / width", "fraction"),
+        width=("SAE latents", "latents"),
+        k=("TopK: latents kept per row", "latents"),
+        n_train_rows=("training rows", "rows"),
+        n_eval_rows=("held-out rows", "rows"),
+        score_mae=("mean |score change| when retrieving with the reconstruction", "score"),
+        score_delta_mean=("mean score change when retrieving with the reconstruction", "score"),
+        score_std=("standard deviation of the original scores", "score"),
+        spearman="mean per-query Spearman ρ of original and reconstructed scores",
+        kendall="mean per-query Kendall τ of original and reconstructed scores",
+        top1_agreement=("share of queries with the same top document", "fraction"),
+        top10_overlap=("mean overlap of the top 10 documents", "fraction"),
+        n_eval_queries=("held-out queries", "queries"),
     )
 
     def run(self, ctx: ToolContext, args: TrainSAEArgs) -> ToolResult:
@@ -193,9 +211,6 @@ class TrainSAE(Tool[TrainSAEArgs]):
             "top1_agreement": faith.agreement["top1_agreement"],
             "top10_overlap": faith.agreement["top10_overlap"],
             "n_eval_queries": int(faith.agreement["n_queries"]),
-            "collect_seconds": report.seconds["collect"],
-            "train_seconds": report.seconds["train"],
-            "evaluate_seconds": report.seconds["evaluate"],
         }
         figure = sae_figure(
             ctx.artifact_path(f"sae_{'emb' if report.layer is None else f'L{report.layer}'}.png"),
@@ -232,6 +247,7 @@ class TrainSAE(Tool[TrainSAEArgs]):
             metrics=clean_metrics(metrics),
             summary=summary,
             tables={"training": rows},
+            run_facts={f"{phase}_seconds": t for phase, t in report.seconds.items()},
             artifacts=artifacts,
         )
 
@@ -414,11 +430,25 @@ class FeatureInspection(Tool[FeatureArgs]):
         "n_units_total",
         "n_units_tested",
         "mean_active_frac",
-        "seconds",
         *CORRELATION_METRICS,
         per_component("active_frac"),
         per_component("mean"),
         per_component("corr"),
+    ).describe(
+        corr="correlation of one unit with the property (tokens)",
+        n_rows=("token rows read", "rows"),
+        n_docs=("documents read", "documents"),
+        n_units_total=("units of the layer or SAE", "units"),
+        n_units_tested=("units tested against the property", "units"),
+        mean_active_frac=(
+            "mean share of rows where a unit is active (per token: descriptive)",
+            "fraction",
+        ),
+        best_unit="unit most correlated with the property",
+        best_correlation="its correlation with the property (tokens)",
+        best_p_bonferroni="its Bonferroni-corrected p-value (tokens, for readers)",
+        active_frac=("share of rows where the unit is active", "fraction"),
+        mean="mean activation of the unit",
     )
 
     def metrics_for(self, args: FeatureArgs) -> MetricCatalogue | None:
@@ -504,7 +534,6 @@ class FeatureInspection(Tool[FeatureArgs]):
             "n_units_total": int(n_units_total),
             "n_units_tested": int(n_tests),
             "mean_active_frac": float(np.mean(acts > 0)),
-            "seconds": time.perf_counter() - start,
         }
         for r in unit_rows:
             unit_name = str(r["unit"])
@@ -554,5 +583,6 @@ class FeatureInspection(Tool[FeatureArgs]):
             metrics=clean_metrics(metrics),
             summary=summary,
             tables={"units": unit_rows, "top_tokens": token_rows, "top_documents": doc_rows},
+            run_facts={"seconds": time.perf_counter() - start},
             artifacts=artifacts,
         )

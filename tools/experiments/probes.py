@@ -116,9 +116,30 @@ class LinearProbe(Tool[ProbeArgs]):
         "n_queries",
         "n_classes",
         "n_folds",
-        "collect_seconds",
-        "probe_seconds",
         *(per_component(column) for column in LAYER_COLUMNS),
+    ).describe(
+        best_layer="layer (-1: embeddings) of the highest probe accuracy",
+        best_accuracy=(
+            "highest held-out probe accuracy over layers "
+            "(probes are per token or document: descriptive)",
+            "accuracy",
+        ),
+        best_selectivity=("highest accuracy − control accuracy over layers", "accuracy"),
+        best_selectivity_layer="layer of best_selectivity",
+        selectivity_at_best_layer=("selectivity at best_layer", "accuracy"),
+        majority_baseline=("accuracy of always predicting the majority class", "accuracy"),
+        n_rows=("tokens or documents probed", "rows"),
+        n_docs=("documents read", "documents"),
+        n_queries=("queries of the documents (folds are grouped by query)", "queries"),
+        n_classes=("classes present", "classes"),
+        n_folds=("cross-validation folds", "folds"),
+        accuracy=(
+            "held-out probe accuracy at a layer (probes are per token or document: descriptive)",
+            "accuracy",
+        ),
+        balanced_accuracy=("held-out balanced accuracy at a layer", "accuracy"),
+        control=("accuracy of the control task at a layer", "accuracy"),
+        selectivity=("accuracy − control at a layer", "accuracy"),
     )
 
     def run(self, ctx: ToolContext, args: ProbeArgs) -> ToolResult:
@@ -199,8 +220,6 @@ class LinearProbe(Tool[ProbeArgs]):
             "n_queries": int(np.unique(qids).size),
             "n_classes": int(present.size),
             "n_folds": len(folds),
-            "collect_seconds": collect_seconds,
-            "probe_seconds": probe_seconds,
         }
         for r in rows:
             for column in LAYER_COLUMNS:
@@ -256,6 +275,7 @@ class LinearProbe(Tool[ProbeArgs]):
             metrics=clean_metrics(metrics),
             summary=summary,
             tables={"layers": rows, "classes": class_rows},
+            run_facts={"collect_seconds": collect_seconds, "probe_seconds": probe_seconds},
             artifacts=[
                 ArtifactFile(
                     path=figure,

@@ -171,12 +171,37 @@ class Steering(Tool[SteeringArgs]):
         "slope_negative",
         "max_abs_delta",
         "base_score_std",
-        "seconds",
         *PAIR_METRICS,
         breakdown("mean_delta", "s"),
         breakdown("share_up", "s"),
         breakdown("rank_gain", "s"),
         breakdown("recovered", "s"),
+    ).describe(
+        actual_delta=("mean real score change of the perturbation (target pairs)", "score"),
+        n_direction_pairs=("pairs the direction is estimated from", "pairs"),
+        best_recovered=("largest share of the real effect reproduced over scales", "fraction"),
+        layer="layer steered",
+        n_docs=("documents steered", "documents"),
+        n_queries=("queries", "queries"),
+        n_positions=("positions steered", "positions"),
+        direction_norm="norm of the steering direction",
+        site_norm="mean norm of the activations at the steered site",
+        slope=(
+            "slope of the mean score change over the steering scale (a dose-response fit "
+            "over scales, no per-query unit: descriptive)",
+            "score per unit scale",
+        ),
+        slope_positive=("slope over positive scales", "score per unit scale"),
+        slope_negative=("slope over negative scales", "score per unit scale"),
+        max_abs_delta=("largest |mean score change| over scales", "score"),
+        base_score_std=("standard deviation of the unsteered scores", "score"),
+        mean_delta=("mean score change at one scale", "score"),
+        share_up=("share of documents whose score rose at one scale", "fraction"),
+        rank_gain=("mean rank gain at one scale", "ranks"),
+        recovered=(
+            "share of the perturbation's real effect the steering reproduces at one scale",
+            "fraction",
+        ),
     )
 
     def metrics_for(self, args: SteeringArgs) -> MetricCatalogue | None:
@@ -295,7 +320,6 @@ class Steering(Tool[SteeringArgs]):
             "slope_negative": _slope(s, scores, -1),
             "max_abs_delta": float(max(abs(r["mean_delta"]) for r in rows)),
             "base_score_std": float(np.std(base)),
-            "seconds": time.perf_counter() - start,
         }
         if args.target == "pairs":
             metrics["actual_delta"] = actual_mean
@@ -346,6 +370,7 @@ class Steering(Tool[SteeringArgs]):
             metrics=clean_metrics(metrics),
             summary=summary,
             tables={"dose_response": rows},
+            run_facts={"seconds": time.perf_counter() - start},
             artifacts=[
                 ArtifactFile(
                     path=figure,
