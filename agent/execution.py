@@ -174,6 +174,10 @@ class Lab:
                 )
             result = run.result
             tables = dict(result.tables)
+            if result.run_facts:
+                tables["rankscope_run_facts"] = [
+                    {"fact": name, "value": value} for name, value in result.run_facts.items()
+                ]
             tables["rankscope_timings"] = [
                 {"phase": "tool_run", "seconds": run.seconds},
                 *({"phase": k, "seconds": v} for k, v in self.timings.items()),

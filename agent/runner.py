@@ -75,11 +75,13 @@ def make_planner(
     max_tokens: int | None = None,
     llm_timeout_s: float | None = None,
     llm_retries: int | None = None,
+    llm_context: int | None = None,
 ) -> Planner:
     """The planner of an investigation; LLM calls are stored with the investigation.
 
     ``max_tokens`` is the LLM token budget left to the investigation; ``llm_timeout_s`` and
-    ``llm_retries`` (``None``: environment or defaults) bound each LLM request."""
+    ``llm_retries`` (``None``: environment or defaults) bound each LLM request; ``llm_context``
+    is the LLM's context window in tokens (``None``: asked of the server)."""
     if planner_factory is not None:
         return planner_factory()
     if name == "protocol":
@@ -113,6 +115,7 @@ def make_planner(
         max_tokens_budget=max_tokens,
         timeout_s=llm_timeout_s,
         max_retries=llm_retries,
+        context_tokens=llm_context,
     )
 
 
@@ -216,13 +219,14 @@ def investigate(
     model_options: dict[str, Any] | None = None,
     llm_timeout_s: float | None = None,
     llm_retries: int | None = None,
+    llm_context: int | None = None,
     policy: StatsPolicy | None = None,
 ) -> RunResult:
     """Start an investigation and run it to its end (or to an exception, which propagates).
 
     ``model_options`` go to the model loader (``allow_random_weights``, ``label``);
-    ``llm_timeout_s`` and ``llm_retries`` are stored with the investigation, so ``resume`` uses
-    them too; ``policy`` is the statistical policy the verdict rules apply (default
+    ``llm_timeout_s``, ``llm_retries`` and ``llm_context`` are stored with the investigation, so
+    ``resume`` uses them too; ``policy`` is the statistical policy the verdict rules apply (default
     :class:`StatsPolicy`), stored with the investigation."""
     progress = ProgressPrinter(console, quiet=quiet)
     budget = budget or Budget()
@@ -253,6 +257,7 @@ def investigate(
                 model_options=dict(model_options or {}),
                 llm_timeout_s=llm_timeout_s,
                 llm_retries=llm_retries,
+                llm_context=llm_context,
                 policy=policy or StatsPolicy(),
             ).model_dump(mode="json"),
         )
@@ -278,6 +283,7 @@ def investigate(
             max_tokens=budget.max_tokens,
             llm_timeout_s=llm_timeout_s,
             llm_retries=llm_retries,
+            llm_context=llm_context,
         )
         return _run(
             store,
@@ -350,6 +356,7 @@ def resume(
             else max(1, budget.max_tokens - store.llm_usage(investigation_id).total_tokens),
             llm_timeout_s=settings_of(inv).llm_timeout_s,
             llm_retries=settings_of(inv).llm_retries,
+            llm_context=settings_of(inv).llm_context,
         )
         return _run(
             store,

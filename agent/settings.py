@@ -41,6 +41,11 @@ class InvestigationSettings(BaseModel):
     llm_retries: int | None = Field(
         None, ge=0, description="--llm-retries: retries after a failed LLM request (None: default)."
     )
+    llm_context: int | None = Field(
+        None,
+        gt=0,
+        description="--llm-context: the LLM's context window in tokens (None: asked of the server).",
+    )
     model_options: dict[str, Any] = Field(
         default_factory=dict,
         description="Loader options the user set (allow_random_weights, label).",

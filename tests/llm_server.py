@@ -16,6 +16,16 @@ falls back to the WordPiece tokenizer of the bundled all-MiniLM-L6-v2, which cou
 tokens on these prompts; ``TOKENIZER`` names the one in use and ``TOKEN_SLACK`` is the factor a
 budget check allows for it (1.0 for the Qwen2.5 tokenizer).
 
+The routes servers use to say their context window answer from ``ServerContext`` (``server.context``;
+by default none is said): ``GET /v1/models`` (vLLM's ``max_model_len``), ``GET /props`` (llama.cpp
+server's ``default_generation_settings.n_ctx``), ``POST /api/show`` (Ollama's ``model_info``
+``<arch>.context_length`` and ``parameters`` ``num_ctx``) and ``GET /api/ps`` (the loaded
+model's ``context_length``). These requests are recorded in ``probes``, not ``requests``.
+
+``MALFORMED`` holds the replies small local models were seen to write instead of a clean call
+(arguments as a JSON string inside a string, arguments followed by text, a ``functions.`` prefix,
+``<tool_call>`` blocks in the content as the Qwen and Hermes templates write them).
+
 Use it as a context manager::
 
     with ScriptedLLMServer() as server:
@@ -35,12 +45,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 __all__ = [
+    "MALFORMED",
     "TOKENIZER",
     "TOKEN_SLACK",
     "RecordedRequest",
     "Reply",
     "ScriptedLLMServer",
+    "ServerContext",
     "chat_template_text",
+    "content_tool_call_reply",
     "error_reply",
     "prompt_tokens",
     "slow_reply",
@@ -215,6 +228,66 @@ def error_reply(
     return Reply(status=status, body=body, headers=headers)
 
 
+def content_tool_call_reply(
+    name: str,
+    arguments: dict[str, Any] | str,
+    *,
+    before: str = "",
+    closed: bool = True,
+    model: str = "scripted-model",
+    usage: tuple[int, int] | None = (100, 20),
+) -> Reply:
+    """A text reply holding the call as ``<tool_call>`` JSON (no ``tool_calls``), as a Qwen or
+    Hermes chat template writes it when the server does not parse it; ``closed=False`` leaves out
+    the closing tag, as a reply cut at a stop token does."""
+    args = arguments if isinstance(arguments, str) else json.dumps(arguments)
+    block = '<tool_call>\n{"name": "' + name + '", "arguments": ' + args + "}\n"
+    if closed:
+        block += "</tool_call>"
+    message = {"role": "assistant", "content": before + block}
+    return Reply(body=_completion(message, "stop", model, usage))
+
+
+MALFORMED: dict[str, Callable[[str, dict[str, Any]], Reply]] = {
+    "arguments as a JSON string in a string": lambda name, args: tool_call_reply(
+        name, json.dumps(json.dumps(args))
+    ),
+    "arguments followed by text": lambda name, args: tool_call_reply(
+        name, json.dumps(args) + "\n\nI will now run this experiment."
+    ),
+    "arguments in a code fence": lambda name, args: tool_call_reply(
+        name, "```json\n" + json.dumps(args) + "\n```"
+    ),
+    "functions. prefix": lambda name, args: tool_call_reply(f"functions.{name}", args),
+    "<tool_call> in the content": lambda name, args: content_tool_call_reply(
+        name, args, before="<think>The layer 2 heads are next.</think>\n"
+    ),
+    "<tool_call> in the content, unclosed, prefixed": lambda name, args: content_tool_call_reply(
+        f"functions.{name}", args, closed=False
+    ),
+}
+"""Malformed replies of real small instruct models, each built from a function name and its
+arguments."""
+
+
+@dataclass
+class ServerContext:
+    """What the server says about its context window; ``None`` fields are not said."""
+
+    max_model_len: int | None = None
+    """vLLM: ``max_model_len`` of the model in ``GET /v1/models``."""
+    n_ctx: int | None = None
+    """llama.cpp server: ``default_generation_settings.n_ctx`` in ``GET /props``."""
+    ollama_context_length: int | None = None
+    """Ollama: ``model_info`` ``qwen2.context_length`` in ``POST /api/show``."""
+    ollama_num_ctx: int | None = None
+    """Ollama: ``num_ctx`` in the ``parameters`` of ``POST /api/show``."""
+    ollama_loaded_context: int | None = None
+    """Ollama: ``context_length`` of the loaded model in ``GET /api/ps``."""
+    delay_s: float = 0.0
+    """Seconds before any of these routes answers."""
+
+
 def slow_reply(delay_s: float, reply: Reply | None = None) -> Reply:
     """``reply`` (a text reply by default) sent only after ``delay_s`` seconds."""
     inner = reply or text_reply("too late")
@@ -229,6 +302,9 @@ class ScriptedLLMServer:
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self.requests: list[RecordedRequest] = []
+        self.probes: list[RecordedRequest] = []
+        self.context = ServerContext()
+        self.model = "scripted-model"
         self.unscripted = 0
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         self._httpd.daemon_threads = True
@@ -289,6 +365,44 @@ class ScriptedLLMServer:
             self.unscripted += 1
         return error_reply(500, "the scripted LLM server has no reply left for this request")
 
+    def _context_answer(self, method: str, path: str) -> Reply:
+        """The answer of a context route (see the module docstring), or 404."""
+        ctx = self.context
+        route = path.split("?", 1)[0].rstrip("/")
+        if method == "GET" and route.endswith("/v1/models"):
+            entry: dict[str, Any] = {"id": self.model, "object": "model", "owned_by": "scripted"}
+            if ctx.max_model_len is not None:
+                entry["max_model_len"] = ctx.max_model_len
+            return Reply(body={"object": "list", "data": [entry]})
+        if method == "GET" and route == "/props" and ctx.n_ctx is not None:
+            return Reply(
+                body={
+                    "default_generation_settings": {"n_ctx": ctx.n_ctx, "params": {}},
+                    "total_slots": 1,
+                }
+            )
+        ollama = ctx.ollama_context_length is not None or ctx.ollama_num_ctx is not None
+        if method == "POST" and route == "/api/show" and ollama:
+            info: dict[str, Any] = {"general.architecture": "qwen2"}
+            if ctx.ollama_context_length is not None:
+                info["qwen2.context_length"] = ctx.ollama_context_length
+            parameters = 'stop "<|im_start|>"\nstop "<|im_end|>"'
+            if ctx.ollama_num_ctx is not None:
+                parameters += f"\nnum_ctx {ctx.ollama_num_ctx}"
+            return Reply(body={"parameters": parameters, "model_info": info, "template": "…"})
+        if method == "GET" and route == "/api/ps" and ollama:
+            models = []
+            if ctx.ollama_loaded_context is not None:
+                models.append(
+                    {
+                        "name": self.model,
+                        "model": self.model,
+                        "context_length": ctx.ollama_loaded_context,
+                    }
+                )
+            return Reply(body={"models": models})
+        return error_reply(404, f"no route {path}")
+
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:
         server = self
 
@@ -297,6 +411,23 @@ class ScriptedLLMServer:
 
             def log_message(self, format: str, *args: Any) -> None:
                 """Silence the per-request log lines."""
+
+            def _probe(self, method: str, body: dict[str, Any]) -> None:
+                recorded = RecordedRequest(
+                    method=method,
+                    path=self.path,
+                    headers={k.lower(): v for k, v in self.headers.items()},
+                    body=body,
+                )
+                with server._lock:
+                    server.probes.append(recorded)
+                answer = server._context_answer(method, self.path)
+                if server.context.delay_s and server._stopping.wait(server.context.delay_s):
+                    return
+                self._send(answer)
+
+            def do_GET(self) -> None:
+                self._probe("GET", {})
 
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
@@ -311,6 +442,9 @@ class ScriptedLLMServer:
                     headers={k.lower(): v for k, v in self.headers.items()},
                     body=body,
                 )
+                if self.path.rstrip("/").endswith("/api/show"):
+                    self._probe("POST", body)
+                    return
                 if not self.path.endswith("/chat/completions"):
                     with server._lock:
                         server.requests.append(recorded)

@@ -30,10 +30,18 @@ from rankscope.agent.llm_client import (
     LLMUnavailableError,
     transport_defaults,
 )
+from rankscope.agent.llm_context import (
+    OLLAMA_ASSUMED_NUM_CTX,
+    LLMContextError,
+    chat_template_text,
+    detect_context,
+    request_tokens,
+)
 from rankscope.agent.planners.base import Criterion, Ledger, LedgerEntry, Narrative, Proposal, Stop
 from rankscope.agent.planners.llm import (
     MAX_DESCRIBE_CALLS,
     MAX_FULL_ENTRIES,
+    MIN_LEDGER_CHARS,
     REQUEST_TOKEN_BUDGET,
     LLMPlanner,
     data_block,
@@ -53,16 +61,20 @@ from rankscope.tools.registry import (
     validate_args,
 )
 from tests.llm_server import (
+    MALFORMED,
     TOKEN_SLACK,
     TOKENIZER,
     Reply,
     ScriptedLLMServer,
+    ServerContext,
+    content_tool_call_reply,
     error_reply,
     prompt_tokens,
     slow_reply,
     text_reply,
     tool_call_reply,
 )
+from tests.llm_server import chat_template_text as server_template_text
 
 MODEL = "scripted-model"
 TOOL = "llm_planner_selftest"
@@ -837,7 +849,7 @@ def test_prompt_templates_load_and_name_missing_placeholders() -> None:
 # --- the compact tool catalogue and the request budget ------------------------------------------
 
 
-def heavy_entry(hypothesis_id: int) -> LedgerEntry:
+def heavy_entry(hypothesis_id: int, replicated: bool = True) -> LedgerEntry:
     """A ledger entry as large as real ones get: long hypothesis, many metrics, a long summary."""
     tools = list(all_tools())
     layer = hypothesis_id % 6
@@ -862,7 +874,7 @@ def heavy_entry(hypothesis_id: int) -> LedgerEntry:
         ),
         evidence_ids=[3 * hypothesis_id, 3 * hypothesis_id + 1],
         replication={f"effect[L{layer}.H3]": 0.31, f"p_value[L{layer}.H3]": 0.004}
-        if hypothesis_id % 3 == 0
+        if replicated and hypothesis_id % 3 == 0
         else None,
     )
 
@@ -980,3 +992,226 @@ def test_endless_describe_calls_end_in_stop(
     assert isinstance(result, Stop)
     assert "describe_tool" in result.reason
     assert len(server.bodies) == n
+
+
+# --- the context window ------------------------------------------------------------------------
+
+
+def context_ledger(n_entries: int) -> Ledger:
+    """``long_ledger`` without replication outcomes: the context tests need only its size."""
+    entries = [heavy_entry(i, replicated=False) for i in range(1, n_entries + 1)]
+    return long_ledger(0, entries=entries, steps_left=40 - n_entries, tool_calls_left=40)
+
+
+def window_between(planner: LLMPlanner, ledger: Ledger) -> tuple[int, int]:
+    """Tokens the first request needs with the default ledger summary and with the smallest."""
+    default = planner.needed_tokens(planner.request(ledger))
+    smallest = planner.needed_tokens(planner.request(ledger, MIN_LEDGER_CHARS))
+    return default, smallest
+
+
+def test_the_planner_counts_requests_as_the_served_model_does() -> None:
+    planner = LLMPlanner(MODEL, base_url="http://127.0.0.1:9/v1")
+    body = planner.request(context_ledger(8))
+    assert chat_template_text(body) == server_template_text(body)
+    if TOKEN_SLACK == 1.0:
+        assert request_tokens(body) == prompt_tokens(body)
+
+
+def test_a_request_that_does_not_fit_is_an_error_before_sending(
+    server: ScriptedLLMServer, calls: list[LLMCall]
+) -> None:
+    planner = make_planner(server, calls, context_tokens=2048)
+    with pytest.raises(LLMContextError) as err:
+        planner.propose(context_ledger(12))
+    message = str(err.value)
+    assert "does not fit the context window of model 'scripted-model'" in message
+    assert f"shrunk to its minimum ({MIN_LEDGER_CHARS} characters)" in message
+    assert "window is 2048 tokens (--llm-context)" in message
+    assert "Nothing was sent" in message
+    for advice in ("Raise --llm-context", "bigger context", "shorten the question"):
+        assert advice in message
+    assert err.value.context == 2048 and err.value.needed > 2048
+    assert server.requests == [] and calls == []
+    assert server.probes == [], "a context given with --llm-context is not asked of the server"
+
+
+def test_the_ledger_shrinks_to_fit_a_small_context(
+    server: ScriptedLLMServer, calls: list[LLMCall]
+) -> None:
+    ledger = context_ledger(20)
+    probe = LLMPlanner(MODEL, base_url=server.base_url, context_tokens=100_000)
+    default, smallest = window_between(probe, ledger)
+    assert smallest < default
+    window = (default + smallest) // 2
+    server.push(tool_call_reply("propose", {"tool": TOOL, **good_call()}))
+    planner = make_planner(server, calls, context_tokens=window)
+    assert isinstance(planner.propose(ledger), Proposal)
+
+    (body,) = server.bodies
+    assert planner.needed_tokens(body) <= window
+    assert prompt_tokens(body) + planner.reply_tokens <= window * TOKEN_SLACK
+    user = messages_of(body)[1]["content"]
+    unshrunk = probe.request(ledger)["messages"][1]["content"]
+    assert len(user) < len(unshrunk)
+    assert "Oldest hypotheses H1–H" in user and "summarised" in user
+    assert user.count("<data") == user.count("</data>")
+    for block in re.findall(r'<data source="H(\d+)[^"]*">\n(.*?)\n</data>', user, re.DOTALL):
+        assert block[1].startswith(f"H{block[0]}:") or block[1].startswith("hypothesis: H")
+
+
+def test_a_follow_up_request_is_fitted_again_after_a_tool_description(
+    server: ScriptedLLMServer, calls: list[LLMCall]
+) -> None:
+    ledger = context_ledger(20)
+    probe = LLMPlanner(MODEL, base_url=server.base_url, context_tokens=100_000)
+    default, _smallest = window_between(probe, ledger)
+    server.push(
+        tool_call_reply("describe_tool", {"name": "activation_patching"}),
+        tool_call_reply("propose", {"tool": TOOL, **good_call()}),
+    )
+    planner = make_planner(server, calls, context_tokens=default + 50)
+    assert isinstance(planner.propose(ledger), Proposal)
+    first, second = server.bodies
+    assert planner.needed_tokens(second) <= default + 50
+    assert len(messages_of(second)[1]["content"]) < len(messages_of(first)[1]["content"])
+
+
+def test_the_narrative_request_is_checked_too(
+    server: ScriptedLLMServer, calls: list[LLMCall]
+) -> None:
+    planner = make_planner(server, calls, context_tokens=1200)
+    with pytest.raises(LLMContextError, match="the narrative request does not fit"):
+        planner.narrate(make_ledger(), entry(1))
+    assert server.requests == []
+
+
+@pytest.mark.parametrize(
+    ("context", "tokens", "source"),
+    [
+        (ServerContext(max_model_len=32768), 32768, "/v1/models (max_model_len)"),
+        (ServerContext(n_ctx=8192), 8192, "llama.cpp server's /props (n_ctx)"),
+        (
+            ServerContext(ollama_context_length=32768, ollama_num_ctx=16384),
+            16384,
+            "Ollama's /api/show (num_ctx)",
+        ),
+        (
+            ServerContext(ollama_context_length=32768, ollama_loaded_context=8192),
+            8192,
+            "Ollama's /api/ps",
+        ),
+        (ServerContext(ollama_context_length=32768), OLLAMA_ASSUMED_NUM_CTX, "up to 32768"),
+        (ServerContext(ollama_context_length=2048), 2048, "Ollama's /api/show"),
+    ],
+    ids=["vllm", "llama.cpp", "ollama-num_ctx", "ollama-loaded", "ollama-default", "ollama-small"],
+)
+def test_the_context_is_detected_from_each_server_style(
+    server: ScriptedLLMServer, context: ServerContext, tokens: int, source: str
+) -> None:
+    server.context = context
+    window = detect_context(server.base_url, MODEL, "test-key")
+    assert window is not None
+    assert window.tokens == tokens and source in window.source
+    assert all(p.headers.get("authorization") == "Bearer test-key" for p in server.probes)
+    if context.ollama_context_length is not None:
+        show = next(p for p in server.probes if p.path == "/api/show")
+        assert show.method == "POST" and show.body == {"model": MODEL}
+
+
+def test_detection_is_best_effort_and_never_fatal(server: ScriptedLLMServer) -> None:
+    assert detect_context(server.base_url, MODEL) is None
+    assert [p.path for p in server.probes] == ["/v1/models", "/props", "/api/show"]
+    assert detect_context(f"http://127.0.0.1:{free_port()}/v1", MODEL) is None
+    server.context = ServerContext(max_model_len=4096, delay_s=2.0)
+    start = time.perf_counter()
+    assert detect_context(server.base_url, MODEL, timeout_s=0.2) is None
+    assert time.perf_counter() - start < 1.5
+
+
+def test_a_detected_context_is_used_once_and_bounds_every_request(
+    server: ScriptedLLMServer, calls: list[LLMCall]
+) -> None:
+    server.context = ServerContext(n_ctx=2048)
+    planner = make_planner(server, calls)
+    for _ in range(2):
+        with pytest.raises(LLMContextError, match=r"window is 2048 tokens \(the llama.cpp"):
+            planner.propose(context_ledger(12))
+    assert server.bodies == []
+    assert [p.path for p in server.probes] == ["/v1/models", "/props"]
+
+    server.context = ServerContext(max_model_len=32768)
+    server.push(tool_call_reply("stop", {"reason": "done"}))
+    roomy = make_planner(server, calls)
+    assert isinstance(roomy.propose(context_ledger(12)), Stop)
+    window = roomy.context_window()
+    assert window is not None and window.tokens == 32768
+
+
+def test_llm_context_reaches_the_planner_and_is_stored() -> None:
+    planner = runner.make_planner(
+        None,  # type: ignore[arg-type]
+        1,
+        "llm",
+        MODEL,
+        "http://127.0.0.1:9/v1",
+        llm_context=8192,
+    )
+    assert isinstance(planner, LLMPlanner)
+    window = planner.context_window()
+    assert window is not None and (window.tokens, window.source) == (8192, "--llm-context")
+    stored = InvestigationSettings(llm_context=8192).model_dump(mode="json")
+    assert InvestigationSettings.model_validate(stored).llm_context == 8192
+    with pytest.raises(ValidationError):
+        InvestigationSettings(llm_context=0)
+    from typer.testing import CliRunner
+
+    from rankscope.agent.cli import app
+
+    result = CliRunner().invoke(app, ["investigate", "--help"], env={"COLUMNS": "200"})
+    assert "--llm-context" in result.output
+
+
+# --- replies as small local models write them -----------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", list(MALFORMED))
+def test_malformed_replies_of_small_models_are_tolerated(
+    server: ScriptedLLMServer, calls: list[LLMCall], shape: str
+) -> None:
+    server.push(MALFORMED[shape]("propose", {"tool": TOOL, **good_call()}))
+    result = make_planner(server, calls, max_invalid_replies=0).propose(make_ledger())
+    assert isinstance(result, Proposal), shape
+    assert (result.tool, result.args["layer"]) == (TOOL, 2)
+
+
+def test_a_content_tool_call_is_answered_as_a_structured_call(
+    server: ScriptedLLMServer, calls: list[LLMCall]
+) -> None:
+    server.push(
+        content_tool_call_reply("describe_tool", {"name": f"functions.{TOOL}"}),
+        content_tool_call_reply("propose", json.dumps(json.dumps({"tool": TOOL, **good_call()}))),
+    )
+    result = make_planner(server, calls, max_invalid_replies=0).propose(make_ledger())
+    assert isinstance(result, Proposal)
+    assistant, answer = messages_of(server.bodies[1])[2:]
+    (call,) = assistant["tool_calls"]
+    assert call["function"]["name"] == "describe_tool"
+    assert answer["role"] == "tool" and answer["tool_call_id"] == call["id"]
+    assert f"Arguments of `{TOOL}`" in answer["content"]
+
+
+def test_nothing_in_a_content_tool_call_is_run_unless_it_is_a_valid_call(
+    server: ScriptedLLMServer, calls: list[LLMCall]
+) -> None:
+    server.push(
+        content_tool_call_reply("os.system", {"command": "rm -rf /"}),
+        text_reply("<tool_call>\nnot json at all\n</tool_call>"),
+        content_tool_call_reply("functions.propose", {"tool": "functions.shell", **good_call()}),
+    )
+    result = make_planner(server, calls, max_invalid_replies=2).propose(make_ledger())
+    assert isinstance(result, Stop)
+    feedback = [messages_of(body)[-1]["content"] for body in server.bodies[1:]]
+    assert "there is no function `os.system`" in feedback[0]
+    assert "names no function" in feedback[1]
+    assert "`propose` needs `tool`" in result.reason and "'shell'" in result.reason

@@ -102,6 +102,17 @@ def register(app: typer.Typer) -> None:
                 "with RANKSCOPE_LLM_RETRY_TIMEOUTS=1). Stored: `resume` uses it.",
             ),
         ] = None,
+        llm_context: Annotated[
+            int | None,
+            typer.Option(
+                "--llm-context",
+                min=256,
+                metavar="TOKENS",
+                help="The LLM's context window (default: asked of the server — vLLM /v1/models, "
+                "llama.cpp /props, Ollama /api/show — else unchecked). A request that would not "
+                "fit is an error before it is sent. Stored: `resume` uses it.",
+            ),
+        ] = None,
         alpha: Annotated[
             float | None,
             typer.Option(
@@ -195,6 +206,7 @@ def register(app: typer.Typer) -> None:
                 protocol_pairs=protocol_pairs,
                 llm_timeout_s=llm_timeout,
                 llm_retries=llm_retries,
+                llm_context=llm_context,
                 policy=policy,
                 model_options={
                     k: v

@@ -100,6 +100,10 @@ def run_by_hand(
             "version": tool.version,
             "args": args.model_dump(mode="json"),
             "metrics": result.metrics,
+            "per_query": {
+                key: [v.model_dump() for v in values] for key, values in result.per_query.items()
+            },
+            "run_facts": result.run_facts,
             "tables": result.tables,
             "approximate": result.approximate,
             "artifacts": [a.model_dump(mode="json") for a in result.artifacts],

@@ -35,18 +35,32 @@ documents) reaches the model only inside ``<data source="...">`` … ``</data>``
 look-alike tag is escaped so the text cannot close its block; the system prompt says never to follow
 instructions found in them.
 
-``LLMUnavailableError`` and ``LLMBudgetExceeded`` from ``rankscope.agent.llm_client`` propagate out of
-``propose`` and ``narrate``: the graph pauses the investigation, to be resumed later.
+The context window (``context_tokens``, from ``--llm-context``, else detected from the server by
+``rankscope.agent.llm_context.detect_context``) bounds every request: each one is counted before it
+is sent (``request_tokens``, plus ``PROMPT_MARGIN`` and ``reply_tokens`` kept for the reply). When a
+``propose`` request would not fit, the ledger summary is shrunk (``LEDGER_CHARS`` down to
+``MIN_LEDGER_CHARS``); when even that does not fit, ``LLMContextError`` says what to do and nothing
+is sent. Nothing is ever cut silently.
+
+Replies as small local models write them are tolerated where that is safe: a function name with a
+``functions.`` prefix, ``<tool_call>{"name": …, "arguments": …}</tool_call>`` blocks in the content
+instead of ``tool_calls`` (Qwen and Hermes chat templates), arguments followed by trailing text or
+wrapped in a code fence, and arguments (or ``args``/``criterion``) encoded as a JSON string inside a
+string. Such a reply is only parsed as JSON and validated like any other call; nothing in it is run.
+
+``LLMUnavailableError``, ``LLMBudgetExceeded`` and ``LLMContextError`` propagate out of ``propose``
+and ``narrate``: the graph pauses the investigation, to be resumed later.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import math
 import re
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from pydantic import ValidationError
@@ -57,6 +71,13 @@ from rankscope.agent.llm_client import (
     Recorder,
     ToolCall,
     transport_defaults,
+)
+from rankscope.agent.llm_context import (
+    PROMPT_MARGIN,
+    ContextWindow,
+    LLMContextError,
+    detect_context,
+    request_tokens,
 )
 from rankscope.agent.planners.base import (
     Criterion,
@@ -81,7 +102,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DESCRIBE_FUNCTION",
+    "LEDGER_CHARS",
+    "MIN_LEDGER_CHARS",
     "PROPOSE_FUNCTION",
+    "REPLY_TOKENS",
     "REQUEST_TOKEN_BUDGET",
     "STOP_FUNCTION",
     "LLMPlanner",
@@ -113,6 +137,17 @@ LEDGER_CHARS = 5000
 token measured with the Qwen2.5 tokenizer for number-dense ledgers): the newest entries in full,
 older ones in one line each, the oldest collapsed into a tally when even those lines do not fit.
 No entry is ever cut."""
+MIN_LEDGER_CHARS = 600
+"""The smallest ledger summary the planner shrinks to when the context window is too small for
+``LEDGER_CHARS``: the tally of all hypotheses (counts by status and tool, supported ids) and the
+newest one-line entries that fit. A request that does not fit even so is an ``LLMContextError``."""
+LEDGER_SHRINK = 0.7
+"""Each shrinking step keeps this share of the ledger characters."""
+REPLY_TOKENS = 1024
+"""Tokens of the context window kept free for the reply (a call is 100–400 tokens; a model that
+thinks aloud first needs more)."""
+FUNCTION_PREFIX = "functions."
+"""A namespace some models put before a function name (``functions.propose``); it is stripped."""
 MAX_DESCRIBE_CALLS = 4
 """``describe_tool`` answers one ``propose`` gives before further ones count as unusable."""
 HIDDEN_ARGS = frozenset({"seed", "split_seed", "holdout_fraction", "batch_size", "engine"})
@@ -139,6 +174,10 @@ MAX_FEEDBACK = 5
 
 _DATA_TAG = re.compile(r"<(/?)(data)", re.IGNORECASE)
 _THINK = re.compile(r"<think>.*?</think>", re.IGNORECASE | re.DOTALL)
+_TOOL_CALL_BLOCK = re.compile(
+    r"<tool_call>\s*(.*?)\s*(?:</tool_call>|\Z)", re.IGNORECASE | re.DOTALL
+)
+_CODE_FENCE = re.compile(r"^```[a-zA-Z]*\s*\n?(.*?)\n?\s*```$", re.DOTALL)
 _CITATION_GROUP = re.compile(r"\[\s*(E\s*\d+(?:\s*[,;]\s*E?\s*\d+)*)\s*\]")
 _CITATION_ID = re.compile(r"\d+")
 
@@ -472,13 +511,81 @@ def _evidence(ids: Sequence[int]) -> str:
 
 
 def _decode_json_value(value: Any) -> Any:
-    """A nested object some models send as a JSON string, decoded; other values as they are."""
-    if isinstance(value, str) and value.strip().startswith("{"):
+    """A nested object some models send as a JSON string (or a string of a JSON string),
+    decoded; other values as they are."""
+    for _ in range(2):
+        if not isinstance(value, str):
+            return value
+        text = value.strip()
+        if not (text.startswith("{") or text.startswith('"')):
+            return value
         try:
-            return json.loads(value)
+            value = json.loads(text)
         except json.JSONDecodeError:
             return value
     return value
+
+
+def parse_arguments(text: str) -> Any:
+    """The JSON value of a call's ``arguments`` as models write them.
+
+    Tolerated: a code fence around the object, text after it (``{...} I will now run it``), and
+    the object encoded once more as a JSON string. Raises ``json.JSONDecodeError`` otherwise.
+    """
+    text = text.strip()
+    if not text:
+        return {}
+    fenced = _CODE_FENCE.match(text)
+    if fenced:
+        text = fenced.group(1).strip()
+    value, _end = json.JSONDecoder().raw_decode(text)
+    return _decode_json_value(value)
+
+
+def function_name(name: str) -> str:
+    """A called function's name without the ``functions.`` namespace some models add."""
+    name = name.strip()
+    if name.startswith(FUNCTION_PREFIX):
+        return name[len(FUNCTION_PREFIX) :].strip()
+    return name
+
+
+def content_tool_calls(content: str) -> list[ToolCall]:
+    """Calls written as ``<tool_call>{"name": ..., "arguments": ...}</tool_call>`` in a reply's
+    text (the Qwen and Hermes templates' format, when a server does not turn them into
+    ``tool_calls``). A block that is not such an object becomes a call without a name, which is
+    rejected with the reason."""
+    calls: list[ToolCall] = []
+    text = _THINK.sub("", content)
+    for i, block in enumerate(_TOOL_CALL_BLOCK.findall(text)):
+        try:
+            raw = parse_arguments(block)
+        except json.JSONDecodeError:
+            raw = None
+        if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
+            calls.append(ToolCall(id=f"content_call_{i}", name="", arguments=block))
+            continue
+        arguments = raw.get("arguments", raw.get("parameters", {}))
+        calls.append(
+            ToolCall(
+                id=f"content_call_{i}",
+                name=raw["name"],
+                arguments=arguments if isinstance(arguments, str) else json.dumps(arguments),
+            )
+        )
+    return calls
+
+
+def normalised_reply(reply: ChatReply) -> ChatReply:
+    """``reply`` with ``<tool_call>`` blocks of its text moved into ``tool_calls`` (when it has
+    none), so the conversation continues with structured calls and matching tool answers."""
+    if reply.tool_calls or not reply.content or "<tool_call>" not in reply.content.lower():
+        return reply
+    calls = content_tool_calls(reply.content)
+    if not calls:
+        return reply
+    rest = _TOOL_CALL_BLOCK.sub("", _THINK.sub("", reply.content)).strip()
+    return replace(reply, content=rest or None, tool_calls=calls)
 
 
 @dataclass(frozen=True)
@@ -508,6 +615,9 @@ class LLMPlanner(Planner):
     endpoint, see ``rankscope.agent.llm_client.transport_defaults``); ``max_tokens_budget`` caps the tokens of all calls together; ``max_invalid_replies``
     is how many unusable replies one ``propose`` answers with feedback before it stops;
     ``catalogue`` is how the tools are offered (``"compact"`` by default, see ``ToolCatalogue``).
+    ``context_tokens`` is the model's context window (``--llm-context``); without it the window is
+    detected from the server on the first request when ``detect_context`` is set (unknown: no
+    check). ``reply_tokens`` of the window are kept free for the reply.
     """
 
     name = "llm"
@@ -526,7 +636,14 @@ class LLMPlanner(Planner):
         http_client: httpx2.Client | None = None,
         catalogue: ToolCatalogue = "compact",
         retry_timeouts: bool | None = None,
+        context_tokens: int | None = None,
+        detect_context: bool = True,
+        reply_tokens: int = REPLY_TOKENS,
     ) -> None:
+        if context_tokens is not None and context_tokens <= 0:
+            raise ValueError(f"context_tokens must be positive, got {context_tokens}")
+        if reply_tokens < 0:
+            raise ValueError(f"reply_tokens must be >= 0, got {reply_tokens}")
         if max_invalid_replies < 0:
             raise ValueError(f"max_invalid_replies must be >= 0, got {max_invalid_replies}")
         if catalogue not in CATALOGUES:
@@ -546,10 +663,83 @@ class LLMPlanner(Planner):
             http_client=http_client,
         )
         self.max_invalid_replies = max_invalid_replies
+        self.reply_tokens = reply_tokens
+        self._api_key = api_key
+        self._detect = detect_context and context_tokens is None
+        self._context: ContextWindow | None = (
+            ContextWindow(context_tokens, "--llm-context") if context_tokens is not None else None
+        )
 
     @property
     def model(self) -> str:
         return self.client.model
+
+    def context_window(self) -> ContextWindow | None:
+        """The model's context window: as given, else detected once from the server (best
+        effort), else ``None`` (unknown: requests are not checked)."""
+        if self._detect:
+            self._detect = False
+            self._context = detect_context(
+                self.client.endpoint, self.client.model, self._api_key or None
+            )
+        return self._context
+
+    def needed_tokens(self, request: dict[str, Any]) -> int:
+        """Tokens of the window a request needs: its counted prompt with ``PROMPT_MARGIN``, and
+        ``reply_tokens`` for the reply."""
+        return math.ceil(request_tokens(request) * (1 + PROMPT_MARGIN)) + self.reply_tokens
+
+    def _context_error(
+        self, needed: int, window: ContextWindow, what: str, shrunk: bool
+    ) -> LLMContextError:
+        ledger = (
+            f" even with the ledger summary shrunk to its minimum ({MIN_LEDGER_CHARS} characters)"
+            if shrunk
+            else ""
+        )
+        message = (
+            f"the {what} request does not fit the context window of model {self.client.model!r}"
+            f"{ledger}: it needs about {needed} tokens ({needed - self.reply_tokens} for the "
+            f"prompt, {self.reply_tokens} kept for the reply) but the window is {window.tokens} "
+            f"tokens ({window.source}). Nothing was sent, since the server would cut the prompt "
+            "silently. Raise --llm-context if the server runs the model with a larger window "
+            "(start it with one: Ollama OLLAMA_CONTEXT_LENGTH=16384 or num_ctx, llama.cpp "
+            "`-c 16384`, vLLM --max-model-len 16384), use a model with a bigger context, or "
+            "shorten the question."
+        )
+        return LLMContextError(message, needed=needed, context=window.tokens)
+
+    def _check_fits(self, request: dict[str, Any], what: str) -> None:
+        """Raise ``LLMContextError`` when a known context window cannot hold ``request``."""
+        window = self.context_window()
+        if window is None:
+            return
+        needed = self.needed_tokens(request)
+        if needed > window.tokens:
+            raise self._context_error(needed, window, what, shrunk=False)
+
+    def _fit_ledger(
+        self,
+        messages: list[dict[str, Any]],
+        tools: Sequence[dict[str, Any]],
+        ledger: Ledger,
+        ledger_chars: int,
+    ) -> int:
+        """Shrink the step prompt (``messages[1]``) until the request fits the context window;
+        the ledger characters used. Raises ``LLMContextError`` when ``MIN_LEDGER_CHARS`` do not
+        fit either."""
+        window = self.context_window()
+        if window is None:
+            return ledger_chars
+        while True:
+            request = {"model": self.client.model, "messages": messages, "tools": list(tools)}
+            needed = self.needed_tokens(request)
+            if needed <= window.tokens:
+                return ledger_chars
+            if ledger_chars <= MIN_LEDGER_CHARS or not ledger.entries:
+                raise self._context_error(needed, window, "planning", shrunk=bool(ledger.entries))
+            ledger_chars = max(MIN_LEDGER_CHARS, int(ledger_chars * LEDGER_SHRINK))
+            messages[1] = {"role": "user", "content": self._step_prompt(ledger, ledger_chars)}
 
     def close(self) -> None:
         """Close the HTTP connections of the client."""
@@ -583,28 +773,35 @@ class LLMPlanner(Planner):
             specs = [reduced_tool_spec(spec) for spec in specs]
         return [preregistered_tool_spec(spec) for spec in specs] + [stop_tool_spec()]
 
-    def request(self, ledger: Ledger) -> dict[str, Any]:
-        """The body of the first planning request for ``ledger`` (what ``propose`` sends first)."""
+    def request(self, ledger: Ledger, ledger_chars: int = LEDGER_CHARS) -> dict[str, Any]:
+        """The body of the first planning request for ``ledger`` (what ``propose`` sends first
+        when the context window holds it)."""
         specs = self.offered_tools(ledger)
         return {
             "model": self.client.model,
-            "messages": self.messages(ledger, specs),
+            "messages": self.messages(ledger, specs, ledger_chars),
             "tools": self.functions(specs),
         }
 
-    def messages(self, ledger: Ledger, specs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    def messages(
+        self,
+        ledger: Ledger,
+        specs: Sequence[dict[str, Any]],
+        ledger_chars: int = LEDGER_CHARS,
+    ) -> list[dict[str, Any]]:
         """The system and user messages that open a ``propose`` conversation."""
         return [
             {"role": "system", "content": self._system_prompt(ledger, specs)},
-            {"role": "user", "content": self._step_prompt(ledger)},
+            {"role": "user", "content": self._step_prompt(ledger, ledger_chars)},
         ]
 
     def propose(self, ledger: Ledger) -> Proposal | Stop:
         """One pre-registered proposal, or Stop.
 
         Sends at most ``max_invalid_replies + 1`` requests: each unusable reply is answered with
-        what was wrong, and the last one ends in ``Stop`` naming the problem. Raises
-        ``LLMUnavailableError`` and ``LLMBudgetExceeded``.
+        what was wrong, and the last one ends in ``Stop`` naming the problem. Each request is
+        fitted to the context window first (the ledger summary shrunk as needed). Raises
+        ``LLMUnavailableError``, ``LLMBudgetExceeded`` and ``LLMContextError`` (nothing sent).
         """
         if ledger.steps_left <= 0 or ledger.tool_calls_left <= 0:
             return Stop(
@@ -617,11 +814,13 @@ class LLMPlanner(Planner):
         tools = self.functions(specs)
         names = [spec["function"]["name"] for spec in specs]
         messages = self.messages(ledger, specs)
+        ledger_chars = LEDGER_CHARS
         last_problem = ""
         invalid = 0
         described = 0
         while invalid <= self.max_invalid_replies:
-            reply = self.client.chat(messages, tools=tools, purpose="propose")
+            ledger_chars = self._fit_ledger(messages, tools, ledger, ledger_chars)
+            reply = normalised_reply(self.client.chat(messages, tools=tools, purpose="propose"))
             outcome = self._outcome(reply, names, ledger)
             if isinstance(outcome, Proposal | Stop):
                 return outcome
@@ -667,10 +866,9 @@ class LLMPlanner(Planner):
                 f"(verdict: {entry.status}).",
             ]
         )
-        reply = self.client.chat(
-            [{"role": "system", "content": system}, {"role": "user", "content": user}],
-            purpose="narrate",
-        )
+        messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
+        self._check_fits({"model": self.client.model, "messages": messages}, "narrative")
+        reply = self.client.chat(messages, purpose="narrate")
         text = _THINK.sub("", reply.content or "").strip()
         if not text:
             return super().narrate(ledger, entry)
@@ -701,14 +899,15 @@ class LLMPlanner(Planner):
             calling=calling.strip(),
         )
 
-    def _ledger_text(self, entries: Sequence[LedgerEntry]) -> str:
-        """The ledger within ``LEDGER_CHARS``: the newest entries in full, older ones in one line
-        each, the oldest in a tally when their lines do not fit; never a record cut in half."""
+    def _ledger_text(self, entries: Sequence[LedgerEntry], limit: int = LEDGER_CHARS) -> str:
+        """The ledger within ``limit`` characters: the newest entries in full (up to two thirds
+        of it; the newest one whenever it fits), older ones in one line each, the oldest in a
+        tally when their lines do not fit; never a record cut in half."""
         used = 0
         full: list[str] = []
         for entry in reversed(entries[-MAX_FULL_ENTRIES:]):
             text = self._full_entry(entry)
-            if full and used + len(text) > LEDGER_CHARS * 2 // 3:
+            if used + len(text) > (limit * 2 // 3 if full else limit):
                 break
             full.insert(0, text)
             used += len(text) + 2
@@ -716,7 +915,7 @@ class LLMPlanner(Planner):
         short: list[str] = []
         for entry in reversed(older):
             text = self._short_entry(entry)
-            if used + len(text) > LEDGER_CHARS:
+            if used + len(text) > limit:
                 break
             short.insert(0, text)
             used += len(text) + 1
@@ -747,7 +946,7 @@ class LLMPlanner(Planner):
             text += f" Supported: {', '.join(supported)}."
         return text
 
-    def _step_prompt(self, ledger: Ledger) -> str:
+    def _step_prompt(self, ledger: Ledger, ledger_chars: int = LEDGER_CHARS) -> str:
         feedback = [
             "- " + _DATA_TAG.sub(lambda m: f"&lt;{m.group(1)}{m.group(2)}", message)
             for message in ledger.feedback[-MAX_FEEDBACK:]
@@ -756,7 +955,8 @@ class LLMPlanner(Planner):
             "step",
             steps_left=ledger.steps_left,
             tool_calls_left=ledger.tool_calls_left,
-            entries=self._ledger_text(ledger.entries) or "No hypothesis has been tested yet.",
+            entries=self._ledger_text(ledger.entries, ledger_chars)
+            or "No hypothesis has been tested yet.",
             feedback="\n".join(feedback) or "None.",
             move=render(
                 f"move_{'compact' if self.catalogue == 'compact' else 'functions'}"
@@ -848,42 +1048,50 @@ class LLMPlanner(Planner):
         offered = [*names, STOP_FUNCTION]
         if self.catalogue == "compact":
             offered = [PROPOSE_FUNCTION, DESCRIBE_FUNCTION, *offered]
-        if call.name not in offered:
+        name = function_name(call.name)
+        if not name:
+            return (
+                "the call names no function (a `<tool_call>` block must hold one JSON object "
+                '{"name": ..., "arguments": {...}})'
+            )
+        if name not in offered:
             if self.catalogue == "compact":
                 return (
-                    f"there is no function `{call.name}`; the available functions are "
+                    f"there is no function `{name}`; the available functions are "
                     f"`{PROPOSE_FUNCTION}`, `{DESCRIBE_FUNCTION}`, `{STOP_FUNCTION}`, and the "
                     f"tools for `{PROPOSE_FUNCTION}` are " + ", ".join(f"`{n}`" for n in names)
                 )
-            return f"there is no function `{call.name}`; the available functions are " + ", ".join(
+            return f"there is no function `{name}`; the available functions are " + ", ".join(
                 f"`{n}`" for n in offered
             )
         try:
-            raw = json.loads(call.arguments) if call.arguments.strip() else {}
+            raw = parse_arguments(call.arguments)
         except json.JSONDecodeError as err:
             return (
-                f"the arguments of `{call.name}` are not valid JSON ({err}); send exactly one "
+                f"the arguments of `{name}` are not valid JSON ({err}); send exactly one "
                 "JSON object"
             )
         if not isinstance(raw, dict):
-            return f"the arguments of `{call.name}` must be a JSON object, not {type(raw).__name__}"
-        if call.name == STOP_FUNCTION:
+            return f"the arguments of `{name}` must be a JSON object, not {type(raw).__name__}"
+        if name == STOP_FUNCTION:
             reason = raw.get("reason")
             if not isinstance(reason, str) or not reason.strip():
                 return f"`{STOP_FUNCTION}` needs a non-empty `reason` string"
             return Stop(reason=reason.strip())
-        if call.name in (PROPOSE_FUNCTION, DESCRIBE_FUNCTION):
-            key = "tool" if call.name == PROPOSE_FUNCTION else "name"
+        if name in (PROPOSE_FUNCTION, DESCRIBE_FUNCTION):
+            key = "tool" if name == PROPOSE_FUNCTION else "name"
             tool = raw.pop(key, None)
+            if isinstance(tool, str):
+                tool = function_name(tool)
             if tool not in names:
                 return (
-                    f"`{call.name}` needs `{key}`: one of {', '.join(f'`{n}`' for n in names)} "
+                    f"`{name}` needs `{key}`: one of {', '.join(f'`{n}`' for n in names)} "
                     f"(got {tool!r})"
                 )
-            if call.name == DESCRIBE_FUNCTION:
+            if name == DESCRIBE_FUNCTION:
                 return _Describe(str(tool))
             return self._proposal(str(tool), raw, ledger)
-        return self._proposal(call.name, raw, ledger)
+        return self._proposal(name, raw, ledger)
 
     @staticmethod
     def _proposal(tool_name: str, raw: dict[str, Any], ledger: Ledger) -> Proposal | str:
