@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import typer
 
-from rankscope.agent.commands import investigate_cmd, review_cmd, serve_cmd, store_cmd, tools_cmd
+from rankscope.agent.commands import (
+    investigate_cmd,
+    review_cmd,
+    serve_cmd,
+    store_cmd,
+    sweep_cmd,
+    tools_cmd,
+)
 
 app = typer.Typer(
     name="rankscope",
@@ -14,7 +21,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-for _module in (tools_cmd, store_cmd, investigate_cmd, review_cmd, serve_cmd):
+for _module in (tools_cmd, store_cmd, investigate_cmd, review_cmd, serve_cmd, sweep_cmd):
     _module.register(app)
 
 

@@ -221,13 +221,15 @@ def investigate(
     llm_retries: int | None = None,
     llm_context: int | None = None,
     policy: StatsPolicy | None = None,
+    config_extra: dict[str, Any] | None = None,
 ) -> RunResult:
     """Start an investigation and run it to its end (or to an exception, which propagates).
 
     ``model_options`` go to the model loader (``allow_random_weights``, ``label``);
     ``llm_timeout_s``, ``llm_retries`` and ``llm_context`` are stored with the investigation, so
     ``resume`` uses them too; ``policy`` is the statistical policy the verdict rules apply (default
-    :class:`StatsPolicy`), stored with the investigation."""
+    :class:`StatsPolicy`), stored with the investigation; ``config_extra`` adds keys to the
+    config stored as the row is created (a sweep's id and cell, :mod:`rankscope.agent.sweep`)."""
     progress = ProgressPrinter(console, quiet=quiet)
     budget = budget or Budget()
     choice = (
@@ -259,7 +261,8 @@ def investigate(
                 llm_retries=llm_retries,
                 llm_context=llm_context,
                 policy=policy or StatsPolicy(),
-            ).model_dump(mode="json"),
+            ).model_dump(mode="json")
+            | dict(config_extra or {}),
         )
         claim(store, investigation_id)
         progress.investigation(investigation_id, question)
