@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from rankscope.agent.citations import cited_in_text
@@ -250,10 +251,10 @@ def print_report(report: AuditReport, console: Console) -> None:
     table.add_column("detail", overflow="fold")
     for f in report.findings:
         table.add_row(
-            f.subject,
-            f.check,
+            escape(f.subject),
+            escape(f.check),
             "[green]ok[/green]" if f.ok else "[bold red]DRIFT[/bold red]",
-            f.detail,
+            escape(f.detail),
         )
     console.print(table)
     if report.ok:

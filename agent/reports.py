@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import html
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,28 @@ from rankscope.experiments_db.repository import Store
 
 MAX_SUMMARY = 1200
 SHOWN_METRICS = 12
+_OPEN, _CLOSE = "\ue000", "\ue001"
+"""Private-use marks around data text (LLM replies, hypotheses, questions, names) inside a block's
+text: the Markdown renderer escapes what is between them, the HTML renderer only HTML-escapes it."""
+_DATA_SPAN = re.compile(f"{_OPEN}(.*?){_CLOSE}", re.DOTALL)
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()<>#+!|~&-])")
+
+
+def _d(value: object) -> str:
+    """``value`` as data text: never rendered as Markdown, so it cannot open a heading, a link,
+    an image or raw HTML (newlines become spaces)."""
+    text = str(value).replace(_OPEN, "").replace(_CLOSE, "")
+    return f"{_OPEN}{text}{_CLOSE}"
+
+
+def _plain(text: str) -> str:
+    """``text`` without the data marks."""
+    return text.replace(_OPEN, "").replace(_CLOSE, "")
+
+
+def _md(text: str) -> str:
+    """Markdown for a block's text: structure kept, each data span escaped onto one line."""
+    return _DATA_SPAN.sub(lambda m: _MD_SPECIAL.sub(r"\\\1", " ".join(m.group(1).split())), text)
 
 
 @dataclass
@@ -78,38 +101,39 @@ def _hypothesis_blocks(store: Store, node: HypothesisNode, problems: list[str]) 
     c = node.criterion
     verdict = node.verdicts[-1] if node.verdicts else None
     status = verdict_label(verdict)
-    blocks = [Block("heading", f"H{node.id} — {status}: {node.text}", level=3)]
+    blocks = [Block("heading", f"H{node.id} — {status}: {_d(node.text)}", level=3)]
     prereg = [
-        f"tool `{node.tool}` with arguments `{node.tool_args}`",
+        f"tool {_d(node.tool)} with arguments {_d(node.tool_args)}",
         f"criterion: `{c.metric}` {c.direction} {c.threshold:g} at alpha {c.alpha:g} "
         f"(correction {c.correction}, {c.n_tests} test(s)), split {c.split}",
         f"pre-registered at {node.created_at:%Y-%m-%d %H:%M:%S} UTC"
         + (f"; follows H{node.parent_id}" if node.parent_id else ""),
     ]
     if node.components:
-        prereg.append(f"components: {', '.join(node.components)}")
+        prereg.append(f"components: {_d(', '.join(node.components))}")
     if node.rationale:
-        prereg.append(f"rationale: {node.rationale}")
+        prereg.append(f"rationale: {_d(node.rationale)}")
     blocks += [Block("para", "**Pre-registration**"), Block("list", items=prereg)]
     if verdict:
         result = verdict.criterion_result
         replication = result.get("replication")
         items = [
-            f"verdict: **{status}** (decided by {verdict.decided_by})",
-            f"reason: {result.get('reason', '')}",
+            f"verdict: **{status}** (decided by {_d(verdict.decided_by)})",
+            f"reason: {_d(result.get('reason', ''))}",
             f"discovery: {_ci(result)} (corrected alpha {_fmt(result.get('corrected_alpha'))})",
             f"replication (held-out): {_ci(replication)}"
             + (f" — {replication.get('outcome')}" if replication else " — not run"),
             f"cited evidence: {', '.join(f'E{i}' for i in verdict.cited_evidence_ids) or 'none'}",
         ]
-        items += [f"note: {n}" for n in result.get("notes", [])]
+        items += [f"note: {_d(n)}" for n in result.get("notes", [])]
         items += [
-            f"review by {r.reviewer}: {r.decision}" + (f" — {r.comment}" if r.comment else "")
+            f"review by {_d(r.reviewer)}: {r.decision}"
+            + (f" — {_d(r.comment)}" if r.comment else "")
             for r in verdict.reviews
         ]
         blocks += [Block("para", "**Verdict**"), Block("list", items=items)]
         if verdict.narrative:
-            blocks.append(Block("para", f"*Narrative:* {verdict.narrative}"))
+            blocks.append(Block("para", f"*Narrative:* {_d(verdict.narrative)}"))
     for exp in node.experiments:
         head = (
             f"Experiment {exp.id}: `{exp.tool}` v{exp.tool_version}, split {_split(exp)}, "
@@ -118,13 +142,13 @@ def _hypothesis_blocks(store: Store, node: HypothesisNode, problems: list[str]) 
         )
         blocks.append(Block("para", f"**{head}**"))
         if exp.error:
-            blocks.append(Block("para", f"error: {exp.error}"))
+            blocks.append(Block("para", f"error: {_d(exp.error)}"))
         prov = exp.provenance
         if prov:
             blocks.append(
                 Block(
                     "para",
-                    f"provenance: model {prov.get('model_id')} (weights "
+                    f"provenance: model {_d(prov.get('model_id'))} (weights "
                     f"{str(prov.get('weights_hash'))[:12]}…), dataset "
                     f"{str(prov.get('dataset_hash'))[:12]}…, code {prov.get('code_version')}, "
                     f"device {prov.get('device')}",
@@ -145,14 +169,14 @@ def _hypothesis_blocks(store: Store, node: HypothesisNode, problems: list[str]) 
                     data = store.read_artifact(art)
                 except ArtifactError as err:
                     problems.append(f"artifact {art.id} of E{ev.id}: {err}")
-                    blocks.append(Block("para", f"figure missing or corrupted: {err}"))
+                    blocks.append(Block("para", f"figure missing or corrupted: {_d(err)}"))
                     continue
                 suffix = Path(art.path).suffix or ".png"
                 blocks.append(
                     Block(
                         "figure",
                         figure=Figure(
-                            caption=f"{art.description or 'figure'} (E{ev.id}, sha256 "
+                            caption=f"{_d(art.description or 'figure')} (E{ev.id}, sha256 "
                             f"{art.sha256[:12]}…)",
                             data=data,
                             media_type=art.media_type,
@@ -170,14 +194,15 @@ def build_blocks(store: Store, tree: InvestigationTree) -> tuple[list[Block], li
     usage = store.llm_usage(inv.id)
     blocks = [
         Block("heading", f"RankScope investigation {inv.id}", level=1),
-        Block("para", f"**Question:** {inv.question}"),
+        Block("para", f"**Question:** {_d(inv.question)}"),
         Block(
             "list",
             items=[
-                f"model: {inv.model_id} (weights {str(settings_of(inv).model.get('weights_hash'))[:12]}…)",
-                f"data: {inv.data_spec}",
-                f"planner: {inv.planner} ({settings_of(inv).planner_why})",
-                f"LLM: {inv.llm_model or 'none'} — {usage.calls} call(s), "
+                f"model: {_d(inv.model_id)} "
+                f"(weights {str(settings_of(inv).model.get('weights_hash'))[:12]}…)",
+                f"data: {_d(inv.data_spec)}",
+                f"planner: {_d(inv.planner)} ({_d(settings_of(inv).planner_why)})",
+                f"LLM: {_d(inv.llm_model or 'none')} — {usage.calls} call(s), "
                 f"{usage.prompt_tokens} prompt + {usage.completion_tokens} completion tokens",
                 "budget: " + ", ".join(f"{k}={v}" for k, v in inv.budget.items()),
                 f"status: {inv.status}; started {inv.created_at:%Y-%m-%d %H:%M:%S} UTC"
@@ -194,7 +219,7 @@ def build_blocks(store: Store, tree: InvestigationTree) -> tuple[list[Block], li
         result = v.criterion_result if v else {}
         rows.append(
             [
-                f"H{node.id}: {node.text}",
+                f"H{node.id}: {_d(node.text)}",
                 verdict_label(v),
                 f"{node.criterion.metric} {node.criterion.direction} {node.criterion.threshold:g}",
                 _ci(result) if v else "—",
@@ -209,34 +234,38 @@ def build_blocks(store: Store, tree: InvestigationTree) -> tuple[list[Block], li
     for node in tree.hypotheses:
         v = node.verdicts[-1] if node.verdicts else None
         if v is None:
-            open_items.append(f"H{node.id} has no verdict: {node.text}")
+            open_items.append(f"H{node.id} has no verdict: {_d(node.text)}")
         elif v.status == "inconclusive":
-            open_items.append(f"H{node.id} is inconclusive: {v.criterion_result.get('reason', '')}")
+            open_items.append(
+                f"H{node.id} is inconclusive: {_d(v.criterion_result.get('reason', ''))}"
+            )
     for exp in tree.experiments():
         if exp.status in ("failed", "interrupted"):
-            open_items.append(f"experiment {exp.id} ({exp.tool}) {exp.status}: {exp.error or ''}")
-    open_items += settings_of(inv).notes
-    open_items += problems
+            open_items.append(
+                f"experiment {exp.id} ({_d(exp.tool)}) {exp.status}: {_d(exp.error or '')}"
+            )
+    open_items += [_d(note) for note in settings_of(inv).notes]
+    open_items += [_d(problem) for problem in problems]
     blocks.append(Block("heading", "What stays open", level=2))
     blocks.append(Block("list", items=open_items or ["nothing"]))
     return blocks, problems
 
 
 def _md_cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+    return _md(text.replace("|", "\\|").replace("\n", " "))
 
 
 def render_markdown(blocks: list[Block], figure_dir: Path, figure_prefix: str) -> str:
     out: list[str] = []
     for block in blocks:
         if block.kind == "heading":
-            out.append(f"{'#' * block.level} {block.text}\n")
+            out.append(f"{'#' * block.level} {_md(block.text)}\n")
         elif block.kind == "para":
-            out.append(block.text + "\n")
+            out.append(_md(block.text) + "\n")
         elif block.kind == "list":
-            out.append("\n".join(f"- {item}" for item in block.items) + "\n")
+            out.append("\n".join(f"- {_md(item)}" for item in block.items) + "\n")
         elif block.kind == "code":
-            out.append("```text\n" + block.text.replace("```", "ʼʼʼ") + "\n```\n")
+            out.append("```text\n" + _plain(block.text).replace("```", "ʼʼʼ") + "\n```\n")
         elif block.kind == "table" and block.rows:
             header, *body = block.rows
             out.append("| " + " | ".join(_md_cell(c) for c in header) + " |")
@@ -246,10 +275,8 @@ def render_markdown(blocks: list[Block], figure_dir: Path, figure_prefix: str) -
         elif block.kind == "figure" and block.figure:
             figure_dir.mkdir(parents=True, exist_ok=True)
             (figure_dir / block.figure.name).write_bytes(block.figure.data)
-            out.append(
-                f"![{block.figure.caption}]({figure_prefix}/{block.figure.name})\n\n"
-                f"*{block.figure.caption}*\n"
-            )
+            caption = _md(block.figure.caption)
+            out.append(f"![{caption}]({figure_prefix}/{block.figure.name})\n\n*{caption}*\n")
     return "\n".join(out)
 
 
@@ -260,13 +287,16 @@ overflow-x:auto;white-space:pre-wrap}img{max-width:100%}figure{margin:1em 0}"""
 
 
 def _inline(text: str) -> str:
-    """Escape text, then render **bold**, *italic* and `code` spans."""
-    import re
-
-    escaped = html.escape(text)
-    escaped = re.sub(r"`([^`]+)`", r"<code>\1</code>", escaped)
-    escaped = re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", escaped)
-    return re.sub(r"\*([^*]+)\*", r"<em>\1</em>", escaped)
+    """Escape text, then render **bold**, *italic* and `code` spans outside data spans."""
+    out: list[str] = []
+    for i, part in enumerate(re.split(f"{_OPEN}(.*?){_CLOSE}", text, flags=re.DOTALL)):
+        escaped = html.escape(part)
+        if i % 2 == 0:
+            escaped = re.sub(r"`([^`]+)`", r"<code>\1</code>", escaped)
+            escaped = re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", escaped)
+            escaped = re.sub(r"\*([^*]+)\*", r"<em>\1</em>", escaped)
+        out.append(escaped)
+    return "".join(out)
 
 
 def render_html(blocks: list[Block], title: str) -> str:
@@ -277,17 +307,19 @@ def render_html(blocks: list[Block], title: str) -> str:
     ]
     for block in blocks:
         if block.kind == "heading":
-            out.append(f"<h{block.level}>{html.escape(block.text)}</h{block.level}>")
+            out.append(f"<h{block.level}>{html.escape(_plain(block.text))}</h{block.level}>")
         elif block.kind == "para":
             out.append(f"<p>{_inline(block.text)}</p>")
         elif block.kind == "list":
             out.append("<ul>" + "".join(f"<li>{_inline(i)}</li>" for i in block.items) + "</ul>")
         elif block.kind == "code":
-            out.append(f"<pre>{html.escape(block.text)}</pre>")
+            out.append(f"<pre>{html.escape(_plain(block.text))}</pre>")
         elif block.kind == "table" and block.rows:
             header, *body = block.rows
             out.append(
-                "<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in header) + "</tr>"
+                "<table><tr>"
+                + "".join(f"<th>{html.escape(_plain(c))}</th>" for c in header)
+                + "</tr>"
             )
             for row in body:
                 out.append("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in row) + "</tr>")
@@ -295,9 +327,9 @@ def render_html(blocks: list[Block], title: str) -> str:
         elif block.kind == "figure" and block.figure:
             data = base64.b64encode(block.figure.data).decode("ascii")
             out.append(
-                f'<figure><img alt="{html.escape(block.figure.caption)}" '
+                f'<figure><img alt="{html.escape(_plain(block.figure.caption))}" '
                 f'src="data:{block.figure.media_type};base64,{data}">'
-                f"<figcaption>{html.escape(block.figure.caption)}</figcaption></figure>"
+                f"<figcaption>{html.escape(_plain(block.figure.caption))}</figcaption></figure>"
             )
     out.append("</body></html>")
     return "\n".join(out)

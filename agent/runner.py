@@ -222,6 +222,7 @@ def investigate(
     llm_context: int | None = None,
     policy: StatsPolicy | None = None,
     config_extra: dict[str, Any] | None = None,
+    on_started: Callable[[int], None] | None = None,
 ) -> RunResult:
     """Start an investigation and run it to its end (or to an exception, which propagates).
 
@@ -229,7 +230,12 @@ def investigate(
     ``llm_timeout_s``, ``llm_retries`` and ``llm_context`` are stored with the investigation, so
     ``resume`` uses them too; ``policy`` is the statistical policy the verdict rules apply (default
     :class:`StatsPolicy`), stored with the investigation; ``config_extra`` adds keys to the
-    config stored as the row is created (a sweep's id and cell, :mod:`rankscope.agent.sweep`)."""
+    config stored as the row is created (a sweep's id and cell, :mod:`rankscope.agent.sweep`).
+
+    The device and the model are checked before the investigation's row is created, so a bad one
+    leaves nothing behind; a failure after the row exists but before the graph runs marks it
+    ``failed``. ``on_started`` gets the id once the run has started (from then on
+    ``rankscope resume ID`` can continue it)."""
     progress = ProgressPrinter(console, quiet=quiet)
     budget = budget or Budget()
     choice = (
@@ -240,6 +246,7 @@ def investigate(
     given = planner_factory() if planner_factory is not None else None
     url = database_url(db)
     refuse_in_memory(url)
+    described = load_model(model, device, retriever_loader, model_options)
     with open_store(url) as store:
         planner_name = getattr(given, "name", None) or choice.name
         investigation_id = store.create_investigation(
@@ -264,30 +271,36 @@ def investigate(
             ).model_dump(mode="json")
             | dict(config_extra or {}),
         )
-        claim(store, investigation_id)
-        progress.investigation(investigation_id, question)
-        progress.line(f"planner: {choice.name} ({choice.why})")
-        settings = settings_of(store.get_investigation(investigation_id))
-        settings.model = _describe_model(model, device, retriever_loader, settings.model_options)
-        if settings.model.get("random_weights"):
-            settings.notes.append(
-                f"{len(settings.model['random_weights'])} weights the score depends on were "
-                "randomly initialised (--allow-random-weights): findings describe a partly "
-                "random model"
+        try:
+            claim(store, investigation_id)
+            progress.investigation(investigation_id, question)
+            progress.line(f"planner: {choice.name} ({choice.why})")
+            settings = settings_of(store.get_investigation(investigation_id))
+            settings.model = described
+            if settings.model.get("random_weights"):
+                settings.notes.append(
+                    f"{len(settings.model['random_weights'])} weights the score depends on were "
+                    "randomly initialised (--allow-random-weights): findings describe a partly "
+                    "random model"
+                )
+            save_settings(store, investigation_id, settings)
+            active = given or make_planner(
+                store,
+                investigation_id,
+                choice.name,
+                llm_model,
+                base_url,
+                protocol_pairs=protocol_pairs,
+                max_tokens=budget.max_tokens,
+                llm_timeout_s=llm_timeout_s,
+                llm_retries=llm_retries,
+                llm_context=llm_context,
             )
-        save_settings(store, investigation_id, settings)
-        active = given or make_planner(
-            store,
-            investigation_id,
-            choice.name,
-            llm_model,
-            base_url,
-            protocol_pairs=protocol_pairs,
-            max_tokens=budget.max_tokens,
-            llm_timeout_s=llm_timeout_s,
-            llm_retries=llm_retries,
-            llm_context=llm_context,
-        )
+        except BaseException:
+            _fail_before_start(store, investigation_id)
+            raise
+        if on_started is not None:
+            on_started(investigation_id)
         return _run(
             store,
             url,
@@ -300,6 +313,80 @@ def investigate(
             retriever_loader,
             show_tool_progress,
         )
+
+
+class DeviceError(ValueError):
+    """A ``--device`` that torch does not know or that this machine does not have."""
+
+
+def check_device(device: str) -> None:
+    """Refuse a device torch cannot parse or this machine lacks, saying what to use instead."""
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise DeviceError(
+            f"--device {device!r} is not a device name torch knows; use cpu, cuda, cuda:N or mps"
+        ) from err
+    if parsed.type == "cpu":
+        return
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise DeviceError(
+                f"--device {device!r}: no CUDA GPU is usable on this machine; use --device cpu"
+            )
+        if parsed.index is not None and parsed.index >= count:
+            raise DeviceError(
+                f"--device {device!r}: this machine has {count} CUDA GPU(s) "
+                f"(cuda:0 … cuda:{count - 1}); pick one of them or use --device cpu"
+            )
+        return
+    if parsed.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise DeviceError(f"--device {device!r}: MPS is not available here; use --device cpu")
+        return
+    raise DeviceError(f"--device {device!r} is not supported; use cpu, cuda, cuda:N or mps")
+
+
+def load_model(
+    model: str | None,
+    device: str,
+    loader: Callable[..., Any] | None = None,
+    options: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Check the device, load the model (once per process) and describe it.
+
+    A failure is a :class:`DeviceError` or a ``RetrieverLoadError`` whose message says what was
+    wrong and what to do (a corrupt weights file no longer escapes as a raw library error).
+    """
+    from rankscope.tools.retrievers import RetrieverLoadError
+
+    check_device(device)
+    try:
+        return _describe_model(model, device, loader, options)
+    except RetrieverLoadError:
+        raise
+    except Exception as err:
+        name = model or "all-MiniLM-L6-v2"
+        text = f"{type(err).__module__} {err}".lower()
+        hint = (
+            "its weights file looks corrupt or truncated: download or save the model again"
+            if any(word in text for word in ("safetensor", "deserializ", "pickle", "header"))
+            else f"check the model's files and that it runs on --device {device}"
+        )
+        raise RetrieverLoadError(
+            f"could not load the model {name!r} on {device}: {type(err).__name__}: {err}; {hint}"
+        ) from err
+
+
+def _fail_before_start(store: Store, investigation_id: int) -> None:
+    """Mark an investigation whose run never started ``failed`` and drop its lease."""
+    try:
+        release(store, investigation_id)
+    finally:
+        store.set_investigation_status(investigation_id, "failed")
 
 
 def _describe_model(

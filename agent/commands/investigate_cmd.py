@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.markup import escape
 
 console = Console()
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True, highlight=False)
 
 DbOption = Annotated[
     str | None,
@@ -40,17 +40,26 @@ def _finish(result: object) -> None:
     report_path = getattr(result, "report_path", None)
     inv_id = getattr(result, "investigation_id", None)
     if report_path:
-        console.print(f"[bold]Investigation {inv_id} finished.[/bold] Report: {report_path}")
+        console.print(f"[bold]Investigation {inv_id} finished.[/bold] Report:")
         console.print(str(report_path), markup=False, highlight=False)
     else:
-        console.print(f"Investigation {inv_id}: {getattr(result, 'status', '')}")
+        console.print(f"Investigation {inv_id}: {escape(str(getattr(result, 'status', '')))}")
 
 
-def _stopped(err: BaseException, investigation_hint: str) -> None:
+def _stopped(err: BaseException, investigation_hint: str | None) -> None:
+    """Say why the run stopped; suggest ``resume`` only when there is a started run to resume."""
+    if investigation_hint is None:
+        err_console.print(f"[bold red]error:[/bold red] {escape(str(err))}")
+        err_console.print("Nothing was run; fix the problem above and start again.")
+        return
     err_console.print(f"[bold red]stopped:[/bold red] {escape(str(err))}")
     err_console.print(
         f"Everything recorded so far stays in the database; continue with {investigation_hint}."
     )
+
+
+def _resume_hint(started: list[int]) -> str | None:
+    return f"`rankscope resume {started[0]}`" if started else None
 
 
 def register(app: typer.Typer) -> None:
@@ -190,6 +199,7 @@ def register(app: typer.Typer) -> None:
             )
         except ValueError as err:
             raise typer.BadParameter(str(err)) from err
+        started: list[int] = []
         try:
             result = investigate(
                 question,
@@ -216,15 +226,16 @@ def register(app: typer.Typer) -> None:
                     }.items()
                     if v
                 },
+                on_started=started.append,
             )
         except _stop_errors() as err:
-            _stopped(err, "`rankscope resume ID` (the id printed above)")
+            _stopped(err, _resume_hint(started))
             raise typer.Exit(1) from err
         except ValueError as err:
             err_console.print(f"[red]error:[/red] {escape(str(err))}")
             raise typer.Exit(2) from err
         except KeyboardInterrupt:
-            _stopped(KeyboardInterrupt("interrupted"), "`rankscope resume ID`")
+            _stopped(KeyboardInterrupt("interrupted"), _resume_hint(started))
             raise typer.Exit(130) from None
         _finish(result)
 
@@ -275,7 +286,7 @@ def register(app: typer.Typer) -> None:
                     html_out,
                 )
         except StoreError as err:
-            err_console.print(f"[red]error:[/red] {err}")
+            err_console.print(f"[red]error:[/red] {escape(str(err))}")
             raise typer.Exit(1) from err
         console.print(f"Markdown: {md}\nHTML: {html_path}", highlight=False)
 
@@ -294,9 +305,12 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Re-run stored experiments, compare, check artifacts and citations; non-zero on drift."""
         from rankscope.agent.audit import audit_investigation, print_report
+        from rankscope.agent.runner import check_device
         from rankscope.experiments_db.engine import open_store
         from rankscope.experiments_db.errors import StoreError
 
+        if not no_rerun:
+            check_device(device)
         try:
             with open_store(db, create=False) as store:
                 report = audit_investigation(
@@ -307,7 +321,7 @@ def register(app: typer.Typer) -> None:
                     experiments=set(experiment) if experiment else None,
                 )
         except StoreError as err:
-            err_console.print(f"[red]error:[/red] {err}")
+            err_console.print(f"[red]error:[/red] {escape(str(err))}")
             raise typer.Exit(2) from err
         print_report(report, console)
         if not report.ok:

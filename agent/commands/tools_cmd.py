@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from rankscope.tools.contract import ToolContext
@@ -20,7 +21,7 @@ from rankscope.tools.registry import (
 from rankscope.tools.running import resolve_call, run_tool
 
 console = Console()
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True, highlight=False)
 
 
 def parse_args_option(raw: str) -> dict[str, Any]:
@@ -62,7 +63,9 @@ def list_tools(as_json: bool) -> None:
         for field_name, field in cls.Args.model_fields.items():
             default = "required" if field.is_required() else repr(field.default)
             fields.append(f"{field_name} ({default})")
-        table.add_row(f"{name}\nv{cls.version}", cls.description, "\n".join(fields))
+        table.add_row(
+            f"{escape(name)}\nv{cls.version}", escape(cls.description), escape("\n".join(fields))
+        )
     console.print(table)
     console.print("Argument schemas as OpenAI tool specs: [bold]rankscope tools --json[/bold]")
 
@@ -83,7 +86,7 @@ def run_by_hand(
     try:
         tool, args = resolve_call(tool_name, parse_args_option(raw_args))
     except (UnknownToolError, ToolArgumentError) as err:
-        err_console.print(f"[red]error:[/red] {err}")
+        err_console.print(f"[red]error:[/red] {escape(str(err))}")
         raise typer.Exit(2) from err
     run_dir = out or default_run_dir(tool.name)
     ctx = ToolContext(
@@ -111,15 +114,22 @@ def run_by_hand(
         }
         print(json.dumps(payload, indent=2, default=str))
         return
-    console.rule(f"[bold]{tool.name}[/bold] on {ctx.retriever.model_id} · {ctx.data.name}")
+    console.rule(
+        f"[bold]{escape(tool.name)}[/bold] on {escape(str(ctx.retriever.model_id))} · "
+        f"{escape(str(ctx.data.name))}"
+    )
     console.print(result.summary, markup=False)
     if result.approximate:
         console.print(
             "[yellow]approximate result (a first pass, not an exact measurement)[/yellow]"
         )
-    console.print(f"took {run.seconds:.1f} s; artifacts in [bold]{run_dir}[/bold]")
+    console.print(f"took {run.seconds:.1f} s; artifacts in [bold]{escape(str(run_dir))}[/bold]")
     for artifact in result.artifacts:
-        console.print(f"  {artifact.path}  ({artifact.media_type}) {artifact.description}")
+        console.print(
+            f"  {artifact.path}  ({artifact.media_type}) {artifact.description}",
+            markup=False,
+            highlight=False,
+        )
 
 
 def register(app: typer.Typer) -> None:
@@ -155,5 +165,5 @@ def register(app: typer.Typer) -> None:
         try:
             run_by_hand(tool, args, model, data, out, as_json, progress)
         except (RetrieverLoadError, DataFormatError, FileNotFoundError, ValueError) as err:
-            err_console.print(f"[red]error:[/red] {err}")
+            err_console.print(f"[red]error:[/red] {escape(str(err))}")
             raise typer.Exit(1) from err
