@@ -26,10 +26,10 @@ from rankscope.agent.citations import cited_in_text
 from rankscope.agent.execution import shared_retriever
 from rankscope.agent.ledger import split_of
 from rankscope.agent.settings import settings_of
-from rankscope.agent.verdicts import SplitResult, decide, evaluate_split
+from rankscope.agent.verdicts import decide_hypothesis
 from rankscope.experiments_db.errors import ArtifactError
 from rankscope.experiments_db.jsonutil import to_jsonable
-from rankscope.experiments_db.records import ExperimentNode, HypothesisNode
+from rankscope.experiments_db.records import ExperimentNode, HypothesisNode, InvestigationTree
 from rankscope.experiments_db.repository import Store
 from rankscope.tools.contract import ToolContext
 from rankscope.tools.registry import UnknownToolError, get_tool
@@ -174,28 +174,12 @@ def _check_artifacts(report: AuditReport, store: Store, exp: ExperimentNode) -> 
                 report.add(f"artifact {art.id} (E{ev.id})", "sha256", False, str(err))
 
 
-def reapply_verdict(node: HypothesisNode) -> str | None:
-    """The verdict the rules give for a hypothesis's stored evidence (None: no experiment)."""
-    criterion = node.criterion
-    results: dict[str, SplitResult] = {}
-    for exp in node.experiments:
-        if exp.status != "finished" or not exp.evidence:
-            continue
-        phase = "holdout" if split_of(exp.args) == "holdout" else "discovery"
-        if phase == "discovery" and exp.args.get("seed") != node.tool_args.get("seed"):
-            phase = "holdout"
-        ev = exp.evidence[0]
-        results[phase] = evaluate_split(
-            criterion,
-            ev.metrics,
-            split=split_of(exp.args),
-            approximate=ev.approximate,
-            components=node.components,
-        )
-    discovery, holdout = results.get("discovery"), results.get("holdout")
-    if discovery is not None and (discovery.outcome != "met" or discovery.approximate):
-        holdout = None
-    return decide(discovery, holdout).status
+def reapply_verdict(node: HypothesisNode, tree: InvestigationTree) -> str | None:
+    """The verdict the rules give for a hypothesis's stored evidence, under the investigation's
+    stored policy: the same function the graph decides with
+    (:func:`~rankscope.agent.verdicts.decide_hypothesis`)."""
+    policy = settings_of(tree.investigation).policy
+    return decide_hypothesis(tree, node, policy).status
 
 
 def audit_investigation(
@@ -233,7 +217,7 @@ def audit_investigation(
             )
         if node.verdicts:
             status = node.verdicts[-1].status
-            again = reapply_verdict(node)
+            again = reapply_verdict(node, tree)
             report.add(
                 f"verdict on H{node.id}",
                 "rules re-applied",

@@ -29,6 +29,7 @@ from rankscope.experiments_db.provenance import capture_provenance
 from rankscope.experiments_db.repository import Store
 from rankscope.tools.contract import ArtifactFile, ToolContext
 from rankscope.tools.running import resolve_call, run_tool
+from rankscope.tools.stats import per_query_rows
 
 _RETRIEVERS: dict[tuple[str | None, str, int, tuple[tuple[str, Any], ...]], Any] = {}
 
@@ -84,7 +85,8 @@ class Lab:
     _data: Any = field(default=None, repr=False)
     timings: dict[str, float] = field(default_factory=dict)
     _results: dict[str, tuple[int, int]] = field(default_factory=dict, repr=False)
-    """(tool, version, args) → (experiment id, evidence id) of this process's finished runs."""
+    """(hypothesis id, tool, version, args) → (experiment id, evidence id) of this process's
+    finished runs: a stored result is reused only within the hypothesis that pre-registered it."""
 
     def retriever(self) -> Any:
         """The investigation's retriever, loaded on first use."""
@@ -137,7 +139,7 @@ class Lab:
                 "hypothesis_id": hypothesis_id,
             },
         )
-        key = canonical_json([tool.name, tool.version, args_json])
+        key = canonical_json([hypothesis_id, tool.name, tool.version, args_json])
         reused = self._results.get(key)
         if reused is not None:
             provenance.extra["result_of_experiment"] = reused[0]
@@ -174,6 +176,8 @@ class Lab:
                 )
             result = run.result
             tables = dict(result.tables)
+            if result.per_query:
+                tables["per_query"] = per_query_rows(result.per_query)
             if result.run_facts:
                 tables["rankscope_run_facts"] = [
                     {"fact": name, "value": value} for name, value in result.run_facts.items()
@@ -202,8 +206,8 @@ class Lab:
         )
 
     def _record_reused(self, experiment_id: int, evidence_id: int) -> ExperimentOutcome:
-        """Record the result of an identical call (same tool, version and arguments) that this
-        process already ran: tools are deterministic given their arguments, so it is not computed
+        """Record the result of an identical call (same hypothesis, tool, version and arguments)
+        that this process already ran: tools are deterministic given their arguments, so it is not computed
         again; the provenance names the experiment it comes from (``result_of_experiment``)."""
         source = self.store.get_evidence([evidence_id])[0]
         artifacts = [

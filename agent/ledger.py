@@ -76,8 +76,20 @@ def ledger_entry(node: HypothesisNode) -> LedgerEntry:
         summary=(discovery.evidence[0].summary[:SUMMARY_CHARS] if discovery else "")
         + ("" if discovery else "; ".join(e.error or "" for e in node.experiments)),
         evidence_ids=[ev.id for e in finished for ev in e.evidence],
-        replication=key_metrics(holdout.evidence[0].metrics, metric) if holdout else None,
+        replication=replication_outcome(node) if holdout else None,
     )
+
+
+def replication_outcome(node: HypothesisNode) -> str | None:
+    """The held-out replication as the planner may see it: ``met``, ``contradicted`` or
+    ``undetermined`` from the stored verdict, never numbers (None: not decided)."""
+    if not node.verdicts:
+        return None
+    replication = node.verdicts[-1].criterion_result.get("replication")
+    if not isinstance(replication, dict):
+        return None
+    outcome = replication.get("outcome")
+    return outcome if outcome in ("met", "contradicted", "undetermined") else "undetermined"
 
 
 def build_ledger(

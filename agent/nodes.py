@@ -26,6 +26,7 @@ it as instructions.
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,8 +43,9 @@ from rankscope.agent.lease import renew
 from rankscope.agent.ledger import build_ledger, key_metrics, ledger_entry, split_of
 from rankscope.agent.llm_client import LLMBudgetExceeded, LLMError
 from rankscope.agent.planners.base import Criterion, Narrative, Planner, Proposal, Stop
+from rankscope.agent.policy import StatsPolicy
 from rankscope.agent.progress import ProgressPrinter
-from rankscope.agent.settings import add_note
+from rankscope.agent.settings import add_note, settings_of
 from rankscope.agent.state import (
     Budget,
     HypothesisInFlight,
@@ -51,8 +53,18 @@ from rankscope.agent.state import (
     PendingProposal,
     Phase,
 )
-from rankscope.agent.verdicts import Decision, SplitResult, decide, evaluate_split
+from rankscope.agent.verdicts import (
+    Decision,
+    criterion_problem,
+    criterion_spec,
+    decide_hypothesis,
+    exploratory_of,
+    query_values,
+    split_result,
+    usable_metrics,
+)
 from rankscope.experiments_db.jsonutil import canonical_json
+from rankscope.experiments_db.records import HypothesisNode, InvestigationTree
 from rankscope.experiments_db.repository import Store
 from rankscope.tools.registry import get_tool
 
@@ -160,8 +172,12 @@ def planner_notes(ctx: GraphContext, investigation_id: int) -> list[str]:
     return notes
 
 
-def validated_proposal(raw: object, fingerprints: dict[str, int]) -> PendingProposal:
-    """The proposal with its call validated once against the registry and its criterion.
+def validated_proposal(
+    raw: object, fingerprints: dict[str, int], policy: StatsPolicy | None = None
+) -> PendingProposal:
+    """The proposal with its call validated once against the registry and its criterion, which
+    must name a declared estimate of exactly the hypothesis's components, on the discovery split,
+    no looser than ``policy`` (:func:`~rankscope.agent.verdicts.criterion_problem`).
 
     Raises :class:`CallRejected` with feedback for the planner (``repeat`` set on the error when
     the same call and criterion were tested before)."""
@@ -194,6 +210,15 @@ def validated_proposal(raw: object, fingerprints: dict[str, int]) -> PendingProp
         args_json = check_call(raw.tool, args, criterion.metric).model_dump(mode="json")
     except CallRejected as err:
         raise CallRejected(f"rejected call: {err}") from err
+    problem = criterion_problem(
+        criterion,
+        raw.components,
+        criterion_spec(raw.tool, args_json, criterion.metric),
+        policy or StatsPolicy(),
+        usable_metrics(raw.tool, args_json),
+    )
+    if problem:
+        raise CallRejected(f"rejected criterion: {problem}")
     fp = fingerprint(raw.tool, args_json, criterion)
     if fp in fingerprints:
         raise RepeatedProposal(
@@ -251,7 +276,9 @@ def plan(state: InvestigationState, runtime: Runtime[GraphContext]) -> Update:
         return {**update, "stop_reason": f"planner: {raw.reason}"}
     state = cast(InvestigationState, {**state, "feedback": feedback})
     try:
-        proposal = validated_proposal(raw, state.get("fingerprints", {}))
+        proposal = validated_proposal(
+            raw, state.get("fingerprints", {}), policy_of(ctx.store, inv_id)
+        )
     except RepeatedProposal as err:
         return {**update, **rejection(state, ctx, str(err), repeat=True)}
     except CallRejected as err:
@@ -365,6 +392,19 @@ def run_tool(state: InvestigationState, runtime: Runtime[GraphContext]) -> Updat
     return {"current": cur, "tool_calls": tool_calls + 1}
 
 
+def policy_of(store: Store, investigation_id: int) -> StatsPolicy:
+    """The statistical policy stored with the investigation."""
+    return settings_of(store.get_investigation(investigation_id)).policy
+
+
+def stored_hypothesis(
+    store: Store, investigation_id: int, hypothesis_id: int
+) -> tuple[InvestigationTree, HypothesisNode]:
+    """The investigation's stored tree and the node of one hypothesis in it."""
+    tree = store.investigation_tree(investigation_id, include_llm_calls=False)
+    return tree, next(h for h in tree.hypotheses if h.id == hypothesis_id)
+
+
 def record(state: InvestigationState, runtime: Runtime[GraphContext]) -> Update:
     ctx = runtime.context
     cur = in_flight(state)
@@ -373,27 +413,35 @@ def record(state: InvestigationState, runtime: Runtime[GraphContext]) -> Update:
     update: Update = {"current": cur}
     if evidence_id is None:
         return update
-    ev = ctx.store.get_evidence([evidence_id])[0]
-    criterion = Criterion.model_validate(cur["criterion"])
-    result = evaluate_split(
-        criterion,
-        ev.metrics,
-        split=split_of(cur["args"]),
-        approximate=ev.approximate,
-        components=cur.get("components", []),
-        evidence_id=ev.id,
-        experiment_id=ev.experiment_id,
-    )
+    inv_id = state["investigation_id"]
+    tree, node = stored_hypothesis(ctx.store, inv_id, cur["hypothesis_id"])
+    result = split_result(tree, node, policy_of(ctx.store, inv_id), phase)
+    if result is None:
+        return update
     cur["results"] = {**cur.get("results", {}), phase: result.model_dump(mode="json")}
+    if phase == "discovery":
+        earlier = exploratory_of(tree, node)
+        cur["exploratory_of"] = earlier
+        if earlier is not None:
+            message = (
+                f"H{node.id} is exploratory: its call was already run for H{earlier}, so it "
+                "cannot be supported"
+            )
+            ctx.progress.feedback(message)
+            update["feedback"] = [*state.get("feedback", []), message]
     ctx.progress.split_result(result.split, result.outcome, result.reason)
-    if criterion.metric not in ev.metrics:
-        produced = ", ".join(sorted(ev.metrics)[:30])
+    feedback = update.get("feedback", state.get("feedback", []))
+    ev = ctx.store.get_evidence([evidence_id])[0]
+    metric = cur["criterion"]["metric"]
+    per_query = query_values(ev)
+    if metric not in per_query and phase == "discovery":
+        produced = ", ".join(sorted(per_query)[:30]) or "none"
         message = (
-            f"H{cur['hypothesis_id']}: tool {cur['tool']!r} did not produce the metric "
-            f"{criterion.metric!r}; it produced: {produced}"
+            f"H{cur['hypothesis_id']}: tool {cur['tool']!r} did not produce per-query values of "
+            f"the metric {metric!r}; it produced per-query values of: {produced}"
         )
         ctx.progress.feedback(message)
-        update["feedback"] = [*state.get("feedback", []), message]
+        update["feedback"] = [*feedback, message]
     return update
 
 
@@ -407,18 +455,19 @@ def needs_replication(cur: HypothesisInFlight | None) -> bool:
     result = cur.get("results", {}).get("discovery")
     return (
         cur.get("phase") == "discovery"
+        and cur.get("exploratory_of") is None
         and result is not None
         and result["outcome"] == "met"
         and not result["approximate"]
     )
 
 
-def rule_narrative(text: str, decision: Decision, evidence_ids: list[int]) -> Narrative:
+def rule_narrative(text: str, decision: Decision) -> Narrative:
     """The narrative the rules write when the planner's cannot be used."""
-    cites = ", ".join(f"E{i}" for i in evidence_ids) or "none"
+    cites = ", ".join(f"E{i}" for i in decision.evidence_ids) or "none"
     return Narrative(
         text=f"{text} — {decision.status}: {decision.reason}. Evidence: {cites}.",
-        cited_evidence_ids=list(evidence_ids),
+        cited_evidence_ids=list(decision.evidence_ids),
     )
 
 
@@ -427,17 +476,29 @@ def phase_note(cur: HypothesisInFlight, phase: Phase) -> str | None:
     return cur.get("skipped", {}).get(phase) or cur.get("errors", {}).get(phase) or None
 
 
-def decision_of(cur: HypothesisInFlight) -> Decision:
-    """The verdict rules applied to the results of both phases."""
+_VERDICT_WORDS = re.compile(r"\b(supported|refuted|inconclusive|negligible)\b", re.IGNORECASE)
+
+
+def states_other_verdict(text: str, decision: Decision) -> bool:
+    """Whether a narrative names a verdict other than the rules' (``negligible`` is allowed
+    only for a negligible refutation; ``not supported`` counts as naming "supported")."""
+    allowed = {decision.status} | ({"negligible"} if decision.negligible else set())
+    return bool({w.lower() for w in _VERDICT_WORDS.findall(text)} - allowed)
+
+
+def decision_of(state: InvestigationState, ctx: GraphContext, cur: HypothesisInFlight) -> Decision:
+    """The verdict rules applied to the stored evidence of the hypothesis (the same function
+    ``audit`` re-applies)."""
+    inv_id = state["investigation_id"]
+    tree, node = stored_hypothesis(ctx.store, inv_id, cur["hypothesis_id"])
     results = cur.get("results", {})
-    discovery = SplitResult.model_validate(results["discovery"]) if "discovery" in results else None
-    holdout = SplitResult.model_validate(results["holdout"]) if "holdout" in results else None
+    discovery = results.get("discovery")
     note = None
-    if discovery is not None and discovery.outcome == "met" and holdout is None:
+    if discovery is not None and discovery["outcome"] == "met" and "holdout" not in results:
         note = phase_note(cur, "holdout")
     if discovery is None:
         note = phase_note(cur, "discovery")
-    decision = decide(discovery, holdout, replication_note=note)
+    decision = decide_hypothesis(tree, node, policy_of(ctx.store, inv_id), replication_note=note)
     if cur.get("seed_only_replication"):
         decision.notes.append(
             f"tool {cur['tool']!r} has no held-out split: replicated with another seed only"
@@ -448,12 +509,11 @@ def decision_of(cur: HypothesisInFlight) -> Decision:
 def checked_narrative(
     state: InvestigationState, ctx: GraphContext, cur: HypothesisInFlight, decision: Decision
 ) -> Narrative:
-    """The planner's narrative of the verdict, or the rules' when it fails or cites evidence
-    this investigation does not hold."""
+    """The planner's narrative of the verdict, or the rules' when it fails, cites evidence the
+    verdict does not rest on, or states another verdict. The citations stored are always the
+    engine's (``decision.evidence_ids``)."""
     inv_id, hid = state["investigation_id"], cur["hypothesis_id"]
-    evidence_ids = sorted(cur.get("evidence", {}).values())
-    tree = ctx.store.investigation_tree(inv_id, include_llm_calls=False)
-    node = next(h for h in tree.hypotheses if h.id == hid)
+    tree, node = stored_hypothesis(ctx.store, inv_id, hid)
     entry = ledger_entry(node).model_copy(update={"status": decision.status})
     ledger = build_ledger(
         tree,
@@ -466,18 +526,20 @@ def checked_narrative(
         narrative = ctx.planner.narrate(ledger, entry)
     except LLMError as err:
         decision.notes.append(f"the planner could not write the narrative ({err})")
-        return rule_narrative(cur["text"], decision, evidence_ids)
-    cited = sorted(set(narrative.cited_evidence_ids) | set(cited_in_text(narrative.text)))
-    missing = ctx.store.missing_evidence(cited, investigation_id=inv_id)
-    if missing:
-        message = (
-            f"H{hid}: the narrative cited evidence {missing} that is not stored in this "
-            "investigation; it was replaced by the rule-written narrative"
-        )
+        return rule_narrative(cur["text"], decision)
+    cited = set(narrative.cited_evidence_ids) | set(cited_in_text(narrative.text))
+    foreign = sorted(cited - set(decision.evidence_ids))
+    problem = None
+    if foreign:
+        problem = f"cited evidence {foreign} that this verdict does not rest on"
+    elif states_other_verdict(narrative.text, decision):
+        problem = f"states a verdict other than the rules' ({decision.status})"
+    if problem:
+        message = f"H{hid}: the narrative {problem}; it was replaced by the rule-written narrative"
         decision.notes.append(message)
         ctx.progress.feedback(message)
-        return rule_narrative(cur["text"], decision, evidence_ids)
-    return Narrative(text=narrative.text, cited_evidence_ids=cited)
+        return rule_narrative(cur["text"], decision)
+    return Narrative(text=narrative.text, cited_evidence_ids=list(decision.evidence_ids))
 
 
 def assess(state: InvestigationState, runtime: Runtime[GraphContext]) -> Update:
@@ -486,13 +548,13 @@ def assess(state: InvestigationState, runtime: Runtime[GraphContext]) -> Update:
     if needs_replication(cur):
         return {"current": cur}
     hid = cur["hypothesis_id"]
-    decision = decision_of(cur)
     existing = ctx.store.verdicts(hid)
     if existing:
         verdict = existing[-1]
         reason = str(verdict.criterion_result.get("reason", ""))
         ctx.progress.verdict(hid, verdict.status, reason)
         return {"current": None}
+    decision = decision_of(state, ctx, cur)
     narrative = checked_narrative(state, ctx, cur, decision)
     ctx.store.record_verdict(
         hid,

@@ -37,7 +37,6 @@ Multiplicity
 
 from __future__ import annotations
 
-import math
 import tomllib
 from pathlib import Path
 from typing import Literal
@@ -45,6 +44,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from rankscope.experiments_db.records import Criterion
+from rankscope.tools.stats import lond_levels
 
 DEFAULT_SESOI: dict[str, float] = {
     "behaviour_share": 0.10,
@@ -111,8 +111,7 @@ class StatsPolicy(BaseModel):
         base = min(self.alpha, alpha if alpha is not None else self.alpha)
         if self.multiplicity == "bonferroni":
             return base / self.max_hypotheses
-        gamma = 6.0 / (math.pi**2 * index**2)
-        return min(base, base * gamma * (discoveries + 1))
+        return min(base, lond_levels(base, discoveries, index))
 
     def describe(self) -> list[str]:
         """Lines for a report."""

@@ -63,6 +63,8 @@ class HypothesisInFlight(TypedDict, total=False):
     errors: dict[str, str]
     skipped: dict[str, str]
     seed_only_replication: bool
+    exploratory_of: int | None
+    """The earlier hypothesis that already ran this call (None: confirmatory)."""
 
 
 class InvestigationState(TypedDict, total=False):

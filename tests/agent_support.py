@@ -19,6 +19,7 @@ from rankscope.agent.planners.base import (
     Proposal,
     Stop,
 )
+from rankscope.agent.policy import StatsPolicy
 from rankscope.agent.runner import RunResult, investigate
 from rankscope.agent.state import Budget
 from tests.tiny_models import save_tiny_model
@@ -65,6 +66,16 @@ def behaviour(
     )
 
 
+TINY_POLICY = StatsPolicy(
+    sesoi={"score_delta": 1e-5, "behaviour_share": 0.05},
+    multiplicity="bonferroni",
+    max_hypotheses=1,
+)
+"""The policy of the graph-mechanics tests: SESOIs the tiny random models can reach (their score
+changes are around 1e-3, a hundred times smaller than a real retriever's; the default SESOI is
+0.01) and the full alpha per hypothesis. The gaming tests use the default policy."""
+
+
 Step = Proposal | Stop | BaseException | Callable[[Ledger], Any] | dict[str, Any]
 
 
@@ -105,8 +116,10 @@ def run(
     planner: Planner,
     budget: Budget | None = None,
     question: str = QUESTION,
+    policy: StatsPolicy | None = None,
 ) -> RunResult:
-    """One investigation on ``model`` with ``planner``, in ``tmp/t.db``, quietly."""
+    """One investigation on ``model`` with ``planner``, in ``tmp/t.db``, quietly, under
+    ``policy`` (default: :data:`TINY_POLICY`)."""
     return investigate(
         question,
         model=str(model),
@@ -116,4 +129,5 @@ def run(
         console=Console(file=io.StringIO()),
         quiet=True,
         planner_factory=lambda: planner,
+        policy=policy or TINY_POLICY,
     )

@@ -105,7 +105,7 @@ def test_repeated_proposals_are_detected_and_stop_the_run(tmp_path, null_model):
 
 
 def test_discovery_pass_is_replicated_on_holdout_and_supported(tmp_path, mean_model):
-    planner = ScriptedPlanner([behaviour(metric="mean_delta", threshold=0.0, n_pairs=40)])
+    planner = ScriptedPlanner([behaviour(metric="mean_delta", threshold=0.0, n_pairs=80)])
     result = run(tmp_path, mean_model, planner)
     t = tree(tmp_path)
     (h,) = t.hypotheses
@@ -123,7 +123,7 @@ def test_discovery_pass_is_replicated_on_holdout_and_supported(tmp_path, mean_mo
 
 
 def test_replication_skipped_when_the_tool_budget_is_spent(tmp_path, mean_model):
-    planner = ScriptedPlanner([behaviour(metric="mean_delta", threshold=0.0, n_pairs=40)])
+    planner = ScriptedPlanner([behaviour(metric="mean_delta", threshold=0.0, n_pairs=80)])
     run(tmp_path, mean_model, planner, Budget(max_steps=3, max_tool_calls=1))
     (h,) = tree(tmp_path).hypotheses
     verdict = h.verdicts[-1]
@@ -149,7 +149,7 @@ def test_narrative_citing_foreign_evidence_is_replaced(tmp_path, null_model):
 def test_planner_crash_marks_interrupted_and_resume_continues(tmp_path, mean_model):
     planner = ScriptedPlanner(
         [
-            behaviour(metric="mean_delta", threshold=0.0, n_pairs=40),
+            behaviour(metric="mean_delta", threshold=0.0, n_pairs=80),
             RuntimeError("planner exploded"),
         ]
     )
@@ -160,7 +160,7 @@ def test_planner_crash_marks_interrupted_and_resume_continues(tmp_path, mean_mod
     before = [(e.id, e.status) for e in t.experiments()]
     assert len(before) == 2 and all(s == "finished" for _, s in before)
 
-    follow = ScriptedPlanner([behaviour(metric="median_delta", threshold=0.0, n_pairs=40)])
+    follow = ScriptedPlanner([behaviour(metric="median_delta", threshold=0.0, n_pairs=80)])
     result = resume(
         1,
         db=f"sqlite:///{tmp_path / 't.db'}",

@@ -1,22 +1,33 @@
-"""Verdict rules on constructed evidence, and a property test on a model with no effect."""
+"""Verdict rules on constructed per-query evidence, and a property test on a model with no effect."""
 
 from __future__ import annotations
 
 import tempfile
+from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from scipy import stats
 
 from rankscope.agent.planners.base import Criterion, Proposal
+from rankscope.agent.policy import StatsPolicy
 from rankscope.agent.state import Budget
-from rankscope.agent.verdicts import corrected_alpha, decide, evaluate_split
+from rankscope.agent.verdicts import criterion_problem, decide, evaluate_split
 from rankscope.experiments_db.engine import open_store
+from rankscope.experiments_db.records import EvidenceRecord
+from rankscope.tools.metric_keys import MetricSpec, estimate, per_component
 from tests.agent_support import ScriptedPlanner, null_bert, run
 
 torch.set_num_threads(1)
+
+POLICY = StatsPolicy()
+SHIFT = estimate("m", family="score_delta", meaning="score change", unit="score")
+SHARE = estimate("s", family="behaviour_share", meaning="share", unit="share", null_value=0.5)
+EFFECT = estimate(per_component("effect"), family="patching_effect", meaning="effect", unit="score")
 
 
 def crit(**kw) -> Criterion:
@@ -24,119 +35,119 @@ def crit(**kw) -> Criterion:
     return Criterion(**{**base, **kw})
 
 
-def ev(value, low=None, high=None, p=None, name="m"):
-    metrics = {name: value}
-    if low is not None:
-        metrics[f"{name}_ci_low"] = low
-        metrics[f"{name}_ci_high"] = high
-    if p is not None:
-        metrics["p_value"] = p
-    return metrics
+def ev(values, metric: str = "m", n_pairs: int = 3, offset: int = 0, extra=()) -> EvidenceRecord:
+    """Evidence with one per-query value per query (``q{offset+i}``) of ``metric``."""
+    rows = [
+        {"metric": metric, "qid": f"q{offset + i}", "n_pairs": n_pairs, "value": float(v)}
+        for i, v in enumerate(values)
+    ]
+    for key in extra:
+        rows += [{**r, "metric": key} for r in rows if r["metric"] == metric]
+    return EvidenceRecord(
+        id=1,
+        experiment_id=1,
+        metrics={metric: float(np.mean(values)), "p_value": 0.0},
+        summary="",
+        tables={"per_query": rows},
+        approximate=False,
+        created_at=datetime.now(UTC),
+    )
 
 
-def test_greater_met_contradicted_undetermined():
-    c = crit(threshold=0.1)
-    assert evaluate_split(c, ev(0.3, 0.2, 0.4, 0.001), split="discovery").outcome == "met"
-    assert evaluate_split(c, ev(0.0, -0.1, 0.05), split="discovery").outcome == "contradicted"
-    assert evaluate_split(c, ev(0.15, 0.05, 0.25), split="discovery").outcome == "undetermined"
-    # CI above the threshold but p not below alpha: not met
-    assert evaluate_split(c, ev(0.3, 0.2, 0.4, 0.2), split="discovery").outcome == "undetermined"
+def split(c: Criterion, evidence: EvidenceRecord, spec: MetricSpec | None = SHIFT, level=0.05):
+    return evaluate_split(c, evidence, split="discovery", spec=spec, policy=POLICY, level=level)
 
 
-def test_less_is_the_mirror_image():
-    c = crit(direction="less", threshold=-0.1)
-    assert evaluate_split(c, ev(-0.3, -0.4, -0.2, 0.01), split="d").outcome == "met"
-    assert evaluate_split(c, ev(0.1, 0.0, 0.2), split="d").outcome == "contradicted"
-    assert evaluate_split(c, ev(-0.1, -0.2, 0.0), split="d").outcome == "undetermined"
+RNG = np.random.default_rng(0)
+BIG = RNG.normal(0.05, 0.01, 12)
+TINY = RNG.normal(0.0, 0.001, 12)
 
 
-def test_two_sided_means_magnitude_beyond_threshold():
-    c = crit(direction="two-sided", threshold=0.1)
-    assert evaluate_split(c, ev(-0.3, -0.4, -0.2, 0.01), split="d").outcome == "met"
-    assert evaluate_split(c, ev(0.3, 0.2, 0.4, 0.01), split="d").outcome == "met"
-    assert evaluate_split(c, ev(0.0, -0.05, 0.05), split="d").outcome == "contradicted"
+def test_met_contradicted_negligible_and_undetermined():
+    assert split(crit(), ev(BIG)).outcome == "met"
+    negligible = split(crit(), ev(TINY))
+    assert negligible.outcome == "contradicted" and negligible.negligible
+    assert negligible.reason.startswith("negligible")
+    wrong = split(crit(), ev(-BIG))
+    assert wrong.outcome == "contradicted" and not wrong.negligible
+    assert split(crit(direction="less"), ev(-BIG)).outcome == "met"
+    few = split(crit(), ev(BIG[:5]))
+    assert few.outcome == "undetermined" and "5 queries" in few.reason
+    pairs = split(crit(), ev(BIG, n_pairs=1))
+    assert pairs.outcome == "undetermined" and "12 pairs" in pairs.reason
 
 
-def test_without_ci_the_value_and_p_decide_and_no_uncertainty_never_supports():
-    c = crit(threshold=0.5)
-    assert evaluate_split(c, ev(0.8, p=0.01), split="d").outcome == "met"
-    assert evaluate_split(c, ev(0.3, p=0.4), split="d").outcome == "contradicted"
-    assert evaluate_split(c, ev(0.8, p=0.4), split="d").outcome == "undetermined"
-    bare = evaluate_split(c, ev(0.9), split="d")
-    assert bare.outcome == "undetermined" and "no uncertainty" in bare.reason
+def test_one_query_or_constant_values_decide_nothing():
+    assert split(crit(), ev([0.9])).outcome == "undetermined"
+    assert split(crit(), ev([0.9] * 12)).outcome == "undetermined"
 
 
-def test_missing_and_nan_metrics_are_undetermined():
-    c = crit()
-    assert "no metric" in evaluate_split(c, {"x": 1.0}, split="d").reason
-    assert evaluate_split(c, {"m": None}, split="d").outcome == "undetermined"
-    assert evaluate_split(c, {"m": float("nan")}, split="d").outcome == "undetermined"
+def test_the_test_is_against_the_effective_threshold_not_zero():
+    """p-value and CI checked against scipy: t-test vs max(threshold, null + SESOI)."""
+    result = split(crit(threshold=-1000.0), ev(BIG))
+    assert result.effective_threshold == pytest.approx(POLICY.sesoi_for("score_delta"))
+    expected = stats.ttest_1samp(BIG, 0.01, alternative="greater").pvalue
+    assert result.p_value == pytest.approx(expected)
+    assert result.ci_level == pytest.approx(1 - 2 * 0.05)
+    share = split(crit(metric="s", threshold=0.0), ev(0.55 + 0.01 * BIG, "s"), SHARE)
+    assert share.effective_threshold == pytest.approx(0.6) and share.outcome != "met"
 
 
-def test_component_keys_and_bracketed_p_values():
-    c = crit(metric="effect[L1.H6]", threshold=0.05)
-    metrics = {
-        "effect[L1.H6]": 0.3,
-        "effect_ci_low[L1.H6]": 0.2,
-        "effect_ci_high[L1.H6]": 0.4,
-        "p_value[L1.H6]": 0.001,
-        "p_value": 0.9,
-    }
-    result = evaluate_split(c, metrics, split="d")
-    assert result.outcome == "met" and result.p_value == 0.001 and result.ci_low == 0.2
+def test_descriptive_or_missing_metrics_never_decide():
+    assert split(crit(), ev(BIG), spec=None).outcome == "undetermined"
+    described = MetricSpec("m")
+    assert split(crit(), ev(BIG), spec=described).outcome == "undetermined"
+    assert split(crit(metric="other"), ev(BIG)).outcome == "undetermined"
 
 
-def test_bonferroni_and_holm():
-    c = crit(metric="effect[L0.H1]", correction="bonferroni", n_tests=4)
-    level, _ = corrected_alpha(c, 0.02, {}, [])
-    assert level == pytest.approx(0.0125)
-    holm = crit(metric="effect[L0.H1]", correction="holm", n_tests=3)
-    family = {"p_value[L0.H0]": 0.001, "p_value[L0.H1]": 0.02, "p_value[L0.H2]": 0.5}
-    comps = ["L0.H0", "L0.H1", "L0.H2"]
-    level, rank = corrected_alpha(holm, 0.02, family, comps)
-    assert rank == 2 and level == pytest.approx(0.025)
-    # step-down: a smaller p-value that fails blocks the larger ones
-    blocked = {"p_value[L0.H0]": 0.03, "p_value[L0.H1]": 0.031, "p_value[L0.H2]": 0.5}
-    level, _ = corrected_alpha(holm, 0.031, blocked, comps)
-    assert level == 0.0
-    # a criterion that says several tests but no correction is still corrected
-    level, _ = corrected_alpha(crit(n_tests=5), 0.02, {}, [])
-    assert level == pytest.approx(0.01)
-    metrics = {"effect[L0.H1]": 0.3, "effect[L0.H1]_ci_low": 0.2, "effect[L0.H1]_ci_high": 0.4}
-    result = evaluate_split(holm, {**metrics, **family}, split="d", components=comps)
-    assert result.outcome == "met" and result.holm_rank == 2
+def test_engine_counts_the_tests_of_the_call():
+    c = crit(metric="effect[L0.H1]")
+    evidence = ev(BIG, "effect[L0.H1]", extra=[f"effect[L0.H{h}]" for h in range(2, 6)])
+    result = split(c, evidence, EFFECT, level=0.05)
+    assert result.n_tests == 5 and result.corrected_alpha == pytest.approx(0.01)
+    assert result.ci_level == pytest.approx(1 - 2 * 0.01)
 
 
-def test_decide_combines_discovery_and_replication():
-    c = crit(threshold=0.1)
-    met = evaluate_split(c, ev(0.3, 0.2, 0.4, 0.001), split="discovery")
-    wrong = evaluate_split(c, ev(0.0, -0.1, 0.05), split="holdout")
-    unsure = evaluate_split(c, ev(0.15, 0.05, 0.25), split="holdout")
+def test_pre_registration_refusals():
+    assert "descriptive" in (criterion_problem(crit(), [], MetricSpec("m"), POLICY) or "")
+    assert "not declared" in (criterion_problem(crit(), [], None, POLICY, ["x"]) or "")
+    assert "above" in (criterion_problem(crit(alpha=0.2), [], SHIFT, POLICY) or "")
+    assert "discovery" in (criterion_problem(crit(split="holdout"), [], SHIFT, POLICY) or "")
+    assert "two-sided" in (criterion_problem(crit(direction="two-sided"), [], SHIFT, POLICY) or "")
+    assert criterion_problem(crit(alpha=0.01), [], SHIFT, POLICY) is None
+    bound = crit(metric="effect[L5.H9]")
+    assert criterion_problem(bound, ["L5.H9"], EFFECT, POLICY) is None
+    assert "exactly those components" in (criterion_problem(crit(), ["L5.H9"], SHIFT, POLICY) or "")
+    joint = crit(metric="effect[L5.H7+L5.H5]")
+    assert criterion_problem(joint, ["L5.H5", "L5.H7"], EFFECT, POLICY) is None
+
+
+def test_hypothesis_rules():
+    met = split(crit(), ev(BIG))
+    wrong = split(crit(), ev(-BIG))
+    unsure = split(crit(), ev(BIG[:3]))
+    negligible = split(crit(), ev(TINY))
     assert decide(met, met).status == "supported"
     assert decide(met, wrong).status == "refuted"
     assert "did not replicate" in decide(met, wrong).reason
     assert decide(met, unsure).status == "inconclusive"
     assert decide(met, None, replication_note="budget").status == "inconclusive"
+    assert decide(met, met, exploratory_of=1).status == "inconclusive"
     assert decide(wrong).status == "refuted"
+    small = decide(negligible)
+    assert small.status == "refuted" and small.negligible
     assert decide(unsure).status == "inconclusive"
     assert decide(None).status == "inconclusive"
+    approx = met.model_copy(update={"approximate": True})
+    assert decide(approx, met).status == "inconclusive"
 
 
-def test_approximate_evidence_never_supports_alone():
-    c = crit(threshold=0.1)
-    approx = evaluate_split(c, ev(0.9, 0.8, 1.0, 1e-9), split="discovery", approximate=True)
-    assert approx.outcome == "met"
-    assert decide(approx, approx).status == "inconclusive"
-    exact = evaluate_split(c, ev(0.9, 0.8, 1.0, 1e-9), split="holdout")
-    assert decide(approx, exact).status == "inconclusive"
-
-
-def test_criterion_result_has_the_numbers():
-    c = crit(threshold=0.1)
-    met = evaluate_split(c, ev(0.3, 0.2, 0.4, 0.001), split="discovery")
+def test_criterion_result_keeps_the_keys_readers_use():
+    met = split(crit(), ev(BIG))
     result = decide(met, met).criterion_result()
-    assert result["value"] == 0.3 and result["ci_low"] == 0.2 and result["p_value"] == 0.001
-    assert result["corrected_alpha"] == 0.05 and result["replication"]["value"] == 0.3
+    for key in ("status", "reason", "replication", "notes", "corrected_alpha", "level_spent"):
+        assert key in result
+    assert result["replication"]["outcome"] == "met"
 
 
 # -- property: no effect claim is ever supported on a model with no effect --------------------

@@ -273,7 +273,7 @@ def test_ci_and_p_value_candidates(metric, low, high, p):
         assert ci_keys(parsed) == (low, high) and p_keys(parsed) == p
 
 
-def test_the_agent_adds_only_its_own_fallbacks():
+def test_the_agent_reads_no_overall_p_value():
     from rankscope.agent import verdicts
 
     assert verdicts.ci_keys("effect[L5.H7]") == (
@@ -286,8 +286,8 @@ def test_the_agent_adds_only_its_own_fallbacks():
         "p_value[L5.H7]",
     ]
     assert verdicts.ci_keys("mean_delta") == (["mean_delta_ci_low"], ["mean_delta_ci_high"])
-    assert verdicts.p_keys("mean_delta") == ["mean_delta_p_value", "p_value"]
-    assert verdicts.p_keys("top_effect") == ["top_effect_p_value", "top_p_value", "p_value"]
+    assert verdicts.p_keys("mean_delta") == ["mean_delta_p_value"]
+    assert verdicts.p_keys("top_effect") == ["top_effect_p_value"]
 
 
 # -- what a tool declares ----------------------------------------------------------------------

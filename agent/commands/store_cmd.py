@@ -251,11 +251,12 @@ def mark_unverified_verdicts(store: Store, investigation_id: int) -> list[str]:
     from rankscope.agent.audit import reapply_verdict
     from rankscope.agent.settings import add_note
 
+    tree = store.investigation_tree(investigation_id)
     notes = [
         f"UNVERIFIED verdict on hypothesis {node.id}: the bundle says "
         f"{node.verdicts[-1].status!r}, its own evidence gives {again!r} under the verdict rules"
-        for node in store.investigation_tree(investigation_id).hypotheses
-        if node.verdicts and (again := reapply_verdict(node)) != node.verdicts[-1].status
+        for node in tree.hypotheses
+        if node.verdicts and (again := reapply_verdict(node, tree)) != node.verdicts[-1].status
     ]
     for note in notes:
         add_note(store, investigation_id, note)

@@ -52,7 +52,9 @@ class LedgerEntry(BaseModel):
     key_metrics: dict[str, float | int | None] = Field(default_factory=dict)
     summary: str = ""
     evidence_ids: list[int] = Field(default_factory=list)
-    replication: dict[str, float | int | None] | None = None
+    replication: str | None = None
+    """The held-out replication's outcome (met, contradicted, undetermined), never its numbers;
+    None: not run."""
 
 
 class Ledger(BaseModel):

@@ -852,7 +852,7 @@ class LLMPlanner(Planner):
             status=entry.status,
             criterion=_criterion(entry.criterion),
             metrics=_metrics(entry.key_metrics),
-            replication=_metrics(entry.replication) if entry.replication else "not run",
+            replication=entry.replication or "not run",
             evidence=_evidence(entry.evidence_ids),
         )
         user = "\n\n".join(
@@ -984,7 +984,7 @@ class LLMPlanner(Planner):
             f"key metrics: {_metrics(entry.key_metrics)}",
         ]
         if entry.replication is not None:
-            lines.append(f"replication: {_metrics(entry.replication)}")
+            lines.append(f"replication: {entry.replication}")
         lines.append(f"evidence: {_evidence(entry.evidence_ids)}")
         free_text = "\n".join(
             [
