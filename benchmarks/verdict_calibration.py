@@ -20,8 +20,9 @@ Run on demand::
     - repeats near-identical claims (the same component, the call's arguments tweaked so it is
       not the same call): after a supported claim (LOND then grants a larger level to the next
       hypothesis) and once after a claim that failed only on the held-out split.
-    Every hypothesis is decided by the verdict rules of docs/evidence_contract.md §5 with the
-    real ``StatsPolicy`` (levels by LOND) and ``query_inference``. Two nulls are run: the effect
+    Every hypothesis is decided by the engine's verdict rules (``rankscope.agent.verdicts``:
+    ``evaluate_split`` on a per-query evidence table, then ``decide``) under the real
+    ``StatsPolicy`` (levels by LOND). Two nulls are run: the effect
     is exactly the null ("null"), and the effect sits at the SESOI, the least favourable point of
     "no effect that matters" ("boundary"). Printed: the false-support rate with its
     Clopper–Pearson CI (target: upper bound <= 0.05), and, for contrast, how often the
@@ -41,19 +42,21 @@ import argparse
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 from scipy import stats
 
+from rankscope.agent import verdicts
 from rankscope.agent.policy import StatsPolicy
-from rankscope.experiments_db.records import Criterion
+from rankscope.experiments_db.records import Criterion, EvidenceRecord
+from rankscope.tools.metric_keys import MetricSpec
 from rankscope.tools.stats import (
-    QueryInference,
     QueryValue,
     bootstrap_ci_columns,
-    query_inference,
+    per_query_rows,
     values_by_query,
 )
 
@@ -71,48 +74,54 @@ NULL_QUERIES = (8, 16, 32)
 NULL_NOISE = (1.0, 2.0, 4.0)
 
 ClaimDirection = Literal["greater", "less"]
-SplitOutcome = Literal["met", "contradicted", "negligible", "undetermined", "not met"]
+SplitOutcome = Literal["met", "contradicted", "negligible", "undetermined"]
 
 
 # --- the verdict rules (docs/evidence_contract.md §5) ---------------------------------------
+
+METRIC_SPEC = MetricSpec(
+    name="effect", component=True, kind="estimate", family=FAMILY, null_value=NULL_VALUE
+)
+
+
+def split_result(
+    values: Sequence[QueryValue],
+    *,
+    criterion: Criterion,
+    policy: StatsPolicy,
+    level: float,
+    seed: int,
+) -> verdicts.SplitResult:
+    """One split decided by the engine (``rankscope.agent.verdicts.evaluate_split``) on evidence
+    whose per-query table holds ``values`` under the criterion's metric; ``level`` is the
+    hypothesis's level (the engine divides it by the tests the call made: one here)."""
+    evidence = EvidenceRecord(
+        id=seed,
+        experiment_id=seed,
+        metrics={},
+        summary="",
+        tables={"per_query": per_query_rows({criterion.metric: list(values)})},
+        approximate=False,
+        created_at=datetime.now(UTC),
+    )
+    return verdicts.evaluate_split(
+        criterion, evidence, split="simulated", spec=METRIC_SPEC, policy=policy, level=level
+    )
 
 
 def split_outcome(
     values: Sequence[QueryValue],
     *,
-    direction: ClaimDirection,
-    threshold: float,
-    level: float,
+    criterion: Criterion,
     policy: StatsPolicy,
+    level: float,
     seed: int,
-) -> tuple[SplitOutcome, QueryInference]:
-    """One split's outcome under the rules: ``threshold`` is already the effective one and
-    ``level`` the level after multiplicity correction (LOND, Bonferroni within the call)."""
-    sesoi = policy.sesoi_for(FAMILY)
-    result = query_inference(
-        values,
-        threshold=threshold,
-        direction=direction,
-        alpha=level,
-        equivalence=(NULL_VALUE - sesoi, NULL_VALUE + sesoi),
-        n_resamples=policy.n_resamples,
-        seed=seed,
-    )
-    if (
-        result.n_queries < policy.min_queries
-        or result.n_pairs < policy.min_pairs
-        or result.p_value is None
-    ):
-        return "undetermined", result
-    beyond = result.ci_low > threshold if direction == "greater" else result.ci_high < threshold
-    wrong_side = result.ci_high < threshold if direction == "greater" else result.ci_low > threshold
-    if beyond and result.p_value < level:
-        return "met", result
-    if wrong_side:
-        return "contradicted", result
-    if result.tost_p is not None and result.tost_p < level:
-        return "negligible", result
-    return "not met", result
+) -> SplitOutcome:
+    """The engine's outcome of one split, with "negligible" apart from "contradicted"."""
+    result = split_result(values, criterion=criterion, policy=policy, level=level, seed=seed)
+    if result.outcome == "contradicted" and result.negligible:
+        return "negligible"
+    return result.outcome
 
 
 def decide(
@@ -123,44 +132,28 @@ def decide(
     policy: StatsPolicy,
     index: int,
     discoveries: int,
-    n_tests: int,
-    exploratory: bool,
     seed: int,
 ) -> tuple[str, SplitOutcome, SplitOutcome, float]:
-    """(verdict, discovery outcome, held-out outcome, level spent) of one hypothesis.
-
-    Supported: discovery met, held-out met on queries disjoint from discovery's, and the call
-    not already run for an earlier hypothesis (exploratory)."""
+    """(verdict, discovery outcome, held-out outcome, level spent) of the ``index``-th
+    confirmatory hypothesis after ``discoveries`` supported ones, by the engine's
+    ``verdicts.decide`` (the simulated calls are never repeats of an earlier hypothesis's call,
+    so none is exploratory; the held-out queries are disjoint from discovery's by construction,
+    which is checked here as the engine checks it from the stored qids)."""
     refusal = policy.check(criterion)
     if refusal is not None:
         raise ValueError(refusal)
-    direction: ClaimDirection = "less" if criterion.direction == "less" else "greater"
-    threshold = policy.effective_threshold(criterion, null_value=NULL_VALUE, family=FAMILY)
-    level = policy.level(index, discoveries, criterion.alpha) / n_tests
-    first, _ = split_outcome(
-        discovery,
-        direction=direction,
-        threshold=threshold,
-        level=level,
-        policy=policy,
-        seed=seed,
-    )
-    second, _ = split_outcome(
-        heldout,
-        direction=direction,
-        threshold=threshold,
-        level=level,
-        policy=policy,
-        seed=seed + 1,
-    )
-    disjoint = not {v.qid for v in discovery} & {v.qid for v in heldout}
-    if first == "met" and second == "met" and disjoint and not exploratory:
-        return "supported", first, second, level
-    if first == "contradicted":
-        return "refuted", first, second, level
-    if first == "negligible":
-        return "refuted (negligible)", first, second, level
-    return "inconclusive", first, second, level
+    if {v.qid for v in discovery} & {v.qid for v in heldout}:
+        raise ValueError("held-out queries overlap the discovery queries")
+    level = policy.level(index, discoveries, criterion.alpha)
+    first = split_result(discovery, criterion=criterion, policy=policy, level=level, seed=seed)
+    second = split_result(heldout, criterion=criterion, policy=policy, level=level, seed=seed + 1)
+    decision = verdicts.decide(first, second)
+    verdict = "refuted (negligible)" if decision.negligible else decision.status
+    outcomes: list[SplitOutcome] = [
+        "negligible" if r.outcome == "contradicted" and r.negligible else r.outcome
+        for r in (first, second)
+    ]
+    return verdict, outcomes[0], outcomes[1], level
 
 
 # --- the simulated world --------------------------------------------------------------------
@@ -248,7 +241,7 @@ def adversarial_investigation(
         else:
             tuned = max(high[component] + 1e-4, NULL_VALUE - sesoi)
         criterion = Criterion(
-            metric=f"effect[C{component}]",
+            metric=f"effect[L0.H{component}]",
             direction=direction,
             threshold=float(tuned),
             alpha=policy.alpha,
@@ -262,17 +255,10 @@ def adversarial_investigation(
             policy=policy,
             index=index,
             discoveries=discoveries,
-            n_tests=1,
-            exploratory=False,
             seed=call,
         )
-        at_alpha, _ = split_outcome(
-            shown,
-            direction=direction,
-            threshold=policy.effective_threshold(criterion, null_value=NULL_VALUE, family=FAMILY),
-            level=policy.alpha,
-            policy=policy,
-            seed=call,
+        at_alpha = split_outcome(
+            shown, criterion=criterion, policy=policy, level=policy.alpha, seed=call
         )
         tally.add(verdict, first, at_alpha)
         if verdict == "supported":
@@ -308,7 +294,7 @@ def power_simulation(policy: StatsPolicy, reps: int, seed: int) -> dict[tuple[fl
             supported = 0
             for rep in range(reps):
                 criterion = Criterion(
-                    metric="effect[C0]", direction="greater", threshold=NULL_VALUE
+                    metric="effect[L0.H0]", direction="greater", threshold=NULL_VALUE
                 )
                 verdict, *_ = decide(
                     Split.draw(rng, "d", n, means).run(0),
@@ -317,8 +303,6 @@ def power_simulation(policy: StatsPolicy, reps: int, seed: int) -> dict[tuple[fl
                     policy=policy,
                     index=1,
                     discoveries=0,
-                    n_tests=1,
-                    exploratory=False,
                     seed=2 * rep,
                 )
                 supported += verdict == "supported"
@@ -360,6 +344,7 @@ def report(result: Calibration) -> str:
     """The printed figures and tables."""
     policy = StatsPolicy()
     lines = [
+        "rules: rankscope.agent.verdicts (evaluate_split, decide)",
         f"policy: alpha {policy.alpha:g}, min {policy.min_queries} queries / {policy.min_pairs} "
         f"pairs, SESOI {FAMILY} {policy.sesoi_for(FAMILY):g}, {policy.multiplicity}",
         "",
@@ -425,7 +410,7 @@ def figure(result: Calibration, path: Path) -> None:
     right.axhline(0.05, color="red", linestyle="--", label="target 0.05")
     right.set_xticks(range(len(names)), names)
     right.set_xlim(-0.5, len(names) - 0.5)
-    right.set_ylim(0, 0.1)
+    right.set_ylim(-0.003, 0.1)
     right.set_ylabel("false-support rate (95% CI)")
     right.set_title("(a) adversarial planner, null")
     right.legend(fontsize=8)
