@@ -13,7 +13,8 @@ off (``max_retries=0``) and does its own bounded retries instead, so that every 
   would only queue behind it).
 
 Timeout and retries (see ``transport_defaults``): ``--llm-timeout`` / ``RANKSCOPE_LLM_TIMEOUT``
-(seconds; default 60 for hosted endpoints, 600 for local ones), ``--llm-retries`` /
+(seconds; default 60 for hosted endpoints, 600 for local ones) is a deadline for the whole request
+(sending, waiting and reading the reply), so a server that drips bytes is cut at it too; ``--llm-retries`` /
 ``RANKSCOPE_LLM_RETRIES`` (default 3 hosted, 1 local) and ``RANKSCOPE_LLM_RETRY_TIMEOUTS``
 (``1``/``0``).
 
@@ -31,7 +32,8 @@ is sent (the SDK refuses to run without one); ``api.openai.com`` without a key i
 error.
 
 Token accounting reads ``usage`` from each reply (estimated from text length, and marked so, when
-a server sends none). With ``max_tokens_budget`` set, a call is refused with ``LLMBudgetExceeded``
+a server sends none or counts that cannot be true: negative, fractional or absurdly large). Reply
+text is cut at ``MAX_REPLY_CHARS`` before it is stored or printed. With ``max_tokens_budget`` set, a call is refused with ``LLMBudgetExceeded``
 before it is sent once the budget is spent; the last call may overshoot it by one reply.
 """
 
@@ -42,6 +44,7 @@ import json
 import math
 import os
 import random
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -83,6 +86,12 @@ PLACEHOLDER_API_KEY = "not-needed"
 RETRYABLE_STATUS = frozenset({408, 409, 429})
 CHARS_PER_TOKEN = 4
 """Rough size of a token, used only when a server reports no ``usage``."""
+MAX_REPORTED_TOKENS = 10_000_000
+"""A server's token count above this (or below zero, or not a whole number) is ignored and the
+count estimated instead: no real request or reply is that long."""
+MAX_REPLY_CHARS = 20_000
+"""Longest reply text (content, or one tool call's arguments) kept, stored or printed; the rest is
+cut with a note."""
 
 
 class LLMError(RuntimeError):
@@ -303,6 +312,42 @@ def _status_hint(status: int, model: str) -> str:
     return "check the server's logs"
 
 
+def _cap_text(text: str, limit: int = MAX_REPLY_CHARS) -> str:
+    """``text`` cut to ``limit`` characters, with a note saying how much was dropped."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}… [reply cut: {len(text) - limit} more characters]"
+
+
+def _capped(value: Any) -> Any:
+    """A copy of a reply with every long string cut (what is stored and printed stays bounded)."""
+    if isinstance(value, str):
+        return _cap_text(value)
+    if isinstance(value, dict):
+        return {str(k)[:200]: _capped(v) for k, v in list(value.items())[:200]}
+    if isinstance(value, list):
+        return [_capped(v) for v in value[:200]]
+    return value
+
+
+def _token_counts(usage: Any) -> tuple[int, int] | None:
+    """The server's (prompt, completion) token counts, or ``None`` when they are missing or not
+    believable (negative, fractional, non-numeric or above ``MAX_REPORTED_TOKENS``)."""
+    if not isinstance(usage, dict) or not usage:
+        return None
+    counts = []
+    for key in ("prompt_tokens", "completion_tokens"):
+        value = usage.get(key, 0)
+        if value is None:
+            value = 0
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return None
+        if value != value or value < 0 or value > MAX_REPORTED_TOKENS or value != int(value):
+            return None
+        counts.append(int(value))
+    return counts[0], counts[1]
+
+
 class LLMClient:
     """Chat Completions with bounded retries, token accounting, a token budget and a recorder."""
 
@@ -493,10 +538,40 @@ class LLMClient:
             )
             return reply
 
+    def _within_deadline(self, request: dict[str, Any]) -> tuple[int, str]:
+        """Send ``request`` and read the whole reply, giving up after ``timeout_s`` in total.
+
+        The SDK's timeout applies to each read, so a server that drips a byte at a time would hold
+        a request forever; here the request runs on a daemon thread and the caller stops waiting at
+        the deadline (the thread ends when the server does or the connection drops).
+        Returns the status code and the body text; raises what the SDK raised, or
+        ``openai.APITimeoutError`` at the deadline.
+        """
+        outcome: dict[str, Any] = {}
+
+        def attempt() -> None:
+            try:
+                response = self._client.chat.completions.with_raw_response.create(**request)
+                outcome["reply"] = (response.http_response.status_code, response.http_response.text)
+            except BaseException as err:  # handed to the caller's thread
+                outcome["error"] = err
+
+        worker = threading.Thread(target=attempt, name="rankscope-llm-request", daemon=True)
+        worker.start()
+        worker.join(self.timeout_s)
+        if worker.is_alive():
+            import httpx2
+
+            raise openai.APITimeoutError(request=httpx2.Request("POST", self.endpoint))
+        if "error" in outcome:
+            raise outcome["error"]
+        status, text = outcome["reply"]
+        return int(status), str(text)
+
     def _send(self, request: dict[str, Any]) -> dict[str, Any] | _Failure:
         """One HTTP attempt: the raw JSON reply, or what went wrong."""
         try:
-            response = self._client.chat.completions.with_raw_response.create(**request)
+            status_code, text = self._within_deadline(request)
         except openai.APITimeoutError:
             if self.retry_timeouts:
                 return _Failure(f"the request timed out after {self.timeout_s:g} s", True)
@@ -531,36 +606,46 @@ class LLMClient:
             )
         except openai.OpenAIError as err:
             return _Failure(f"{type(err).__name__}: {err}", False)
-        text = response.http_response.text
         try:
             raw = json.loads(text)
         except json.JSONDecodeError:
             return _Failure(
                 f"the reply is not JSON (starts with {text[:80]!r})",
                 False,
-                status_code=response.http_response.status_code,
+                status_code=status_code,
                 hint="check OPENAI_BASE_URL: it should be the API root, usually ending in /v1",
             )
         if not isinstance(raw, dict) or not isinstance(raw.get("choices"), list):
             return _Failure(
                 "the reply is not a chat completion (no 'choices' list)",
                 False,
-                status_code=response.http_response.status_code,
-                response=raw if isinstance(raw, dict) else {"body": raw},
+                status_code=status_code,
+                response=_capped(raw if isinstance(raw, dict) else {"body": raw}),
                 hint="check OPENAI_BASE_URL: it should be the API root, usually ending in /v1",
             )
-        return raw
+        return _capped(raw)
 
     def _reply(self, raw: dict[str, Any], request: dict[str, Any], latency: float) -> ChatReply:
+        """The reply's first choice; malformed parts (a ``tool_calls`` that is not a list of
+        objects, a message that is not an object) become calls the planner rejects, never a crash."""
         choices = raw["choices"]
         choice = choices[0] if choices and isinstance(choices[0], dict) else {}
-        message = choice.get("message") or {}
+        message = choice.get("message")
+        if not isinstance(message, dict):
+            message = {"content": None if message is None else json.dumps(message)}
         content = message.get("content")
         if content is not None and not isinstance(content, str):
             content = json.dumps(content)
+        raw_calls = message.get("tool_calls") or []
+        if not isinstance(raw_calls, list):
+            raw_calls = [raw_calls]
         calls = []
-        for i, call in enumerate(message.get("tool_calls") or []):
-            function = call.get("function") or {}
+        for i, call in enumerate(raw_calls):
+            if not isinstance(call, dict):
+                call = {"function": {"name": "", "arguments": json.dumps(call, default=str)}}
+            function = call.get("function")
+            if not isinstance(function, dict):
+                function = {"name": "", "arguments": json.dumps(function, default=str)}
             arguments = function.get("arguments")
             if arguments is None:
                 arguments = ""
@@ -568,15 +653,16 @@ class LLMClient:
                 arguments = json.dumps(arguments)
             calls.append(
                 ToolCall(
-                    id=str(call.get("id") or f"call_{i}"),
-                    name=str(function.get("name") or ""),
-                    arguments=arguments,
+                    id=str(call.get("id") or f"call_{i}")[:200],
+                    name=str(function.get("name") or "")[:200],
+                    arguments=_cap_text(arguments),
                 )
             )
+        content = None if content is None else _cap_text(content)
         usage = raw.get("usage")
-        if isinstance(usage, dict) and usage:
-            prompt_tokens = int(usage.get("prompt_tokens") or 0)
-            completion_tokens = int(usage.get("completion_tokens") or 0)
+        counted = _token_counts(usage)
+        if counted is not None:
+            prompt_tokens, completion_tokens = counted
         else:
             prompt_chars = len(json.dumps(request["messages"])) + len(
                 json.dumps(request.get("tools", []))
@@ -592,7 +678,7 @@ class LLMClient:
             completion_tokens=completion_tokens,
             latency_s=latency,
             raw=raw,
-            tokens_estimated=not (isinstance(usage, dict) and usage),
+            tokens_estimated=counted is None,
         )
 
     def _delay(self, retry_index: int, retry_after_s: float | None) -> float:

@@ -172,7 +172,30 @@ MAX_ARGS_CHARS = 300
 MAX_METRICS = 8
 MAX_FEEDBACK = 5
 
-_DATA_TAG = re.compile(r"<(/?)(data)", re.IGNORECASE)
+_DATA_TAG = re.compile(r"<\s*(/?)\s*(data)", re.IGNORECASE)
+_INVISIBLE = re.compile(
+    "[\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f\u202a-\u202e\u2060-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0]"
+)
+_LOOK_ALIKES = str.maketrans(
+    {
+        "\u2039": "<",
+        "\u2329": "<",
+        "\u27e8": "<",
+        "\u3008": "<",
+        "\u276e": "<",
+        "\u02c2": "<",
+        "\u203a": ">",
+        "\u232a": ">",
+        "\u27e9": ">",
+        "\u3009": ">",
+        "\u276f": ">",
+        "\u02c3": ">",
+        "\u2215": "/",
+        "\u2044": "/",
+        "\u29f8": "/",
+        "\u2571": "/",
+    }
+)
 _THINK = re.compile(r"<think>.*?</think>", re.IGNORECASE | re.DOTALL)
 _TOOL_CALL_BLOCK = re.compile(
     r"<tool_call>\s*(.*?)\s*(?:</tool_call>|\Z)", re.IGNORECASE | re.DOTALL
@@ -182,10 +205,22 @@ _CITATION_GROUP = re.compile(r"\[\s*(E\s*\d+(?:\s*[,;]\s*E?\s*\d+)*)\s*\]")
 _CITATION_ID = re.compile(r"\d+")
 
 
+def defang(text: str) -> str:
+    """``text`` with every ``<data`` / ``</data`` look-alike escaped, so it cannot open or close a
+    data block: compatibility forms are normalised first (full-width ``＜／data＞``), invisible
+    characters (zero-width joiners, bidi controls, variation selectors) dropped, other angle and
+    slash look-alikes mapped to ``<`` and ``/``, and spaces inside the tag (``< / data >``)
+    allowed."""
+    import unicodedata
+
+    normalised = _INVISIBLE.sub("", unicodedata.normalize("NFKC", text)).translate(_LOOK_ALIKES)
+    return _DATA_TAG.sub(lambda m: f"&lt;{m.group(1)}{m.group(2)}", normalised)
+
+
 def data_block(source: str, text: str) -> str:
-    """``text`` inside a delimited data block; look-alike tags in it are escaped."""
-    safe = _DATA_TAG.sub(lambda m: f"&lt;{m.group(1)}{m.group(2)}", text)
-    return f'<data source="{source}">\n{safe}\n</data>'
+    """``text`` inside a delimited data block; look-alike tags in it are escaped (:func:`defang`)."""
+    label = defang(source).replace('"', "'").replace("\n", " ")
+    return f'<data source="{label}">\n{defang(text)}\n</data>'
 
 
 def parse_citations(text: str) -> list[int]:
@@ -846,7 +881,7 @@ class LLMPlanner(Planner):
         """
         system = render(
             "narrate",
-            question=ledger.question,
+            question=data_block("research question", ledger.question.strip()),
             hypothesis_id=entry.hypothesis_id,
             tool=entry.tool,
             status=entry.status,
@@ -892,9 +927,9 @@ class LLMPlanner(Planner):
         )
         return render(
             "system",
-            question=ledger.question.strip(),
-            model=model or "(not described)",
-            data=ledger.data or "(not described)",
+            question=data_block("research question", ledger.question.strip()),
+            model=data_block("model", model or "(not described)"),
+            data=data_block("data", ledger.data or "(not described)"),
             tools="\n".join(tool_lines),
             calling=calling.strip(),
         )
@@ -947,10 +982,7 @@ class LLMPlanner(Planner):
         return text
 
     def _step_prompt(self, ledger: Ledger, ledger_chars: int = LEDGER_CHARS) -> str:
-        feedback = [
-            "- " + _DATA_TAG.sub(lambda m: f"&lt;{m.group(1)}{m.group(2)}", message)
-            for message in ledger.feedback[-MAX_FEEDBACK:]
-        ]
+        feedback = ["- " + defang(message) for message in ledger.feedback[-MAX_FEEDBACK:]]
         return render(
             "step",
             steps_left=ledger.steps_left,
