@@ -87,9 +87,12 @@ def make_planner(
     if name == "protocol":
         from rankscope.agent.planners.protocol import ProtocolPlanner
 
+        policy = settings_of(store.get_investigation(investigation_id)).policy
         if protocol_pairs:
-            return ProtocolPlanner(n_pairs=protocol_pairs, localise_pairs=2 * protocol_pairs)
-        return ProtocolPlanner()
+            return ProtocolPlanner(
+                n_pairs=protocol_pairs, localise_pairs=2 * protocol_pairs, policy=policy
+            )
+        return ProtocolPlanner(policy=policy)
     from rankscope.agent.planners.llm import LLMPlanner
 
     def recorder(call: Any) -> None:

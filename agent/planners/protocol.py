@@ -38,7 +38,8 @@ import re
 from typing import Any
 
 from rankscope.agent.planners.base import Criterion, Ledger, LedgerEntry, Planner, Proposal, Stop
-from rankscope.tools.metric_keys import metric_key, try_parse_metric_key
+from rankscope.agent.policy import StatsPolicy
+from rankscope.tools.metric_keys import MetricKey, metric_key, try_parse_metric_key
 from rankscope.tools.registry import all_tools
 
 AXIOMS = ("TFC1", "TFC2", "TDC", "STMC1", "LNC1", "LNC2")
@@ -103,14 +104,19 @@ class ProtocolPlanner(Planner):
         min_attention: float = 0.05,
         alpha: float = 0.05,
         seed: int = 0,
+        policy: StatsPolicy | None = None,
     ) -> None:
+        policy = policy or StatsPolicy()
         self.n_pairs = n_pairs
         self.localise_pairs = localise_pairs
         self.top_k = top_k
-        self.min_effect = min_effect
-        self.min_attention = min_attention
-        self.alpha = alpha
+        self.min_effect = max(min_effect, policy.sesoi_for("patching_effect"))
+        self.min_attention = max(min_attention, policy.sesoi_for("attention_mass"))
+        self.min_share = 0.5 + policy.sesoi_for("behaviour_share")
+        self.min_shrink = policy.sesoi_for("ablation_delta")
+        self.alpha = min(alpha, policy.alpha)
         self.seed = seed
+        self._model: dict[str, Any] = {}
         self._notes: list[str] = []
         self._said: set[str] = set()
 
@@ -138,6 +144,7 @@ class ProtocolPlanner(Planner):
         return fit_args(tool, base, optional=tuple(extra))
 
     def propose(self, ledger: Ledger) -> Proposal | Stop:
+        self._model = ledger.model
         tools = all_tools()
         axiom, variant = parse_axiom(ledger.question)
         by_tool: dict[str, list[LedgerEntry]] = {}
@@ -175,14 +182,19 @@ class ProtocolPlanner(Planner):
                 )
             return Stop(reason="could not confirm any component")
 
-        done = {e.tool for e in ledger.entries if e.hypothesis.startswith("Characterise:")}
-        for tool_name in ("attention_by_role", "ablation"):
-            if tool_name in done:
+        done = {
+            (e.tool, tuple(e.components))
+            for e in ledger.entries
+            if e.hypothesis.startswith("Characterise:")
+        }
+        wanted = [("attention_by_role", [head]) for head in confirmed]
+        for tool_name, heads in [*wanted, ("ablation", confirmed)]:
+            if (tool_name, tuple(heads)) in done:
                 continue
             if tool_name not in tools:
                 self._note(f"protocol step skipped: tool {tool_name!r} is not registered")
                 continue
-            step = self._characterise(tools[tool_name], confirmed, axiom, variant)
+            step = self._characterise(tools[tool_name], heads, axiom, variant)
             if step is not None:
                 return step
         return Stop(
@@ -199,7 +211,7 @@ class ProtocolPlanner(Planner):
             criterion=Criterion(
                 metric="share_moved_predicted",
                 direction="greater",
-                threshold=0.5,
+                threshold=self.min_share,
                 alpha=self.alpha,
             ),
         )
@@ -219,9 +231,11 @@ class ProtocolPlanner(Planner):
             self._note("no patching tool is registered: the localisation steps are skipped")
             return None
         tool = tools[name]
+        probe = self._probe_head()
         return Proposal(
-            hypothesis=f"Locate: some attention heads carry the {axiom} {variant} effect "
-            f"(the top head's patching effect is positive, by {name})",
+            hypothesis=f"Locate: a screen of every attention head for the {axiom} {variant} effect "
+            f"by {name}; the pre-registered claim is about head {probe} (the last layer's first "
+            "head), the per-head effects rank the heads to confirm",
             rationale=rationale,
             tool=name,
             args=self._pair_args(
@@ -233,9 +247,18 @@ class ProtocolPlanner(Planner):
                 metric="robust",
             ),
             criterion=Criterion(
-                metric="top_effect", direction="greater", threshold=0.0, alpha=self.alpha
+                metric=metric_key("effect", probe),
+                direction="greater",
+                threshold=self.min_effect,
+                alpha=self.alpha,
             ),
+            components=[probe],
         )
+
+    def _probe_head(self) -> str:
+        """The head a screen's criterion names: the last layer's first head."""
+        layers = self._model.get("layers") if isinstance(self._model, dict) else None
+        return f"L{int(layers) - 1}.H0" if isinstance(layers, int) and layers > 0 else "L0.H0"
 
     def _confirm(
         self,
@@ -270,15 +293,18 @@ class ProtocolPlanner(Planner):
             rationale=f"top-{len(top)} heads of the locate step: {', '.join(top)}",
             tool="activation_patching",
             args=self._pair_args(
-                tool, axiom, variant, n_pairs=self.localise_pairs, components=top, metric="robust"
+                tool,
+                axiom,
+                variant,
+                n_pairs=self.localise_pairs,
+                components=[head],
+                metric="robust",
             ),
             criterion=Criterion(
                 metric=metric_key("effect", head),
                 direction="greater",
                 threshold=self.min_effect,
                 alpha=self.alpha,
-                correction="holm",
-                n_tests=len(top),
             ),
             components=[head],
         )
@@ -298,7 +324,7 @@ class ProtocolPlanner(Planner):
                     tool, axiom, variant, heads=heads, focus="injected->same_token"
                 ),
                 criterion=Criterion(
-                    metric="top_attention",
+                    metric=str(MetricKey("attention", heads[0], (), ("injected->same_token",))),
                     direction="greater",
                     threshold=self.min_attention,
                     alpha=self.alpha,
@@ -315,7 +341,7 @@ class ProtocolPlanner(Planner):
             criterion=Criterion(
                 metric=metric_key("delta_change", joint),
                 direction="less",
-                threshold=0.0,
+                threshold=-self.min_shrink,
                 alpha=self.alpha,
             ),
             components=heads,
