@@ -34,6 +34,7 @@ from rankscope.tools.diagnostics.errors import (
     AlignmentError,
     AlignmentWarning,
     DataError,
+    DataFormatError,
     DataSpecError,
     UnknownPerturbationError,
 )
@@ -380,6 +381,34 @@ class PairsSource(DataSource):
         return list(rows.values())
 
 
+def _refuse_broken_pairs_header(path: Path, header: list[str]) -> None:
+    """A TSV whose header looks like a pairs file's (a column named or spelt like
+    ``perturbed_text``) but lacks a required pairs column is an error naming the column, never
+    silently read as a plain collection."""
+    import difflib
+
+    pair_only = [c for c in PAIRS_REQUIRED if c == "perturbed_text"]
+    near = {
+        column: match[0]
+        for column in header
+        if column not in PAIRS_REQUIRED
+        and (match := difflib.get_close_matches(column.lower(), pair_only, n=1, cutoff=0.6))
+    }
+    perturbed_like = [c for c in header if "perturb" in c.lower()]
+    if not (near or perturbed_like or "perturbed_text" in header):
+        return
+    missing = [c for c in PAIRS_REQUIRED if c not in header]
+    hints = "; ".join(f"is {found!r} a misspelling of {want!r}?" for found, want in near.items())
+    raise DataFormatError(
+        path,
+        f"the header looks like a pairs file's but lacks the column(s) {', '.join(missing)}"
+        + (f" ({hints})" if hints else ""),
+        "a pairs TSV with the columns " + ", ".join(PAIRS_REQUIRED) + " (fix the header), or a "
+        "collection TSV without perturbed columns",
+        1,
+    )
+
+
 def _spec_error(problem: str) -> DataSpecError:
     return DataSpecError(f"{problem}\n{ACCEPTED_SPECS}")
 
@@ -422,6 +451,7 @@ def resolve_data(spec: str | os.PathLike[str] | None) -> DataSource:
         header, _ = read_tsv(path, (), "a tab-separated file with a header row")
         if all(column in header for column in PAIRS_REQUIRED):
             return PairsSource(spec, load_tfc1_pairs(path))
+        _refuse_broken_pairs_header(path, header)
         return CollectionSource(spec, load_tsv_collection(path))
     if suffix == ".jsonl":
         return CollectionSource(spec, load_jsonl_collection(path))
