@@ -187,6 +187,44 @@ def _hypothesis_blocks(store: Store, node: HypothesisNode, problems: list[str]) 
     return blocks
 
 
+def _effect(result: dict[str, Any]) -> str:
+    """An effect in the units of its metric: mean over queries with its CI and counts."""
+    value, low, high = result.get("value"), result.get("ci_low"), result.get("ci_high")
+    if not isinstance(value, int | float):
+        return "no estimate"
+    ci = f" (CI {_fmt(low)} to {_fmt(high)})" if isinstance(low, int | float) else ""
+    return (
+        f"{result.get('metric')} = {_fmt(value)}{ci} over {result.get('n_queries', 0)} queries, "
+        f"{result.get('n_pairs', 0)} pairs"
+    )
+
+
+def findings(tree: InvestigationTree) -> list[str]:
+    """The rule-computed findings: what is supported (with effect sizes), refuted or negligible,
+    and what stayed inconclusive and why — read from the stored verdicts only."""
+    supported, refuted, negligible, open_items = [], [], [], []
+    for node in tree.hypotheses:
+        if not node.verdicts:
+            continue
+        v = node.verdicts[-1]
+        result = v.criterion_result
+        reason = str(result.get("reason", ""))
+        line = f"H{node.id}: {_d(node.text)} — {_d(_effect(result))}"
+        if v.status == "supported":
+            supported.append(line)
+        elif v.status == "refuted" and reason.startswith("negligible"):
+            negligible.append(line)
+        elif v.status == "refuted":
+            refuted.append(f"{line}; {_d(reason)}")
+        else:
+            open_items.append(f"H{node.id}: {_d(node.text)} — {_d(reason)}")
+    items = [f"**Supported:** {s}" for s in supported]
+    items += [f"**Negligible (refuted, effect within the SESOI):** {s}" for s in negligible]
+    items += [f"**Refuted:** {s}" for s in refuted]
+    items += [f"**Inconclusive:** {s}" for s in open_items]
+    return items or ["no hypothesis was decided"]
+
+
 def build_blocks(store: Store, tree: InvestigationTree) -> tuple[list[Block], list[str]]:
     """The report's blocks and the problems met (unreadable artifacts)."""
     inv = tree.investigation
@@ -211,9 +249,13 @@ def build_blocks(store: Store, tree: InvestigationTree) -> tuple[list[Block], li
                 ),
             ],
         ),
+        Block("heading", "Findings", level=2),
+        Block("list", items=findings(tree)),
+        Block("heading", "Statistical policy", level=2),
+        Block("list", items=[_d(line) for line in settings_of(inv).policy.describe()]),
         Block("heading", "Verdicts", level=2),
     ]
-    rows = [["hypothesis", "verdict", "metric", "discovery", "held-out"]]
+    rows = [["hypothesis", "verdict", "metric", "discovery", "held-out", "level spent"]]
     for node in tree.hypotheses:
         v = node.verdicts[-1] if node.verdicts else None
         result = v.criterion_result if v else {}
@@ -224,6 +266,7 @@ def build_blocks(store: Store, tree: InvestigationTree) -> tuple[list[Block], li
                 f"{node.criterion.metric} {node.criterion.direction} {node.criterion.threshold:g}",
                 _ci(result) if v else "—",
                 _ci(result.get("replication")) if v else "—",
+                _fmt(result.get("level_spent")) if v else "—",
             ]
         )
     blocks.append(Block("table", rows=rows))
