@@ -3,6 +3,10 @@ forward pass per intervention, no code shared with the engine), and its sanity c
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
@@ -45,23 +49,26 @@ def tiny_cross():
 # --- the independent reference --------------------------------------------------------------
 
 
-def reference_modules(retriever):
-    """(layers, [(attention output projection, MLP output linear)]) by direct attribute access."""
+@dataclass
+class PlainModel:
+    """How the reference reaches a model without the engine: ``where(layer, site)`` gives the
+    module (by direct attribute access) and its port, ``"in"`` or ``"out"``; ``score(side)`` runs
+    one full forward pass of a side batch and returns its scores."""
+
+    where: Callable[[int, str], tuple[torch.nn.Module, str]]
+    score: Callable[[Any], torch.Tensor]
+
+
+def plain_encoder(retriever) -> PlainModel:
+    """The reference view of a BERT-family or DistilBERT encoder: modules by attribute, the score
+    from the encoder's last hidden state through the adapter's readout."""
     enc = retriever.encoder
     if retriever.arch.model_type == "distilbert":
         layers = enc.transformer.layer
-        return layers, [(layer.attention.out_lin, layer.ffn.lin2) for layer in layers]
-    layers = enc.encoder.layer
-    return layers, [(layer.attention.output.dense, layer.output.dense) for layer in layers]
-
-
-def reference_scores(retriever, queries, targets, sources, patches, roles):
-    """Scores of the target docs with ``patches`` = [(layer, site, head, role or None)] copied
-    from the source docs, each intervention one full forward pass with torch hooks."""
-    target = retriever.encode_side(queries, targets)
-    source = retriever.encode_side(queries, sources)
-    layers, mods = reference_modules(retriever)
-    d = retriever.hidden_size // retriever.n_heads
+        mods = [(layer.attention.out_lin, layer.ffn.lin2) for layer in layers]
+    else:
+        layers = enc.encoder.layer
+        mods = [(layer.attention.output.dense, layer.output.dense) for layer in layers]
 
     def where(layer, site):
         attn_out, mlp_out = mods[layer]
@@ -72,22 +79,38 @@ def reference_scores(retriever, queries, targets, sources, patches, roles):
             "resid": (layers[layer], "out"),
         }[site]
 
+    return PlainModel(where, lambda side: retriever.readout(enc(**side.inputs)[0], side))
+
+
+def _first(value):
+    return value[0] if isinstance(value, tuple) else value
+
+
+def reference_scores(retriever, queries, targets, sources, patches, roles, plain=None):
+    """Scores of the target docs with ``patches`` = [(layer, site, head, role or None)] copied
+    from the source docs, each intervention one full forward pass with torch hooks."""
+    plain = plain or plain_encoder(retriever)
+    target = retriever.encode_side(queries, targets)
+    source = retriever.encode_side(queries, sources)
     out = []
     for layer, site, head, role in patches:
-        module, port = where(layer, site)
+        module, port = plain.where(layer, site)
         box = {}
         if port == "in":
             handle = module.register_forward_pre_hook(lambda m, a, b=box: b.update(v=a[0].clone()))
         else:
-            handle = module.register_forward_hook(lambda m, a, o, b=box: b.update(v=o.clone()))
+            handle = module.register_forward_hook(
+                lambda m, a, o, b=box: b.update(v=_first(o).clone())
+            )
         with torch.no_grad():
-            retriever.encoder(**source.inputs)
+            plain.score(source)
         handle.remove()
         src = box["v"]
-        cols = torch.zeros(retriever.hidden_size, dtype=torch.bool)
+        d = src.shape[-1] // retriever.n_heads
+        cols = torch.zeros(src.shape[-1], dtype=torch.bool)
         cols[slice(head * d, (head + 1) * d) if head is not None else slice(None)] = True
         pos = torch.ones_like(roles, dtype=torch.bool) if role is None else roles == role
-        sel = pos[..., None] & cols
+        sel = pos[..., None] & cols if role is not None else cols
 
         def swap(x, src=src, sel=sel):
             return torch.where(sel, src, x)
@@ -95,21 +118,26 @@ def reference_scores(retriever, queries, targets, sources, patches, roles):
         if port == "in":
             handle = module.register_forward_pre_hook(lambda m, a, f=swap: (f(a[0]), *a[1:]))
         else:
-            handle = module.register_forward_hook(lambda m, a, o, f=swap: f(o))
+
+            def post(m, a, o, f=swap):
+                return (f(o[0]), *o[1:]) if isinstance(o, tuple) else f(o)
+
+            handle = module.register_forward_hook(post)
         with torch.no_grad():
-            hidden = retriever.encoder(**target.inputs)[0]
-            out.append(retriever.readout(hidden, target).float())
+            out.append(plain.score(target).float())
         handle.remove()
     with torch.no_grad():
-        s_target = retriever.readout(retriever.encoder(**target.inputs)[0], target).float()
-        s_source = retriever.readout(retriever.encoder(**source.inputs)[0], source).float()
+        s_target = plain.score(target).float()
+        s_source = plain.score(source).float()
     return s_target.numpy(), s_source.numpy(), torch.stack(out, 1).numpy()
 
 
 ROLE_OF = {"injected": Role.INJECTED, "qterm": Role.QTERM}
 
 
-def check_against_reference(retriever, pairs, interventions, direction):
+def check_against_reference(retriever, pairs, interventions, direction, plain=None):
+    """Both engines against :func:`reference_scores` (``plain``: the model's reference view,
+    by default :func:`plain_encoder`)."""
     queries = [p.query for p in pairs]
     base = [p.baseline for p in pairs]
     pert = [p.perturbed for p in pairs]
@@ -121,7 +149,9 @@ def check_against_reference(retriever, pairs, interventions, direction):
         role = None if patch.positions == "all" else ROLE_OF[patch.positions]
         specs.append((patch.layer, patch.site, patch.head, role))
     roles = retriever.encode_side(queries, pert, injected=injected).roles
-    ref_t, ref_s, ref_patched = reference_scores(retriever, queries, targets, sources, specs, roles)
+    ref_t, ref_s, ref_patched = reference_scores(
+        retriever, queries, targets, sources, specs, roles, plain
+    )
     ref_base, ref_pert = (ref_t, ref_s) if direction == "denoising" else (ref_s, ref_t)
     for engine in ("cached", "nnsight"):
         res = patch_pairs(

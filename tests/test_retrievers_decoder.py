@@ -83,12 +83,13 @@ def test_components_equal_plain_hooks(decoder, site):
     _, _, retriever = decoder
     path, port = retriever.module_path(1, site)
     expected_path = {
-        "resid": "model.layers.1",
-        "attn": "model.layers.1.self_attn.o_proj",
-        "heads": "model.layers.1.self_attn.o_proj",
-        "mlp": "model.layers.1.mlp.down_proj",
+        "resid": "layers.1",
+        "attn": "layers.1.self_attn.o_proj",
+        "heads": "layers.1.self_attn.o_proj",
+        "mlp": "layers.1.mlp.down_proj",
     }[site]
     assert path == expected_path
+    assert retriever.encoder is retriever.model.model
     batch = retriever.encode_side(QUERIES, DOCS)
     module, _ = retriever.component_module(1, site)
     captured = {}

@@ -5,12 +5,15 @@ from __future__ import annotations
 import math
 
 import pytest
+import torch
 
 from rankscope.tools.contract import ToolContext
 from rankscope.tools.diagnostics.types import Pair, PairSet
+from rankscope.tools.interventions.patching import block_grid, heads_grid
 from rankscope.tools.registry import get_tool, validate_args
 from rankscope.tools.retrievers import load_retriever
 from tests import tiny_models
+from tests.test_interventions_patching import PlainModel, check_against_reference, plain_encoder
 
 QUERIES = ["what is the capital of france", "vaccines", "bread"]
 DOCS = [
@@ -29,6 +32,7 @@ PAIRS = PairSet(
             perturbed=f"{d} {q.split()[-1]}",
             axiom="TFC1",
             variant="append",
+            injected=((len(d) + 1, len(d) + 1 + len(q.split()[-1])),),
         )
         for i, (q, d) in enumerate(zip(QUERIES, DOCS, strict=True))
     ),
@@ -71,14 +75,104 @@ def test_behavioural_test_runs_on_every_kind(retriever, tmp_path):
     assert result.metrics["mean_delta"] == pytest.approx(float((pert - base).mean()), abs=1e-5)
 
 
-def test_activation_patching_on_encoder_side_kinds(retriever, tmp_path):
-    """Per-head patching runs on SPLADE and late interaction (their patched side is a BERT
-    encoder); the cached patching engine assumes the score is read from the last layer's hidden
-    state, which monoT5 and the decoder rerankers (scored from logits) do not satisfy yet."""
-    if retriever.kind not in ("splade", "late-interaction"):
-        pytest.skip(f"activation patching does not support {retriever.kind} yet (see docstring)")
+def test_activation_patching_runs_on_every_kind(retriever, tmp_path):
     result = run_tool(
         retriever, "activation_patching", {"split": "all", "granularity": "heads"}, tmp_path
     )
     assert result.metrics["n_pairs"] == 3
     assert all(v is None or math.isfinite(v) for v in result.metrics.values())
+
+
+# --- per-head patching against the plain-hook reference of tests/test_interventions_patching --
+
+
+def plain_mono_t5(retriever) -> PlainModel:
+    """monoT5 by attribute: encoder blocks, then decoder blocks; the score from the model's own
+    first-step logits."""
+    model = retriever.model
+    blocks = [*model.encoder.block, *model.decoder.block]
+    true_id, false_id = retriever.tokenizer.convert_tokens_to_ids(["true", "false"])
+
+    def where(layer, site):
+        block = blocks[layer]
+        return {
+            "heads": (block.layer[0].SelfAttention.o, "in"),
+            "attn": (block.layer[0].SelfAttention.o, "out"),
+            "mlp": (block.layer[-1].DenseReluDense.wo, "out"),
+            "resid": (block, "out"),
+        }[site]
+
+    def score(side):
+        logits = model(**side.inputs).logits[:, 0]
+        return logits[:, true_id] - logits[:, false_id]
+
+    return PlainModel(where, score)
+
+
+def plain_decoder(retriever) -> PlainModel:
+    """A decoder reranker by attribute (``model.model.layers``); the score from the model's own
+    logits: yes − no at the last position, or RankLLaMA's pooled classification logit."""
+    model = retriever.model
+    layers = model.model.layers
+
+    def where(layer, site):
+        block = layers[layer]
+        return {
+            "heads": (block.self_attn.o_proj, "in"),
+            "attn": (block.self_attn.o_proj, "out"),
+            "mlp": (block.mlp.down_proj, "out"),
+            "resid": (block, "out"),
+        }[site]
+
+    def score(side):
+        logits = model(**side.inputs).logits
+        if retriever.kind == "rankllama":
+            return logits[:, 0]
+        yes, no = retriever.tokenizer.convert_tokens_to_ids(["yes", "no"])
+        return logits[:, -1, yes] - logits[:, -1, no]
+
+    return PlainModel(where, score)
+
+
+PLAIN = {
+    "splade": plain_encoder,
+    "late-interaction": plain_encoder,
+    "mono-t5": plain_mono_t5,
+    "qwen3-reranker": plain_decoder,
+    "rankllama": plain_decoder,
+}
+
+
+@pytest.mark.parametrize("direction", ["denoising", "noising"])
+def test_per_head_patching_equals_plain_hooks_on_every_kind(retriever, direction):
+    """Both engines, every head and every block site (at all positions, and at the injected and
+    query-term positions where a layer runs over the input's tokens), within 1e-5."""
+    token_layers = [
+        layer for layer in range(retriever.n_layers) if retriever.layer_reads_tokens(layer)
+    ]
+    interventions = (
+        heads_grid(retriever.n_layers, retriever.n_heads)
+        + block_grid(retriever.n_layers, ["resid", "attn", "mlp"], ["all"])
+        + [
+            iv
+            for iv in block_grid(retriever.n_layers, ["resid", "mlp"], ["injected", "qterm"])
+            if iv.patches[0].layer in token_layers
+        ]
+    )
+    res = check_against_reference(
+        retriever, list(PAIRS), interventions, direction, PLAIN[retriever.kind](retriever)
+    )
+    assert (abs(res.s_pert - res.s_base) > 1e-4).all()
+    moved = abs(res.s_patched - (res.s_base if direction == "denoising" else res.s_pert)[:, None])
+    assert (moved.max(axis=0) > 1e-6).sum() > len(interventions) // 2
+
+
+def test_decoder_position_selectors_refused_on_mono_t5(tmp_path):
+    from rankscope.tools.interventions.patching import Patch, check_patch
+
+    retriever = load_retriever(str(tiny_models.save_tiny_mono_t5(tmp_path / "t5")))
+    check_patch(retriever, Patch(retriever.n_encoder_layers - 1, "mlp", positions="injected"))
+    check_patch(retriever, Patch(retriever.n_encoder_layers, "mlp"))
+    with pytest.raises(ValueError, match="decoder"):
+        check_patch(retriever, Patch(retriever.n_encoder_layers, "mlp", positions="injected"))
+    assert torch.is_tensor(retriever.score(QUERIES, DOCS))

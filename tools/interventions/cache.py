@@ -6,6 +6,9 @@ the embeddings: :func:`run_from` starts at layer ``l`` with the cached hidden st
 arguments the layer was called with (attention mask, position embeddings …, captured by forward
 pre-hooks with ``with_kwargs=True`` so that every architecture works), repeated ``k`` times along
 the batch for ``k`` interventions at once (copy-major: row ``c * B + b`` is copy ``c`` of pair ``b``).
+After the last layer the adapter's ``after_layers`` gives what its ``readout`` takes; where a new
+stack of layers begins (monoT5's decoder), the stack starts from its own cached input and the
+adapter's ``enter_stack`` feeds it the previous stack's (possibly patched) output.
 
 Plain torch hooks are used here (no nnsight): this is the fast exact path. The generic path in
 :mod:`rankscope.tools.interventions.patching` goes through nnsight.
@@ -24,9 +27,6 @@ from torch import nn
 from rankscope.tools.retrievers.architectures import submodule
 from rankscope.tools.retrievers.base import Retriever, SideBatch, Site
 
-POST_LAYERS: dict[str, str] = {"modernbert": "final_norm"}
-"""Modules the base encoder applies after its last layer (path relative to the encoder)."""
-
 SITE_ORDER: dict[str, int] = {"heads": 0, "attn": 1, "mlp": 2, "resid": 3}
 """Forward order of the sites inside one layer."""
 
@@ -44,27 +44,17 @@ def layer_output(out: Any) -> torch.Tensor:
     return out[0] if isinstance(out, tuple) else out
 
 
-def tail(retriever: Retriever) -> Callable[[torch.Tensor], torch.Tensor]:
-    """What the encoder applies to its last layer's output (identity, or e.g. a final norm)."""
-    path = POST_LAYERS.get(retriever.arch.model_type)
-    if path is None:
-        return lambda hidden: hidden
-    return submodule(retriever.encoder, path)
-
-
 def qkv_modules(retriever: Retriever, layer: int) -> list[nn.Module]:
     """The query/key/value projections of a layer (one fused module for ModernBERT)."""
     arch = retriever.arch
-    prefix = f"{arch.layers}.{layer}"
+    prefix = retriever.layer_path(layer)
     paths = [arch.qkv_fused] if arch.qkv_fused else [arch.q_proj, arch.k_proj, arch.v_proj]
     return [submodule(retriever.encoder, f"{prefix}.{p}") for p in paths if p]
 
 
 def attention_module(retriever: Retriever, layer: int) -> nn.Module:
     """The module returning ``(output, attention probabilities)`` at ``layer``."""
-    return submodule(
-        retriever.encoder, f"{retriever.arch.layers}.{layer}.{retriever.arch.attention}"
-    )
+    return submodule(retriever.encoder, f"{retriever.layer_path(layer)}.{retriever.arch.attention}")
 
 
 def reusable(
@@ -144,16 +134,23 @@ class RunCache:
     """``hidden[l]``: the input of layer ``l``; ``hidden[n_layers]``: the last layer's output."""
     acts: dict[SiteKey, torch.Tensor]
     final: torch.Tensor
-    """The encoder's last hidden state."""
+    """What the encoder returned (what the adapter's ``readout`` takes)."""
     scores: torch.Tensor
     reuse: dict[int, tuple[list[nn.Module], list[Any]]] = field(default_factory=dict)
     """For some layers: modules whose outputs can be replayed when that layer's input is the
     cached one (see :func:`reusable`)."""
+    stack_outputs: dict[int, torch.Tensor] = field(default_factory=dict)
+    """The output of each layer that ends a stack before the last (its next layer's input is
+    the next stack's own)."""
+
+    def layer_out(self, layer: int) -> torch.Tensor:
+        """The output of layer ``layer``."""
+        return self.stack_outputs.get(layer, self.hidden[layer + 1])
 
     def site(self, layer: int, site: Site) -> torch.Tensor:
         """The activation at ``site`` of ``layer`` (``resid`` is read from the hidden states)."""
         if site == "resid":
-            return self.hidden[layer + 1]
+            return self.layer_out(layer)
         if (layer, site) not in self.acts:
             raise KeyError(f"the cached run did not record site {site!r} of layer {layer}")
         return self.acts[(layer, site)]
@@ -173,6 +170,7 @@ def capture(
     layer_args: list[Any] = [None] * n_layers
     hidden: list[Any] = [None] * (n_layers + 1)
     acts: dict[SiteKey, torch.Tensor] = {}
+    stack_outputs: dict[int, torch.Tensor] = {}
     seen: dict[tuple[int, str, int], Any] = {}
     handles = []
 
@@ -185,6 +183,9 @@ def capture(
 
     def last_out(_m: nn.Module, _a: tuple, out: Any) -> None:
         hidden[n_layers] = layer_output(out)
+
+    def stack_out(index: int) -> Callable:
+        return lambda _m, _a, out: stack_outputs.__setitem__(index, layer_output(out))
 
     def record(key: SiteKey, port: str) -> Callable:
         if port == "input":
@@ -207,6 +208,8 @@ def capture(
         for i, block in enumerate(layers):
             handles.append(block.register_forward_pre_hook(layer_pre(i), with_kwargs=True))
         handles.append(layers[n_layers - 1].register_forward_hook(last_out))
+        for start in retriever.stack_starts:
+            handles.append(layers[start - 1].register_forward_hook(stack_out(start - 1)))
         for layer, site in sorted(set(sites)):
             if site == "resid":
                 continue
@@ -231,12 +234,12 @@ def capture(
     finally:
         for handle in handles:
             handle.remove()
-    rebuilt = tail(retriever)(hidden[n_layers])
-    if not torch.allclose(rebuilt, final, atol=1e-5, rtol=1e-4):
+    rebuilt = retriever.after_layers(hidden[n_layers])
+    if rebuilt.shape != final.shape or not torch.allclose(rebuilt, final, atol=1e-5, rtol=1e-4):
         raise UnsupportedEncoderError(
             f"the {retriever.arch.model_type} encoder transforms its last layer's output in a way "
-            "RankScope does not know; add its final modules to POST_LAYERS in "
-            "tools/interventions/cache.py"
+            f"RankScope does not know; {type(retriever).__name__}.after_layers must compute it "
+            "(for an encoder architecture: set final_norm in its ArchSpec)"
         )
     return RunCache(
         batch=batch,
@@ -246,6 +249,7 @@ def capture(
         reuse={layer: reusable(retriever, layer, seen) for layer in reuse_layers},
         final=final,
         scores=retriever.readout(final, batch),
+        stack_outputs=stack_outputs,
     )
 
 
@@ -296,18 +300,28 @@ def run_from(
     hooks: Iterable[Hook] = (),
     edit_args: LayerArgsEdit | None = None,
     stop: int | None = None,
+    entering: bool = False,
 ) -> torch.Tensor:
-    """Run layers ``start`` … ``stop - 1`` (default: to the end, then the encoder's tail) on
-    ``hidden`` (``[k * B, S, hidden]``) with the cached layer arguments repeated ``k`` times."""
+    """Run layers ``start`` … ``stop - 1`` (default: to the end, then the adapter's
+    ``after_layers``) on ``hidden`` (``[k * B, S, hidden]``) with the cached layer arguments
+    repeated ``k`` times. ``hidden`` is layer ``start``'s input, or with ``entering`` (``start``
+    begins a stack) the previous stack's output. The returned value is what the layer before
+    ``stop`` outputs, or what the adapter's ``readout`` takes."""
     layers = retriever.layer_modules
     rows = len(cache.batch)
     memo: dict[int, Any] = {}
     end = len(layers) if stop is None else stop
+    stack_edit = None
     with hooked(hooks):
         for index in range(start, end):
             args, kwargs = cache.layer_args[index]
             args, kwargs = repeat_rows(args, rows, k, memo), repeat_rows(kwargs, rows, k, memo)
+            if index in retriever.stack_starts and (index > start or entering):
+                stack_edit = retriever.enter_stack(index, hidden)
+                hidden = repeat_rows(cache.hidden[index], rows, k, memo)
+            if stack_edit is not None:
+                args, kwargs = stack_edit(args, kwargs)
             if edit_args is not None:
                 args, kwargs = edit_args(index, args, kwargs)
             hidden = layer_output(layers[index](hidden, *args, **kwargs))
-    return tail(retriever)(hidden) if stop is None else hidden
+    return retriever.after_layers(hidden) if stop is None else hidden

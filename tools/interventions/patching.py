@@ -34,6 +34,7 @@ from rankscope.tools.interventions.cache import (
     SiteKey,
     capture,
     fixed_outputs,
+    layer_output,
     repeat_rows,
     repeat_side,
     run_from,
@@ -105,6 +106,12 @@ def check_patch(retriever: Retriever, patch: Patch) -> None:
             f"head {patch.head} does not exist: the model has heads 0…{retriever.n_heads - 1}"
         )
     position_mask(torch.zeros(1, 1, dtype=torch.long), patch.positions)
+    if patch.positions != ALL_POSITIONS and not retriever.layer_reads_tokens(patch.layer):
+        raise ValueError(
+            f"layer {patch.layer} of this {retriever.kind} model is a decoder block: its "
+            "positions are decoder steps, not the input's tokens, so it is patched at all "
+            f"positions only (not @{patch.positions})"
+        )
 
 
 def patch_name(patch: Patch) -> str:
@@ -222,7 +229,10 @@ def run_cached(
             copies = len(part)
             grouped = _grouped(interventions, part)
             entry = grouped.pop((start - 1, "resid"), [])
-            hidden = target.hidden[start].repeat(copies, 1, 1)
+            # A patched last layer of a stack enters the next stack through its output.
+            entering = bool(entry) and start in retriever.stack_starts
+            first = target.layer_out(start - 1) if entering else target.hidden[start]
+            hidden = first.repeat(copies, 1, 1)
             if entry:
                 hidden = apply_patches(hidden, entry, copies, masks, values, retriever.head_dim)
             hooks = []
@@ -235,7 +245,7 @@ def run_cached(
                 hooks.append((module, port, fn))
             modules, cached = target.reuse.get(start, ([], [])) if not entry else ([], [])
             with fixed_outputs(modules, repeat_rows(cached, rows, copies)):
-                final = run_from(retriever, target, start, hidden, copies, hooks)
+                final = run_from(retriever, target, start, hidden, copies, hooks, entering=entering)
             scores = retriever.readout(final, repeat_side(target.batch, copies))
             out[:, part] = scores.float().view(copies, rows).T.cpu()
     return out
@@ -251,13 +261,13 @@ def capture_nnsight(
 ) -> tuple[dict[SiteKey, torch.Tensor], torch.Tensor]:
     """The activations at ``sites`` and the last hidden state of one run, read with nnsight."""
     ordered = sorted(set(sites), key=lambda key: (key[0], SITE_ORDER[key[1]]))
-    acts: dict[SiteKey, torch.Tensor] = {}
+    saved: dict[SiteKey, object] = {}
     with retriever.nn.trace(**batch.inputs):
         for layer, site in ordered:
             envoy, port = retriever.site_envoy(layer, site)
-            value = envoy.input if port == "input" else envoy.output
-            acts[(layer, site)] = value.save()
+            saved[(layer, site)] = (envoy.input if port == "input" else envoy.output).save()
         final = retriever.nn.output[0].save()
+    acts: dict[SiteKey, torch.Tensor] = {k: layer_output(v) for k, v in saved.items()}
     return acts, final
 
 
@@ -283,6 +293,10 @@ def run_nnsight(
                 envoy, port = retriever.site_envoy(layer, site)
                 if port == "input":
                     envoy.input = apply_patches(envoy.input, items, copies, masks, values, head_dim)
+                elif isinstance(envoy.output, tuple):
+                    first, *rest = envoy.output
+                    patched = apply_patches(first, items, copies, masks, values, head_dim)
+                    envoy.output = (patched, *rest)
                 else:
                     envoy.output = apply_patches(
                         envoy.output, items, copies, masks, values, head_dim

@@ -29,6 +29,8 @@ class ArchSpec:
     """A fused q/k/v projection (ModernBERT), used when q/k/v are not separate."""
     attention: str = "attention"
     """The attention module whose output tuple carries the attention probabilities."""
+    final_norm: str | None = None
+    """A module the base encoder applies after its last layer (ModernBERT's ``final_norm``)."""
 
 
 _BERT_LIKE = {
@@ -66,6 +68,7 @@ ARCHITECTURES: dict[str, ArchSpec] = {
         v_proj=None,
         qkv_fused="attn.Wqkv",
         attention="attn",
+        final_norm="final_norm",
     ),
 }
 

@@ -2,9 +2,15 @@
 
 An adapter tokenises the *patched side* of a (query, document) pair — the document for a
 bi-encoder (its query embedding stays fixed), the joint ``[CLS] q [SEP] d [SEP]`` sequence for a
-cross-encoder — runs the base encoder, and turns its last hidden state into a relevance score
-(``readout``). Experiments read and patch the encoder's components through nnsight
-(``self.nn``) or plain modules (``component_module``), named as the model names them.
+cross-encoder — runs the base encoder, and turns its output (``encoder(**inputs)[0]``, which
+``forward_hidden`` returns) into a relevance score (``readout``). Experiments read and patch the
+encoder's components through nnsight (``self.nn``) or plain modules (``component_module``), named
+as the model names them.
+
+The layers form one stack, or several run one after another (monoT5: encoder blocks, then decoder
+blocks). Patching engines that replay layers themselves need two more steps per kind:
+``after_layers`` maps the last layer's output to what ``readout`` takes (a final norm, a head),
+and ``enter_stack`` says how a stack's output feeds the next stack (its cross-attention memory).
 """
 
 from __future__ import annotations
@@ -149,6 +155,20 @@ def token_roles(
 
 Spans = Sequence[Sequence[tuple[int, int]]]
 
+StackEdit = Callable[[tuple, dict], tuple[tuple, dict]]
+"""Edits a layer's (positional, keyword) arguments (see :meth:`Retriever.enter_stack`)."""
+
+
+def without_kv_cache(model: nn.Module) -> None:
+    """Turn off the key/value cache in the config of ``model`` and of its submodules (a
+    seq2seq decoder keeps its own config). Cached runs replay layers on their recorded
+    arguments: a key/value cache there would grow, and a cached cross-attention would ignore a
+    patched encoder output."""
+    for module in model.modules():
+        config = getattr(module, "config", None)
+        if config is not None and hasattr(config, "use_cache"):
+            config.use_cache = False
+
 
 def cached_rows(
     cache: dict[str, torch.Tensor],
@@ -203,6 +223,9 @@ class Retriever(ABC):
     kind: str
     random_weights: tuple[str, ...] = ()
     """Weights the score depends on that were randomly initialised (allowed explicitly)."""
+    stack_starts: tuple[int, ...] = ()
+    """Layers, besides 0, that begin a new stack: their input is not the previous layer's output
+    (monoT5's first decoder block); see :meth:`enter_stack`."""
 
     def __init__(
         self,
@@ -256,8 +279,22 @@ class Retriever(ABC):
         }
 
     def forward_hidden(self, batch: SideBatch) -> torch.Tensor:
-        """The encoder's last hidden state for a batch (plain torch, no nnsight)."""
+        """What ``readout`` takes: the encoder's first output for a batch (plain torch)."""
         return self.encoder(**batch.inputs)[0]
+
+    def after_layers(self, hidden: torch.Tensor) -> torch.Tensor:
+        """What the encoder computes from its last layer's output up to what ``forward_hidden``
+        returns, so that ``readout(after_layers(h), batch)`` scores a replayed last layer's
+        output ``h``. Default: the architecture's final norm, if it has one."""
+        if self.arch.final_norm is None:
+            return hidden
+        return submodule(self.encoder, self.arch.final_norm)(hidden)
+
+    def enter_stack(self, layer: int, previous: torch.Tensor) -> StackEdit:
+        """How the layers of the stack that starts at ``layer`` (one of ``stack_starts``) take the
+        previous stack's last output ``previous``: an edit of each such layer's (positional,
+        keyword) arguments, as recorded in a clean run."""
+        raise NotImplementedError(f"{type(self).__name__} has a single stack of layers")
 
     @torch.inference_mode()
     def score_side(self, batch: SideBatch) -> torch.Tensor:
@@ -285,10 +322,20 @@ class Retriever(ABC):
 
     @property
     def layer_modules(self) -> nn.ModuleList:
+        """Every layer in forward order (all stacks)."""
         layers = submodule(self.encoder, self.arch.layers)
         if not isinstance(layers, nn.ModuleList):
             raise TypeError(f"{self.arch.model_type}'s {self.arch.layers!r} is not a ModuleList")
         return layers
+
+    def layer_reads_tokens(self, layer: int) -> bool:
+        """Whether layer ``layer`` runs over the side's tokens, so that role positions select
+        its positions (False for monoT5's decoder blocks, which run over decoder steps)."""
+        return True
+
+    def layer_path(self, layer: int) -> str:
+        """The model's own path of layer ``layer`` (relative to ``encoder``)."""
+        return f"{self.arch.layers}.{layer}"
 
     def components(self, site: Site) -> list[Component]:
         if site == "heads":
@@ -301,7 +348,7 @@ class Retriever(ABC):
 
     def module_path(self, layer: int, site: Site) -> tuple[str, Literal["input", "output"]]:
         """The model's own path of the module that carries ``site`` at ``layer``, and its port."""
-        prefix = f"{self.arch.layers}.{layer}"
+        prefix = self.layer_path(layer)
         if site == "resid":
             return prefix, "output"
         if site == "attn":

@@ -3,9 +3,11 @@ sequence-classification head), both read at the last token of a left-padded batc
 
 Both are causal: every position sees only its left context, so a perturbation changes the hidden
 states from its first token on. Inputs are left-padded, which puts the scored last token at the
-same position in every row. ``forward_hidden`` returns the model's own logits (``[B, S, V]`` for a
-causal LM, ``[B, labels]`` for a classifier) and ``readout`` takes a linear function of them.
-Components follow the model's names (``model.layers.{i}.self_attn.o_proj`` …).
+same position in every row. As for the encoder kinds, ``encoder`` is the base transformer
+(``model.model``, a ``LlamaModel`` / ``Qwen3Model``): ``forward_hidden`` returns its final hidden
+state (after its final norm) and ``readout`` applies the model's head — the LM head's yes and no
+rows, or the classification head — at the scored token, a linear function of the hidden state.
+Components are named as in the base transformer (``layers.{i}.self_attn.o_proj`` …).
 """
 
 from __future__ import annotations
@@ -17,19 +19,20 @@ import torch
 from torch import nn
 
 from rankscope.tools.retrievers.architectures import ArchSpec
-from rankscope.tools.retrievers.base import Retriever, SideBatch, side_roles
+from rankscope.tools.retrievers.base import Retriever, SideBatch, side_roles, without_kv_cache
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
 DECODER_ARCH = {
-    "layers": "model.layers",
+    "layers": "layers",
     "out_proj": "self_attn.o_proj",
     "mlp_out": "mlp.down_proj",
     "q_proj": "self_attn.q_proj",
     "k_proj": "self_attn.k_proj",
     "v_proj": "self_attn.v_proj",
     "attention": "self_attn",
+    "final_norm": "norm",
 }
 DECODER_TYPES = ("llama", "qwen2", "qwen3", "mistral")
 
@@ -52,7 +55,7 @@ QWEN3_INSTRUCTION = "Given a web search query, retrieve relevant passages that a
 
 
 class _DecoderReranker(Retriever):
-    """Shared pieces: left padding, the whole model as the traced module, per-layer dims."""
+    """Shared pieces: left padding, the base transformer as the traced module, per-layer dims."""
 
     def __init__(
         self,
@@ -67,12 +70,23 @@ class _DecoderReranker(Retriever):
         tokenizer.padding_side = "left"
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
+        without_kv_cache(model)
         super().__init__(model, tokenizer, arch, model_id, weights_hash, max_length, device)
         self.head_dim = int(getattr(model.config, "head_dim", None) or self.head_dim)
 
     @property
     def encoder(self) -> nn.Module:
-        return self.model
+        return self.model.base_model
+
+    def head_rows(
+        self, head: nn.Module, rows: Sequence[int]
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The weight rows (and bias entries) of a linear head for the output units ``rows``."""
+        if not isinstance(head, nn.Linear):
+            raise TypeError(f"{type(self.model).__name__}'s head is not a linear layer")
+        index = torch.tensor(list(rows), device=head.weight.device)
+        bias = head.bias[index] if head.bias is not None else None
+        return head.weight[index], bias
 
     def _roles(
         self,
@@ -159,9 +173,11 @@ class Qwen3Reranker(_DecoderReranker):
         return SideBatch(inputs, roles)
 
     def readout(self, hidden: torch.Tensor, batch: SideBatch) -> torch.Tensor:
-        """``hidden`` is the causal LM's logits ``[B, S, V]`` (left padded: the last is scored)."""
-        last = hidden[:, -1]
-        return last[:, self.yes_id] - last[:, self.no_id]
+        """The LM head's yes and no logits at the last position of the final hidden state
+        ``[B, S, hidden]`` (left padded: the last token is scored), and their difference."""
+        weight, bias = self.head_rows(self.model.get_output_embeddings(), (self.yes_id, self.no_id))
+        logits = nn.functional.linear(hidden[:, -1], weight, bias)
+        return logits[:, 0] - logits[:, 1]
 
 
 class RankLlama(_DecoderReranker):
@@ -207,5 +223,18 @@ class RankLlama(_DecoderReranker):
         return SideBatch(inputs, roles)
 
     def readout(self, hidden: torch.Tensor, batch: SideBatch) -> torch.Tensor:
-        """``hidden`` is the classifier's pooled logits ``[B, labels]``."""
-        return hidden[:, 0] if hidden.shape[-1] == 1 else hidden[:, 1] - hidden[:, 0]
+        """The classification head at the last token that is not padding (as the model pools),
+        from the final hidden state ``[B, S, hidden]``: its logit, or with two labels the second
+        minus the first."""
+        ids = batch.inputs["input_ids"]
+        pad = self.model.config.pad_token_id
+        if pad is None:
+            last = torch.full((ids.shape[0],), ids.shape[1] - 1, device=ids.device)
+        else:
+            positions = torch.arange(ids.shape[1], device=ids.device)
+            last = (positions * (ids != pad).to(torch.long)).argmax(-1)
+        head = self.model.get_submodule("score")
+        n_labels = int(getattr(head, "out_features", 1))
+        weight, bias = self.head_rows(head, (0,) if n_labels == 1 else (1, 0))
+        logits = nn.functional.linear(hidden[torch.arange(ids.shape[0]), last], weight, bias)
+        return logits[:, 0] if n_labels == 1 else logits[:, 0] - logits[:, 1]

@@ -5,12 +5,15 @@ at the first decoder step (linear in the logits). ``forward_hidden`` returns tho
 logits ``[B, 1, V]`` (the model's own output), and ``readout`` takes their difference.
 
 Layers are numbered through the encoder and then the decoder: ``L0 … L{E-1}`` are encoder blocks,
-``L{E} …`` decoder blocks. ``attn`` / ``heads`` are each block's self-attention; the decoder's
-cross-attention is read with :meth:`MonoT5.cross_attention_path`.
+``L{E} …`` decoder blocks, two stacks: the decoder blocks start from the decoder's own input and
+read the encoder's output (after its final norm) through cross-attention (:meth:`enter_stack`).
+``attn`` / ``heads`` are each block's self-attention; the decoder's cross-attention is read with
+:meth:`MonoT5.cross_attention_path`.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -18,7 +21,14 @@ import torch
 from torch import nn
 
 from rankscope.tools.retrievers.architectures import ArchSpec
-from rankscope.tools.retrievers.base import Retriever, SideBatch, Site, side_roles
+from rankscope.tools.retrievers.base import (
+    Retriever,
+    SideBatch,
+    Site,
+    StackEdit,
+    side_roles,
+    without_kv_cache,
+)
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -53,10 +63,12 @@ class MonoT5(Retriever):
         true_token: str = "true",
         false_token: str = "false",
     ) -> None:
+        without_kv_cache(model)
         super().__init__(model, tokenizer, arch, model_id, weights_hash, max_length, device)
         config = model.config
         self.n_encoder_layers = int(config.num_layers)
         self.n_layers = self.n_encoder_layers + int(config.num_decoder_layers or config.num_layers)
+        self.stack_starts = (self.n_encoder_layers,)
         self.head_dim = int(config.d_kv)
         self.true_id = self._first_id(true_token)
         self.false_id = self._first_id(false_token)
@@ -138,26 +150,55 @@ class MonoT5(Retriever):
         last = hidden[:, -1]
         return last[:, self.true_id] - last[:, self.false_id]
 
+    def after_layers(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The LM logits from the last decoder block's output, as T5ForConditionalGeneration
+        computes them: the decoder's final norm, the ``d_model ** -0.5`` scaling of tied
+        embeddings, the LM head."""
+        decoder = self.model.get_submodule("decoder")
+        out = decoder.get_submodule("dropout")(decoder.get_submodule("final_layer_norm")(hidden))
+        config = self.model.config
+        if getattr(config, "scale_decoder_outputs", config.tie_word_embeddings):
+            out = out * (int(config.d_model) ** -0.5)
+        return self.model.get_submodule("lm_head")(out)
+
+    def enter_stack(self, layer: int, previous: torch.Tensor) -> StackEdit:
+        """The decoder blocks read ``previous`` (the last encoder block's output) after the
+        encoder's final norm as their ``encoder_hidden_states``."""
+        if layer != self.n_encoder_layers:
+            raise ValueError(f"layer {layer} does not start a stack")
+        encoder = self.model.get_submodule("encoder")
+        memory = encoder.get_submodule("dropout")(
+            encoder.get_submodule("final_layer_norm")(previous)
+        )
+        # The class's forward: nnsight swaps the instance's for one of another signature.
+        names = list(inspect.signature(type(self.layer_modules[layer]).forward).parameters)
+        slot = names.index("encoder_hidden_states") - 2  # after self and the hidden state
+
+        def edit(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+            if "encoder_hidden_states" in kwargs or len(args) <= slot:
+                return args, {**kwargs, "encoder_hidden_states": memory}
+            return (*args[:slot], memory, *args[slot + 1 :]), kwargs
+
+        return edit
+
     @property
     def layer_modules(self) -> nn.ModuleList:
         return nn.ModuleList([*self.model.encoder.block, *self.model.decoder.block])
 
-    def module_path(self, layer: int, site: Site) -> tuple[str, Literal["input", "output"]]:
+    def layer_reads_tokens(self, layer: int) -> bool:
+        return layer < self.n_encoder_layers
+
+    def layer_path(self, layer: int) -> str:
         if not 0 <= layer < self.n_layers:
             raise ValueError(f"layer {layer} out of range 0..{self.n_layers - 1}")
-        decoder = layer >= self.n_encoder_layers
-        prefix = (
-            f"decoder.block.{layer - self.n_encoder_layers}"
-            if decoder
-            else f"encoder.block.{layer}"
-        )
-        if site == "resid":
-            return prefix, "output"
-        if site in ("attn", "heads"):
-            return f"{prefix}.layer.0.SelfAttention.o", "output" if site == "attn" else "input"
-        if site == "mlp":
-            return f"{prefix}.layer.{2 if decoder else 1}.DenseReluDense.wo", "output"
-        raise ValueError(f"unknown site {site!r}")
+        if layer >= self.n_encoder_layers:
+            return f"decoder.block.{layer - self.n_encoder_layers}"
+        return f"encoder.block.{layer}"
+
+    def module_path(self, layer: int, site: Site) -> tuple[str, Literal["input", "output"]]:
+        if site == "mlp" and layer >= self.n_encoder_layers:
+            return f"{self.layer_path(layer)}.layer.2.DenseReluDense.wo", "output"
+        return super().module_path(layer, site)
 
     def cross_attention_path(
         self, layer: int, per_head: bool = False
