@@ -43,16 +43,32 @@ def detect_kind(path: Path, config: Any) -> str | None:
 
 
 def load_extra_kind(
-    kind: str, path: Path, config: Any, model_id: str, max_length: int, device: str
+    kind: str,
+    path: Path,
+    config: Any,
+    model_id: str,
+    max_length: int,
+    device: str,
+    allow_random_weights: bool = False,
+    label: str | None = None,
 ) -> Retriever:
-    """A retriever of one of ``EXTRA_KINDS`` from a resolved local folder."""
+    """A retriever of one of ``EXTRA_KINDS`` from a resolved local folder. As for bi- and
+    cross-encoders, weights the score depends on that the checkpoint lacks are an error unless
+    ``allow_random_weights`` (the retriever's ``random_weights`` then lists them), and a
+    RankLLaMA-style head with several labels needs ``label``."""
     from transformers import AutoTokenizer
 
-    from rankscope.tools.retrievers.architectures import weights_fingerprint
-    from rankscope.tools.retrievers.loading import RetrieverLoadError, _weights_hash
+    from rankscope.tools.retrievers.loading import (
+        RetrieverLoadError,
+        _check_label,
+        _untrained_weights,
+        random_weights_error,
+    )
 
     if kind not in EXTRA_KINDS:
         raise RetrieverLoadError(f"unknown retriever kind {kind!r}")
+    if kind == "rankllama":
+        _check_label(config, model_id, label)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
     except (OSError, ValueError) as err:
@@ -67,11 +83,33 @@ def load_extra_kind(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            net = _load_model(kind, path)
-        except (OSError, ValueError) as err:
+            net, info = _load_model(kind, path)
+        except (OSError, ValueError, RuntimeError) as err:
             raise RetrieverLoadError(
                 f"could not load the weights of {model_id!r} as a {kind} model: {err}"
             ) from err
+    untrained = _untrained_weights(info, kind)
+    if untrained and not allow_random_weights:
+        raise random_weights_error(model_id, untrained)
+    retriever = _build(kind, net, tokenizer, path, config, model_id, max_length, device)
+    retriever.random_weights = tuple(untrained)
+    return retriever
+
+
+def _build(
+    kind: str,
+    net: Any,
+    tokenizer: Any,
+    path: Path,
+    config: Any,
+    model_id: str,
+    max_length: int,
+    device: str,
+) -> Retriever:
+    """The adapter of ``kind`` around loaded weights."""
+    from rankscope.tools.retrievers.architectures import weights_fingerprint
+    from rankscope.tools.retrievers.loading import RetrieverLoadError, _weights_hash
+
     weights = _weights_hash(path) or weights_fingerprint(net)
     common: dict[str, Any] = {
         "model_id": model_id,
@@ -125,7 +163,8 @@ def load_extra_kind(
         raise RetrieverLoadError(f"{model_id!r}: {err}") from err
 
 
-def _load_model(kind: str, path: Path) -> Any:
+def _load_model(kind: str, path: Path) -> tuple[Any, dict[str, Any]]:
+    """The model of ``kind`` and transformers' loading info (missing and mismatched keys)."""
     from transformers import (
         AutoModel,
         AutoModelForCausalLM,
@@ -134,15 +173,16 @@ def _load_model(kind: str, path: Path) -> Any:
         AutoModelForSequenceClassification,
     )
 
-    opts = {"attn_implementation": "eager", "trust_remote_code": False}
-    if kind == "splade":
-        return AutoModelForMaskedLM.from_pretrained(path, **opts)
-    if kind == "late-interaction":
-        return AutoModel.from_pretrained(path, **opts)
-    if kind == "mono-t5":
-        return AutoModelForSeq2SeqLM.from_pretrained(path, **opts)
-    if kind == "qwen3-reranker":
-        return AutoModelForCausalLM.from_pretrained(path, **opts)
-    if kind == "rankllama":
-        return AutoModelForSequenceClassification.from_pretrained(path, **opts)
-    raise ValueError(f"no loader for kind {kind!r}")
+    loaders: dict[str, Any] = {
+        "splade": AutoModelForMaskedLM,
+        "late-interaction": AutoModel,
+        "mono-t5": AutoModelForSeq2SeqLM,
+        "qwen3-reranker": AutoModelForCausalLM,
+        "rankllama": AutoModelForSequenceClassification,
+    }
+    if kind not in loaders:
+        raise ValueError(f"no loader for kind {kind!r}")
+    net, info = loaders[kind].from_pretrained(
+        path, attn_implementation="eager", trust_remote_code=False, output_loading_info=True
+    )
+    return net, info

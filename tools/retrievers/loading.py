@@ -101,6 +101,16 @@ def _untrained_weights(info: dict[str, Any], kind: str) -> list[str]:
     return sorted({n for n in names if _score_relevant(n, kind)})
 
 
+def random_weights_error(model_id: str, untrained: list[str]) -> RetrieverLoadError:
+    """The refusal of a checkpoint that lacks weights the score depends on."""
+    return RetrieverLoadError(
+        f"{model_id!r}: {len(untrained)} weights the score depends on are not in the "
+        f"checkpoint and would be random ({', '.join(untrained[:4])}"
+        f"{', …' if len(untrained) > 4 else ''}); findings would describe noise. Fix the "
+        "checkpoint, or pass --allow-random-weights to study a partly random model on purpose"
+    )
+
+
 def _check_label(config: Any, model_id: str, label: str | None) -> None:
     """A head with more than one label is scored only when the user names the label; RankScope's
     score of a two-label head is ``logit[1] - logit[0]``, so the named label must be index 1."""
@@ -228,7 +238,9 @@ def load_retriever(
         ) from err
     kind = kind or detect_kind(path, config)  # type: ignore[assignment]
     if kind in EXTRA_KINDS:
-        return load_extra_kind(kind, path, config, model_id, max_length, device)
+        return load_extra_kind(
+            kind, path, config, model_id, max_length, device, allow_random_weights, label
+        )
     arch = arch_for(config.model_type)
     if kind is None:
         kind = (
@@ -264,12 +276,7 @@ def load_retriever(
             raise RetrieverLoadError(f"could not load the weights of {model_id!r}: {err}") from err
     untrained = _untrained_weights(info, kind)
     if untrained and not allow_random_weights:
-        raise RetrieverLoadError(
-            f"{model_id!r}: {len(untrained)} weights the score depends on are not in the "
-            f"checkpoint and would be random ({', '.join(untrained[:4])}"
-            f"{', …' if len(untrained) > 4 else ''}); findings would describe noise. Fix the "
-            "checkpoint, or pass --allow-random-weights to study a partly random model on purpose"
-        )
+        raise random_weights_error(model_id, untrained)
     weights = _weights_hash(path) or weights_fingerprint(net)
     retriever: Retriever
     if kind == "cross-encoder":
