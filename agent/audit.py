@@ -224,7 +224,27 @@ def audit_investigation(
                 again == status,
                 f"stored {status}, rules give {again}",
             )
+    _check_record_chain(report, store, investigation_id)
     return report
+
+
+def _check_record_chain(report: AuditReport, store: Store, investigation_id: int) -> None:
+    """The records against the chain the store wrote as it recorded them: a criterion changed
+    after the fact, evidence or an artifact replaced (file and hash together), a deleted
+    verdict, or a record added outside the store is drift."""
+    links, problems = store.verify_records(investigation_id)
+    if links == 0:
+        report.add(
+            "records",
+            "record chain",
+            True,
+            "no record chain (recorded before RankScope kept one): changes cannot be detected",
+        )
+        return
+    for problem in problems:
+        report.add(problem.subject, "record chain", False, problem.problem)
+    if not problems:
+        report.add("records", "record chain", True, f"{links} links, every record as recorded")
 
 
 def print_report(report: AuditReport, console: Console) -> None:

@@ -18,6 +18,7 @@ from sqlalchemy import (
     Table,
     Text,
     TypeDecorator,
+    UniqueConstraint,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import registry
@@ -229,6 +230,23 @@ class Review(StoreBase, table=True):
     decision: str
     comment: str = Field(default="", sa_type=Text)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class RecordLink(StoreBase, table=True):
+    """One link of an investigation's record chain (migration 0003): the sha256 of a record's
+    content as the store wrote it, chained to the previous link, so that ``rankscope audit``
+    detects a record changed, replaced or deleted afterwards (:mod:`.chain`)."""
+
+    __tablename__ = "record_link"
+    __table_args__ = (UniqueConstraint("investigation_id", "seq"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    investigation_id: int = Field(foreign_key="investigation.id", index=True)
+    seq: int
+    kind: str = Field(max_length=16)
+    record_id: int
+    digest: str = Field(max_length=64)
+    chain: str = Field(max_length=64)
 
 
 TABLE_NAMES = tuple(metadata.tables)

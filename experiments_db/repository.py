@@ -19,6 +19,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session, col
 
 from rankscope.experiments_db.artifacts import ArtifactStore, StoredFile
+from rankscope.experiments_db.chain import ChainProblem, append_link, verify_chain
 from rankscope.experiments_db.errors import (
     CriterionLockedError,
     EvidenceWriteError,
@@ -269,6 +270,7 @@ class Store:
             session.add(row)
             session.flush()
             assert row.id is not None
+            append_link(session, investigation_id, "hypothesis", row.id)
             return row.id
 
     def update_criterion(self, hypothesis_id: int, **changes: Any) -> Criterion:
@@ -298,6 +300,8 @@ class Store:
                 new = Criterion.model_validate({**current, **changes})
                 for column, value in to_jsonable({**new.model_dump(), **call}).items():
                     setattr(row, column, value)
+                session.flush()
+                append_link(session, row.investigation_id, "hypothesis", hypothesis_id)
                 return new
         except DBAPIError as exc:
             if "criterion of hypothesis" in str(exc.orig):
@@ -397,7 +401,7 @@ class Store:
             stored = [self.artifacts.put(spec.path) for spec in specs]
             with self._writer.begin() as conn:
                 exp = conn.execute(
-                    select(exp_t.c.status, exp_t.c.started_at)
+                    select(exp_t.c.status, exp_t.c.started_at, exp_t.c.investigation_id)
                     .where(exp_t.c.id == experiment_id)
                     .with_for_update()
                 ).first()
@@ -426,6 +430,7 @@ class Store:
                 ]
                 if rows:
                     conn.execute(insert(Artifact.__table__), rows)
+                append_link(conn, exp.investigation_id, "evidence", evidence_id)
                 conn.execute(
                     update(exp_t)
                     .where(exp_t.c.id == experiment_id)
@@ -560,6 +565,7 @@ class Store:
             session.add(row)
             session.flush()
             assert row.id is not None
+            append_link(session, hyp.investigation_id, "verdict", row.id)
             return row.id
 
     def record_review(
@@ -915,6 +921,7 @@ class Store:
                     session.get_one(Hypothesis, hyp_ids[h.id]).parent_id = hyp_ids[h.parent_id]
             exp_ids: dict[int, int] = {}
             ev_ids: dict[int, int] = {}
+            verdict_ids: list[int] = []
             for e in tree.experiments():
                 row_e = Experiment(
                     investigation_id=inv.id,
@@ -954,6 +961,7 @@ class Store:
                     session.add(row_v)
                     session.flush()
                     assert row_v.id is not None
+                    verdict_ids.append(row_v.id)
                     for r in v.reviews:
                         session.add(
                             Review(
@@ -976,7 +984,22 @@ class Store:
                     "evidence_ids": {str(k): v for k, v in ev_ids.items()},
                 },
             }
+            session.flush()
+            for kind, ids in (
+                ("hypothesis", hyp_ids.values()),
+                ("evidence", ev_ids.values()),
+                ("verdict", verdict_ids),
+            ):
+                for record_id in ids:
+                    append_link(session, inv.id, kind, record_id)  # type: ignore[arg-type]
             return inv.id
+
+    def verify_records(self, investigation_id: int) -> tuple[int, list[ChainProblem]]:
+        """Check the investigation's records against its record chain (:mod:`.chain`): the
+        number of links and every record changed, deleted or added outside the store."""
+        with self._read() as session:
+            self._get(session, Investigation, investigation_id)
+            return verify_chain(session, investigation_id)
 
     # -- human reviews --------------------------------------------------------------------------
 
