@@ -5,13 +5,19 @@ from __future__ import annotations
 import math
 
 import pytest
-import torch
 
 from rankscope.tools.contract import ToolContext
 from rankscope.tools.diagnostics.types import Pair, PairSet
-from rankscope.tools.interventions.patching import block_grid, heads_grid
+from rankscope.tools.interventions.patching import (
+    Patch,
+    block_grid,
+    check_patch,
+    heads_grid,
+    parse_target,
+    single,
+)
 from rankscope.tools.registry import get_tool, validate_args
-from rankscope.tools.retrievers import load_retriever
+from rankscope.tools.retrievers import Component, load_retriever
 from tests import tiny_models
 from tests.test_interventions_patching import PlainModel, check_against_reference, plain_encoder
 
@@ -95,6 +101,8 @@ def plain_mono_t5(retriever) -> PlainModel:
 
     def where(layer, site):
         block = blocks[layer]
+        if site in ("cross", "cross_heads"):
+            return block.layer[1].EncDecAttention.o, "in" if site == "cross_heads" else "out"
         return {
             "heads": (block.layer[0].SelfAttention.o, "in"),
             "attn": (block.layer[0].SelfAttention.o, "out"),
@@ -167,12 +175,43 @@ def test_per_head_patching_equals_plain_hooks_on_every_kind(retriever, direction
     assert (moved.max(axis=0) > 1e-6).sum() > len(interventions) // 2
 
 
-def test_decoder_position_selectors_refused_on_mono_t5(tmp_path):
-    from rankscope.tools.interventions.patching import Patch, check_patch
+@pytest.fixture(scope="module")
+def mono_t5(tmp_path_factory):
+    return load_retriever(str(tiny_models.save_tiny_mono_t5(tmp_path_factory.mktemp("t5"))))
 
-    retriever = load_retriever(str(tiny_models.save_tiny_mono_t5(tmp_path / "t5")))
-    check_patch(retriever, Patch(retriever.n_encoder_layers - 1, "mlp", positions="injected"))
-    check_patch(retriever, Patch(retriever.n_encoder_layers, "mlp"))
+
+def test_decoder_position_selectors_refused_on_mono_t5(mono_t5):
+    encoder_last = mono_t5.n_encoder_layers - 1
+    check_patch(mono_t5, Patch(encoder_last, "mlp", positions="injected"))
+    check_patch(mono_t5, Patch(encoder_last + 1, "mlp"))
     with pytest.raises(ValueError, match="decoder"):
-        check_patch(retriever, Patch(retriever.n_encoder_layers, "mlp", positions="injected"))
-    assert torch.is_tensor(retriever.score(QUERIES, DOCS))
+        check_patch(mono_t5, Patch(encoder_last + 1, "mlp", positions="injected"))
+
+
+def test_cross_attention_components_patch_like_plain_hooks(mono_t5):
+    """``cross`` and ``cross_heads`` are sites of monoT5's decoder layers only: named, parsed,
+    listed, and patched (both engines, both directions) as the plain-hook reference does."""
+    decoder_layers = list(range(mono_t5.n_encoder_layers, mono_t5.n_layers))
+    heads = mono_t5.components("cross_heads")
+    assert [c.name for c in mono_t5.components("cross")] == [f"L{x}.cross" for x in decoder_layers]
+    assert len(heads) == len(decoder_layers) * mono_t5.n_heads
+    assert heads[1].name == f"L{decoder_layers[0]}.cross.H1"
+    assert all(Component.parse(c.name) == c for c in heads)
+    assert parse_target("L3.cross.H2@all") == Patch(3, "cross_heads", 2)
+    with pytest.raises(ValueError, match="no 'cross' site"):
+        check_patch(mono_t5, Patch(0, "cross"))
+    interventions = [single(Patch(c.layer, c.site, c.head)) for c in heads] + [
+        single(Patch(layer, "cross")) for layer in decoder_layers
+    ]
+    for direction in ("denoising", "noising"):
+        res = check_against_reference(
+            mono_t5, list(PAIRS), interventions, direction, plain_mono_t5(mono_t5)
+        )
+        assert abs(res.s_patched - res.s_base[:, None]).max() > 1e-4
+
+
+def test_cross_sites_refused_on_single_stack_kinds(retriever):
+    assert retriever.kind == "mono-t5" or retriever.components("cross_heads") == []
+    if retriever.kind != "mono-t5":
+        with pytest.raises(ValueError, match="no 'cross_heads' site"):
+            check_patch(retriever, Patch(0, "cross_heads", 0))

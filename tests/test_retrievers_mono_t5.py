@@ -76,10 +76,9 @@ def test_roles(mono_t5):
     ],
 )
 def test_components_equal_plain_hooks(mono_t5, layer, site, path):
+    got_path, port = mono_t5.module_path(layer, "cross_heads" if site == "cross" else site)
     if site == "cross":
-        got_path, port = mono_t5.cross_attention_path(layer, per_head=True)
-    else:
-        got_path, port = mono_t5.module_path(layer, site)
+        assert (got_path, port) == mono_t5.cross_attention_path(layer, per_head=True)
     assert got_path == path
     module = mono_t5.model.get_submodule(path)
     batch = mono_t5.encode_side(QUERIES, DOCS)

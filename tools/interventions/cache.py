@@ -27,7 +27,14 @@ from torch import nn
 from rankscope.tools.retrievers.architectures import submodule
 from rankscope.tools.retrievers.base import Retriever, SideBatch, Site
 
-SITE_ORDER: dict[str, int] = {"heads": 0, "attn": 1, "mlp": 2, "resid": 3}
+SITE_ORDER: dict[str, int] = {
+    "heads": 0,
+    "attn": 1,
+    "cross_heads": 2,
+    "cross": 3,
+    "mlp": 4,
+    "resid": 5,
+}
 """Forward order of the sites inside one layer."""
 
 SiteKey = tuple[int, Site]

@@ -13,7 +13,8 @@ Two engines compute the same numbers:
 
 Sites (see ``rankscope.tools.retrievers.base.SITE_DOC``): ``resid`` (layer output), ``attn`` (attention
 output projection's output), ``mlp`` (MLP's last linear's output), ``heads`` (the output
-projection's input, a head being a slice of ``head_dim`` columns). Positions are chosen per pair
+projection's input, a head being a slice of ``head_dim`` columns); in monoT5's decoder layers also
+``cross`` and ``cross_heads``, the same two for the cross-attention. Positions are chosen per pair
 with a selector (:func:`rankscope.tools.interventions.pairs.position_mask`).
 """
 
@@ -100,6 +101,11 @@ def check_patch(retriever: Retriever, patch: Patch) -> None:
     if not 0 <= patch.layer < retriever.n_layers:
         raise ValueError(
             f"layer {patch.layer} does not exist: the model has layers 0…{retriever.n_layers - 1}"
+        )
+    if patch.layer not in retriever.site_layers(patch.site):
+        raise ValueError(
+            f"layer {patch.layer} of this {retriever.kind} model has no {patch.site!r} site "
+            f"(layers with it: {retriever.site_layers(patch.site) or 'none'})"
         )
     if patch.head is not None and not 0 <= patch.head < retriever.n_heads:
         raise ValueError(

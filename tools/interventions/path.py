@@ -60,7 +60,7 @@ def parse_senders(names: Sequence[str]) -> tuple[tuple[int, int], ...]:
     out = []
     for name in names:
         comp = Component.parse(name)
-        if comp.head is None:
+        if comp.site != "heads" or comp.head is None:
             raise ValueError(f"sender {name!r} is not a head: senders are heads, e.g. L1.H6")
         out.append((comp.layer, comp.head))
     return tuple(out)

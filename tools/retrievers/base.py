@@ -33,13 +33,20 @@ from rankscope.tools.retrievers.architectures import ArchSpec, model_dims, submo
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
-Site = Literal["resid", "attn", "mlp", "heads"]
+Site = Literal["resid", "attn", "mlp", "heads", "cross", "cross_heads"]
 SITES: tuple[Site, ...] = ("resid", "attn", "mlp", "heads")
+"""The sites every layer of every kind has."""
+CROSS_SITES: tuple[Site, ...] = ("cross", "cross_heads")
+"""The cross-attention sites of an encoder–decoder model's decoder layers (monoT5)."""
 SITE_DOC = {
     "resid": "residual stream after the layer (the layer's output)",
     "attn": "attention write: output of the attention output projection, before the residual add",
     "mlp": "MLP write: output of the MLP's last linear, before the residual add",
     "heads": "per-head attention outputs: the input of the attention output projection",
+    "cross": "cross-attention write (decoder layers of encoder–decoder models): output of the "
+    "cross-attention output projection, before the residual add",
+    "cross_heads": "per-head cross-attention outputs: the input of the cross-attention output "
+    "projection",
 }
 
 
@@ -64,7 +71,8 @@ ROLE_NAMES = {role: role.name.lower() for role in Role}
 
 @dataclass(frozen=True)
 class Component:
-    """A named, patchable piece of the encoder: ``L3.H5``, ``L3.attn``, ``L3.mlp``, ``L3.resid``."""
+    """A named, patchable piece of the encoder: ``L3.H5``, ``L3.attn``, ``L3.mlp``, ``L3.resid``;
+    in a decoder layer of an encoder–decoder model also ``L3.cross`` and ``L3.cross.H5``."""
 
     layer: int
     site: Site
@@ -72,23 +80,28 @@ class Component:
 
     @property
     def name(self) -> str:
-        return (
-            f"L{self.layer}.H{self.head}" if self.head is not None else f"L{self.layer}.{self.site}"
-        )
+        if self.head is None:
+            return f"L{self.layer}.{self.site}"
+        return f"L{self.layer}.{'cross.' if self.site == 'cross_heads' else ''}H{self.head}"
 
     @staticmethod
     def parse(name: str) -> Component:
         """Inverse of ``name``; raises ValueError naming the accepted forms."""
-        match = re.fullmatch(r"L(\d+)\.(?:H(\d+)|(resid|attn|mlp))", name.strip())
+        match = re.fullmatch(
+            r"L(\d+)\.(?:H(\d+)|cross\.H(\d+)|(resid|attn|mlp|cross))", name.strip()
+        )
         if not match:
             raise ValueError(
                 f"bad component name {name!r}: use L<layer>.H<head> (a head) or "
-                "L<layer>.resid / L<layer>.attn / L<layer>.mlp"
+                "L<layer>.resid / L<layer>.attn / L<layer>.mlp, or in a decoder layer of an "
+                "encoder–decoder model L<layer>.cross / L<layer>.cross.H<head>"
             )
         layer = int(match.group(1))
         if match.group(2) is not None:
             return Component(layer, "heads", int(match.group(2)))
-        return Component(layer, match.group(3))  # type: ignore[arg-type]
+        if match.group(3) is not None:
+            return Component(layer, "cross_heads", int(match.group(3)))
+        return Component(layer, match.group(4))  # type: ignore[arg-type]
 
 
 @dataclass
@@ -337,14 +350,19 @@ class Retriever(ABC):
         """The model's own path of layer ``layer`` (relative to ``encoder``)."""
         return f"{self.arch.layers}.{layer}"
 
+    def site_layers(self, site: Site) -> list[int]:
+        """The layers that have ``site`` (every layer for :data:`SITES`; for the cross-attention
+        sites, the decoder layers of an encoder–decoder model)."""
+        return list(range(self.n_layers)) if site in SITES else []
+
     def components(self, site: Site) -> list[Component]:
-        if site == "heads":
+        if site in ("heads", "cross_heads"):
             return [
-                Component(layer, "heads", head)
-                for layer in range(self.n_layers)
+                Component(layer, site, head)
+                for layer in self.site_layers(site)
                 for head in range(self.n_heads)
             ]
-        return [Component(layer, site) for layer in range(self.n_layers)]
+        return [Component(layer, site) for layer in self.site_layers(site)]
 
     def module_path(self, layer: int, site: Site) -> tuple[str, Literal["input", "output"]]:
         """The model's own path of the module that carries ``site`` at ``layer``, and its port."""
@@ -357,6 +375,11 @@ class Retriever(ABC):
             return f"{prefix}.{self.arch.mlp_out}", "output"
         if site == "heads":
             return f"{prefix}.{self.arch.out_proj}", "input"
+        if site in CROSS_SITES:
+            raise ValueError(
+                f"site {site!r} is the cross-attention of an encoder–decoder model's decoder "
+                f"layers; layer {layer} of this {self.kind} model has none"
+            )
         raise ValueError(f"unknown site {site!r}; use one of {', '.join(SITES)}")
 
     def component_module(

@@ -7,8 +7,8 @@ logits ``[B, 1, V]`` (the model's own output), and ``readout`` takes their diffe
 Layers are numbered through the encoder and then the decoder: ``L0 … L{E-1}`` are encoder blocks,
 ``L{E} …`` decoder blocks, two stacks: the decoder blocks start from the decoder's own input and
 read the encoder's output (after its final norm) through cross-attention (:meth:`enter_stack`).
-``attn`` / ``heads`` are each block's self-attention; the decoder's cross-attention is read with
-:meth:`MonoT5.cross_attention_path`.
+``attn`` / ``heads`` are each block's self-attention; the decoder blocks' cross-attention is the
+sites ``cross`` / ``cross_heads`` (components ``L{E}.cross``, ``L{E}.cross.H0`` …).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from torch import nn
 
 from rankscope.tools.retrievers.architectures import ArchSpec
 from rankscope.tools.retrievers.base import (
+    CROSS_SITES,
     Retriever,
     SideBatch,
     Site,
@@ -195,7 +196,14 @@ class MonoT5(Retriever):
             return f"decoder.block.{layer - self.n_encoder_layers}"
         return f"encoder.block.{layer}"
 
+    def site_layers(self, site: Site) -> list[int]:
+        if site in CROSS_SITES:
+            return list(range(self.n_encoder_layers, self.n_layers))
+        return super().site_layers(site)
+
     def module_path(self, layer: int, site: Site) -> tuple[str, Literal["input", "output"]]:
+        if site in CROSS_SITES and layer >= self.n_encoder_layers:
+            return self.cross_attention_path(layer, per_head=site == "cross_heads")
         if site == "mlp" and layer >= self.n_encoder_layers:
             return f"{self.layer_path(layer)}.layer.2.DenseReluDense.wo", "output"
         return super().module_path(layer, site)
