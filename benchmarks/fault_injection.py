@@ -1,0 +1,314 @@
+"""Fault injection (issue 16): kill -9, SIGTERM, a held lock, a dripping LLM server and concurrent
+starts, each on a fresh database (PostgreSQL when ``--pg URL`` is given, else SQLite).
+
+For each fault the script reports: runs completed (after the recovery a user would do, such as
+``rankscope resume``), rows left ``running``, and records lost (hypotheses, evidence and verdicts
+stored before the fault that are gone or changed afterwards, by the record chain). The last two
+must be 0; the exit status is 1 otherwise.
+
+    python benchmarks/fault_injection.py [--pg postgresql+psycopg://postgres@127.0.0.1:5432/test]
+
+Runs a tiny random BERT on CPU with a scripted planner (no network); about a minute.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+_CHILD = """
+import sys, time
+from pathlib import Path
+from rich.console import Console
+import io
+from rankscope.agent.runner import investigate
+from rankscope.agent.state import Budget
+from tests.agent_support import ScriptedPlanner, behaviour
+
+url, model, ready, mode = sys.argv[1], sys.argv[2], Path(sys.argv[3]), sys.argv[4]
+
+
+def wait(ledger):
+    ready.write_text("x")
+    time.sleep(300)
+
+
+script = [behaviour(), wait] if mode == "wait" else [behaviour()]
+investigate(
+    "fault injection",
+    model=model,
+    db=url,
+    budget=Budget(max_steps=4, max_tool_calls=4),
+    report_dir=Path(ready).parent / "reports",
+    console=Console(file=io.StringIO()),
+    quiet=True,
+    planner_factory=lambda: ScriptedPlanner(script),
+)
+"""
+
+
+@dataclass
+class Outcome:
+    fault: str
+    runs: int
+    completed: int
+    running: int
+    lost: int
+    note: str = ""
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(REPO)}
+
+
+def _child(url: str, model: Path, ready: Path, mode: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-c", _CHILD, url, str(model), str(ready), mode],
+        cwd=REPO,
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+def _wait_ready(child: subprocess.Popen[bytes], ready: Path, limit_s: float = 300) -> None:
+    deadline = time.monotonic() + limit_s
+    while not ready.exists():
+        if child.poll() is not None:
+            err = child.stderr.read().decode() if child.stderr else ""
+            raise RuntimeError(f"the child ended before it was ready: {err[-2000:]}")
+        if time.monotonic() > deadline:
+            raise RuntimeError("the child was not ready in time")
+        time.sleep(0.2)
+
+
+@contextmanager
+def _fresh_db(pg: str | None, folder: Path) -> Iterator[str]:
+    if pg is None:
+        yield f"sqlite:///{folder / f'fi-{uuid.uuid4().hex[:8]}.db'}"
+        return
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    admin_url = make_url(pg).set(drivername="postgresql").render_as_string(hide_password=False)
+    name = f"rs_fault_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(admin_url, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            yield make_url(pg).set(database=name).render_as_string(hide_password=False)
+        finally:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _snapshot(url: str) -> dict[int, set[tuple[str, int]]]:
+    """The records of every investigation (kind, id), as the store's record chain lists them."""
+    from sqlalchemy import text
+
+    from rankscope.experiments_db import open_store
+
+    with open_store(url, create=False) as store, store.engine.connect() as conn:
+        rows = conn.execute(text("SELECT investigation_id, kind, record_id FROM record_link"))
+        out: dict[int, set[tuple[str, int]]] = {}
+        for inv, kind, record in rows:
+            out.setdefault(int(inv), set()).add((str(kind), int(record)))
+        return out
+
+
+def _tally(url: str, fault: str, before: dict[int, set[tuple[str, int]]], note: str) -> Outcome:
+    from rankscope.experiments_db import open_store
+
+    with open_store(url, create=False) as store:
+        rows = store.list_investigations()
+        lost = 0
+        for inv, records in before.items():
+            _links, problems = store.verify_records(inv)
+            damaged = {p.subject for p in problems}
+            after = _snapshot(url).get(inv, set())
+            lost += len(records - after) + sum(f"{k} {i}" in damaged for k, i in records)
+        return Outcome(
+            fault,
+            runs=len(rows),
+            completed=sum(r.status == "finished" for r in rows),
+            running=sum(r.status == "running" for r in rows),
+            lost=lost,
+            note=note,
+        )
+
+
+def _resume(url: str, investigation_id: int, folder: Path) -> str:
+    from rich.console import Console
+
+    from rankscope.agent.runner import resume
+    from tests.agent_support import ScriptedPlanner
+
+    result = resume(
+        investigation_id,
+        db=url,
+        report_dir=folder / "reports",
+        console=Console(file=io.StringIO()),
+        quiet=True,
+        planner_factory=lambda: ScriptedPlanner([]),
+    )
+    return result.status
+
+
+def _signal_fault(url: str, model: Path, folder: Path, sig: signal.Signals) -> Outcome:
+    ready = folder / f"ready-{sig.name}"
+    child = _child(url, model, ready, "wait")
+    try:
+        _wait_ready(child, ready)
+        before = _snapshot(url)
+        child.send_signal(sig)
+        child.wait(timeout=60)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    from rankscope.experiments_db import open_store
+
+    with open_store(url, create=False) as store:
+        after_fault = store.get_investigation(1).status
+    status = _resume(url, 1, folder)
+    return _tally(url, f"{sig.name}", before, f"after the fault: {after_fault}; resume: {status}")
+
+
+def _lock_fault(url: str, model: Path, folder: Path, hold_s: float = 3.0) -> Outcome:
+    """A writer holds the database for ``hold_s`` while an investigation starts and records."""
+    from sqlalchemy import create_engine, text
+
+    from rankscope.experiments_db import open_store
+
+    with open_store(url):
+        pass
+    engine = create_engine(url)
+    conn = engine.connect()
+    if engine.dialect.name == "sqlite":
+        conn.exec_driver_sql("BEGIN EXCLUSIVE")
+    else:
+        conn.begin()
+        conn.execute(text("LOCK TABLE investigation IN ACCESS EXCLUSIVE MODE"))
+    ready = folder / "ready-lock"
+    child = _child(url, model, ready, "once")
+    time.sleep(hold_s)
+    conn.rollback() if engine.dialect.name != "sqlite" else conn.exec_driver_sql("ROLLBACK")
+    conn.close()
+    engine.dispose()
+    code = child.wait(timeout=300)
+    err = child.stderr.read().decode()[-300:] if child.stderr else ""
+    return _tally(url, "lock held", {}, f"lock held {hold_s:g} s; exit {code} {err}".strip())
+
+
+class _Drip(BaseHTTPRequestHandler):
+    def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", "100000")
+        self.end_headers()
+        try:
+            for _ in range(100000):
+                self.wfile.write(b" ")
+                self.wfile.flush()
+                time.sleep(0.5)
+        except OSError:
+            pass
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def _drip_fault(url: str, model: Path, folder: Path) -> Outcome:
+    from rich.console import Console
+
+    from rankscope.agent.llm_client import LLMError
+    from rankscope.agent.runner import investigate
+    from rankscope.agent.state import Budget
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Drip)
+    server.daemon_threads = True
+    server.block_on_close = False
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    start = time.monotonic()
+    note = ""
+    try:
+        investigate(
+            "fault injection: dripping LLM server",
+            model=str(model),
+            db=url,
+            planner="llm",
+            llm_model="drip",
+            base_url=f"http://127.0.0.1:{server.server_address[1]}/v1",
+            llm_timeout_s=3.0,
+            llm_retries=0,
+            llm_context=32_000,
+            budget=Budget(max_steps=2, max_tool_calls=2),
+            report_dir=folder / "reports",
+            console=Console(file=io.StringIO()),
+            quiet=True,
+        )
+    except LLMError as err:
+        note = f"stopped after {time.monotonic() - start:.1f} s: {str(err)[:80]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+    return _tally(url, "server drip", {}, note)
+
+
+def _concurrent_fault(url: str, model: Path, folder: Path, n: int = 3) -> Outcome:
+    children = [_child(url, model, folder / f"ready-c{i}", "once") for i in range(n)]
+    codes = [child.wait(timeout=600) for child in children]
+    return _tally(url, "concurrent starts", {}, f"{n} processes, exit codes {codes}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--pg", metavar="URL", help="PostgreSQL server (a database per fault)")
+    args = parser.parse_args()
+    import torch
+
+    from tests.agent_support import null_bert
+
+    torch.set_num_threads(1)
+    results: list[Outcome] = []
+    with tempfile.TemporaryDirectory(prefix="rankscope-faults-") as tmp:
+        folder = Path(tmp)
+        model = null_bert(folder / "model")
+        for name, fault in (
+            ("kill -9", lambda u: _signal_fault(u, model, folder, signal.SIGKILL)),
+            ("SIGTERM", lambda u: _signal_fault(u, model, folder, signal.SIGTERM)),
+            ("lock held", lambda u: _lock_fault(u, model, folder)),
+            ("server drip", lambda u: _drip_fault(u, model, folder)),
+            ("concurrent starts", lambda u: _concurrent_fault(u, model, folder)),
+        ):
+            with _fresh_db(args.pg, folder) as url:
+                try:
+                    results.append(fault(url))
+                except Exception as err:  # a fault that breaks the harness is a result too
+                    results.append(Outcome(name, 0, 0, -1, -1, f"harness error: {err}"))
+    backend = "PostgreSQL" if args.pg else "SQLite"
+    print(f"\nFault injection on {backend}\n")
+    print("| fault | runs | completed | left running | records lost | note |")
+    print("|---|---|---|---|---|---|")
+    for r in results:
+        print(f"| {r.fault} | {r.runs} | {r.completed} | {r.running} | {r.lost} | {r.note} |")
+    return 0 if all(r.running == 0 and r.lost == 0 for r in results) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
