@@ -156,3 +156,49 @@ def test_a_worker_killed_mid_sweep_is_retried(
         assert actions[killed[0]] == "resumed"
         assert sorted(actions.values()) == ["ran", "ran", "ran", "resumed"]
         check_complete(url, spec)
+
+
+def test_sharded_grid_equals_the_in_process_run(local_ray: None, tmp_path: Path) -> None:
+    from rankscope.tools.diagnostics.source import resolve_data
+    from rankscope.tools.interventions.patching import heads_grid, patch_pairs
+    from rankscope.tools.interventions.sharding import ShardedPatcher, deal
+    from tests.interventions_support import tiny_retriever
+
+    assert deal(5, 2) == [[0, 2, 4], [1, 3]] and deal(2, 3) == [[0], [1]]
+    model = str(tmp_path / "tiny")
+    options = {"kind": "bi-encoder", "pooling": "mean", "similarity": "dot"}
+    retriever = tiny_retriever(Path(model), "bert")
+    pairs = list(
+        resolve_data(None).pairs(
+            "TFC1", "append", tokenizer=retriever.tokenizer, split="all", n=12, seed=0
+        )
+    )
+    grid = heads_grid(retriever.n_layers, retriever.n_heads)
+    local = patch_pairs(retriever, pairs, grid, batch_size=4)
+    with pytest.raises(ValueError, match="3 shards need 3 CPUs but the Ray cluster has 2"):
+        ShardedPatcher(model, 3)
+    with ShardedPatcher(model, 2, model_options=options) as patcher:
+        sharded = patcher.patch_pairs(None, pairs, grid, batch_size=4)
+    assert sharded.names == local.names
+    for key in ("s_base", "s_pert", "s_patched"):
+        assert abs(getattr(sharded, key) - getattr(local, key)).max() <= 1e-6
+    assert (sharded.applicable == local.applicable).all()
+    assert abs(local.s_patched - local.s_base[:, None]).max() > 1e-2
+
+    args = '{"n_pairs": 12, "batch_size": 4, "split": "all"}'
+    cli = CliRunner()
+    common = ["--model", model, "--args", args, "--json"]
+    one = cli.invoke(app, ["run", "activation_patching", *common, "--out", str(tmp_path / "a")])
+    two = cli.invoke(
+        app,
+        ["run-sharded", "activation_patching", "--shards", "2", *common]
+        + ["--out", str(tmp_path / "b")],
+    )
+    assert one.exit_code == 0 and two.exit_code == 0, two.output
+    import json
+
+    m1, m2 = json.loads(one.stdout)["metrics"], json.loads(two.stdout)["metrics"]
+    assert m1.keys() == m2.keys()
+    for key, value in m1.items():
+        if isinstance(value, float):
+            assert abs(value - m2[key]) <= 1e-6, key

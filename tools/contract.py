@@ -63,6 +63,9 @@ class ToolContext:
     artifact_dir: Path
     progress: bool = True
     device: str = "cpu"
+    patch_engine: Callable[..., Any] | None = None
+    """Replaces the in-process ``patch_pairs`` of activation patching (same signature), e.g. a
+    grid sharded across Ray actors (:mod:`rankscope.tools.interventions.sharding`)."""
     _retriever: Retriever | None = field(default=None, repr=False)
 
     @property

@@ -219,7 +219,7 @@ class ActivationPatching(Tool[ActivationPatchingArgs]):
         engine = args.engine
         if engine == "auto":
             engine = "nnsight" if args.components is not None else "cached"
-        scores = patch_pairs(
+        scores = (ctx.patch_engine or patch_pairs)(
             retriever,
             list(pairs),
             interventions,
