@@ -70,7 +70,7 @@ def entry(hypothesis_id: int) -> LedgerEntry:
             f"L{k}.H{k} effect 0.{k}3 CI [0.1{k}, 0.5{k}] p=0.00{k};" for k in range(40)
         ),
         evidence_ids=[3 * hypothesis_id, 3 * hypothesis_id + 1],
-        replication={f"effect[L{layer}.H3]": 0.31} if hypothesis_id % 3 == 0 else None,
+        replication="met" if hypothesis_id % 3 == 0 else None,
     )
 
 

@@ -873,9 +873,7 @@ def heavy_entry(hypothesis_id: int, replicated: bool = True) -> LedgerEntry:
             f"L{k}.H{k} effect 0.{k}3 CI [0.1{k}, 0.5{k}] p=0.00{k};" for k in range(40)
         ),
         evidence_ids=[3 * hypothesis_id, 3 * hypothesis_id + 1],
-        replication={f"effect[L{layer}.H3]": 0.31, f"p_value[L{layer}.H3]": 0.004}
-        if replicated and hypothesis_id % 3 == 0
-        else None,
+        replication="met" if replicated and hypothesis_id % 3 == 0 else None,
     )
 
 
