@@ -391,8 +391,9 @@ def progress_table(
     table = Table(
         title=f"sweep {escape(sweep_id)}: {done}/{len(spec.cells())} finished, {elapsed:.0f} s"
     )
-    for column in ("cell", "model", "question", "seed", "planner", "inv", "state", "hyp", "exp"):
-        table.add_column(column, no_wrap=column != "question")
+    for column in ("cell", "model", "seed", "planner", "inv", "state", "hyp", "exp"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("question")
     for cell in spec.cells():
         invs = found.get(cell.key, [])
         inv = invs[0] if invs else None
@@ -404,40 +405,40 @@ def progress_table(
         table.add_row(
             cell.key[:8],
             escape(_model_label(cell.model)),
-            escape(_short(cell.question, 40)),
             str(cell.seed),
             cell.planner,
             str(inv.id) if inv else "",
             state,
             str(inv.n_hypotheses) if inv else "",
             str(inv.n_experiments) if inv else "",
+            escape(_short(cell.question, 60)),
         )
     return table
 
 
 def summary_table(result: SweepResult) -> Table:
-    """Findings across the sweep: verdict counts and the strongest finding of each cell."""
-    table = Table(title=f"sweep {escape(result.sweep_id)}: findings", show_lines=True)
-    for column in ("model", "question", "seed", "planner", "inv", "status"):
-        table.add_column(column)
-    for kind in VERDICT_KINDS:
-        table.add_column(kind.replace(" verdict", ""), justify="right")
-    table.add_column("strongest finding")
+    """Findings across the sweep: verdict counts (supported/refuted/inconclusive/none) and the
+    strongest finding of each cell."""
+    table = Table(title=f"sweep {escape(result.sweep_id)}: findings")
+    table.add_column("inv", justify="right")
+    table.add_column("model · seed · planner", no_wrap=True)
+    table.add_column("status", no_wrap=True)
+    table.add_column("S/R/I/-", no_wrap=True)
+    table.add_column("question", ratio=1)
+    table.add_column("strongest finding", ratio=2)
     totals = dict.fromkeys(VERDICT_KINDS, 0)
     for row in result.summary:
         for kind in VERDICT_KINDS:
             totals[kind] += row.verdicts.get(kind, 0)
         table.add_row(
-            escape(_model_label(row.cell.model)),
-            escape(_short(row.cell.question, 40)),
-            str(row.cell.seed),
-            row.cell.planner,
             str(row.investigation_id or ""),
+            escape(f"{_model_label(row.cell.model)} · {row.cell.seed} · {row.cell.planner}"),
             row.status,
-            *(str(row.verdicts.get(kind, 0)) for kind in VERDICT_KINDS),
-            escape(_short(row.top_finding, 90)),
+            "/".join(str(row.verdicts.get(kind, 0)) for kind in VERDICT_KINDS),
+            escape(row.cell.question),
+            escape(_short(row.top_finding, 160)),
         )
-    table.add_row("all", "", "", "", "", "", *(str(totals[k]) for k in VERDICT_KINDS), "")
+    table.add_row("", "all", "", "/".join(str(totals[k]) for k in VERDICT_KINDS), "", "")
     return table
 
 
