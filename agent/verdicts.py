@@ -26,13 +26,14 @@ One split (one experiment), direction ``greater`` (``less`` is the mirror image)
     * undetermined otherwise.
 
 The hypothesis (both splits)
-    * ``refuted`` — discovery contradicts the claim (reason ``negligible: …`` when the TOST shows
+    * ``refuted`` — discovery contradicts the claim with exact evidence (reason ``negligible: …`` when the TOST shows
       the effect is smaller than the SESOI), or discovery meets it and the held-out replication
       contradicts it ("did not replicate").
     * ``supported`` — discovery meets the claim with exact evidence, the hypothesis is not
       exploratory, and the held-out replication meets it on queries disjoint from discovery's
       (checked from the stored query ids).
-    * ``inconclusive`` — everything else (undetermined, approximate evidence, exploratory,
+    * ``inconclusive`` — everything else (undetermined, approximate evidence whatever it shows
+      — attribution patching over-estimates magnitudes —, exploratory,
       replication undetermined, overlapping or not run).
 
 Exploratory hypotheses
@@ -345,6 +346,13 @@ def decide(
             exploratory_of=exploratory_of,
         )
     base["exploratory_of"] = exploratory_of
+    if discovery.approximate:
+        return Decision(
+            status="inconclusive",
+            reason=f"approximate evidence ({discovery.outcome}: {discovery.reason}) can neither "
+            "support nor refute a hypothesis; confirm with an exact tool",
+            **base,
+        )
     if discovery.outcome == "contradicted":
         if discovery.negligible:
             return Decision(status="refuted", reason=discovery.reason, **base)
@@ -354,13 +362,6 @@ def decide(
     if discovery.outcome == "undetermined":
         return Decision(
             status="inconclusive", reason=f"discovery undetermined: {discovery.reason}", **base
-        )
-    if discovery.approximate:
-        return Decision(
-            status="inconclusive",
-            reason="met on approximate evidence only, which cannot support a hypothesis; "
-            f"confirm with an exact tool ({discovery.reason})",
-            **base,
         )
     if exploratory_of is not None:
         return Decision(

@@ -140,6 +140,10 @@ def test_hypothesis_rules():
     assert decide(None).status == "inconclusive"
     approx = met.model_copy(update={"approximate": True})
     assert decide(approx, met).status == "inconclusive"
+    for outcome in (wrong, negligible):
+        rough = decide(outcome.model_copy(update={"approximate": True}))
+        assert rough.status == "inconclusive"
+        assert "neither support nor refute" in rough.reason
 
 
 def test_criterion_result_keeps_the_keys_readers_use():
