@@ -3,6 +3,7 @@ list → investigation → hypothesis → figure → accept and dispute → relo
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import threading
@@ -19,7 +20,9 @@ from rankscope.agent.web import create_app
 from rankscope.experiments_db import Store
 from tests.test_db_support import open_test_store, populate
 
-SCREENSHOTS = Path(__file__).resolve().parents[1] / "docs" / "screenshots"
+SCREENSHOTS_ENV = "RANKSCOPE_SCREENSHOTS"
+"""A folder to copy the screenshots to (the README's come from ``docs/screenshots``); unset, they
+stay in the test's temporary folder and the checkout is left as it was."""
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -99,8 +102,9 @@ def served(tmp_path: Path) -> Iterator[tuple[str, Store, dict[str, int]]]:
 def shoot(page: Page, tmp_path: Path, name: str) -> None:
     path = tmp_path / "screenshots" / f"{name}.png"
     page.screenshot(path=str(path), full_page=True)
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    shutil.copy(path, SCREENSHOTS / path.name)
+    if target := os.environ.get(SCREENSHOTS_ENV):
+        Path(target).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, Path(target) / path.name)
 
 
 @pytest.mark.slow
