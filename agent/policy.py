@@ -23,6 +23,8 @@ Default SESOIs, per family (the ``family`` a tool declares on an estimate), and 
                           in score units, for the same reason.
     attention_mass    0.05  a share of attention mass: 5 % of a head's attention over the uniform
                           baseline is the smallest routing difference worth reporting.
+    rank_gain         1.0   a mean change of a document's rank among its query's candidates: less
+                          than one position moves no document past another on average.
 A family without an entry uses ``default_sesoi`` (0.01).
 
 Multiplicity
@@ -53,6 +55,7 @@ DEFAULT_SESOI: dict[str, float] = {
     "patching_effect": 0.005,
     "ablation_delta": 0.005,
     "attention_mass": 0.05,
+    "rank_gain": 1.0,
 }
 
 
