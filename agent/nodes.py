@@ -42,7 +42,7 @@ from rankscope.agent.execution import Lab
 from rankscope.agent.lease import renew
 from rankscope.agent.ledger import build_ledger, key_metrics, ledger_entry, split_of
 from rankscope.agent.llm_client import LLMBudgetExceeded, LLMError
-from rankscope.agent.planners.base import Criterion, Narrative, Planner, Proposal, Stop
+from rankscope.agent.planners.base import Criterion, Ledger, Narrative, Planner, Proposal, Stop
 from rankscope.agent.policy import StatsPolicy
 from rankscope.agent.progress import ProgressPrinter
 from rankscope.agent.settings import add_note, settings_of
@@ -162,6 +162,17 @@ def exhausted_budget(state: InvestigationState, ctx: GraphContext) -> str | None
     return None
 
 
+def state_ledger(tree: InvestigationTree, state: InvestigationState, ctx: GraphContext) -> Ledger:
+    """The ledger the planner reads at this point of the run."""
+    return build_ledger(
+        tree,
+        state.get("feedback", []),
+        ctx.budget,
+        state.get("steps", 0),
+        state.get("tool_calls", 0),
+    )
+
+
 def planner_notes(ctx: GraphContext, investigation_id: int) -> list[str]:
     """Notes the planner left since the last step (shown, and stored with the investigation)."""
     drain = getattr(ctx.planner, "drain_notes", None)
@@ -257,13 +268,7 @@ def plan(state: InvestigationState, runtime: Runtime[GraphContext]) -> Update:
         ctx.progress.stop(exhausted)
         return {"stop_reason": exhausted}
     tree = ctx.store.investigation_tree(inv_id, include_llm_calls=False)
-    ledger = build_ledger(
-        tree,
-        state.get("feedback", []),
-        ctx.budget,
-        state.get("steps", 0),
-        state.get("tool_calls", 0),
-    )
+    ledger = state_ledger(tree, state, ctx)
     try:
         raw = ctx.planner.propose(ledger)
     except LLMBudgetExceeded as err:
@@ -515,13 +520,7 @@ def checked_narrative(
     inv_id, hid = state["investigation_id"], cur["hypothesis_id"]
     tree, node = stored_hypothesis(ctx.store, inv_id, hid)
     entry = ledger_entry(node).model_copy(update={"status": decision.status})
-    ledger = build_ledger(
-        tree,
-        state.get("feedback", []),
-        ctx.budget,
-        state.get("steps", 0),
-        state.get("tool_calls", 0),
-    )
+    ledger = state_ledger(tree, state, ctx)
     try:
         narrative = ctx.planner.narrate(ledger, entry)
     except LLMError as err:

@@ -19,6 +19,7 @@ from typing import Any, Literal
 from sqlalchemy import insert, select
 
 from rankscope.experiments_db.models import (
+    CRITERION_COLUMNS,
     Artifact,
     Evidence,
     Experiment,
@@ -29,21 +30,7 @@ from rankscope.experiments_db.models import (
 
 LinkKind = Literal["hypothesis", "evidence", "verdict"]
 LINK_KINDS: tuple[LinkKind, ...] = ("hypothesis", "evidence", "verdict")
-_HYPOTHESIS_FIELDS = (
-    "investigation_id",
-    "text",
-    "parent_id",
-    "components",
-    "tool",
-    "tool_args",
-    "metric",
-    "direction",
-    "threshold",
-    "alpha",
-    "split",
-    "correction",
-    "n_tests",
-)
+_HYPOTHESIS_FIELDS = ("investigation_id", "text", "parent_id", "components", *CRITERION_COLUMNS)
 _VERDICT_FIELDS = (
     "hypothesis_id",
     "status",
