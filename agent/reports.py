@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rankscope.agent.planners.intents import NOT_FOLLOWED_UP
 from rankscope.agent.review_state import verdict_label
 from rankscope.agent.settings import settings_of
 from rankscope.experiments_db.errors import ArtifactError
@@ -222,6 +223,8 @@ def findings(tree: InvestigationTree) -> list[str]:
     items += [f"**Negligible (refuted, effect within the SESOI):** {s}" for s in negligible]
     items += [f"**Refuted:** {s}" for s in refuted]
     items += [f"**Inconclusive:** {s}" for s in open_items]
+    notes = settings_of(tree.investigation).notes
+    items += [f"**Screened:** {_d(n)}" for n in notes if n.startswith(NOT_FOLLOWED_UP)]
     return items or ["no hypothesis was decided"]
 
 
