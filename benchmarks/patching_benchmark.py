@@ -58,7 +58,7 @@ DEFAULT_DATA = REPO.parent / "shared" / "data" / "dl1920_tfc1_pairs.tsv"
 
 
 def load_pairs(retriever: Retriever, data: Path, n: int | None, seed: int) -> list:
-    source = resolve_data(str(data))
+    source = resolve_data(f"{data}#perturbation=TFC1/append")
     return list(
         source.pairs("TFC1", "append", tokenizer=retriever.tokenizer, split="all", n=n, seed=seed)
     )

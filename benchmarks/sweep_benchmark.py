@@ -52,7 +52,11 @@ def grid(opts: argparse.Namespace) -> None:
     threads = opts.threads or opts.shards
     torch.set_num_threads(threads)
     retriever = load_retriever(None)
-    data = resolve_data(str(opts.data)) if opts.data.exists() else resolve_data(None)
+    data = (
+        resolve_data(f"{opts.data}#perturbation=TFC1/append")
+        if opts.data.exists()
+        else resolve_data(None)
+    )
     pairs = list(
         data.pairs(
             "TFC1", "append", tokenizer=retriever.tokenizer, split="all", n=opts.pairs, seed=0

@@ -54,7 +54,7 @@ def shared_tiny(arch: str, kind: str = "bi-encoder", seed: int = 0) -> Retriever
 
 def tfc1_data(shared: Path):
     """The shared TFC1 pairs as a data source."""
-    return resolve_data(str(shared / "dl1920_tfc1_pairs.tsv"))
+    return resolve_data(f"{shared / 'dl1920_tfc1_pairs.tsv'}#perturbation=TFC1/append")
 
 
 def tfc1_pairs(shared: Path, retriever: Retriever, n: int, seed: int = 0) -> list:

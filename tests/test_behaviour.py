@@ -26,7 +26,7 @@ def hand_scores(st_model, queries, docs) -> np.ndarray:
 
 
 def test_behavioural_test_matches_hand_computation(minilm, shared_data, st_model, tmp_path):
-    data = resolve_data(str(shared_data / "dl1920_tfc1_pairs.tsv"))
+    data = resolve_data(f"{shared_data / 'dl1920_tfc1_pairs.tsv'}#perturbation=TFC1/append")
     tool = get_tool("behavioural_test")
     args = validate_args(tool, {"split": "all", "n_pairs": 48, "seed": 3, "n_bootstrap": 500})
     ctx = ToolContext(lambda: minilm, data, tmp_path, progress=False)

@@ -131,9 +131,9 @@ def test_documents() -> None:
 
 
 def test_fixed_pairs_source(shared_data: Path, minilm_tokenizer: Any) -> None:
-    source = resolve_data(str(shared_data / "dl1920_tfc1_pairs.tsv"))
+    source = resolve_data(f"{shared_data / 'dl1920_tfc1_pairs.tsv'}#perturbation=TFC1/append")
     assert isinstance(source, PairsSource) and source.collection() is None
-    assert source.name == "dl1920_tfc1_pairs"
+    assert source.name == "dl1920_tfc1_pairs[TFC1 append]"
     assert source.axioms() == [("TFC1", "append")]
     assert len(source.pairs("TFC1")) == 4000
     assert len(source.pairs("tfc1", "append", n=50, seed=1)) == 50

@@ -13,13 +13,16 @@ from pathlib import Path
 from typing import Any
 
 from rankscope.tools.diagnostics.errors import DataFormatError, DataSpecError, DataUnavailableError
+from rankscope.tools.diagnostics.labels import UNLABELLED, parse_perturbation
 from rankscope.tools.diagnostics.types import Collection, Pair, PairSet
 
 PAIRS_REQUIRED = ("qid", "docno", "text", "perturbed_text", "query")
-PAIRS_OPTIONAL = ("relevance", "score_delta")
+PAIRS_OPTIONAL = ("relevance", "score_delta", "perturbation", "axiom", "variant")
 PAIRS_FORMAT = (
     "a tab-separated file, UTF-8, with a header row naming the columns qid, docno, text, "
-    "perturbed_text, query (optional: relevance as an integer grade, score_delta), one pair a line"
+    "perturbed_text, query (optional: relevance as an integer grade, score_delta, and the "
+    "declared perturbation of the row as perturbation=AXIOM[/VARIANT] or as axiom and variant), "
+    "one pair a line"
 )
 QUERIES_FORMAT = (
     "a tab-separated file, UTF-8, with the header row 'qid<TAB>query<TAB>selected_term' "
@@ -147,12 +150,63 @@ def _injected_span(text: str, perturbed: str) -> tuple[str, tuple[int, int]] | N
     return variant, (start, end)
 
 
-def load_tfc1_pairs(path: str | Path, *, axiom: str = "TFC1", name: str | None = None) -> PairSet:
+def _declared(
+    row: Mapping[str, str], path: Path, line: int, declared: tuple[str, str] | None
+) -> tuple[str, str] | None:
+    """The (AXIOM, variant) a row declares (its ``perturbation`` or ``axiom``/``variant``
+    columns), else ``declared`` (the spec's); a row that disagrees with the spec is an error."""
+    text = row.get("perturbation", "").strip()
+    axiom = row.get("axiom", "").strip()
+    variant = row.get("variant", "").strip()
+    if text and axiom:
+        raise DataFormatError(
+            path,
+            "the row declares its perturbation twice (perturbation and axiom columns)",
+            PAIRS_FORMAT,
+            line,
+        )
+    if not text and not axiom and variant:
+        raise DataFormatError(
+            path, f"the row names the variant {variant!r} but no axiom", PAIRS_FORMAT, line
+        )
+    if axiom:
+        text = f"{axiom}/{variant}" if variant else axiom
+    if not text:
+        return declared
+    try:
+        own = parse_perturbation(text)
+    except ValueError as err:
+        raise DataFormatError(path, str(err), PAIRS_FORMAT, line) from None
+    if declared is not None and (
+        own[0] != declared[0] or (own[1] and declared[1] and own[1] != declared[1])
+    ):
+        raise DataFormatError(
+            path,
+            f"the row declares {'/'.join(filter(None, own))} but the data spec declares "
+            f"{'/'.join(filter(None, declared))}",
+            PAIRS_FORMAT,
+            line,
+        )
+    return own if own[1] or declared is None else (own[0], declared[1])
+
+
+def load_pairs_tsv(
+    path: str | Path,
+    *,
+    perturbation: tuple[str, str] | None = None,
+    name: str | None = None,
+) -> PairSet:
     """Fixed perturbation pairs from a TSV with the columns of ``dl1920_tfc1_pairs.tsv``.
 
     Baseline = ``text``, perturbed = ``perturbed_text``; the injected span is what the perturbed
-    text adds (found by diffing: appended → variant "append", prepended → "prepend", else
-    "insert"); ``term`` is that added text. ``score_delta`` is not kept.
+    text adds (found by diffing: appended → "append", prepended → "prepend", else "insert");
+    ``term`` is that added text. ``score_delta`` is not kept.
+
+    The pairs' axiom is what is declared: a row's ``perturbation`` (``AXIOM`` or
+    ``AXIOM/VARIANT``) or ``axiom`` (and ``variant``) column, else ``perturbation`` (the
+    caller's declaration, e.g. from the data spec; a row may not contradict it). Pairs nobody
+    declared get the axiom :data:`~rankscope.tools.diagnostics.labels.UNLABELLED` ("unlabelled
+    pairs"). A declaration without a variant takes the diffed one.
     """
     path = Path(path)
     _, rows = read_tsv(path, PAIRS_REQUIRED, PAIRS_FORMAT)
@@ -161,7 +215,8 @@ def load_tfc1_pairs(path: str | Path, *, axiom: str = "TFC1", name: str | None =
         found = _injected_span(row["text"], row["perturbed_text"])
         if found is None:
             raise DataFormatError(path, "perturbed_text adds nothing to text", PAIRS_FORMAT, number)
-        variant, span = found
+        diffed, span = found
+        axiom, variant = _declared(row, path, number, perturbation) or (UNLABELLED, "")
         pairs.append(
             Pair(
                 qid=row["qid"],
@@ -170,7 +225,7 @@ def load_tfc1_pairs(path: str | Path, *, axiom: str = "TFC1", name: str | None =
                 baseline=row["text"],
                 perturbed=row["perturbed_text"],
                 axiom=axiom,
-                variant=variant,
+                variant=variant or diffed,
                 relevance=_relevance(row.get("relevance"), path, number, PAIRS_FORMAT),
                 injected=(span,),
                 term=row["perturbed_text"][span[0] : span[1]],
@@ -179,6 +234,12 @@ def load_tfc1_pairs(path: str | Path, *, axiom: str = "TFC1", name: str | None =
     if not pairs:
         raise DataFormatError(path, "the file has a header row but no pairs", PAIRS_FORMAT)
     return PairSet(name or path.stem, tuple(pairs))
+
+
+def load_tfc1_pairs(path: str | Path, *, axiom: str = "TFC1", name: str | None = None) -> PairSet:
+    """Pairs of a file its caller knows to hold ``axiom`` pairs (default TFC1, as
+    ``dl1920_tfc1_pairs.tsv``): :func:`load_pairs_tsv` with that declaration."""
+    return load_pairs_tsv(path, perturbation=parse_perturbation(axiom), name=name)
 
 
 def load_queries_tsv(path: str | Path) -> tuple[dict[str, str], dict[str, str]]:

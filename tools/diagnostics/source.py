@@ -38,12 +38,17 @@ from rankscope.tools.diagnostics.errors import (
     DataSpecError,
     UnknownPerturbationError,
 )
+from rankscope.tools.diagnostics.labels import (
+    is_unlabelled,
+    parse_perturbation,
+    perturbation_label,
+)
 from rankscope.tools.diagnostics.loaders import (
     PAIRS_REQUIRED,
     load_irds_collection,
     load_jsonl_collection,
+    load_pairs_tsv,
     load_tfc1_corpus,
-    load_tfc1_pairs,
     load_tsv_collection,
     read_tsv,
 )
@@ -57,6 +62,10 @@ ACCEPTED_SPECS = """accepted data specs:
                               qid docno text perturbed_text query [relevance] (as
                               dl1920_tfc1_pairs.tsv); otherwise a collection with the columns
                               qid query docno text [relevance selected_term]
+  PATH.tsv#perturbation=AXIOM/VARIANT
+                              the same pairs, declared to be AXIOM/VARIANT pairs (e.g.
+                              TFC1/append, LNC1/append); a perturbation (or axiom and variant)
+                              column declares row by row; undeclared pairs are "unlabelled pairs"
   PATH.jsonl                  a collection, one JSON object a line with the keys
                               qid query docno text [relevance selected_term]
   PATH.json                   a corpus in the shared TFC1 format, with tfc1_queries.tsv beside it
@@ -315,10 +324,19 @@ class CollectionSource(DataSource):
 
 
 class PairsSource(DataSource):
-    """Fixed pairs read from a file: only their own axiom and variant are available."""
+    """Fixed pairs read from a file: only their own axiom and variant are available.
+
+    The axiom is what the file or the spec declared; undeclared pairs are unlabelled (axiom
+    :data:`~rankscope.tools.diagnostics.labels.UNLABELLED`) and are asked for by that name. The
+    source's name ends with the labels of what it holds, e.g. ``pairs[LNC1 append]`` or
+    ``pairs[unlabelled pairs]``, so the name recorded with every result says what was declared.
+    """
 
     def __init__(self, spec: str, pairs: PairSet, name: str | None = None) -> None:
-        super().__init__(spec, name or pairs.name)
+        labels = ", ".join(
+            dict.fromkeys(perturbation_label(p.axiom, p.variant) for p in pairs.pairs)
+        )
+        super().__init__(spec, f"{name or pairs.name}[{labels}]")
         self._pairs = pairs
         self._hash: str | None = None
 
@@ -348,11 +366,21 @@ class PairsSource(DataSource):
             (a, v) for a, v in own if a == axiom.upper() and (not variant or v == variant.lower())
         ]
         if not wanted:
-            have = ", ".join(f"{a}/{v}" for a, v in own)
+            have = ", ".join(
+                "unlabelled pairs (axiom UNLABELLED)" if is_unlabelled(a) else f"{a}/{v}"
+                for a, v in own
+            )
+            declare = (
+                " The pairs' perturbation was not declared: declare it with "
+                f"{self.spec.partition('#')[0]}#perturbation=AXIOM/VARIANT or a perturbation "
+                "column if you know it, or ask for axiom UNLABELLED."
+                if any(is_unlabelled(a) for a, _ in own)
+                else ""
+            )
             raise UnknownPerturbationError(
                 f"the data source {self.spec!r} holds fixed pairs of {have} only, not "
                 f"{axiom}/{variant or '*'}; use a collection source (builtin, a TSV/JSONL "
-                "collection, a shared-format corpus) to build other perturbations"
+                f"collection, a shared-format corpus) to build other perturbations.{declare}"
             )
         if options:
             raise DataError(f"fixed pairs from {self.spec!r} take no perturbation options")
@@ -413,10 +441,27 @@ def _spec_error(problem: str) -> DataSpecError:
     return DataSpecError(f"{problem}\n{ACCEPTED_SPECS}")
 
 
+DECLARATION = "#perturbation="
+
+
+def split_declaration(spec: str) -> tuple[str, tuple[str, str] | None]:
+    """(the spec without its declaration, the declared (AXIOM, variant) or None) of a spec
+    ``PATH#perturbation=AXIOM[/VARIANT]``."""
+    base, found, declared = spec.rpartition(DECLARATION)
+    if not found:
+        return spec, None
+    try:
+        return base.strip(), parse_perturbation(declared)
+    except ValueError as err:
+        raise _spec_error(f"in the data spec {spec!r}: {err}") from None
+
+
 def resolve_data(spec: str | os.PathLike[str] | None) -> DataSource:
     """The data source a ``--data`` spec names (see ``ACCEPTED_SPECS``); files are read now."""
     if spec is not None:
         spec = os.fspath(spec)
+    if spec is not None and DECLARATION in spec:
+        return _resolve_declared(spec.strip())
     if spec is None or spec.strip() in ("", "builtin"):
         return CollectionSource("builtin", load_builtin(), name="builtin")
     spec = spec.strip()
@@ -450,9 +495,55 @@ def resolve_data(spec: str | os.PathLike[str] | None) -> DataSource:
     if suffix == ".tsv":
         header, _ = read_tsv(path, (), "a tab-separated file with a header row")
         if all(column in header for column in PAIRS_REQUIRED):
-            return PairsSource(spec, load_tfc1_pairs(path))
+            return PairsSource(spec, load_pairs_tsv(path))
         _refuse_broken_pairs_header(path, header)
         return CollectionSource(spec, load_tsv_collection(path))
     if suffix == ".jsonl":
         return CollectionSource(spec, load_jsonl_collection(path))
     raise _spec_error(f"the file {spec!r} has the extension {suffix or '(none)'!r}")
+
+
+def _resolve_declared(spec: str) -> PairsSource:
+    """A pairs file with the perturbation its spec declares; any other spec is an error (only
+    fixed pairs need a declaration: a collection's pairs are built by a named perturbation)."""
+    base, declared = split_declaration(spec)
+    path = Path(base).expanduser()
+    if path.suffix.lower() != ".tsv" or not path.is_file():
+        raise _spec_error(
+            f"the data spec {spec!r} declares a perturbation, which only a pairs TSV file "
+            f"takes; {base!r} is not one"
+        )
+    header, _ = read_tsv(path, (), "a tab-separated file with a header row")
+    if not all(column in header for column in PAIRS_REQUIRED):
+        _refuse_broken_pairs_header(path, header)
+        raise _spec_error(
+            f"the data spec {spec!r} declares a perturbation, but {base!r} is a collection "
+            "(its header has no perturbed_text): a collection's pairs are built by the "
+            "perturbation a tool names"
+        )
+    return PairsSource(spec, load_pairs_tsv(path, perturbation=declared))
+
+
+_FIXED: dict[tuple[str, float], list[tuple[str, str]]] = {}
+
+
+def fixed_perturbations(spec: str | None) -> list[tuple[str, str]] | None:
+    """The (axiom, variant) pairs a fixed-pairs spec holds (axiom ``UNLABELLED`` where nothing
+    was declared); None for a spec of a collection, or one that cannot be read (running it
+    reports why). Cheap for collection specs: only a ``.tsv`` file's header is read."""
+    if not spec:
+        return None
+    base, _ = split_declaration(spec.strip()) if DECLARATION in spec else (spec.strip(), None)
+    path = Path(base).expanduser()
+    if path.suffix.lower() != ".tsv" or not path.is_file():
+        return None
+    key = (spec, path.stat().st_mtime)
+    if key not in _FIXED:
+        try:
+            source = resolve_data(spec)
+        except DataError:
+            return None
+        if not isinstance(source, PairsSource):
+            return None
+        _FIXED[key] = source.axioms()
+    return list(_FIXED[key])

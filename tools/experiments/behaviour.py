@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections import defaultdict
 from functools import partial
 from operator import itemgetter
-from typing import Literal
 
 import matplotlib
 
@@ -16,14 +15,29 @@ from pydantic import Field
 from scipy import stats
 
 from rankscope.tools.contract import ArtifactFile, Tool, ToolContext, ToolResult
+from rankscope.tools.diagnostics.labels import (
+    PREDICTED_BY_AXIOM,
+    Predicted,
+    is_unlabelled,
+    perturbation_label,
+    predicted_direction,
+)
 from rankscope.tools.diagnostics.types import PairSet
 from rankscope.tools.experiments.common import PairArgs, load_pairs
-from rankscope.tools.metric_keys import breakdown, declare, estimate, metric_key, scalar
+from rankscope.tools.metric_keys import (
+    MetricCatalogue,
+    breakdown,
+    declare,
+    estimate,
+    metric_key,
+    scalar,
+)
 from rankscope.tools.registry import register
 from rankscope.tools.retrievers.base import Retriever
 from rankscope.tools.stats import Alternative, QueryValue, bootstrap_ci, values_by_query
 
-Predicted = Literal["increase", "decrease", "any"]
+__all__ = ["PREDICTED_BY_AXIOM", "BehaviouralTest", "BehaviouralTestArgs", "Predicted"]
+
 ALTERNATIVES: dict[Predicted, Alternative] = {
     "increase": "greater",
     "decrease": "less",
@@ -31,21 +45,17 @@ ALTERNATIVES: dict[Predicted, Alternative] = {
 }
 """The alternative of the one-sided test in the predicted direction."""
 
-PREDICTED_BY_AXIOM: dict[str, Predicted] = {
-    "TFC1": "increase",
-    "TFC2": "increase",
-    "TDC": "increase",
-    "STMC1": "increase",
-    "LNC1": "decrease",
-    "LNC2": "increase",
-}
+DIRECTION_METRICS = ("share_moved_predicted",)
+"""Metrics about the predicted direction: a run that predicts none (unlabelled pairs) has none."""
 
 
 class BehaviouralTestArgs(PairArgs):
     predicted: Predicted | None = Field(
         None,
         description="Direction the axiom predicts for perturbed minus baseline score; default "
-        "from the axiom (TFC1/TFC2/TDC/STMC1/LNC2: increase, LNC1: decrease, others: any).",
+        "from the axiom (TFC1/TFC2/TDC/STMC1/LNC2: increase, LNC1: decrease, others: any). "
+        "Unlabelled pairs (axiom UNLABELLED) predict nothing: the run reports the score change "
+        "and its two-sided p-value, without share_moved_predicted, unless this is given.",
     )
     aligned: bool = Field(
         False,
@@ -139,6 +149,11 @@ def delta_histogram(delta: np.ndarray, grades: list[int | None], path: str, titl
     plt.close(fig)
 
 
+def predicted_of(args: BehaviouralTestArgs) -> Predicted | None:
+    """The direction a run tests: the one given, else the axiom's (None for unlabelled pairs)."""
+    return args.predicted or predicted_direction(args.axiom)
+
+
 @register
 class BehaviouralTest(Tool[BehaviouralTestArgs]):
     name = "behavioural_test"
@@ -208,14 +223,23 @@ class BehaviouralTest(Tool[BehaviouralTestArgs]):
         share_rank_worsened=("share of pairs whose rank gain is negative", "fraction of pairs"),
     )
 
+    def metrics_for(self, args: BehaviouralTestArgs) -> MetricCatalogue | None:
+        """Without a predicted direction (unlabelled pairs) there is no share that moved the
+        predicted way."""
+        catalogue = self.metrics
+        if catalogue is not None and predicted_of(args) is None:
+            return catalogue.without(*DIRECTION_METRICS)
+        return catalogue
+
     def run(self, ctx: ToolContext, args: BehaviouralTestArgs) -> ToolResult:
         pairs = load_pairs(ctx, args, aligned=args.aligned)
+        label = perturbation_label(args.axiom, args.variant)
         if len(pairs) == 0:
-            raise ValueError(f"no pairs for {args.axiom}/{args.variant} on split {args.split!r}")
-        predicted = args.predicted or PREDICTED_BY_AXIOM.get(args.axiom.upper(), "any")
+            raise ValueError(f"no pairs for {label} on split {args.split!r}")
+        predicted = predicted_of(args)
         base, pert = score_pairs(ctx.retriever, pairs, args.batch_size, ctx.progress)
         delta = pert - base
-        moved = moved_predicted(delta, predicted)
+        moved = moved_predicted(delta, predicted or "any")
         gains = rank_changes(pairs, base, pert)
         boot = partial(bootstrap_ci, n_resamples=args.n_bootstrap, seed=args.seed)
         share = boot(moved)
@@ -229,11 +253,14 @@ class BehaviouralTest(Tool[BehaviouralTestArgs]):
             **mean.as_metrics("mean_delta"),
             **median.as_metrics("median_delta"),
             "mean_relative_delta": float(np.mean(delta / np.maximum(np.abs(base), 1e-9))),
-            "p_value": direction_p_value(delta, predicted),
+            "p_value": direction_p_value(delta, predicted or "any"),
             **rank.as_metrics("mean_rank_gain"),
             "share_rank_improved": float(np.mean(gains > 0)),
             "share_rank_worsened": float(np.mean(gains < 0)),
         }
+        if predicted is None:
+            for key in share.as_metrics("share_moved_predicted"):
+                del metrics[key]
         qids = [p.qid for p in pairs]
         per_query = {
             "share_moved_predicted": values_by_query(qids, moved.tolist()),
@@ -241,30 +268,34 @@ class BehaviouralTest(Tool[BehaviouralTestArgs]):
             "median_delta": medians_by_query(qids, delta),
             "mean_rank_gain": values_by_query(qids, gains.tolist()),
         }
+        if predicted is None:
+            del per_query["share_moved_predicted"]
         grades = [p.relevance for p in pairs]
         by_grade = []
         for grade in sorted({g for g in grades if g is not None}):
             idx = np.array([g == grade for g in grades])
             g_share = boot(moved[idx])
             g_mean = boot(delta[idx])
-            by_grade.append(
-                {
-                    "grade": grade,
-                    "n": int(idx.sum()),
+            row: dict[str, float | int | None] = {"grade": grade, "n": int(idx.sum())}
+            if predicted is not None:
+                row |= {
                     "share_moved_predicted": g_share.value,
                     "share_ci_low": g_share.ci_low,
                     "share_ci_high": g_share.ci_high,
-                    "mean_delta": g_mean.value,
-                    "mean_delta_ci_low": g_mean.ci_low,
-                    "mean_delta_ci_high": g_mean.ci_high,
                 }
-            )
+            row |= {
+                "mean_delta": g_mean.value,
+                "mean_delta_ci_low": g_mean.ci_low,
+                "mean_delta_ci_high": g_mean.ci_high,
+            }
+            by_grade.append(row)
             g_qids = [q for q, keep in zip(qids, idx, strict=True) if keep]
-            share_key = metric_key("share_moved_predicted", grade=grade)
+            if predicted is not None:
+                share_key = metric_key("share_moved_predicted", grade=grade)
+                metrics[share_key] = g_share.value
+                per_query[share_key] = values_by_query(g_qids, moved[idx].tolist())
             mean_key = metric_key("mean_delta", grade=grade)
-            metrics[share_key] = g_share.value
             metrics[mean_key] = g_mean.value
-            per_query[share_key] = values_by_query(g_qids, moved[idx].tolist())
             per_query[mean_key] = values_by_query(g_qids, delta[idx].tolist())
         pair_rows = sorted(
             (
@@ -282,27 +313,47 @@ class BehaviouralTest(Tool[BehaviouralTestArgs]):
             key=itemgetter("delta"),
         )
         figure = ctx.artifact_path(f"behaviour_{args.axiom}_{args.variant}_{args.split}.png")
-        delta_histogram(
-            delta, grades, str(figure), f"{args.axiom} {args.variant}: {ctx.retriever.model_id}"
-        )
+        delta_histogram(delta, grades, str(figure), f"{label}: {ctx.retriever.model_id}")
+        data_name = str(getattr(ctx.data, "name", ""))
+        if predicted is None:
+            direction = (
+                "no predicted direction (the pairs' perturbation was not declared; declare it to "
+                "test an axiom's prediction)."
+            )
+            moved_line = f"Two-sided Wilcoxon p={metrics['p_value']:.3g}; "
+        else:
+            direction = f"predicted: {predicted}."
+            moved_line = (
+                f"Moved the predicted way: {share.value:.1%} [{share.ci_low:.1%}, "
+                f"{share.ci_high:.1%}]; Wilcoxon p={metrics['p_value']:.3g}; "
+            )
         summary_lines = [
-            f"{args.axiom} {args.variant} on {len(pairs)} pairs ({len(pairs.qids())} queries, split "
-            f"{args.split}), predicted: {predicted}.",
-            f"Moved the predicted way: {share.value:.1%} [{share.ci_low:.1%}, {share.ci_high:.1%}]; "
-            f"mean delta {mean.value:+.4g} [{mean.ci_low:+.4g}, {mean.ci_high:+.4g}]; median "
-            f"{median.value:+.4g}; Wilcoxon p={metrics['p_value']:.3g}; mean rank gain "
-            f"{rank.value:+.3g}.",
+            f"{label} on {len(pairs)} pairs ({len(pairs.qids())} queries, split {args.split}) of "
+            f"{data_name or 'the data'}, {direction}",
+            f"{moved_line}mean delta {mean.value:+.4g} [{mean.ci_low:+.4g}, {mean.ci_high:+.4g}]; "
+            f"median {median.value:+.4g}; mean rank gain {rank.value:+.3g}.",
         ]
         for row in by_grade:
+            moved_part = (
+                f"moved {row['share_moved_predicted']:.1%}, " if predicted is not None else ""
+            )
             summary_lines.append(
-                f"  grade {row['grade']}: n={row['n']}, moved {row['share_moved_predicted']:.1%}, "
+                f"  grade {row['grade']}: n={row['n']}, {moved_part}"
                 f"mean delta {row['mean_delta']:+.4g} [{row['mean_delta_ci_low']:+.4g}, "
                 f"{row['mean_delta_ci_high']:+.4g}]"
             )
+        perturbation = {
+            "axiom": args.axiom,
+            "variant": args.variant,
+            "label": label,
+            "declared": not is_unlabelled(args.axiom),
+            "predicted": predicted,
+            "data": data_name,
+        }
         return ToolResult(
             metrics=metrics,
             summary="\n".join(summary_lines),
-            tables={"by_grade": by_grade, "pairs": pair_rows},
+            tables={"by_grade": by_grade, "pairs": pair_rows, "perturbation": [perturbation]},
             per_query=per_query,
             artifacts=[
                 ArtifactFile(
