@@ -255,6 +255,10 @@ CATALOGUE_RUNS: dict[str, list[dict]] = {
     ],
     "embedding_svd": [{"n_components": 3}],
     "term_contributions": [{"n_pairs": 8, "n_bootstrap": 200}],
+    "axiom_screen": [
+        {"n_pairs": 6, "n_bootstrap": 200, "perturbations": ["TFC1/append", "LNC1/append"]}
+    ],
+    "token_screen": [{"n_docs": 8, "top_k": 3, "n_bootstrap": 200}],
 }
 """Small calls of every registered tool, between them giving every metric the tool declares."""
 

@@ -339,3 +339,83 @@ def save_tiny_decoder_reranker(folder: Path, style: str = "qwen3", seed: int = 0
         model = LlamaForSequenceClassification(config)
     model.save_pretrained(folder)
     return folder
+
+
+def save_planted_bi_encoder(
+    folder: Path,
+    *,
+    trigger: str | None = None,
+    late_position: int | None = None,
+    token_scale: float = 1.0,
+    seed: int = 0,
+) -> Path:
+    """A tiny mean-pooled, dot-product BERT bi-encoder with planted, deterministic properties.
+
+    A unit direction ``u`` (zero mean, so the embedding LayerNorm keeps it) is projected out of
+    every word, position and type embedding; [CLS] and [SEP] get the word embedding ``u``. With
+    the layers' small random weights a token's hidden state is close to its normalised input, so
+    the special tokens carry ``u`` and every query embedding has a ``u`` component of
+    ``2·|h_u|/(m+2)``: the score falls with document length (``2/(n+2)`` of the document is
+    special). ``trigger``: that word's embedding is also ``u``, so inserting it raises every
+    score. ``late_position``: positions from that index on get a position embedding along another
+    direction ``z`` (projected out of everything else) that swamps the token, so query-term
+    matches count only in the first ``late_position`` positions. ``token_scale`` scales the
+    final LayerNorm's weight on every dimension but the two that ``u`` spans: ordinary tokens'
+    states shrink (less noise from random token similarities), the special tokens' do not.
+    """
+    from transformers import AutoModel
+
+    tokenizer = wordpiece_tokenizer(folder / "_tok")
+    config = tiny_config("bert", len(tokenizer), tokenizer, cross=False)
+    torch.manual_seed(seed)
+    model = AutoModel.from_config(config)
+    gen = torch.Generator().manual_seed(seed + 1)
+    u = torch.zeros(config.hidden_size)
+    u[0], u[1] = 2**-0.5, -(2**-0.5)
+    z = torch.randn(config.hidden_size, generator=gen)
+    z = z - z.mean()
+    z = z - (z @ u) * u
+    z = z / z.norm()
+    emb = model.embeddings
+    with torch.no_grad():
+        for layer in model.encoder.layer:
+            layer.output.dense.weight.zero_()
+            layer.output.dense.bias.zero_()
+        for table in (emb.word_embeddings, emb.position_embeddings, emb.token_type_embeddings):
+            weight = table.weight
+            weight -= torch.outer(weight @ u, u)
+            weight -= torch.outer(weight @ z, z)
+        emb.token_type_embeddings.weight.zero_()
+        final_norm = model.encoder.layer[-1].output.LayerNorm.weight
+        final_norm.fill_(token_scale)
+        final_norm[:2] = 1.0
+        specials = [tokenizer.cls_token_id, tokenizer.sep_token_id]
+        if trigger is not None:
+            (trigger_id,) = tokenizer(trigger, add_special_tokens=False)["input_ids"]
+            specials.append(trigger_id)
+        emb.word_embeddings.weight[specials] = u
+        if late_position is not None:
+            emb.position_embeddings.weight[late_position:] = 4.0 * z
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {
+            "idx": 1,
+            "name": "1",
+            "path": "1_Pooling",
+            "type": "sentence_transformers.models.Pooling",
+        },
+    ]
+    (folder / "modules.json").write_text(json.dumps(modules))
+    (folder / "1_Pooling").mkdir(exist_ok=True)
+    (folder / "1_Pooling" / "config.json").write_text(
+        json.dumps(
+            {
+                "word_embedding_dimension": config.hidden_size,
+                "pooling_mode_cls_token": False,
+                "pooling_mode_mean_tokens": True,
+            }
+        )
+    )
+    return folder

@@ -21,6 +21,8 @@ TOOL_MODULES: tuple[str, ...] = (
     "rankscope.tools.experiments.steering",
     "rankscope.tools.experiments.embedding_svd",
     "rankscope.tools.experiments.term_contributions",
+    "rankscope.tools.experiments.axiom_screen",
+    "rankscope.tools.experiments.token_screen",
 )
 
 _TOOLS: dict[str, type[Tool[Any]]] = {}

@@ -1,0 +1,170 @@
+"""The screening tools (issue 11) on tiny models with planted properties, each checked against an
+independent computation."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from rankscope.tools.contract import ToolContext, ToolResult
+from rankscope.tools.diagnostics.source import resolve_data
+from rankscope.tools.registry import get_tool, validate_args
+from rankscope.tools.retrievers import load_retriever
+from rankscope.tools.retrievers.base import Retriever
+from tests.tiny_models import save_planted_bi_encoder, save_tiny_model
+
+torch.set_num_threads(1)
+
+TRIGGER = "bread"
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, Retriever]:
+    tmp = tmp_path_factory.mktemp("screens")
+    folders = {
+        "length": save_planted_bi_encoder(tmp / "length", token_scale=0.2),
+        "trigger": save_planted_bi_encoder(tmp / "trigger", trigger=TRIGGER, token_scale=0.2),
+        "position": save_planted_bi_encoder(tmp / "position", late_position=24),
+        "cross": save_tiny_model(tmp / "cross", "bert", "cross-encoder"),
+    }
+    return {name: load_retriever(str(path)) for name, path in folders.items()}
+
+
+@pytest.fixture(scope="module")
+def data() -> Any:
+    return resolve_data(None)
+
+
+def run(name: str, retriever: Retriever, data: Any, tmp: Path, **raw: Any) -> ToolResult:
+    tool = get_tool(name)
+    args = validate_args(tool, raw)
+    ctx = ToolContext(lambda: retriever, data, tmp, progress=False)
+    result = tool.run(ctx, args)
+    for key in result.metrics:
+        assert tool.produces(args, key), f"{name}: {key} undeclared"
+    for key in result.per_query:
+        assert tool.metric_spec(args, key).kind == "estimate", key
+    return result
+
+
+def per_query_means(qids: list[str], values: np.ndarray) -> dict[str, float]:
+    groups: dict[str, list[float]] = defaultdict(list)
+    for qid, value in zip(qids, values.tolist(), strict=True):
+        groups[qid].append(value)
+    return {q: float(np.mean(v)) for q, v in groups.items()}
+
+
+# --- axiom_screen -------------------------------------------------------------------------
+
+
+def test_axiom_screen_finds_the_planted_length_penalty_and_matches_a_hand_computation(
+    models, data, tmp_path
+):
+    retriever = models["length"]
+    result = run("axiom_screen", retriever, data, tmp_path, n_pairs=16, n_bootstrap=300)
+    rows = {(r["axiom"], r["variant"]): r for r in result.tables["rows"]}
+    assert result.metrics["n_rows"] == len(rows) >= 10
+    lnc1 = rows[("LNC1", "append")]
+    assert lnc1["mean_delta"] < 0 and lnc1["ci_high"] < 0
+    assert result.metrics["mean_delta_ci_high[axiom=LNC1|variant=append]"] < 0
+    assert lnc1["share_moved_predicted"] > 0.8
+    # Independent computation of one row: the same pairs scored directly.
+    pairs = data.pairs("TFC1", "append", split="discovery", n=16, seed=0)
+    queries = [p.query for p in pairs]
+    base = retriever.score(queries, [p.baseline for p in pairs]).numpy()
+    pert = retriever.score(queries, [p.perturbed for p in pairs]).numpy()
+    expected = per_query_means([p.qid for p in pairs], pert - base)
+    got = {v.qid: v.value for v in result.per_query["mean_delta[axiom=TFC1|variant=append]"]}
+    assert got.keys() == expected.keys()
+    for qid, value in expected.items():
+        assert got[qid] == pytest.approx(value, abs=1e-5)
+    assert result.metrics["mean_delta[axiom=TFC1|variant=append]"] == pytest.approx(
+        np.mean(list(expected.values())), abs=1e-5
+    )
+    ranked = [abs(r["mean_delta"]) for r in result.tables["rows"]]
+    assert ranked == sorted(ranked, reverse=True)
+    assert result.artifacts[0].path.exists()
+
+
+def test_axiom_screen_runs_on_a_cross_encoder(models, data, tmp_path):
+    retriever = models["cross"]
+    result = run(
+        "axiom_screen",
+        retriever,
+        data,
+        tmp_path,
+        n_pairs=6,
+        n_bootstrap=200,
+        perturbations=["LNC1/append", "ABNIRML/shuffle_words"],
+    )
+    assert result.metrics["n_rows"] == 2
+    pairs = data.pairs("ABNIRML", "shuffle_words", split="discovery", n=6, seed=0)
+    queries = [p.query for p in pairs]
+    delta = (
+        retriever.score(queries, [p.perturbed for p in pairs]).numpy()
+        - retriever.score(queries, [p.baseline for p in pairs]).numpy()
+    )
+    expected = per_query_means([p.qid for p in pairs], delta)
+    key = "mean_delta[axiom=ABNIRML|variant=shuffle_words]"
+    got = {v.qid: v.value for v in result.per_query[key]}
+    assert got == pytest.approx(expected, abs=1e-5)
+    with pytest.raises(ValueError, match="unknown perturbation"):
+        run("axiom_screen", retriever, data, tmp_path, perturbations=["TFC9/append"])
+
+
+# --- token_screen -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("position", ["start", "end", "random"])
+def test_token_screen_puts_a_planted_trigger_in_the_top_5(models, data, tmp_path, position):
+    result = run(
+        "token_screen",
+        models["trigger"],
+        data,
+        tmp_path,
+        n_docs=16,
+        top_k=8,
+        n_bootstrap=200,
+        position=position,
+    )
+    verified = [r["token"] for r in result.tables["verified"]]
+    assert TRIGGER in verified[:5]
+    assert result.tables["first_order_top"][0]["token"] == TRIGGER
+    assert result.metrics[f"delta_ci_low[token={TRIGGER}]"] > 0
+    assert result.metrics[f"delta_absent[token={TRIGGER}]"] > 0
+    assert result.metrics["n_vocabulary"] > 50
+
+
+@pytest.mark.parametrize("kind", ["trigger", "cross"])
+def test_token_screen_deltas_match_inserting_the_word_in_the_text(models, data, tmp_path, kind):
+    """At the start, inserting the token id equals scoring ``word + ' ' + document``."""
+    retriever = models[kind]
+    result = run(
+        "token_screen",
+        retriever,
+        data,
+        tmp_path,
+        n_docs=8,
+        top_k=4,
+        n_bootstrap=200,
+        candidates="words",
+    )
+    rows = data.documents(n=8, seed=0, split="discovery")
+    queries = [r["query"] for r in rows]
+    base = retriever.score(queries, [r["text"] for r in rows]).numpy()
+    checked = 0
+    for row in result.tables["verified"]:
+        word = row["token"]
+        if len(retriever.tokenizer.tokenize(word)) != 1:
+            continue
+        checked += 1
+        inserted = retriever.score(queries, [f"{word} {r['text']}" for r in rows]).numpy()
+        expected = per_query_means([r["qid"] for r in rows], inserted - base)
+        got = {v.qid: v.value for v in result.per_query[f"delta[token={word}]"]}
+        assert got == pytest.approx(expected, abs=1e-4)
+    assert checked >= 2
