@@ -664,6 +664,12 @@ class ProtocolPlanner(Planner):
                 f"protocol complete for the intent '{choice.intent.name}': no screen hit was "
                 "confirmed and replicated; nothing to localise"
             )
+        if not any(e.hypothesis.startswith("Screen:") for e in ledger.entries):
+            return (
+                f"the intent '{choice.intent.name}' needs the screens "
+                f"{', '.join(choice.intent.screens) or 'none'}, and none could run (see the "
+                "notes): the question stays unanswered"
+            )
         return (
             f"protocol complete for the intent '{choice.intent.name}': no screen hit beyond the "
             "SESOI; nothing to follow up"
