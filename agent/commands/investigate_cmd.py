@@ -21,6 +21,17 @@ DbOption = Annotated[
         show_default=False,
     ),
 ]
+RemoteOption = Annotated[
+    str | None,
+    typer.Option(
+        "--remote",
+        metavar="ndif|local|URL",
+        help="Run the model's traces on a remote nnsight backend: 'ndif' (the NDIF host in "
+        "nnsight's config; API key from NDIF_API_KEY or `nnsight login`), a backend URL, or "
+        "'local' (nnsight's local simulation). Needs a Hugging Face model id; bi-encoders; "
+        "patching uses the nnsight engine.",
+    ),
+]
 ReportDirOption = Annotated[
     Path,
     typer.Option("--report-dir", help="Folder for reports (one sub-folder per investigation)."),
@@ -183,13 +194,16 @@ def register(app: typer.Typer) -> None:
                 "--label", metavar="NAME", help="Cross-encoder: the head's label to score."
             ),
         ] = None,
+        remote: RemoteOption = None,
     ) -> None:
         """Investigate a question: hypotheses, experiments, verdicts, a report."""
         from rankscope.agent.policy import make_policy
         from rankscope.agent.runner import investigate
         from rankscope.agent.state import Budget
+        from rankscope.tools.retrievers.remote import parse_remote
 
         try:
+            backend = parse_remote(remote)
             policy = make_policy(policy_file, alpha=alpha, min_queries=min_queries)
             limits = Budget(
                 max_steps=budget,
@@ -223,6 +237,7 @@ def register(app: typer.Typer) -> None:
                     for k, v in {
                         "allow_random_weights": allow_random_weights,
                         "label": label,
+                        "remote": backend,
                     }.items()
                     if v
                 },

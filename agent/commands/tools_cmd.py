@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from rankscope.agent.commands.investigate_cmd import RemoteOption
 from rankscope.tools.contract import ToolContext
 from rankscope.tools.registry import (
     ToolArgumentError,
@@ -78,10 +79,15 @@ def run_by_hand(
     out: Path | None,
     as_json: bool,
     progress: bool,
+    remote: str | None = None,
 ) -> None:
-    """``rankscope run``: one tool call outside any investigation, printed or as JSON."""
+    """``rankscope run``: one tool call outside any investigation, printed or as JSON;
+    ``remote`` is the ``--remote`` option (:func:`rankscope.tools.retrievers.remote.parse_remote`)."""
     from rankscope.tools.diagnostics.source import resolve_data
     from rankscope.tools.retrievers import load_retriever
+    from rankscope.tools.retrievers.remote import parse_remote
+
+    backend = parse_remote(remote)
 
     try:
         tool, args = resolve_call(tool_name, parse_args_option(raw_args))
@@ -90,7 +96,7 @@ def run_by_hand(
         raise typer.Exit(2) from err
     run_dir = out or default_run_dir(tool.name)
     ctx = ToolContext(
-        retriever_factory=lambda: load_retriever(model),
+        retriever_factory=lambda: load_retriever(model, remote=backend),
         data=resolve_data(data),
         artifact_dir=run_dir,
         progress=progress and not as_json,
@@ -157,13 +163,14 @@ def register(app: typer.Typer) -> None:
             bool, typer.Option("--json", help="Metrics and tables as JSON.")
         ] = False,
         progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+        remote: RemoteOption = None,
     ) -> None:
         """Run one tool by hand, outside any agent."""
         from rankscope.tools.diagnostics.loaders import DataFormatError
         from rankscope.tools.retrievers import RetrieverLoadError
 
         try:
-            run_by_hand(tool, args, model, data, out, as_json, progress)
+            run_by_hand(tool, args, model, data, out, as_json, progress, remote)
         except (RetrieverLoadError, DataFormatError, FileNotFoundError, ValueError) as err:
             err_console.print(f"[red]error:[/red] {escape(str(err))}")
             raise typer.Exit(1) from err

@@ -98,7 +98,8 @@ class ActivationPatchingArgs(PatchingArgs):
         "auto",
         description="'cached': exact, runs from the patched layer on cached inputs (fast); "
         "'nnsight': one nnsight trace per chunk of interventions (generic reference); 'auto': "
-        "nnsight for explicit components, cached for grids. Both give the same numbers.",
+        "nnsight for explicit components and remote models (--remote), cached for grids. Both give "
+        "the same numbers.",
     )
 
     @model_validator(mode="after")
@@ -218,7 +219,8 @@ class ActivationPatching(Tool[ActivationPatchingArgs]):
         interventions = build_interventions(retriever, args)
         engine = args.engine
         if engine == "auto":
-            engine = "nnsight" if args.components is not None else "cached"
+            remote = getattr(retriever, "remote", None)
+            engine = "nnsight" if args.components is not None or remote else "cached"
         scores = (ctx.patch_engine or patch_pairs)(
             retriever,
             list(pairs),

@@ -209,6 +209,7 @@ def load_retriever(
     device: str = "cpu",
     allow_random_weights: bool = False,
     label: str | None = None,
+    remote: bool | str | None = None,
 ) -> Retriever:
     """A retriever from a Hugging Face id or a local folder (default: the bundled MiniLM).
 
@@ -217,8 +218,22 @@ def load_retriever(
     A folder with custom code is refused; so are weights the score depends on that the checkpoint
     lacks (unless ``allow_random_weights``; the retriever's ``random_weights`` then lists them), and
     a multi-label head unless ``label`` names the label to score.
+
+    With ``remote`` (``True`` for NDIF, a backend URL, or ``"local"``) the model is a Hugging Face
+    id whose traces run on that nnsight backend (:mod:`rankscope.tools.retrievers.remote`).
     """
     _quiet_transformers()
+    if remote:
+        from rankscope.tools.retrievers.remote import load_remote_retriever
+
+        return load_remote_retriever(
+            model or DEFAULT_MODEL,
+            remote,
+            kind=kind,
+            pooling=pooling,
+            similarity=similarity,
+            max_length=max_length,
+        )
     from transformers import (
         AutoConfig,
         AutoModel,
