@@ -31,6 +31,9 @@ from rankscope.tools.contract import ArtifactFile, ToolContext
 from rankscope.tools.running import resolve_call, run_tool
 from rankscope.tools.stats import per_query_rows
 
+SHARDED_TOOLS = ("activation_patching",)
+"""Tools whose patching grid can be split across Ray actors (their ``ctx.patch_engine``)."""
+
 _RETRIEVERS: dict[tuple[str | None, str, int, tuple[tuple[str, Any], ...]], Any] = {}
 
 
@@ -81,7 +84,11 @@ class Lab:
     progress: bool = False
     retriever_loader: Callable[..., Any] | None = None
     model_options: dict[str, Any] = field(default_factory=dict)
+    shards: int | None = None
+    """Ray actors for the grids of :data:`SHARDED_TOOLS` (None: in-process). The actors load the
+    model with ``load_retriever`` and return scores; this process records them."""
     _retriever: Any = field(default=None, repr=False)
+    _patcher: Any = field(default=None, repr=False)
     _data: Any = field(default=None, repr=False)
     timings: dict[str, float] = field(default_factory=dict)
     _results: dict[str, tuple[int, int]] = field(default_factory=dict, repr=False)
@@ -97,6 +104,25 @@ class Lab:
             )
             self.timings["model_load_s"] = time.perf_counter() - started
         return self._retriever
+
+    def patch_engine(self, tool_name: str) -> Callable[..., Any] | None:
+        """The sharded patching engine for ``tool_name`` when the investigation runs with
+        ``shards`` (its actors start on first use and serve every later call), else None."""
+        if not self.shards or tool_name not in SHARDED_TOOLS:
+            return None
+        if self._patcher is None:
+            from rankscope.tools.interventions.sharding import ShardedPatcher
+
+            self._patcher = ShardedPatcher(
+                self.model, self.shards, device=self.device, model_options=self.model_options
+            )
+        return self._patcher.patch_pairs
+
+    def close(self) -> None:
+        """End the sharded engine's actors (and a Ray it started), if any."""
+        if self._patcher is not None:
+            self._patcher.close()
+            self._patcher = None
 
     def data(self) -> Any:
         """The investigation's data source, resolved on first use."""
@@ -161,6 +187,7 @@ class Lab:
                 artifact_dir=Path(tmp),
                 progress=self.progress,
                 device=self.device,
+                patch_engine=self.patch_engine(tool.name),
             )
             started = time.perf_counter()
             try:

@@ -177,6 +177,7 @@ def _run(
         progress=show_tool_progress,
         retriever_loader=retriever_loader,
         model_options=settings.model_options,
+        shards=settings.shards,
     )
     context = GraphContext(
         store=store,
@@ -191,6 +192,7 @@ def _run(
         with _sigterm_as_interrupt():
             final = invoke(context, db_url, investigation_id, resume=resume)
     finally:
+        lab.close()
         release(store, investigation_id)
     inv = store.get_investigation(investigation_id)
     return RunResult(
@@ -226,6 +228,7 @@ def investigate(
     policy: StatsPolicy | None = None,
     config_extra: dict[str, Any] | None = None,
     on_started: Callable[[int], None] | None = None,
+    shards: int | None = None,
 ) -> RunResult:
     """Start an investigation and run it to its end (or to an exception, which propagates).
 
@@ -233,7 +236,8 @@ def investigate(
     ``llm_timeout_s``, ``llm_retries`` and ``llm_context`` are stored with the investigation, so
     ``resume`` uses them too; ``policy`` is the statistical policy the verdict rules apply (default
     :class:`StatsPolicy`), stored with the investigation; ``config_extra`` adds keys to the
-    config stored as the row is created (a sweep's id and cell, :mod:`rankscope.agent.sweep`).
+    config stored as the row is created (a sweep's id and cell, :mod:`rankscope.agent.sweep`);
+    ``shards`` splits each activation_patching grid across that many Ray actors (stored).
 
     The device and the model are checked before the investigation's row is created, so a bad one
     leaves nothing behind; a failure after the row exists but before the graph runs marks it
@@ -267,6 +271,7 @@ def investigate(
                 planner_why=choice.why,
                 protocol_pairs=protocol_pairs,
                 model_options=dict(model_options or {}),
+                shards=shards,
                 llm_timeout_s=llm_timeout_s,
                 llm_retries=llm_retries,
                 llm_context=llm_context,

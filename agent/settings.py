@@ -46,6 +46,12 @@ class InvestigationSettings(BaseModel):
         gt=0,
         description="--llm-context: the LLM's context window in tokens (None: asked of the server).",
     )
+    shards: int | None = Field(
+        None,
+        ge=1,
+        description="--shards: Ray actors that split each activation_patching grid (None: "
+        "in-process). Only this process writes to the store.",
+    )
     model_options: dict[str, Any] = Field(
         default_factory=dict,
         description="Loader options the user set (allow_random_weights, label).",

@@ -202,3 +202,42 @@ def test_sharded_grid_equals_the_in_process_run(local_ray: None, tmp_path: Path)
     for key, value in m1.items():
         if isinstance(value, float):
             assert abs(value - m2[key]) <= 1e-6, key
+
+
+def test_an_investigation_with_shards_runs_its_grids_on_ray(
+    local_ray: None, tmp_path: Path
+) -> None:
+    """``--shards 2``: the Lab hands activation_patching the sharded engine; the driver records
+    the same metrics as the in-process Lab (the actors write nothing)."""
+    from rankscope.agent.execution import Lab
+    from rankscope.agent.settings import InvestigationSettings, settings_of
+    from tests.interventions_support import tiny_retriever
+
+    model = str(tmp_path / "tiny")
+    tiny_retriever(Path(model), "bert")
+    options = {"kind": "bi-encoder", "pooling": "mean", "similarity": "dot"}
+    args = {"n_pairs": 12, "batch_size": 4, "split": "all"}
+    with open_store(f"sqlite:///{tmp_path / 'store.db'}") as store:
+        config = InvestigationSettings(model_arg=model, model_options=options, shards=2)
+        inv = store.create_investigation(
+            "q", model, "builtin", "protocol", config=config.model_dump(mode="json")
+        )
+        assert settings_of(store.get_investigation(inv)).shards == 2
+        outcomes = {}
+        for shards in (None, 2):
+            lab = Lab(store, inv, model, None, model_options=options, shards=shards)
+            try:
+                outcomes[shards] = lab.run_experiment(None, "activation_patching", args)
+                assert (lab._patcher is not None) == (shards is not None)
+                assert lab.patch_engine("behavioural_test") is None
+            finally:
+                lab.close()
+            assert lab._patcher is None
+        plain, sharded = outcomes[None], outcomes[2]
+        assert plain.status == sharded.status == "finished", sharded.error
+        assert plain.metrics.keys() == sharded.metrics.keys()
+        for key, value in plain.metrics.items():
+            if isinstance(value, float):
+                assert abs(value - sharded.metrics[key]) <= 1e-6, key
+        finished = [e for e in store.investigation_tree(inv).experiments() if e.evidence]
+        assert len(finished) == 2

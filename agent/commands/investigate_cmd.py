@@ -195,6 +195,16 @@ def register(app: typer.Typer) -> None:
             ),
         ] = None,
         remote: RemoteOption = None,
+        shards: Annotated[
+            int | None,
+            typer.Option(
+                "--shards",
+                min=1,
+                metavar="N",
+                help="Split each activation_patching grid across N Ray actors (each loads the "
+                "model once; needs rankscope[ray]). Stored: `resume` uses it.",
+            ),
+        ] = None,
     ) -> None:
         """Investigate a question: hypotheses, experiments, verdicts, a report."""
         from rankscope.agent.policy import make_policy
@@ -242,6 +252,7 @@ def register(app: typer.Typer) -> None:
                     if v
                 },
                 on_started=started.append,
+                shards=shards,
             )
         except _stop_errors() as err:
             _stopped(err, _resume_hint(started))
