@@ -259,6 +259,7 @@ CATALOGUE_RUNS: dict[str, list[dict]] = {
         {"n_pairs": 6, "n_bootstrap": 200, "perturbations": ["TFC1/append", "LNC1/append"]}
     ],
     "token_screen": [{"n_docs": 8, "top_k": 3, "n_bootstrap": 200}],
+    "property_regression": [{"n_docs": 16, "n_bootstrap": 100}],
 }
 """Small calls of every registered tool, between them giving every metric the tool declares."""
 

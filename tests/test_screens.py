@@ -29,7 +29,7 @@ def models(tmp_path_factory) -> dict[str, Retriever]:
     folders = {
         "length": save_planted_bi_encoder(tmp / "length", token_scale=0.2),
         "trigger": save_planted_bi_encoder(tmp / "trigger", trigger=TRIGGER, token_scale=0.2),
-        "position": save_planted_bi_encoder(tmp / "position", late_position=24),
+        "position": save_planted_bi_encoder(tmp / "position", late_position=16),
         "cross": save_tiny_model(tmp / "cross", "bert", "cross-encoder"),
     }
     return {name: load_retriever(str(path)) for name, path in folders.items()}
@@ -168,3 +168,66 @@ def test_token_screen_deltas_match_inserting_the_word_in_the_text(models, data, 
         got = {v.qid: v.value for v in result.per_query[f"delta[token={word}]"]}
         assert got == pytest.approx(expected, abs=1e-4)
     assert checked >= 2
+
+
+# --- property_regression ------------------------------------------------------------------
+
+
+def test_property_regression_finds_the_length_penalty_and_matches_a_hand_fit(
+    models, data, tmp_path
+):
+    from rankscope.tools.experiments.property_regression import (
+        PROPERTIES,
+        edit_text,
+    )
+
+    retriever = models["length"]
+    result = run("property_regression", retriever, data, tmp_path, n_docs=48, n_bootstrap=200)
+    assert result.metrics["edit_delta_ci_high[edit=pad]"] < 0
+    assert result.metrics["edit_delta_ci_low[edit=truncate]"] > 0
+    assert result.metrics["coef_ci_high[property=length]"] < 0
+    # Hand fit: OLS of the within-query demeaned score on the within-query standardised
+    # properties (numpy's lstsq on dummies for the query fixed effects).
+    docs = result.tables["documents"]
+    y = np.array([d["score"] for d in docs])
+    x = np.array([[d[p] for p in PROPERTIES] for d in docs])
+    qids = sorted({d["qid"] for d in docs})
+    dummies = np.array([[d["qid"] == q for q in qids] for d in docs], dtype=float)
+    coef = {r["property"]: r for r in result.tables["regression"]}
+    usable = [j for j, p in enumerate(PROPERTIES) if coef[p]["within_query_sd"] > 1e-12]
+    scaled = x[:, usable] / np.array([coef[PROPERTIES[j]]["within_query_sd"] for j in usable])
+    fit, *_ = np.linalg.lstsq(np.hstack([scaled, dummies]), y, rcond=None)
+    for k, j in enumerate(usable):
+        assert coef[PROPERTIES[j]]["coef"] == pytest.approx(fit[k], rel=1e-4, abs=1e-7)
+    # The pad edit's per-query values, scored by hand.
+    rows = data.documents(n=48, seed=0, split="discovery")
+    queries = [r["query"] for r in rows]
+    padded = [edit_text(r["query"], r["text"], "pad") or "" for r in rows]
+    delta = (
+        retriever.score(queries, padded).numpy()
+        - retriever.score(queries, [r["text"] for r in rows]).numpy()
+    )
+    expected = per_query_means([r["qid"] for r in rows], delta)
+    got = {v.qid: v.value for v in result.per_query["edit_delta[edit=pad]"]}
+    assert got == pytest.approx(expected, abs=1e-5)
+
+
+def test_property_regression_sees_match_position_on_the_position_model(models, data, tmp_path):
+    result = run(
+        "property_regression",
+        models["position"],
+        data,
+        tmp_path,
+        split="all",
+        n_docs=196,
+        n_bootstrap=200,
+        edits=["match_front"],
+    )
+    (row,) = result.tables["edits"]
+    assert row["edit_delta"] > 0 and row["n_docs"] >= 20
+
+
+def test_property_regression_runs_on_a_cross_encoder(models, data, tmp_path):
+    result = run("property_regression", models["cross"], data, tmp_path, n_docs=16, n_bootstrap=100)
+    assert {r["edit"] for r in result.tables["edits"]} >= {"truncate", "pad"}
+    assert np.isfinite(result.metrics["coef[property=length]"])

@@ -359,7 +359,8 @@ def save_planted_bi_encoder(
     special). ``trigger``: that word's embedding is also ``u``, so inserting it raises every
     score. ``late_position``: positions from that index on get a position embedding along another
     direction ``z`` (projected out of everything else) that swamps the token, so query-term
-    matches count only in the first ``late_position`` positions. ``token_scale`` scales the
+    matches count only in the first ``late_position`` positions (whose position embeddings are
+    shrunk, so a token's state there is mostly its identity). ``token_scale`` scales the
     final LayerNorm's weight on every dimension but the two that ``u`` spans: ordinary tokens'
     states shrink (less noise from random token similarities), the special tokens' do not.
     """
@@ -395,6 +396,7 @@ def save_planted_bi_encoder(
             specials.append(trigger_id)
         emb.word_embeddings.weight[specials] = u
         if late_position is not None:
+            emb.position_embeddings.weight[:late_position] *= 0.1
             emb.position_embeddings.weight[late_position:] = 4.0 * z
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)

@@ -23,6 +23,7 @@ TOOL_MODULES: tuple[str, ...] = (
     "rankscope.tools.experiments.term_contributions",
     "rankscope.tools.experiments.axiom_screen",
     "rankscope.tools.experiments.token_screen",
+    "rankscope.tools.experiments.property_regression",
 )
 
 _TOOLS: dict[str, type[Tool[Any]]] = {}
