@@ -12,7 +12,7 @@ from pydantic import Field, field_validator, model_validator
 
 from rankscope.tools.contract import ArtifactFile, Tool, ToolContext, ToolResult
 from rankscope.tools.experiments.common import PairArgs, load_pairs
-from rankscope.tools.interventions.attention import SAME_TOKEN, attention_by_role
+from rankscope.tools.interventions.attention import SAME_TOKEN, attention_by_role, token_layers
 from rankscope.tools.interventions.cache import capture
 from rankscope.tools.interventions.figures import heatmap
 from rankscope.tools.interventions.masking import (
@@ -42,9 +42,10 @@ ToRole = Literal["cls", "query", "doc", "qterm", "injected", "filler", "sep", "s
 
 
 def parse_heads(retriever: Retriever, names: list[str] | None) -> list[tuple[int, int]]:
-    """(layer, head) for names ``L1.H6`` (a head) or ``L1`` (all heads of layer 1); all if None."""
+    """(layer, head) for names ``L1.H6`` (a head) or ``L1`` (all heads of layer 1); if None, all
+    heads of the layers that run over the input's tokens (monoT5's decoder blocks do not)."""
     if names is None:
-        return [(layer, h) for layer in range(retriever.n_layers) for h in range(retriever.n_heads)]
+        return [(layer, h) for layer in token_layers(retriever) for h in range(retriever.n_heads)]
     out: list[tuple[int, int]] = []
     for name in names:
         match = re.fullmatch(r"L(\d+)(?:\.H(\d+))?", name.strip())

@@ -19,6 +19,8 @@ from rankscope.tools.representations.activations import (
     ActivationTable,
     collect_activations,
     document_embeddings,
+    has_final_embedding,
+    layer_list,
     layer_name,
 )
 from rankscope.tools.representations.corpus import (
@@ -75,13 +77,13 @@ class TrainSAEArgs(DocumentArgs):
 
 def _train(ctx: ToolContext, args: TrainSAEArgs) -> SAEReport:
     retriever = ctx.retriever
-    if args.layer is None and not hasattr(retriever, "encode_texts"):
+    if args.layer is None and not has_final_embedding(retriever):
         raise ValueError(
-            f"a {retriever.kind} has no final document embedding: give a layer to train on its "
-            "residual stream"
+            f"a {retriever.kind} has no dense final document embedding: give a layer to train "
+            "on its residual stream"
         )
-    if args.layer is not None and not 0 <= args.layer < retriever.n_layers:
-        raise ValueError(f"layer {args.layer} does not exist (0..{retriever.n_layers - 1})")
+    if args.layer is not None:
+        layer_list(retriever, [args.layer], False)
     docs = sample_documents(
         ctx.data,
         args.n_docs,
@@ -337,9 +339,8 @@ def _unit_activations(
         progress=ctx.progress,
     )
     if args.unit_type == "neuron":
-        neurons = retriever.n_layers - 1 if args.layer is None else args.layer
-        if not 0 <= neurons < retriever.n_layers:
-            raise ValueError(f"layer {neurons} does not exist (0..{retriever.n_layers - 1})")
+        neurons = layer_list(retriever, None if args.layer is None else [args.layer], False)[-1]
+        assert neurons is not None
         table = collect(retriever, docs, [neurons], site="neurons")
         return (
             table.acts[layer_name(neurons)],

@@ -15,6 +15,7 @@ from rankscope.tools.interventions.patching import (
     Intervention,
     block_grid,
     heads_grid,
+    on_token_layers,
     parse_target,
     patch_name,
     patch_pairs,
@@ -133,14 +134,16 @@ def build_interventions(retriever: Retriever, args: ActivationPatchingArgs) -> l
     if args.granularity == "heads":
         return heads_grid(n_layers, n_heads)
     if args.granularity == "head_role":
-        return heads_grid(n_layers, n_heads, role_groups(retriever, args.roles))
-    if args.positions == "all":
-        selectors = [ALL_POSITIONS]
-    elif args.positions == "role":
-        selectors = [ALL_POSITIONS, *role_groups(retriever, args.roles)]
+        grid = heads_grid(n_layers, n_heads, role_groups(retriever, args.roles))
     else:
-        selectors = [f"p{i}" for i in range(args.max_positions)]
-    return block_grid(n_layers, args.sites, selectors)
+        if args.positions == "all":
+            selectors = [ALL_POSITIONS]
+        elif args.positions == "role":
+            selectors = [ALL_POSITIONS, *role_groups(retriever, args.roles)]
+        else:
+            selectors = [f"p{i}" for i in range(args.max_positions)]
+        grid = block_grid(n_layers, args.sites, selectors)
+    return on_token_layers(retriever, grid)
 
 
 def _split_name(name: str) -> tuple[str, str]:

@@ -15,7 +15,7 @@ from rankscope.tools.diagnostics.types import Pair
 from rankscope.tools.experiments.common import PairArgs, load_pairs
 from rankscope.tools.metric_keys import MetricCatalogue, breakdown, declare, metric_key, scalar
 from rankscope.tools.registry import register
-from rankscope.tools.representations.activations import length_batches
+from rankscope.tools.representations.activations import layer_list, length_batches
 from rankscope.tools.representations.corpus import Document, query_groups, sample_documents
 from rankscope.tools.representations.figures import dose_response_figure
 from rankscope.tools.representations.probing import load_probes, probe_direction
@@ -214,9 +214,12 @@ class Steering(Tool[SteeringArgs]):
     def run(self, ctx: ToolContext, args: SteeringArgs) -> ToolResult:
         retriever = ctx.retriever
         start = time.perf_counter()
-        layer = retriever.n_layers // 2 if args.layer is None else args.layer
-        if not 0 <= layer < retriever.n_layers:
-            raise ValueError(f"layer {layer} does not exist (0..{retriever.n_layers - 1})")
+        if args.layer is None:
+            token_layers = layer_list(retriever, None, False)
+            layer = token_layers[len(token_layers) // 2]
+        else:
+            layer = layer_list(retriever, [args.layer], False)[0]
+        assert layer is not None
         direction_pairs, steered_pairs = _pairs_for(ctx, args)
         raw, label = _direction(ctx, args, layer, direction_pairs)
         if raw.shape != (retriever.hidden_size,):

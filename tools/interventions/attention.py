@@ -80,6 +80,11 @@ def uniform_masses(
     )
 
 
+def token_layers(retriever: Retriever) -> list[int]:
+    """The layers that run over the input's tokens (all but monoT5's decoder blocks)."""
+    return [layer for layer in range(retriever.n_layers) if retriever.layer_reads_tokens(layer)]
+
+
 @dataclass
 class RoleAttention:
     """Per-pair attention masses: ``values[N, layers, heads, F, T]``, ``uniform[N, F, T]``."""
@@ -115,12 +120,20 @@ def attention_by_role(
     for layer in layers:
         if not 0 <= layer < retriever.n_layers:
             raise ValueError(f"layer {layer} does not exist (0…{retriever.n_layers - 1})")
+        if not retriever.layer_reads_tokens(layer):
+            raise ValueError(
+                f"layer {layer} of this {retriever.kind} model is a decoder block: it attends "
+                "over decoder steps, not the input's tokens, so it has no attention by token "
+                f"role; use layers that read the input ({token_layers(retriever)})"
+            )
     plain_to = [g for g in to_groups if g != SAME_TOKEN]
     want_same = SAME_TOKEN in to_groups
     order = plain_to + ([SAME_TOKEN] if want_same else [])
     columns = [order.index(g) for g in to_groups]
     arch = retriever.arch
-    envoys = [retriever.envoy(f"{arch.layers}.{layer}.{arch.attention}") for layer in layers]
+    envoys = [
+        retriever.envoy(f"{retriever.layer_path(layer)}.{arch.attention}") for layer in layers
+    ]
     n = len(pairs)
     values = np.full((n, len(layers), retriever.n_heads, len(from_groups), len(to_groups)), np.nan)
     uniform = np.full((n, len(from_groups), len(to_groups)), np.nan)
@@ -138,7 +151,7 @@ def attention_by_role(
         saved = []
         with retriever.nn.trace(**run.inputs):
             for envoy in envoys:
-                probs = envoy.output[1]
+                probs = envoy.output[retriever.attention_probs_index]
                 if probs is None:
                     raise RuntimeError(EAGER_NEEDED)
                 saved.append(nnsight.save(role_masses(probs, from_masks, to_masks, same)))

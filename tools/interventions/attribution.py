@@ -74,8 +74,11 @@ def gradients(
     side = SideBatch(side.inputs, side.roles, context)
     with frozen_parameters(retriever.model), torch.enable_grad():
         try:
+            # Every stack's first layer: a later stack (monoT5's decoder) starts from inputs of
+            # its own, which its self-attention sites depend on alone.
             layers = retriever.layer_modules
-            handles.append(layers[0].register_forward_pre_hook(start, with_kwargs=True))
+            for first in (0, *retriever.stack_starts):
+                handles.append(layers[first].register_forward_pre_hook(start, with_kwargs=True))
             for layer, site in sites:
                 module, port = site_module(retriever, layer, site)
                 if port == "input":

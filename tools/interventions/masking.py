@@ -57,13 +57,31 @@ class Block:
         return Block(source, dest, tuple(sorted(set(layers))))  # type: ignore[arg-type]
 
 
+JOINT_UNSUPPORTED = {
+    "mono-t5": "its encoder reads query and document jointly, but its blocks take T5's relative "
+    "position bias with the mask folded in, which this tool does not edit",
+    "qwen3-reranker": "it reads query and document in one causal sequence, whose causal mask "
+    "this tool does not edit (the query cannot attend to the later document anyway)",
+    "rankllama": "it reads query and document in one causal sequence, whose causal mask this "
+    "tool does not edit (the query cannot attend to the later document anyway)",
+}
+"""Kinds that read the query and the document together but whose masks the tool leaves alone."""
+
+
 def require_cross_encoder(retriever: Retriever) -> None:
-    if retriever.kind != "cross-encoder":
-        raise SingleSegmentError(
-            f"attention masking between segments needs a cross-encoder; {retriever.model_id!r} is "
-            f"a {retriever.kind}, which encodes the document alone (one segment, no query tokens "
-            "to mask). Use ablation or attention_by_role to study its attention instead."
-        )
+    """Raise :class:`SingleSegmentError`, with the reason, unless the model is a BERT-style
+    cross-encoder (whose padding mask is edited per layer)."""
+    if retriever.kind == "cross-encoder":
+        return
+    if retriever.kind in JOINT_UNSUPPORTED:
+        reason = JOINT_UNSUPPORTED[retriever.kind]
+    else:
+        reason = "it encodes the document alone (one segment, no query tokens to mask)"
+    raise SingleSegmentError(
+        f"attention masking between segments needs a cross-encoder; {retriever.model_id!r} is "
+        f"a {retriever.kind}: {reason}. Use ablation, activation patching or attention_by_role "
+        "to study its attention instead."
+    )
 
 
 def segment_mask(roles: torch.Tensor, segment: str) -> torch.Tensor:

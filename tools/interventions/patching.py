@@ -313,6 +313,22 @@ def run_nnsight(
     return out
 
 
+def on_token_layers(
+    retriever: Retriever, interventions: Iterable[Intervention]
+) -> list[Intervention]:
+    """The interventions whose position selectors the model can honour: a patch at role or
+    index positions needs a layer that runs over the input's tokens, so grids drop such patches
+    of monoT5's decoder blocks (their positions are decoder steps); ``@all`` patches stay."""
+    return [
+        iv
+        for iv in interventions
+        if all(
+            p.positions == ALL_POSITIONS or retriever.layer_reads_tokens(p.layer)
+            for p in iv.patches
+        )
+    ]
+
+
 def batch_masks(
     roles: torch.Tensor, interventions: Iterable[Intervention]
 ) -> dict[str, torch.Tensor]:

@@ -70,12 +70,25 @@ def projection(retriever: Retriever, layer: int, port: QKV) -> tuple[nn.Module, 
     """The module computing ``port`` at ``layer`` and the columns of head 0's slice offset
     (fused ModernBERT projections hold q, k, v one after the other)."""
     arch = retriever.arch
-    prefix = f"{arch.layers}.{layer}"
+    prefix = retriever.layer_path(layer)
+    if port != "q" and kv_heads(retriever) != retriever.n_heads:
+        raise ValueError(
+            f"receiver L{layer}.H*.{port}: this {retriever.kind} model shares keys and values "
+            f"across query heads (grouped-query attention: {retriever.n_heads} query heads, "
+            f"{kv_heads(retriever)} key/value heads), so a head's {port} is no slice of its own; "
+            "use a q receiver or 'final'"
+        )
     if arch.qkv_fused:
         offset = {"q": 0, "k": 1, "v": 2}[port] * retriever.hidden_size
         return submodule(retriever.encoder, f"{prefix}.{arch.qkv_fused}"), slice(offset, None)
     path = {"q": arch.q_proj, "k": arch.k_proj, "v": arch.v_proj}[port]
     return submodule(retriever.encoder, f"{prefix}.{path}"), slice(0, None)
+
+
+def kv_heads(retriever: Retriever) -> int:
+    """Key/value heads of the model (fewer than query heads under grouped-query attention)."""
+    config = retriever.encoder.config
+    return int(getattr(config, "num_key_value_heads", None) or retriever.n_heads)
 
 
 def _head_cols(retriever: Retriever, base: slice, head: int) -> slice:
@@ -124,7 +137,8 @@ def path_patch(
             copies = len(part)
             hooks = []
             for layer in range(start, stop):
-                keep = torch.zeros(copies, 1, 1, retriever.hidden_size, dtype=torch.bool)
+                width = retriever.n_heads * head_dim
+                keep = torch.zeros(copies, 1, 1, width, dtype=torch.bool)
                 for copy, index in enumerate(part):
                     for s_layer, s_head in sender_sets[index]:
                         if s_layer == layer:

@@ -37,12 +37,21 @@ def layer_name(layer: int | None) -> str:
 def layer_list(
     retriever: Retriever, layers: Sequence[int] | None, embeddings: bool
 ) -> list[int | None]:
-    """Validated layers in forward order, ``None`` (the embeddings) first when asked for."""
-    chosen = list(range(retriever.n_layers)) if layers is None else sorted(set(layers))
+    """Validated layers in forward order, ``None`` (the embeddings) first when asked for. By
+    default the layers that run over the input's tokens (not monoT5's decoder blocks, whose
+    positions are decoder steps); naming such a layer is an error."""
+    tokens = [layer for layer in range(retriever.n_layers) if retriever.layer_reads_tokens(layer)]
+    chosen = tokens if layers is None else sorted(set(layers))
     bad = [layer for layer in chosen if not 0 <= layer < retriever.n_layers]
     if bad:
         raise ValueError(
             f"layers {bad} do not exist: the model has layers 0..{retriever.n_layers - 1}"
+        )
+    steps = [layer for layer in chosen if layer not in tokens]
+    if steps:
+        raise ValueError(
+            f"layers {steps} of this {retriever.kind} model are decoder blocks: their positions "
+            f"are decoder steps, not the input's tokens; use layers {tokens}"
         )
     return ([None] if embeddings else []) + chosen
 
@@ -91,18 +100,20 @@ def read_layers(
     site: ActivationSite = "resid",
 ) -> dict[str, torch.Tensor]:
     """``[B, S, width]`` activations of ``layers`` for one batch, read in forward order."""
-    prefix = retriever.arch.layers
     saved: dict[str, torch.Tensor] = {}
     with torch.inference_mode(), retriever.nn.trace(**batch.inputs):
         for layer in layers:
             if layer is None:
-                emb = retriever.envoy("embeddings").output
+                # The embedding output is the first layer's input (BERT-likes name the module).
+                has_module = hasattr(retriever.encoder, "embeddings")
+                envoy = retriever.envoy("embeddings" if has_module else retriever.layer_path(0))
+                emb = envoy.output if has_module else envoy.input
                 saved[EMBEDDINGS] = (emb[0] if isinstance(emb, tuple) else emb).save()
             elif site == "neurons":
-                path = f"{prefix}.{layer}.{retriever.arch.mlp_out}"
+                path, _ = retriever.module_path(layer, "mlp")
                 saved[layer_name(layer)] = retriever.envoy(path).input.save()
             else:
-                out = retriever.envoy(f"{prefix}.{layer}").output
+                out = retriever.envoy(retriever.layer_path(layer)).output
                 saved[layer_name(layer)] = (out[0] if isinstance(out, tuple) else out).save()
     return saved
 
@@ -205,12 +216,18 @@ def collect_activations(
     return table
 
 
+def has_final_embedding(retriever: Retriever) -> bool:
+    """Whether the model has a dense final document embedding of its hidden size (bi-encoders;
+    not SPLADE, whose document vector is a sparse vocabulary-sized term-weight vector)."""
+    return hasattr(retriever, "encode_texts") and retriever.kind != "splade"
+
+
 def document_embeddings(
     retriever: Retriever, docs: Sequence[Document], batch_size: int = 32, progress: bool = False
 ) -> np.ndarray:
     """Final document embeddings of a bi-encoder, ``[n_docs, hidden]`` (input order)."""
     embed = getattr(retriever, "encode_texts", None)
-    if embed is None:
+    if embed is None or not has_final_embedding(retriever):
         raise ValueError(
             f"final embeddings exist for bi-encoders only; this model is a {retriever.kind}: "
             "give a layer to work on its residual stream instead"

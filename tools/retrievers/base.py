@@ -236,6 +236,9 @@ class Retriever(ABC):
     kind: str
     random_weights: tuple[str, ...] = ()
     """Weights the score depends on that were randomly initialised (allowed explicitly)."""
+    attention_probs_index: int = 1
+    """Where in the output tuple of ``arch.attention`` the attention probabilities are (T5's
+    attention returns its position bias before them)."""
     stack_starts: tuple[int, ...] = ()
     """Layers, besides 0, that begin a new stack: their input is not the previous layer's output
     (monoT5's first decoder block); see :meth:`enter_stack`."""

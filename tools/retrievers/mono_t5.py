@@ -51,6 +51,7 @@ class MonoT5(Retriever):
     """Score: ``logit("true") - logit("false")`` at the first decoder step."""
 
     kind = "mono-t5"
+    attention_probs_index = 2
 
     def __init__(
         self,
