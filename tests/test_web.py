@@ -281,3 +281,58 @@ def test_static_export_is_self_contained(
     for ref in re.findall(r'(?:src|href)="([^"#?]+)"', html):
         assert (folder / ref).exists(), ref
     assert 'method="post"' not in html
+
+
+def test_sweeps_page(client: TestClient, stored: tuple[Store, dict[str, int], str]) -> None:
+    """``/sweeps`` lists the sweeps tagged in investigations' ``config.sweep``; a sweep's page
+    has one row per cell with its status and Findings (a supported finding links to its
+    hypothesis); stored text is escaped; the pages are read-only."""
+    from tests.test_db_support import TOOL_CALL, criterion
+
+    store, ids, _ = stored
+    assert "No sweep in this store" in client.get("/sweeps").text
+
+    def cell(name: str, model: str, question: str, seed: int) -> int:
+        tag = {"id": name, "cell": f"c-{model}-{seed}", "model": model, "question": question}
+        return store.create_investigation(
+            question, model, "builtin", "protocol", config={"sweep": {**tag, "seed": seed}}
+        )
+
+    first = cell("lab-sweep", "tiny-a", f"Does it reward TFC1? {XSS_SCRIPT}", 0)
+    second = cell("lab-sweep", "tiny-b", "Does it reward TFC1?", 1)
+    duplicate = cell("lab-sweep", "tiny-b", "Does it reward TFC1?", 1)
+    cell("other-sweep", "tiny-a", "Length bias?", 0)
+    hyp = store.preregister_hypothesis(
+        first, f"TFC1 moves scores {XSS_IMG}", criterion(), **TOOL_CALL
+    )
+    exp = store.start_experiment(first, "behavioural_test", {"seed": 0}, hypothesis_id=hyp)
+    ev = store.finish_experiment(exp, {"share_moved_predicted": 0.9}, summary="moved")
+    store.record_verdict(
+        hyp,
+        "supported",
+        criterion_result={"value": 0.9, "ci": [0.8, 0.95], "passed": True},
+        cited_evidence_ids=[ev],
+        decided_by="threshold-rule/1",
+    )
+    store.set_investigation_status(first, "finished")
+
+    listing = client.get("/sweeps")
+    assert listing.status_code == 200
+    assert (
+        'href="/sweeps/lab-sweep"' in listing.text and 'href="/sweeps/other-sweep"' in listing.text
+    )
+    assert "Which heads make MiniLM" not in listing.text  # untagged investigations stay out
+    page = client.get("/sweeps/lab-sweep")
+    assert page.status_code == 200
+    html = page.text
+    assert html.count("<tr>") == 1 + 2  # header and one row per cell
+    assert f'href="/investigations/{first}"' in html and f'href="/investigations/{second}"' in html
+    assert html.count('class="badge finished"') == 1
+    assert "duplicate" in html and f'href="/investigations/{duplicate}"' in html
+    assert f'href="/hypotheses/{hyp}"' in html and "supported" in html
+    assert XSS_SCRIPT not in html and XSS_IMG not in html
+    assert "&lt;script&gt;" in html and "&lt;img" in html
+    assert "<form" not in html and "Length bias" not in html
+    assert client.get("/sweeps/no-such-sweep").status_code == 404
+    assert client.post("/sweeps/lab-sweep").status_code == 405
+    assert str(ids["investigation"]) not in re.findall(r"/investigations/(\d+)", html)

@@ -12,7 +12,7 @@ from fastapi import FastAPI, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from rankscope.agent.web import views
+from rankscope.agent.web import sweeps, views
 from rankscope.agent.web.audit_jobs import AuditJobs, Auditor
 from rankscope.agent.web.export import export_static
 from rankscope.agent.web.links import Links
@@ -183,6 +183,17 @@ def create_app(
         left, right = ws.tree(a), ws.tree(b)
         rows = views.align(left, right)
         return ws.page("compare.html", choices=choices, left=left, right=right, rows=rows)
+
+    @app.get("/sweeps", response_class=HTMLResponse)
+    def sweep_list() -> HTMLResponse:
+        return ws.page("sweeps.html", sweeps=sweeps.list_sweeps(ws.store))
+
+    @app.get("/sweeps/{sweep_id:path}", response_class=HTMLResponse)
+    def sweep(sweep_id: str) -> HTMLResponse:
+        rows = sweeps.sweep_rows(ws.store, sweep_id)
+        if rows is None:
+            raise HTTPException(404, f"no sweep {sweep_id!r} in this store")
+        return ws.page("sweep.html", sweep_id=sweep_id, rows=rows)
 
     @app.get("/investigations/{investigation_id}/export.zip")
     def export_zip(investigation_id: int) -> Response:

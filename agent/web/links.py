@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 from rankscope.agent.web.views import artifact_filename
 from rankscope.experiments_db.records import ArtifactRecord
@@ -31,6 +31,12 @@ class Links:
 
     def artifact(self, artifact: ArtifactRecord) -> str:
         return f"/artifacts/{artifact.id}"
+
+    def sweeps(self) -> str:
+        return "/sweeps"
+
+    def sweep(self, sweep_id: str) -> str:
+        return f"/sweeps/{quote(sweep_id, safe='')}"
 
     def static(self, name: str) -> str:
         return f"/static/{name}"
