@@ -138,7 +138,73 @@ def run_by_hand(
         )
 
 
+def evaluate(model: str | None, data: str | None, as_json: bool, progress: bool) -> None:
+    """``rankscope eval``: nDCG@10 of the model re-ranking a judged collection's candidates."""
+    from rankscope.tools.diagnostics.source import resolve_data
+    from rankscope.tools.retrievers import load_retriever
+    from rankscope.tools.retrievers.evaluation import ndcg_at_10
+
+    source = resolve_data(data)
+    collection = source.collection()
+    if collection is None:
+        raise ValueError(
+            f"{source.name!r} is a set of fixed pairs, not a judged collection: nDCG@10 needs "
+            "queries, candidates and relevance labels (e.g. the built-in collection)"
+        )
+    retriever = load_retriever(model)
+    result = ndcg_at_10(retriever, collection, progress=progress and not as_json)
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "model": retriever.model_id,
+                    "data": source.name,
+                    "nDCG@10": result.ndcg_at_10,
+                    "n_queries": result.n_queries,
+                    "n_docs": result.n_docs,
+                    "per_query": result.per_query,
+                },
+                indent=2,
+            )
+        )
+        return
+    console.print(
+        f"nDCG@10 {result.ndcg_at_10:.4f}  ({escape(str(retriever.model_id))} re-ranking "
+        f"{result.n_docs} candidates of {result.n_queries} judged queries of "
+        f"{escape(source.name)}; ir_measures)",
+        highlight=False,
+    )
+
+
 def register(app: typer.Typer) -> None:
+    @app.command("eval")
+    def eval_command(
+        model: Annotated[
+            str | None, typer.Option("--model", help="Hugging Face id or local path.")
+        ] = None,
+        data: Annotated[
+            str | None,
+            typer.Option("--data", help="A judged collection (default: built-in collection)."),
+        ] = None,
+        as_json: Annotated[bool, typer.Option("--json", help="Also per query, as JSON.")] = False,
+        progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    ) -> None:
+        """Print the model's nDCG@10 re-ranking a judged collection (ir_measures)."""
+        from rankscope.tools.diagnostics.loaders import DataFormatError
+        from rankscope.tools.retrievers import RetrieverLoadError
+
+        try:
+            evaluate(model, data, as_json, progress)
+        except (
+            RetrieverLoadError,
+            DataFormatError,
+            FileNotFoundError,
+            ModuleNotFoundError,
+            ValueError,
+        ) as err:
+            err_console.print(f"[red]error:[/red] {escape(str(err))}")
+            raise typer.Exit(1) from err
+
     @app.command("tools")
     def tools_command(
         as_json: Annotated[
