@@ -260,6 +260,7 @@ CATALOGUE_RUNS: dict[str, list[dict]] = {
     ],
     "token_screen": [{"n_docs": 8, "top_k": 3, "n_bootstrap": 200}],
     "property_regression": [{"n_docs": 16, "n_bootstrap": 100}],
+    "input_attribution": [{"n_docs": 4, "steps": 4, "n_bootstrap": 100}],
 }
 """Small calls of every registered tool, between them giving every metric the tool declares."""
 

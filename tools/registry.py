@@ -24,6 +24,7 @@ TOOL_MODULES: tuple[str, ...] = (
     "rankscope.tools.experiments.axiom_screen",
     "rankscope.tools.experiments.token_screen",
     "rankscope.tools.experiments.property_regression",
+    "rankscope.tools.experiments.input_attribution",
 )
 
 _TOOLS: dict[str, type[Tool[Any]]] = {}
