@@ -336,6 +336,14 @@ class Retriever(ABC):
             scores[rows] = self.score_side(batch).float().cpu()
         return scores
 
+    def as_pyterrier_transformer(self, batch_size: int = 32, text_field: str = "text") -> Any:
+        """This model as a PyTerrier re-ranker (a ``pt.Transformer``; the ``rankscope[pyterrier]``
+        extra): it scores the ``text_field`` of (qid, query, docno) rows and ranks them per query
+        (:mod:`rankscope.tools.retrievers.pyterrier`)."""
+        from rankscope.tools.retrievers.pyterrier import RetrieverTransformer
+
+        return RetrieverTransformer(self, batch_size, text_field)
+
     @property
     def layer_modules(self) -> nn.ModuleList:
         """Every layer in forward order (all stacks)."""
