@@ -20,14 +20,12 @@ except ModuleNotFoundError as err:
     ) from err
 
 if TYPE_CHECKING:
-    import pandas as pd
-
     from rankscope.tools.retrievers.base import Retriever
 
 REQUIRED = ("qid", "query", "docno")
 
 
-class RetrieverTransformer(pt.Transformer):  # type: ignore[misc]
+class RetrieverTransformer(pt.Transformer):
     """Re-ranks (qid, query, docno, text) rows by the retriever's score."""
 
     def __init__(self, retriever: Retriever, batch_size: int = 32, text_field: str = "text"):
@@ -39,7 +37,8 @@ class RetrieverTransformer(pt.Transformer):  # type: ignore[misc]
     def __repr__(self) -> str:
         return f"RankScope({self.retriever.model_id!r}, {self.retriever.kind})"
 
-    def transform(self, inp: pd.DataFrame) -> pd.DataFrame:
+    def transform(self, inp: Any) -> Any:
+        """``inp``: a pandas frame of (qid, query, docno, text) rows."""
         missing = [c for c in (*REQUIRED, self.text_field) if c not in inp.columns]
         if missing:
             raise ValueError(
@@ -54,5 +53,4 @@ class RetrieverTransformer(pt.Transformer):  # type: ignore[misc]
             batch_size=self.batch_size,
         )
         out["score"] = scores.double().numpy()
-        ranked: Any = pt.model.add_ranks(out)
-        return ranked
+        return pt.model.add_ranks(out)
