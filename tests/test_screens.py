@@ -170,6 +170,44 @@ def test_token_screen_deltas_match_inserting_the_word_in_the_text(models, data, 
     assert checked >= 2
 
 
+def test_token_screen_confirms_given_tokens_with_the_screens_deltas(models, data, tmp_path):
+    """``tokens`` skips the ranking and verifies exactly those tokens, with the deltas a full
+    screen reports for them (same documents, same positions)."""
+    screen = run("token_screen", models["trigger"], data, tmp_path, n_docs=16, top_k=8)
+    other = next(r["token"] for r in screen.tables["verified"] if r["token"] != TRIGGER)
+    given = run(
+        "token_screen",
+        models["trigger"],
+        data,
+        tmp_path,
+        n_docs=16,
+        tokens=[TRIGGER, other],
+    )
+    assert [r["token"] for r in given.tables["verified"]][0] == TRIGGER
+    assert {r["token"] for r in given.tables["verified"]} == {TRIGGER, other}
+    for token in (TRIGGER, other):
+        for name in ("delta", "delta_absent"):
+            key = f"{name}[token={token}]"
+            assert given.metrics[key] == pytest.approx(screen.metrics[key], abs=1e-6)
+    assert "first_order_top" not in given.tables and "top_delta" not in given.metrics
+    assert given.metrics["n_vocabulary"] == 0
+    with pytest.raises(ValueError, match="not a token of the vocabulary"):
+        run("token_screen", models["trigger"], data, tmp_path, tokens=["no-such-token-xyz"])
+
+
+def test_token_screen_top_delta_is_cross_fitted(models, data, tmp_path):
+    """top_delta: each fold of queries is measured on the token the other fold picked; on the
+    trigger model both folds pick the trigger, so top_delta equals its delta."""
+    result = run("token_screen", models["trigger"], data, tmp_path, n_docs=16, top_k=8)
+    assert {v.qid for v in result.per_query["top_delta"]} == {
+        v.qid for v in result.per_query[f"delta[token={TRIGGER}]"]
+    }
+    assert result.metrics["top_delta"] == pytest.approx(
+        result.metrics[f"delta[token={TRIGGER}]"], abs=1e-9
+    )
+    assert result.metrics["top_delta_ci_low"] > 0
+
+
 # --- property_regression ------------------------------------------------------------------
 
 

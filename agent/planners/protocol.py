@@ -21,7 +21,13 @@ first step of this protocol that has not been done yet.
    (relative to the SESOI) first, while ``max_follow_ups`` and the step budget allow (leaving room
    to localise): a confirmatory hypothesis on a declared estimate of a confirmatory call — an
    ``axiom_screen`` row by ``behavioural_test`` of that perturbation (``mean_delta`` beyond the
-   SESOI in the hit's direction), other screens' rows by the screen restricted to that row. Hits
+   SESOI in the hit's direction), a ``token_screen`` token T by ``token_screen(tokens=[T])`` on
+   ``token_docs`` fresh documents ("token T raises scores whatever the query":
+   ``delta_absent[token=T]``, queries that do not contain T), a ``property_regression`` edit E
+   by ``property_regression(edits=[E])`` (``edit_delta[edit=E]``). The screens pre-register a
+   reference row: the intent's axiom row of ``axiom_screen``, the cross-fitted ``top_delta`` of
+   ``token_screen``, ``edit_delta[edit=pad]`` (decrease) of ``property_regression`` — or
+   ``edit_delta[edit=match_front]`` (increase) for the match-position intent. Hits
    left over are noted (``screened, not followed up: …``) and listed in the report's Findings.
 4. **Locate** the first supported behaviour that has perturbation pairs (the axiom's, else the
    largest confirmed ``axiom_screen`` hit): ``attribution_patching`` over all attention heads (a
@@ -238,10 +244,20 @@ class Hit:
 SCREEN_ROW_ARGS: dict[str, str] = {
     "axiom_screen": "perturbations",
     "token_screen": "tokens",
-    "property_regression": "properties",
+    "property_regression": "edits",
     "input_attribution": "tokens",
 }
 """The argument that restricts a screen to some of its rows (when the tool has it)."""
+
+EDIT_ROWS: dict[str, tuple[str, Literal["greater", "less"], str]] = {
+    "length": ("pad", "less", "appending neutral filler lowers scores (a length penalty, LNC1)"),
+    "position": (
+        "match_front",
+        "greater",
+        "moving the query-term sentence to the front raises scores (an early-match bonus)",
+    ),
+}
+"""The ``property_regression`` row a screen pre-registers, by intent kind (others: ``pad``)."""
 
 
 class ProtocolPlanner(Planner):
@@ -262,6 +278,7 @@ class ProtocolPlanner(Planner):
         policy: StatsPolicy | None = None,
         max_follow_ups: int = 3,
         screen_pairs: int = 32,
+        token_docs: int = 48,
     ) -> None:
         policy = policy or StatsPolicy()
         self.policy = policy
@@ -276,6 +293,7 @@ class ProtocolPlanner(Planner):
         self.seed = seed
         self.max_follow_ups = max_follow_ups
         self.screen_pairs = screen_pairs
+        self.token_docs = token_docs
         self._model: dict[str, Any] = {}
         self._notes: list[str] = []
         self._said: set[str] = set()
@@ -509,6 +527,16 @@ class ProtocolPlanner(Planner):
                 "greater" if predicted == "increase" else "less",
                 f"{axiom} {variant}: the axiom predicts {predicted}",
             )
+        if tool.name == "property_regression":
+            edit, way, why = EDIT_ROWS.get(choice.intent.kind, EDIT_ROWS["length"])
+            return metric_key("edit_delta", edit=edit), way, f"edit {edit}: {why}"
+        if tool.name == "token_screen":
+            return (
+                "top_delta",
+                "greater",
+                "the cross-fitted best token: some token raises scores on queries that did not "
+                "pick it",
+            )
         catalogue = getattr(tool, "metrics", None)
         for spec in getattr(catalogue, "specs", ()):
             scalar = not (spec.component or spec.tags or spec.qualifiers)
@@ -609,6 +637,8 @@ class ProtocolPlanner(Planner):
             "n_pairs": self.n_pairs,
             field: [value],
         }
+        if hit.tool == "token_screen":
+            desired["n_docs"] = self.token_docs
         args = fit_args(tool, desired, optional=("n_pairs",))
         try:
             tool.Args.model_validate(args)
@@ -616,9 +646,25 @@ class ProtocolPlanner(Planner):
             self._note(f"{NOT_FOLLOWED_UP} ({hit.tool} refused the row {value!r}: {err})")
             return None
         threshold = hit.null + (hit.sesoi if hit.effect > 0 else -hit.sesoi)
+        above = "above" if hit.effect > 0 else "below"
+        if hit.tool == "token_screen":
+            metric = metric_key("delta_absent", token=value)
+            return Proposal(
+                hypothesis=f"{title} — token {value} {way} scores whatever the query: inserted "
+                f"into documents, the mean score change among queries that do not contain it "
+                f"({metric}) is {above} {threshold:+g} on fresh documents",
+                rationale=f"screen hit {hit.describe()} (intent '{choice.intent.name}'); "
+                "token_screen restricted to this token (no ranking), then replicated on held-out "
+                "queries",
+                tool=hit.tool,
+                args=args,
+                criterion=Criterion(
+                    metric=metric, direction=direction, threshold=threshold, alpha=self.alpha
+                ),
+            )
         return Proposal(
             hypothesis=f"{title} — {value} {way} scores: {hit.row.name} "
-            f"{'above' if hit.effect > 0 else 'below'} {threshold:+g} on a fresh call",
+            f"{above} {threshold:+g} on a fresh call",
             rationale=f"screen hit {hit.describe()} (intent '{choice.intent.name}'); "
             f"{hit.tool} restricted to this row, then replicated on held-out queries",
             tool=hit.tool,

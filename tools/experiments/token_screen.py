@@ -13,6 +13,17 @@ Two stages:
    the same positions) into every document, and the score change is measured. Per token: the
    mean delta with a query-cluster CI, per-query values, and the same among queries whose tokens
    do not include the candidate (an effect that holds there is not query-term matching).
+
+``top_delta`` is the screen's one scalar estimate, **cross-fitted** so that no query measures a
+token it helped to select: the split's queries are dealt into two folds (sorted ids,
+alternately); each fold ranks the vocabulary on its own documents (first-order), verifies its
+``top_k`` exactly, and picks its best token (largest per-query mean delta, in ``direction``);
+a query's value is the delta of the token the *other* fold picked, on the query's documents.
+
+**Confirming given tokens.** ``tokens`` (e.g. a hit of an earlier screen) skips the ranking and
+verifies exactly those tokens: ``delta[token=T]`` and ``delta_absent[token=T]`` are then known
+before the call, so a hypothesis can pre-register them (``first_order``, ``rank_correlation``
+and ``top_delta`` are not computed).
 """
 
 from __future__ import annotations
@@ -72,6 +83,14 @@ class TokenScreenArgs(ToolArgs):
         description="'words': the vocabulary less special, unused and word-continuation "
         "('##…') tokens; 'all': every non-special token.",
     )
+    tokens: list[str] | None = Field(
+        None,
+        min_length=1,
+        max_length=200,
+        description="Verify exactly these tokens (vocabulary tokens as the tokenizer spells "
+        "them, or 'idN' for token id N), skipping the first-order ranking: confirms a hit "
+        "(delta[token=T], delta_absent[token=T] are known before the call).",
+    )
     holdout_fraction: float = Field(0.5, gt=0.0, lt=1.0)
     split_seed: int = Field(0, description="Seed of the query split (keep it fixed to replicate).")
     batch_size: int = Field(16, ge=1, le=512)
@@ -85,6 +104,45 @@ def placeholder_id(tokenizer: Any) -> int:
         if value is not None:
             return int(value)
     raise ValueError("the tokenizer has no mask, unknown or pad token to use as a placeholder")
+
+
+def token_ids(tokenizer: Any, tokens: Sequence[str]) -> list[int]:
+    """The vocabulary ids of ``tokens`` (as the tokenizer spells them, or ``idN``); a token that
+    is not one vocabulary entry is an error that says so."""
+    vocab = tokenizer.get_vocab()
+    out = []
+    for token in tokens:
+        if token in vocab:
+            out.append(int(vocab[token]))
+        elif re.fullmatch(r"id\d+", token) and int(token[2:]) < len(tokenizer):
+            out.append(int(token[2:]))
+        else:
+            raise ValueError(
+                f"{token!r} is not a token of the vocabulary of this model (give a token as the "
+                "tokenizer spells it, e.g. a row of token_screen's table 'verified', or idN)"
+            )
+    return list(dict.fromkeys(out))
+
+
+def choose(
+    first_order: np.ndarray, keep: np.ndarray, top_k: int, direction: Direction
+) -> list[int]:
+    """The ``top_k`` candidate ids of a first-order ranking in ``direction``."""
+    ids = np.flatnonzero(keep)
+    by_value = ids[np.argsort(-first_order[ids], kind="stable")]
+    if direction == "raise":
+        return by_value[:top_k].tolist()
+    if direction == "lower":
+        return by_value[::-1][:top_k].tolist()
+    high = by_value[: (top_k + 1) // 2].tolist()
+    low = [i for i in by_value[::-1][: top_k // 2].tolist() if i not in high]
+    return high + low
+
+
+def query_folds(qids: Sequence[str]) -> list[int]:
+    """Each row's fold (0 or 1): the sorted distinct query ids dealt alternately."""
+    order = {q: i % 2 for i, q in enumerate(sorted(set(qids)))}
+    return [order[q] for q in qids]
 
 
 def candidate_mask(tokenizer: Any, vocab_size: int, candidates: Candidates) -> np.ndarray:
@@ -199,10 +257,12 @@ class TokenScreen(Tool[TokenScreenArgs]):
         "change from inserting each token into the split's documents, then verifies the top_k "
         "exactly by inserting each (at the start, end or a random position): mean delta with a "
         "query-cluster 95% CI, and the same among queries that do not contain the token. "
-        "Metrics: delta[token=T], delta_absent[token=T] (with _ci_low/_ci_high), "
-        "first_order[token=T], rank_correlation, n_docs, n_queries, n_vocabulary."
+        "tokens=[T, ...] skips the ranking and verifies exactly those tokens (to confirm a hit). "
+        "Metrics: delta[token=T], delta_absent[token=T] (with _ci_low/_ci_high), top_delta "
+        "(cross-fitted best token), first_order[token=T], rank_correlation, n_docs, n_queries, "
+        "n_vocabulary."
     )
-    version = "1"
+    version = "2"
     Args = TokenScreenArgs
     metrics = declare(
         _token_spec(
@@ -217,6 +277,14 @@ class TokenScreen(Tool[TokenScreenArgs]):
             family="score_delta",
             meaning="delta[token] among the queries whose tokens do not include the token (an "
             "effect here is not query-term matching)",
+            unit="score",
+        ),
+        estimate(
+            MetricSpec("top_delta", WITH_CI),
+            family="score_delta",
+            meaning="cross-fitted delta of the best verified token: each query gets the delta "
+            "of the token that the other fold of queries ranked, verified and picked (largest "
+            "mean delta in the screen's direction), so no query measures its own selection",
             unit="score",
         ),
         MetricSpec("first_order", ("value",), False, (), ("token",)),
@@ -241,6 +309,7 @@ class TokenScreen(Tool[TokenScreenArgs]):
     def run(self, ctx: ToolContext, args: TokenScreenArgs) -> ToolResult:
         retriever = ctx.retriever
         tokenizer = retriever.tokenizer
+        given = token_ids(tokenizer, args.tokens) if args.tokens else None
         rows = ctx.data.documents(
             n=args.n_docs,
             seed=args.seed,
@@ -266,33 +335,53 @@ class TokenScreen(Tool[TokenScreenArgs]):
             positions = insert_positions(side, args.position, rng)
             inserted, placed = insert_token(side, positions, ph, retriever.max_length, pad)
             base_parts.append(retriever.score_side(side).float().cpu())
-            scores, grads = placeholder_gradients(retriever, inserted, placed)
-            ph_parts.append(scores)
-            grad_parts.append(grads)
+            if given is None:
+                scores, grads = placeholder_gradients(retriever, inserted, placed)
+                ph_parts.append(scores)
+                grad_parts.append(grads)
             batches.append((inserted, placed))
         base = torch.cat(base_parts)
-        grad = torch.cat(grad_parts)
-        shift = float((torch.cat(ph_parts) - base).mean())
-        mean_grad = grad.mean(0)
-        first_order = (shift + (matrix - matrix[ph]) @ mean_grad).numpy()
         keep = candidate_mask(tokenizer, matrix.shape[0], args.candidates)
-        chosen = self._choose(first_order, keep, args.top_k, args.direction)
+        first_order: np.ndarray | None = None
+        fold_candidates: list[list[int]] = []
+        if given is None:
+            ph_shift = torch.cat(ph_parts) - base
+            grad = torch.cat(grad_parts)
+            first_order = self._first_order(matrix, ph, ph_shift, grad)
+            chosen = choose(first_order, keep, args.top_k, args.direction)
+            folds = torch.tensor(query_folds(qids))
+            for fold in (0, 1):
+                rows_in = folds == fold
+                if bool(rows_in.any()):
+                    ranked = self._first_order(matrix, ph, ph_shift[rows_in], grad[rows_in])
+                    fold_candidates.append(choose(ranked, keep, args.top_k, args.direction))
+                else:
+                    fold_candidates.append([])
+            verify = list(dict.fromkeys([*chosen, *(i for c in fold_candidates for i in c)]))
+        else:
+            chosen = verify = given
         query_ids = [set(tokenizer(q, add_special_tokens=False)["input_ids"]) for q in queries]
+        deltas = self._deltas(retriever, batches, base, verify)
         table, metrics, per_query = self._verify(
-            retriever, batches, base, chosen, first_order, qids, query_ids, args
+            tokenizer, deltas, chosen, first_order, qids, query_ids, args
         )
-        exact = [r["delta"] for r in table]
-        approx = [r["first_order"] for r in table]
-        rho = (
-            float(stats.spearmanr(approx, exact).statistic)
-            if len(table) > 2 and np.ptp(exact) > 0
-            else float("nan")
-        )
+        rho = float("nan")
+        if first_order is not None:
+            exact = [r["delta"] for r in table]
+            approx = [r["first_order"] for r in table]
+            if len(table) > 2 and np.ptp(exact) > 0:
+                rho = float(stats.spearmanr(approx, exact).statistic)
+            metrics["rank_correlation"] = rho
+            top = self._top_delta(deltas, fold_candidates, qids, args.direction)
+            if top:
+                per_query["top_delta"] = top
+                est = query_ci(top, seed=args.seed, n_resamples=args.n_bootstrap)
+                for stat, value in zip(WITH_CI, est[:3], strict=True):
+                    metrics[metric_key("top_delta", stat=stat)] = value
         metrics |= {
-            "rank_correlation": rho,
             "n_docs": len(rows),
             "n_queries": len(set(qids)),
-            "n_vocabulary": int(keep.sum()),
+            "n_vocabulary": int(keep.sum()) if first_order is not None else 0,
         }
         ordered = sorted(
             table, key=lambda r: -r["delta"] if args.direction != "lower" else r["delta"]
@@ -309,21 +398,21 @@ class TokenScreen(Tool[TokenScreenArgs]):
             title=f"Token screen ({args.position}, {args.split}): {retriever.model_id}",
             xlabel="mean score delta from inserting the token, 95% query-cluster CI",
         )
-        top_fo = np.argsort(-np.where(keep, first_order, -np.inf))[:20]
+        tables: dict[str, list[dict[str, Any]]] = {"verified": ordered}
+        if first_order is not None:
+            top_fo = np.argsort(-np.where(keep, first_order, -np.inf))[:20]
+            tables["first_order_top"] = [
+                {
+                    "token": tokenizer.convert_ids_to_tokens(int(i)),
+                    "token_id": int(i),
+                    "first_order": float(first_order[i]),
+                }
+                for i in top_fo
+            ]
         return ToolResult(
             metrics=metrics,
-            summary=self._summary(args, ordered, rho, int(keep.sum()), len(rows)),
-            tables={
-                "verified": ordered,
-                "first_order_top": [
-                    {
-                        "token": tokenizer.convert_ids_to_tokens(int(i)),
-                        "token_id": int(i),
-                        "first_order": float(first_order[i]),
-                    }
-                    for i in top_fo
-                ],
-            },
+            summary=self._summary(args, ordered, rho, metrics, len(rows)),
+            tables=tables,
             per_query=per_query,
             artifacts=[
                 ArtifactFile(
@@ -335,36 +424,23 @@ class TokenScreen(Tool[TokenScreenArgs]):
         )
 
     @staticmethod
-    def _choose(
-        first_order: np.ndarray, keep: np.ndarray, top_k: int, direction: Direction
-    ) -> list[int]:
-        ids = np.flatnonzero(keep)
-        by_value = ids[np.argsort(-first_order[ids], kind="stable")]
-        if direction == "raise":
-            return by_value[:top_k].tolist()
-        if direction == "lower":
-            return by_value[::-1][:top_k].tolist()
-        high = by_value[: (top_k + 1) // 2].tolist()
-        low = [i for i in by_value[::-1][: top_k // 2].tolist() if i not in high]
-        return high + low
+    def _first_order(
+        matrix: torch.Tensor, ph: int, ph_shift: torch.Tensor, grad: torch.Tensor
+    ) -> np.ndarray:
+        """The first-order estimate of every token's mean delta over the given rows."""
+        return (float(ph_shift.mean()) + (matrix - matrix[ph]) @ grad.mean(0)).numpy()
 
     @staticmethod
-    def _verify(
+    def _deltas(
         retriever: Retriever,
         batches: list[tuple[SideBatch, list[int]]],
         base: torch.Tensor,
-        chosen: list[int],
-        first_order: np.ndarray,
-        qids: list[str],
-        query_ids: list[set[int]],
-        args: TokenScreenArgs,
-    ) -> tuple[list[dict[str, Any]], dict[str, float | int | None], dict[str, list[QueryValue]]]:
-        tokenizer = retriever.tokenizer
-        table: list[dict[str, Any]] = []
-        metrics: dict[str, float | int | None] = {}
-        per_query: dict[str, list[QueryValue]] = {}
+        token_ids_: list[int],
+    ) -> dict[int, np.ndarray]:
+        """Each token's exact score change per row (inserted at the placeholder's positions)."""
         base_np = base.numpy().astype(float)
-        for token_id in chosen:
+        out = {}
+        for token_id in token_ids_:
             parts = []
             for inserted, placed in batches:
                 ids = inserted.inputs["input_ids"].clone()
@@ -373,7 +449,52 @@ class TokenScreen(Tool[TokenScreenArgs]):
                     {**inserted.inputs, "input_ids": ids}, inserted.roles, inserted.context
                 )
                 parts.append(retriever.score_side(batch).float().cpu())
-            delta = torch.cat(parts).numpy().astype(float) - base_np
+            out[token_id] = torch.cat(parts).numpy().astype(float) - base_np
+        return out
+
+    @staticmethod
+    def _top_delta(
+        deltas: dict[int, np.ndarray],
+        fold_candidates: list[list[int]],
+        qids: list[str],
+        direction: Direction,
+    ) -> list[QueryValue]:
+        """The cross-fitted per-query values of ``top_delta`` (module docstring)."""
+        folds = np.array(query_folds(qids))
+        out: list[QueryValue] = []
+        for fold in (0, 1):
+            other = 1 - fold
+            picker_rows = np.flatnonzero(folds == other)
+            target_rows = np.flatnonzero(folds == fold)
+            if not picker_rows.size or not target_rows.size or not fold_candidates[other]:
+                continue
+
+            def strength(token_id: int, rows: np.ndarray = picker_rows) -> float:
+                values = values_by_query([qids[i] for i in rows], deltas[token_id][rows].tolist())
+                mean = float(np.mean([v.value for v in values]))
+                return {"raise": mean, "lower": -mean, "both": abs(mean)}[direction]
+
+            best = max(fold_candidates[other], key=strength)
+            out += values_by_query(
+                [qids[i] for i in target_rows], deltas[best][target_rows].tolist()
+            )
+        return out
+
+    @staticmethod
+    def _verify(
+        tokenizer: Any,
+        deltas: dict[int, np.ndarray],
+        chosen: list[int],
+        first_order: np.ndarray | None,
+        qids: list[str],
+        query_ids: list[set[int]],
+        args: TokenScreenArgs,
+    ) -> tuple[list[dict[str, Any]], dict[str, float | int | None], dict[str, list[QueryValue]]]:
+        table: list[dict[str, Any]] = []
+        metrics: dict[str, float | int | None] = {}
+        per_query: dict[str, list[QueryValue]] = {}
+        for token_id in chosen:
+            delta = deltas[token_id]
             token = tokenizer.convert_ids_to_tokens(token_id)
             name = label(token, f"id{token_id}")
             absent = [token_id not in q for q in query_ids]
@@ -393,12 +514,14 @@ class TokenScreen(Tool[TokenScreenArgs]):
                 per_query[metric_key(metric, token=name)] = qvalues
                 for stat, value in zip(WITH_CI, result[:3], strict=True):
                     metrics[metric_key(metric, stat=stat, token=name)] = value
-            metrics[metric_key("first_order", token=name)] = float(first_order[token_id])
+            approx = float(first_order[token_id]) if first_order is not None else float("nan")
+            if first_order is not None:
+                metrics[metric_key("first_order", token=name)] = approx
             table.append(
                 {
                     "token": name,
                     "token_id": token_id,
-                    "first_order": float(first_order[token_id]),
+                    "first_order": approx,
                     "delta": est[0],
                     "ci_low": est[1],
                     "ci_high": est[2],
@@ -416,14 +539,24 @@ class TokenScreen(Tool[TokenScreenArgs]):
 
     @staticmethod
     def _summary(
-        args: TokenScreenArgs, ordered: list[dict[str, Any]], rho: float, n_vocab: int, n_docs: int
+        args: TokenScreenArgs,
+        ordered: list[dict[str, Any]],
+        rho: float,
+        metrics: dict[str, float | int | None],
+        n_docs: int,
     ) -> str:
-        lines = [
-            f"Token screen: {n_vocab} vocabulary tokens ranked by a first-order estimate over "
-            f"{n_docs} documents (split {args.split}); the top {len(ordered)} ({args.direction}) "
-            f"verified by inserting each ({args.position} position) into every document "
-            f"(Spearman first-order vs exact: {rho:.2f}):"
-        ]
+        if args.tokens:
+            lines = [
+                f"Token screen of the given tokens (no ranking): each inserted "
+                f"({args.position} position) into {n_docs} documents (split {args.split}):"
+            ]
+        else:
+            lines = [
+                f"Token screen: {metrics['n_vocabulary']} vocabulary tokens ranked by a "
+                f"first-order estimate over {n_docs} documents (split {args.split}); the top "
+                f"{len(ordered)} ({args.direction}) verified by inserting each ({args.position} "
+                f"position) into every document (Spearman first-order vs exact: {rho:.2f}):"
+            ]
         for row in ordered[:8]:
             lines.append(
                 f"  {row['verified_rank']}. {row['token']!r}: delta {row['delta']:+.4g} "
@@ -434,8 +567,15 @@ class TokenScreen(Tool[TokenScreenArgs]):
             )
         if len(ordered) > 8:
             lines.append(f"  … {len(ordered) - 8} more rows in the table 'verified'")
+        top = metrics.get("top_delta")
+        if isinstance(top, float):
+            lines.append(
+                f"Cross-fitted best token (each fold of queries measured on the token the other "
+                f"fold picked): top_delta {top:+.4g} [{metrics['top_delta_ci_low']:+.4g}, "
+                f"{metrics['top_delta_ci_high']:+.4g}]"
+            )
         lines.append(
-            "CIs uncorrected; the engine counts one test per verified token. Confirm a hit on "
-            "the holdout split."
+            "CIs uncorrected; the engine counts one test per verified token. Confirm a hit with "
+            "tokens=[T] on fresh documents and on the holdout split."
         )
         return "\n".join(lines)
