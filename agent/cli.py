@@ -18,6 +18,7 @@ from typer import _click
 from typer.core import TyperGroup
 
 from rankscope.agent.commands import (
+    bench_cmd,
     investigate_cmd,
     review_cmd,
     serve_cmd,
@@ -156,7 +157,7 @@ def _options(
     ctx.meta[_DEBUG_KEY] = debug
 
 
-for _module in (tools_cmd, store_cmd, investigate_cmd, review_cmd, serve_cmd, sweep_cmd):
+for _module in (tools_cmd, store_cmd, investigate_cmd, review_cmd, serve_cmd, sweep_cmd, bench_cmd):
     _module.register(app)
 
 

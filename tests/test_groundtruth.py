@@ -1,0 +1,269 @@
+"""Ground truth (issue 12): tiny organisms with planted rules, built in seconds on the built-in
+collection; the protocol planner's stored claims scored against their records.
+
+The claims tests are fast (records and hypothesis nodes built by hand); the end-to-end test builds
+the tiny organisms and runs the protocol planner on their questions (slow: a few minutes)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from rankscope.agent.groundtruth import (
+    BlackBoxBattery,
+    claims_of,
+    is_false,
+    rule_found,
+    run_bench,
+    score_investigation,
+)
+from rankscope.agent.planners.base import Ledger
+from rankscope.experiments_db.records import (
+    Criterion,
+    HypothesisNode,
+    InvestigationRecord,
+    InvestigationTree,
+    VerdictRecord,
+)
+from rankscope.tools.organisms import GroundTruth, RuleSpec, catalogue
+from rankscope.tools.organisms.spec import ProbeMeasure, planted_claims
+from rankscope.tools.organisms.texts import VARIANTS, default_corpus
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def record(rules: list[RuleSpec], facts: dict[str, str | None], carriers=()) -> GroundTruth:
+    m = ProbeMeasure(mean_delta=0.0, share_up=0.5, n_pairs=1, n_queries=1)
+    return GroundTruth(
+        name="x",
+        base_model="b",
+        base_weights_hash="h",
+        path="/nowhere",
+        rules=rules,
+        planted=planted_claims(rules, list(carriers)),
+        facts=facts,  # type: ignore[arg-type]
+        carriers=list(carriers),
+        trained_queries=[],
+        heldout_queries=[],
+        probes_base={"TFC1/append": m},
+        probes_organism={"TFC1/append": m},
+    )
+
+
+def node(
+    i: int,
+    tool: str,
+    args: dict,
+    metric: str,
+    direction: str,
+    status: str,
+    reason: str = "",
+    components=(),
+    threshold: float = 0.5,
+) -> HypothesisNode:
+    verdict = VerdictRecord(
+        id=i,
+        hypothesis_id=i,
+        status=status,  # type: ignore[arg-type]
+        criterion_result={"reason": reason},
+        cited_evidence_ids=[],
+        narrative="",
+        decided_by="rules",
+        created_at=NOW,
+    )
+    return HypothesisNode(
+        id=i,
+        investigation_id=1,
+        text="prose is never read",
+        rationale="",
+        parent_id=None,
+        components=list(components),
+        tool=tool,
+        tool_args=args,
+        criterion=Criterion(metric=metric, direction=direction, threshold=threshold),  # type: ignore[arg-type]
+        created_at=NOW,
+        locked=True,
+        verdicts=[verdict],
+    )
+
+
+def tree(*nodes: HypothesisNode) -> InvestigationTree:
+    inv = InvestigationRecord(
+        id=1,
+        question="q",
+        model_id="m",
+        data_spec="builtin",
+        planner="protocol",
+        llm_model=None,
+        budget={},
+        status="finished",
+        created_at=NOW,
+        finished_at=NOW,
+        report_path=None,
+        config={},
+    )
+    return InvestigationTree(investigation=inv, hypotheses=list(nodes))
+
+
+TFC1 = {"axiom": "TFC1", "variant": "append"}
+
+
+def test_claims_come_from_tool_args_criterion_and_verdict() -> None:
+    t = tree(
+        node(1, "behavioural_test", TFC1, "share_moved_predicted", "greater", "supported"),
+        node(
+            2,
+            "behavioural_test",
+            {"axiom": "LNC1"},
+            "share_moved_predicted",
+            "greater",
+            "refuted",
+            "negligible: …",
+        ),
+        node(3, "token_screen", {}, "delta[token=quokka]", "greater", "supported", threshold=0.0),
+        node(
+            4,
+            "property_regression",
+            {},
+            "edit_delta[edit=truncate]",
+            "greater",
+            "supported",
+            threshold=0.0,
+        ),
+        node(
+            5,
+            "activation_patching",
+            TFC1,
+            "effect[L1.H2]",
+            "greater",
+            "supported",
+            components=["L1.H2"],
+        ),
+        node(6, "behavioural_test", TFC1, "share_moved_predicted", "greater", "inconclusive"),
+    )
+    claims = {c.hypothesis_id: c.claim for c in claims_of(t)}
+    assert sorted(claims) == [1, 2, 3, 4, 5]
+    assert (claims[1].key, claims[1].direction) == ("TFC1/append", "increase")
+    assert (claims[2].key, claims[2].direction) == ("LNC1/append", "none")
+    assert (claims[3].key, claims[3].direction) == ("token:quokka", "increase")
+    assert (claims[4].key, claims[4].direction) == ("truncate", "increase")
+    assert claims[5].kind == "components" and claims[5].components == ["L1.H2"]
+
+
+def test_null_control_supported_tfc1_is_false_and_negligible_is_found() -> None:
+    null = record([RuleSpec(rule="tfc1_removed", size=0.0)], {"TFC1/append": "none"})
+    supported = tree(
+        node(1, "behavioural_test", TFC1, "share_moved_predicted", "greater", "supported")
+    )
+    s = score_investigation(supported, null)
+    assert s.false_claims == 1 and s.found == 0
+    negligible = tree(
+        node(
+            1,
+            "behavioural_test",
+            TFC1,
+            "share_moved_predicted",
+            "greater",
+            "refuted",
+            "negligible: x",
+        )
+    )
+    s = score_investigation(negligible, null)
+    assert s.false_claims == 0 and s.found == 1
+
+
+def test_localisation_and_rule_found() -> None:
+    rule = RuleSpec(rule="tfc1_amplified", size=0.1)
+    rec = record([rule], {"TFC1/append": "increase"}, carriers=["L1.H1", "L1.H2"])
+    t = tree(
+        node(1, "behavioural_test", TFC1, "share_moved_predicted", "greater", "supported"),
+        node(
+            2,
+            "activation_patching",
+            TFC1,
+            "effect[L1.H2]",
+            "greater",
+            "supported",
+            components=["L1.H2"],
+        ),
+        node(
+            3,
+            "activation_patching",
+            TFC1,
+            "effect[L0.H0]",
+            "greater",
+            "supported",
+            components=["L0.H0"],
+        ),
+    )
+    s = score_investigation(t, rec)
+    assert s.found == 1 and s.false_claims == 0
+    assert s.precision == 0.5 and s.recall == 0.5
+    assert rule_found(rule, claims_of(t), rec)
+    wrong = claims_of(
+        tree(node(1, "behavioural_test", TFC1, "share_moved_predicted", "less", "supported"))
+    )[0]
+    assert wrong.claim.direction == "decrease" and is_false(wrong, rec)
+
+
+def test_battery_proposes_behavioural_tests_only() -> None:
+    ledger = Ledger(
+        investigation_id=1,
+        question="q",
+        model={},
+        data="builtin",
+        tools=[],
+        steps_left=5,
+        tool_calls_left=5,
+    )
+    proposal = BlackBoxBattery().propose(ledger)
+    assert getattr(proposal, "tool", None) == "behavioural_test"
+
+
+def test_corpus_variants_and_catalogue() -> None:
+    corpus = default_corpus(True, "quokka")
+    assert set(corpus.trained).isdisjoint(corpus.heldout)
+    g = corpus.groups[0]
+    assert len(g.texts) == len(VARIANTS) and g.texts[1].endswith(g.term)
+    specs = catalogue(tiny=True)
+    assert {"trigger", "length_penalty", "position_bias", "tfc1_amplified", "idf_inverted"} <= set(
+        specs
+    )
+    assert specs["tfc1_removed"].rules[0].direction == "none"
+    assert specs["tfc1_heads"].carriers and specs["base"].control
+    assert len(specs["two_rules"].rules) == 2
+
+
+CI_ORGANISMS = ["tfc1_amplified", "length_penalty", "tfc1_removed", "base"]
+
+
+@pytest.mark.slow
+def test_protocol_planner_on_tiny_organisms(tmp_path: Path, monkeypatch) -> None:
+    """Build the CI organisms, check their records, run the protocol planner on their questions:
+    every rule whose build check holds is recovered, and no claim is false (in particular nothing
+    supported on the null control)."""
+    from rankscope.tools.organisms import build_all, cache_root
+
+    monkeypatch.setenv("RANKSCOPE_ORGANISMS_DIR", str(tmp_path / "organisms"))
+    records = build_all(CI_ORGANISMS, tiny=True)
+    for name, r in records.items():
+        assert r.build_seconds > 0 and (Path(r.path) / "config.json").exists()
+        assert r.checks["spearman_natural_vs_base"] > 0.3, name
+    assert records["tfc1_removed"].facts["TFC1/append"] in ("none", None)
+    scores = run_bench(
+        records,
+        "protocol",
+        f"sqlite:///{tmp_path / 'gt.db'}",
+        base_path=str(cache_root() / "tiny-base"),
+        report_dir=tmp_path / "reports",
+        faithfulness=False,
+    )
+    for s in scores:
+        assert s.false_claims == 0, (s.organism, s.question, s.false_details)
+    for name, r in records.items():
+        for rule in r.rules:
+            if r.checks.get(f"{rule.rule}.holds_heldout") and rule.rule != "tfc1_removed":
+                mine = [s for s in scores if s.organism == name]
+                assert any(s.found for s in mine), (name, rule.rule)
