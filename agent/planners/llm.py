@@ -153,8 +153,8 @@ MAX_DESCRIBE_CALLS = 4
 HIDDEN_ARGS = frozenset({"seed", "split_seed", "holdout_fraction", "batch_size", "engine"})
 """Execution details the reduced schemas leave out: they keep their defaults unless a call sets
 them anyway (they are still validated)."""
-MAX_CATALOGUE_METRICS = 6
-CATALOGUE_DESCRIPTION_CHARS = 170
+MAX_CATALOGUE_METRICS = 4
+CATALOGUE_DESCRIPTION_CHARS = 90
 WRAPPER_KEYS = (
     "hypothesis",
     "rationale",
