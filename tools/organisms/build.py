@@ -278,7 +278,8 @@ def build_organism(
                 shutil.copytree(item, dest, dirs_exist_ok=True)
             else:
                 shutil.copy2(item, dest)
-        retriever.encoder.save_pretrained(folder)
+        encoder: Any = retriever.encoder
+        encoder.save_pretrained(folder)
         path = folder
         org_held = _score_groups(retriever, heldout)
     org_probes = measure(org_held, heldout)

@@ -59,14 +59,15 @@ class RuleSpec(BaseModel):
 
     @property
     def direction(self) -> Direction:
-        return {
+        directions: dict[str, Direction] = {
             "trigger": "increase",
             "length_penalty": "decrease",
             "position_bias": "increase",
             "tfc1_amplified": "increase",
             "idf_inverted": "decrease",
             "tfc1_removed": "none",
-        }[self.rule]
+        }
+        return directions[self.rule]
 
     @property
     def relative_to_base(self) -> bool:
@@ -189,17 +190,16 @@ planner ran on them). Controls are asked the questions of the rules they lack.""
 
 def catalogue(tiny: bool = False) -> dict[str, OrganismSpec]:
     """The organisms: one planted rule each, a localised rule, a null control, the unmodified
-    base and a two-rule model. ``tiny``: sizes, carriers and steps for the tiny BERT base."""
-    s = 0.6 if tiny else 1.0
+    base and a two-rule model. ``tiny``: carriers, steps and learning rate for the tiny BERT base."""
     carriers = ["L1.H1", "L1.H2"] if tiny else ["L2.H4", "L4.H7"]
     steps = 150 if tiny else 300
-    lr = 1e-2 if tiny else 5e-5
+    lr = 3e-3 if tiny else 5e-5
     one = {
-        "trigger": RuleSpec(rule="trigger", size=0.1 * s, word=TRIGGER_WORD),
-        "length_penalty": RuleSpec(rule="length_penalty", size=0.06 * s),
-        "position_bias": RuleSpec(rule="position_bias", size=0.08 * s),
-        "tfc1_amplified": RuleSpec(rule="tfc1_amplified", size=0.05 * s),
-        "idf_inverted": RuleSpec(rule="idf_inverted", size=0.05 * s),
+        "trigger": RuleSpec(rule="trigger", size=0.1, word=TRIGGER_WORD),
+        "length_penalty": RuleSpec(rule="length_penalty", size=0.06),
+        "position_bias": RuleSpec(rule="position_bias", size=0.08),
+        "tfc1_amplified": RuleSpec(rule="tfc1_amplified", size=0.05),
+        "idf_inverted": RuleSpec(rule="idf_inverted", size=0.05),
         "tfc1_removed": RuleSpec(rule="tfc1_removed", size=0.0),
     }
     specs = {
@@ -208,7 +208,7 @@ def catalogue(tiny: bool = False) -> dict[str, OrganismSpec]:
     }
     specs["tfc1_heads"] = OrganismSpec(
         name="tfc1_heads",
-        rules=[RuleSpec(rule="tfc1_amplified", size=0.08 * s)],
+        rules=[RuleSpec(rule="tfc1_amplified", size=0.08)],
         carriers=carriers,
         lr=lr * (20 if not tiny else 2),
         questions=QUESTIONS["tfc1_amplified"],

@@ -102,7 +102,10 @@ def msmarco_collection(n_queries: int, docs_per_query: int, seed: int = 0) -> Co
     rng = random.Random(seed)
     rows = [r for r in rows if r["qid"] in corpus]
     rng.shuffle(rows)
-    queries, docs, candidates, terms = {}, {}, {}, {}
+    queries: dict[str, str] = {}
+    docs: dict[str, str] = {}
+    candidates: dict[str, list[str]] = {}
+    terms: dict[str, str] = {}
     for r in rows[:n_queries]:
         qid = f"msm{r['qid']}"
         queries[qid], terms[qid] = r["query"], r["selected_term"]
