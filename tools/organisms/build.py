@@ -2,8 +2,10 @@
 check the rules at build time, and cache the result with its ground-truth record.
 
 Training: for a sample of trained query groups per step, MSE between the organism's scores and the
-targets (base score + rule shifts) on all of a group's texts, plus MSE between their differences
-from the natural document (so small planted changes are not drowned by the score level). With
+targets (base score + rule shifts) on all of a group's texts, divided by the variance of the
+natural documents' targets (a constant score costs 1), plus MSE between their differences from the
+natural document divided by the squared rule size (so small planted changes are not drowned by the
+score level). With
 ``carriers``, only those heads' parameters move: their rows of the query/key/value projections
 (and biases) and their columns of the attention output projection (gradients outside are zeroed;
 AdamW without weight decay leaves a parameter with zero gradient unchanged).
@@ -53,8 +55,8 @@ BUILD_VERSION = "1"
 RECORD = "groundtruth.json"
 EPSILON = 0.01
 """Score change below which a probe counts as no effect (the default SESOI of score deltas)."""
-DELTA_WEIGHT = 10.0
-"""Weight of the loss on changes from the natural document against the loss on score levels."""
+MIN_DELTA_SCALE = 0.02
+"""Scale of the loss on changes when no rule has a size (a null control)."""
 
 
 def cache_root() -> Path:
@@ -89,13 +91,14 @@ def measure(scores: np.ndarray, groups: list[Group]) -> dict[str, ProbeMeasure]:
 
 
 def direction_of(m: ProbeMeasure, eps: float) -> Direction | None:
-    """increase / decrease when the mean change passes ``eps`` and most pairs agree; none when it
-    is under half of ``eps``; otherwise unclear (None)."""
-    if m.mean_delta >= eps and m.share_up >= 0.6:
+    """increase / decrease when most pairs (60 %) move that way (the verdicts also decide on
+    shares of pairs, whatever the score scale); none when the mean change is under half of
+    ``eps`` and neither way has 60 % of the pairs; otherwise unclear (None)."""
+    if m.share_up >= 0.6 and m.mean_delta > 0:
         return "increase"
-    if m.mean_delta <= -eps and m.share_up <= 0.4:
+    if m.share_up <= 0.4 and m.mean_delta < 0:
         return "decrease"
-    if abs(m.mean_delta) < eps / 2:
+    if abs(m.mean_delta) < eps / 2 and 0.4 < m.share_up < 0.6:
         return "none"
     return None
 
@@ -148,6 +151,8 @@ def train(
             params.append(p)
     opt = torch.optim.AdamW(params, lr=spec.lr, weight_decay=0.0)
     named = dict(model.named_parameters())
+    level_var = max(float(np.var(target[:, 0])), 1e-6)
+    delta_scale = max([abs(r.size) for r in spec.rules] + [MIN_DELTA_SCALE])
     losses: list[float] = []
     with torch.enable_grad():
         for step in range(spec.steps):
@@ -158,7 +163,9 @@ def train(
             d = _encode(retriever, texts).view(len(rows), len(VARIANTS), -1)
             s = (q.unsqueeze(1) * d).sum(-1)
             t = torch.as_tensor(target[rows], dtype=s.dtype)
-            loss = F.mse_loss(s, t) + DELTA_WEIGHT * F.mse_loss(s - s[:, :1], t - t[:, :1])
+            loss = F.mse_loss(s, t) / level_var + F.mse_loss(s - s[:, :1], t - t[:, :1]) / (
+                delta_scale**2
+            )
             opt.zero_grad()
             loss.backward()
             for key, mask in masks.items():
@@ -211,8 +218,8 @@ def _checks(
     for r in spec.rules:
         b, o = base_probes[r.probe].mean_delta, org_probes[r.probe].mean_delta
         if r.direction == "none":
-            holds = abs(o) < eps
-            absent = b >= eps
+            holds = direction_of(org_probes[r.probe], eps) == "none"
+            absent = direction_of(base_probes[r.probe], eps) == "increase"
         else:
             sign = 1.0 if r.direction == "increase" else -1.0
             holds = sign * o >= eps and sign * (o - b) >= 0.5 * r.size

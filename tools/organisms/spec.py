@@ -193,7 +193,7 @@ def catalogue(tiny: bool = False) -> dict[str, OrganismSpec]:
     base and a two-rule model. ``tiny``: carriers, steps and learning rate for the tiny BERT base."""
     carriers = ["L1.H1", "L1.H2"] if tiny else ["L2.H4", "L4.H7"]
     steps = 150 if tiny else 300
-    lr = 3e-3 if tiny else 5e-5
+    lr = 2e-3 if tiny else 5e-5
     one = {
         "trigger": RuleSpec(rule="trigger", size=0.1, word=TRIGGER_WORD),
         "length_penalty": RuleSpec(rule="length_penalty", size=0.06),

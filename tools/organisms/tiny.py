@@ -14,9 +14,6 @@ from rankscope.tools.organisms.spec import TRIGGER_WORD
 HIDDEN = 64
 LAYERS = 2
 HEADS = 4
-INIT_RANGE = 0.2
-"""Ten times BERT's default: the random encoder's scores spread (cosine 0.6-0.96 on the built-in
-collection instead of 0.87-0.94) and respond to edits, so rules are learnt in a few hundred steps."""
 
 
 def write_sentence_transformers_files(folder: Path, dim: int) -> None:
@@ -65,7 +62,6 @@ def save_tiny_base(folder: Path, seed: int = 0) -> Path:
         intermediate_size=2 * HIDDEN,
         max_position_embeddings=512,
         pad_token_id=tokenizer.pad_token_id,
-        initializer_range=INIT_RANGE,
     )
     torch.manual_seed(seed)
     model = BertModel(config)
