@@ -34,10 +34,11 @@ def main() -> None:
     parser.add_argument("--max-steps", type=int, default=12)
     parser.add_argument("--no-baseline", action="store_true")
     parser.add_argument("--build-only", action="store_true")
+    parser.add_argument("--steps", type=int, default=None, help="Override the training steps.")
     args = parser.parse_args()
     console = Console()
     started = time.perf_counter()
-    records = build_all(args.organisms, tiny=args.tiny, log=console.print)
+    records = build_all(args.organisms, tiny=args.tiny, log=console.print, steps=args.steps)
     build = Table("organism", "build s", "steps", "checks", "facts (held-out)")
     for name, r in records.items():
         checks = ", ".join(

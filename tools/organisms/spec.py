@@ -192,7 +192,7 @@ def catalogue(tiny: bool = False) -> dict[str, OrganismSpec]:
     """The organisms: one planted rule each, a localised rule, a null control, the unmodified
     base and a two-rule model. ``tiny``: carriers, steps and learning rate for the tiny BERT base."""
     carriers = ["L1.H1", "L1.H2"] if tiny else ["L2.H4", "L4.H7"]
-    steps = 150 if tiny else 300
+    steps = 300
     lr = 2e-3 if tiny else 5e-5
     one = {
         "trigger": RuleSpec(rule="trigger", size=0.1, word=TRIGGER_WORD),
