@@ -143,6 +143,22 @@ def is_false(c: StoredClaim, record: GroundTruth) -> bool:
     return fact is not None and fact != c.claim.direction
 
 
+def _refutes_planted(c: StoredClaim, record: GroundTruth) -> bool:
+    """A refuted claim (no effect, or not the planted direction) about a planted rule that holds
+    on held-out queries; an unnamed token (``token:*``, a screen's best token) stands for the
+    trigger."""
+    if c.status != "refuted" or c.claim.kind == "components":
+        return False
+    for rule in record.rules:
+        if not record.checks.get(f"{rule.rule}.holds_heldout") or rule.direction == "none":
+            continue
+        for p in planted_claims([rule], []):
+            same = c.claim.key == p.key or (c.claim.key == "token:*" and p.kind == "token")
+            if same and c.claim.direction in ("none", f"not_{p.direction}"):
+                return True
+    return False
+
+
 def rule_found(rule: RuleSpec, claims: list[StoredClaim], record: GroundTruth) -> bool:
     """Whether a claim recovers the rule: supported in its direction, or (null rule) refuted as
     negligible."""
@@ -166,6 +182,8 @@ class Score:
     question: str
     investigation_id: int
     rules: int
+    held: int
+    """Rules whose build check holds on held-out queries (the others are not in the model)."""
     found: int
     false_claims: int
     false_refutations: int
@@ -190,15 +208,7 @@ def score_investigation(
     claims = claims_of(tree)
     supported = [c for c in claims if c.status == "supported"]
     false = [c for c in claims if is_false(c, record)]
-    planted_keys = {p.key: p.direction for p in record.planted}
-    false_ref = [
-        c
-        for c in claims
-        if c.status == "refuted"
-        and c.claim.key in planted_keys
-        and planted_keys[c.claim.key] != "none"
-        and c.claim.direction in ("none", f"not_{planted_keys[c.claim.key]}")
-    ]
+    false_ref = [c for c in claims if _refutes_planted(c, record)]
     unverified = [
         c for c in supported if c.claim.kind != "components" and fact_for(c.claim, record) is None
     ]
@@ -217,6 +227,7 @@ def score_investigation(
         question=inv.question,
         investigation_id=inv.id,
         rules=len(record.rules),
+        held=sum(bool(record.checks.get(f"{r.rule}.holds_heldout")) for r in record.rules),
         found=sum(rule_found(r, claims, record) for r in record.rules),
         false_claims=len(false),
         false_refutations=len(false_ref),
@@ -400,6 +411,7 @@ def table_rows(scores: list[Score]) -> list[list[str]]:
         "found",
         "false",
         "false refut.",
+        "unverified",
         "loc P",
         "loc R",
         "faithful",
@@ -413,9 +425,10 @@ def table_rows(scores: list[Score]) -> list[list[str]]:
                 s.organism,
                 s.planner,
                 s.question[:48],
-                f"{s.found}/{s.rules}" if s.rules else "—",
+                f"{s.found}/{s.rules} (held {s.held})" if s.rules else "—",
                 str(s.false_claims),
                 str(s.false_refutations),
+                str(s.unverified),
                 _fmt(s.precision),
                 _fmt(s.recall),
                 _fmt(s.faithfulness),

@@ -236,7 +236,10 @@ def test_corpus_variants_and_catalogue() -> None:
     assert len(specs["two_rules"].rules) == 2
 
 
-CI_ORGANISMS = ["tfc1_amplified", "length_penalty", "tfc1_removed", "base"]
+CI_ORGANISMS = ["trigger", "length_penalty", "tfc1_removed", "base"]
+"""The planted rules the tiny base learns (trigger, length penalty; query-dependent rules such as
+TFC1 amplified do not hold in a random tiny encoder, and their records say so), the null control
+and the unmodified base."""
 
 
 @pytest.mark.slow
@@ -251,7 +254,8 @@ def test_protocol_planner_on_tiny_organisms(tmp_path: Path, monkeypatch) -> None
     for name, r in records.items():
         assert r.build_seconds > 0 and (Path(r.path) / "config.json").exists()
         assert r.checks["spearman_natural_vs_base"] > 0.3, name
-    assert records["tfc1_removed"].facts["TFC1/append"] in ("none", None)
+    assert records["trigger"].checks["trigger.holds_heldout"]
+    assert records["length_penalty"].checks["length_penalty.holds_heldout"]
     scores = run_bench(
         records,
         "protocol",
