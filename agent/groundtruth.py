@@ -185,6 +185,7 @@ class Score:
     held: int
     """Rules whose build check holds on held-out queries (the others are not in the model)."""
     found: int
+    found_rules: list[str]
     false_claims: int
     false_refutations: int
     supported: int
@@ -206,6 +207,7 @@ def score_investigation(
 ) -> Score:
     """Score one stored investigation of ``record``'s organism."""
     claims = claims_of(tree)
+    found_rules: list[str] = [r.rule for r in record.rules if rule_found(r, claims, record)]
     supported = [c for c in claims if c.status == "supported"]
     false = [c for c in claims if is_false(c, record)]
     false_ref = [c for c in claims if _refutes_planted(c, record)]
@@ -228,7 +230,8 @@ def score_investigation(
         investigation_id=inv.id,
         rules=len(record.rules),
         held=sum(bool(record.checks.get(f"{r.rule}.holds_heldout")) for r in record.rules),
-        found=sum(rule_found(r, claims, record) for r in record.rules),
+        found=len(found_rules),
+        found_rules=found_rules,
         false_claims=len(false),
         false_refutations=len(false_ref),
         supported=len(supported),
@@ -440,8 +443,8 @@ def table_rows(scores: list[Score]) -> list[list[str]]:
 
 
 def write_outputs(scores: list[Score], folder: Path) -> tuple[Path, Path]:
-    """``groundtruth.json`` (every score) and ``groundtruth.png`` (found and false claims per
-    organism and planner) in ``folder``."""
+    """``groundtruth.json`` (every score) and ``groundtruth.png`` (share of an organism's rules
+    found by any of its questions, and false claims, per organism and planner) in ``folder``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -458,8 +461,9 @@ def write_outputs(scores: list[Score], folder: Path) -> tuple[Path, Path]:
         found, false = [], []
         for org in organisms:
             mine = [s for s in scores if s.organism == org and s.planner == planner]
-            rules = sum(s.rules for s in mine)
-            found.append(sum(s.found for s in mine) / rules if rules else 0.0)
+            rules = max((s.rules for s in mine), default=0)
+            hits = {rule for s in mine for rule in s.found_rules}
+            found.append(len(hits) / rules if rules else 0.0)
             false.append(sum(s.false_claims for s in mine))
         xs = [i + j * width for i in range(len(organisms))]
         axes[0].bar(xs, found, width, label=planner)
