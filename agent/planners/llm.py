@@ -377,19 +377,12 @@ def _first_sentence(text: str, limit: int = CATALOGUE_DESCRIPTION_CHARS) -> str:
 
 
 def _main_metrics(tool_name: str) -> list[str]:
-    """The metric names worth predicting: no CIs, p-values, counts or timings."""
+    """The metrics a claim can rest on: the tool's declared estimates (what a criterion may
+    name; CIs, p-values, counts and descriptive numbers are left out)."""
     catalogue = all_tools()[tool_name].metrics
     if catalogue is None:
         return []
-    skip = ("_ci_low", "_ci_high", "seconds")
-    names = [
-        name
-        for name in catalogue.patterns()
-        if not any(part in name for part in skip)
-        and not name.startswith(("n_", "p_", "top_p_"))
-        and "p_value" not in name
-    ]
-    return names[:MAX_CATALOGUE_METRICS]
+    return catalogue.estimate_patterns()[:MAX_CATALOGUE_METRICS]
 
 
 def catalogue_line(spec: dict[str, Any]) -> str:
