@@ -77,9 +77,14 @@ def test_met_contradicted_negligible_and_undetermined():
     assert pairs.outcome == "undetermined" and "12 pairs" in pairs.reason
 
 
-def test_one_query_or_constant_values_decide_nothing():
+def test_one_query_decides_nothing_and_constant_values_get_a_sign_test():
+    """One query: no inference. Every query with the same value: no t-test exists, so the exact
+    sign test decides (p = 0.5**12 here), never a p of 0 — and never below the policy's minimum
+    number of queries."""
     assert split(crit(), ev([0.9])).outcome == "undetermined"
-    assert split(crit(), ev([0.9] * 12)).outcome == "undetermined"
+    constant = split(crit(), ev([0.9] * 12))
+    assert constant.outcome == "met" and constant.p_value == pytest.approx(0.5**12)
+    assert split(crit(), ev([0.9] * 5)).outcome == "undetermined"
 
 
 def test_the_test_is_against_the_effective_threshold_not_zero():

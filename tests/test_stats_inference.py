@@ -197,10 +197,8 @@ def test_corrected_alpha_widens_the_ci() -> None:
 # --- no inference ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "data", [[], [0.7], [0.2, 0.2, 0.2], [float("nan"), 0.4], [0.3, float("nan"), 0.3]]
-)
-def test_no_inference_from_fewer_than_two_queries_or_no_variation(data: list[float]) -> None:
+@pytest.mark.parametrize("data", [[], [0.7], [float("nan"), 0.4]])
+def test_no_inference_from_fewer_than_two_queries(data: list[float]) -> None:
     result = query_inference(
         as_values(data), threshold=0.0, direction="greater", alpha=0.05, equivalence=(-1, 1)
     )
@@ -208,6 +206,39 @@ def test_no_inference_from_fewer_than_two_queries_or_no_variation(data: list[flo
     assert math.isnan(result.ci_low) and math.isnan(result.ci_high)
     assert result.n_queries == sum(1 for v in data if math.isfinite(v))
     assert "no inference" in result.method
+
+
+@pytest.mark.parametrize(
+    ("value", "direction", "p"),
+    [
+        (1.0, "greater", 0.5**10),
+        (0.2, "greater", 1.0),
+        (-0.3, "less", 0.5**10),
+        (0.1, "two-sided", 2 * 0.5**10),
+    ],
+)
+def test_unvarying_values_get_an_exact_sign_test(
+    value: float, direction: Direction, p: float
+) -> None:
+    """Every query with the same value (a perfect effect): the binomial sign test, checked
+    against scipy, and a point interval."""
+    result = query_inference(
+        as_values([value] * 10),
+        threshold=0.0 if direction != "greater" else 0.5,
+        direction=direction,
+        alpha=0.05,
+        equivalence=(-1, 1),
+    )
+    assert result.p_value == pytest.approx(p)
+    if p < 1:
+        alternative = {"greater": "greater", "less": "less", "two-sided": "two-sided"}[direction]
+        assert p == pytest.approx(
+            stats.binomtest(10, 10, 0.5, alternative=alternative).pvalue
+            if direction != "less"
+            else stats.binomtest(0, 10, 0.5, alternative="less").pvalue
+        )
+    assert result.ci_low == result.ci_high == value
+    assert result.tost_p == pytest.approx(0.5**10 if -1 < value < 1 else 1.0)
 
 
 def test_non_finite_query_values_are_left_out() -> None:

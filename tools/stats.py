@@ -216,6 +216,50 @@ def _t_p_value(mean: float, se: float, df: int, popmean: float, alternative: Dir
     return float(min(1.0, 2.0 * special.stdtr(df, -abs(t))))
 
 
+def _sign_p(value: float, threshold: float, direction: Direction, n: int) -> float:
+    """Exact sign-test p-value when all ``n`` queries have ``value``: under the null that the
+    median lies on the threshold's other side, all ``n`` fall beyond it with probability
+    at most ``0.5**n``."""
+    beyond = {
+        "greater": value > threshold,
+        "less": value < threshold,
+        "two-sided": value != threshold,
+    }[direction]
+    if not beyond:
+        return 1.0
+    return min(1.0, (2.0 if direction == "two-sided" else 1.0) * 0.5**n)
+
+
+def _unvarying_inference(
+    data: np.ndarray,
+    threshold: float,
+    direction: Direction,
+    equivalence: tuple[float, float] | None,
+    level: float,
+    n_pairs: int,
+    method: str,
+) -> QueryInference:
+    """Inference when every query has the same value (e.g. every pair of every query moved the
+    predicted way): no t-test exists, but the sign test does; every bootstrap resample gives the
+    value, so the interval is that point."""
+    value, n = float(data[0]), int(data.size)
+    tost_p = None
+    if equivalence is not None:
+        inside = equivalence[0] < value < equivalence[1]
+        tost_p = 0.5**n if inside else 1.0
+    return QueryInference(
+        estimate=value,
+        ci_low=value,
+        ci_high=value,
+        ci_level=level,
+        p_value=_sign_p(value, threshold, direction, n),
+        tost_p=tost_p,
+        n_queries=n,
+        n_pairs=n_pairs,
+        method=method + f" (no variation across {n} queries: exact sign test, p = 0.5^n)",
+    )
+
+
 def query_inference(
     values: Sequence[QueryValue],
     *,
@@ -240,7 +284,9 @@ def query_inference(
       ``low < mean < high`` (the larger of the two p-values), else ``None``.
 
     Non-finite per-query values are left out (and their pairs are not counted). Fewer than two
-    queries, or values that do not differ: no inference (``None`` p-values, NaN CI)."""
+    queries: no inference (``None`` p-values, NaN CI). Values that do not differ: an exact sign
+    test (``0.5**n`` when all lie beyond the threshold) and a point interval; the policy's
+    minimum number of queries (8: p = 0.0039) still applies in the verdict rules."""
     level = ci_level_for(alpha, direction)
     if n_resamples < 1:
         raise ValueError(f"n_resamples must be positive, not {n_resamples}")
@@ -257,7 +303,7 @@ def query_inference(
     if equivalence is not None:
         method += f"; TOST vs [{equivalence[0]:.6g}, {equivalence[1]:.6g}]"
     estimate = float(data.mean()) if n else float("nan")
-    if n < 2 or np.all(data == data[0]):
+    if n < 2:
         return QueryInference(
             estimate=estimate,
             ci_low=float("nan"),
@@ -267,8 +313,10 @@ def query_inference(
             tost_p=None,
             n_queries=n,
             n_pairs=n_pairs,
-            method=method + " (no inference: fewer than 2 queries or no variation)",
+            method=method + " (no inference: fewer than 2 queries)",
         )
+    if np.all(data == data[0]):
+        return _unvarying_inference(data, threshold, direction, equivalence, level, n_pairs, method)
     rng = np.random.default_rng(seed)
     means = data[rng.integers(0, n, size=(n_resamples, n))].mean(axis=1)
     tail = (1.0 - level) / 2.0
