@@ -39,10 +39,13 @@ def bootstrap_ci(
     if data.size == 0:
         return Estimate(value=float("nan"), ci_low=float("nan"), ci_high=float("nan"), n=0)
     value = float(statistic(data))
-    if data.size == 1 or np.all(data == data[0]):
-        # One value, or no variability: the bootstrap has nothing to resample, so there is no
-        # interval (a zero-width one would claim certainty the data cannot give).
-        return Estimate(value=value, ci_low=float("nan"), ci_high=float("nan"), n=int(data.size))
+    if data.size == 1:
+        # One value: nothing to resample, so there is no interval.
+        return Estimate(value=value, ci_low=float("nan"), ci_high=float("nan"), n=1)
+    if np.all(data == data[0]):
+        # Every value the same: every resample gives it, so the interval is that point (the
+        # verdict rules do their own inference, see query_inference).
+        return Estimate(value=value, ci_low=value, ci_high=value, n=int(data.size))
     result = stats.bootstrap(
         (data,),
         statistic,
