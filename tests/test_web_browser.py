@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import uvicorn
-from playwright.sync_api import Page, expect, sync_playwright
+from playwright.sync_api import Locator, Page, expect, sync_playwright
 
 from rankscope.agent.web import create_app
 from rankscope.experiments_db import Store
@@ -99,6 +99,14 @@ def served(tmp_path: Path) -> Iterator[tuple[str, Store, dict[str, int]]]:
         thread.join(10)
 
 
+def assert_image_loads(page: Page, image: Locator) -> None:
+    """Wait (polling, up to 15 s) until a lazily loaded figure has decoded with a real width: a
+    visible ``<img>`` may still be fetching, so one immediate check is a race."""
+    page.wait_for_function(
+        "img => img.complete && img.naturalWidth > 0", arg=image.element_handle(), timeout=15_000
+    )
+
+
 def shoot(page: Page, tmp_path: Path, name: str) -> None:
     path = tmp_path / "screenshots" / f"{name}.png"
     page.screenshot(path=str(path), full_page=True)
@@ -125,7 +133,7 @@ def test_review_in_a_browser(served: tuple[str, Store, dict[str, int]], tmp_path
         details.locator(":scope > summary").click()
         figure = details.locator("figure img").first
         expect(figure).to_be_visible()
-        assert figure.evaluate("img => img.complete && img.naturalWidth > 0")
+        assert_image_loads(page, figure)
         shoot(page, tmp_path, "investigation")
         form = details.locator("form.review-form")
         form.locator("input[name=reviewer]").fill("alice")
@@ -163,6 +171,6 @@ def test_review_in_a_browser(served: tuple[str, Store, dict[str, int]], tmp_path
         page.locator(f"details#h{hyp} > summary").click()
         exported = page.locator(f"details#h{hyp} figure img").first
         expect(exported).to_be_visible()
-        assert exported.evaluate("img => img.complete && img.naturalWidth > 0")
+        assert_image_loads(page, exported)
         shoot(page, tmp_path, "export")
         browser.close()
