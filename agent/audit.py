@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,12 @@ from rankscope.agent.settings import settings_of
 from rankscope.agent.verdicts import decide_hypothesis
 from rankscope.experiments_db.errors import ArtifactError
 from rankscope.experiments_db.jsonutil import to_jsonable
-from rankscope.experiments_db.records import ExperimentNode, HypothesisNode, InvestigationTree
+from rankscope.experiments_db.records import (
+    AuditCheck,
+    ExperimentNode,
+    HypothesisNode,
+    InvestigationTree,
+)
 from rankscope.experiments_db.repository import Store
 from rankscope.tools.contract import ToolContext
 from rankscope.tools.registry import UnknownToolError, get_tool
@@ -44,22 +50,12 @@ thread count), so tolerances tighter than this flag noise."""
 
 
 @dataclass
-class Finding:
-    """One row of the audit table."""
-
-    subject: str
-    check: str
-    ok: bool
-    detail: str = ""
-
-
-@dataclass
 class AuditReport:
     investigation_id: int
-    findings: list[Finding] = field(default_factory=list)
+    findings: list[AuditCheck] = field(default_factory=list)
 
     @property
-    def drift(self) -> list[Finding]:
+    def drift(self) -> list[AuditCheck]:
         return [f for f in self.findings if not f.ok]
 
     @property
@@ -67,7 +63,7 @@ class AuditReport:
         return not self.drift
 
     def add(self, subject: str, check: str, ok: bool, detail: str = "") -> None:
-        self.findings.append(Finding(subject, check, ok, detail))
+        self.findings.append(AuditCheck(subject=subject, check=check, ok=ok, detail=detail))
 
 
 def close(old: Any, new: Any) -> bool:
@@ -189,9 +185,11 @@ def audit_investigation(
     device: str = "cpu",
     rerun: bool = True,
     experiments: set[int] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> AuditReport:
     """Audit one investigation (see the module docstring); ``experiments`` limits the re-runs
-    to those ids (the other checks always cover everything)."""
+    to those ids (the other checks always cover everything). ``progress(done, total)`` is called
+    after each experiment and after the verdict and record-chain checks (one more step)."""
     from rankscope.tools.diagnostics.source import resolve_data
 
     tree = store.investigation_tree(investigation_id)
@@ -201,10 +199,14 @@ def audit_investigation(
     model = settings.model_arg
     data = resolve_data(settings.data_arg) if rerun else None
     evidence = tree.evidence()
-    for exp in tree.experiments():
+    stored = tree.experiments()
+    total = len(stored) + 1
+    for step, exp in enumerate(stored, start=1):
         if rerun and (experiments is None or exp.id in experiments):
             _check_experiment(report, exp, model, data, device)
         _check_artifacts(report, store, exp)
+        if progress is not None:
+            progress(step, total)
     for node in tree.hypotheses:
         for verdict in node.verdicts:
             cited = set(verdict.cited_evidence_ids) | set(cited_in_text(verdict.narrative))
@@ -225,6 +227,8 @@ def audit_investigation(
                 f"stored {status}, rules give {again}",
             )
     _check_record_chain(report, store, investigation_id)
+    if progress is not None:
+        progress(total, total)
     return report
 
 

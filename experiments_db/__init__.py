@@ -33,6 +33,8 @@ from rankscope.experiments_db.provenance import Provenance, capture_provenance
 from rankscope.experiments_db.records import (
     ArtifactRecord,
     ArtifactSpec,
+    AuditCheck,
+    AuditJobRecord,
     Criterion,
     EvidenceRecord,
     ExperimentNode,
@@ -55,6 +57,8 @@ __all__ = [
     "ArtifactIntegrityError",
     "ArtifactMissingError",
     "ArtifactRecord",
+    "AuditCheck",
+    "AuditJobRecord",
     "ArtifactSpec",
     "ArtifactStore",
     "BundleError",

@@ -39,6 +39,7 @@ DIRECTIONS = ("greater", "less", "two-sided")
 SPLITS = ("discovery", "holdout", "all")
 CORRECTIONS = ("none", "holm", "bonferroni")
 REVIEW_DECISIONS = ("accept", "dispute")
+AUDIT_JOB_STATES = ("queued", "running", "done", "failed", "interrupted")
 CRITERION_COLUMNS = (
     "tool",
     "tool_args",
@@ -230,6 +231,27 @@ class Review(StoreBase, table=True):
     decision: str
     comment: str = Field(default="", sa_type=Text)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class AuditJob(StoreBase, table=True):
+    """An audit started from ``rankscope serve`` (migration 0004): its state, progress and, when
+    done, every check's outcome, so that a restarted server (or another one on the same store)
+    shows it; ``owner`` (host:pid) lets a server mark the jobs of a dead one ``interrupted``."""
+
+    __tablename__ = "audit_job"
+    __table_args__ = (CheckConstraint(_one_of("state", AUDIT_JOB_STATES), name="state"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    investigation_id: int = Field(foreign_key="investigation.id", index=True)
+    rerun: bool
+    state: str = "queued"
+    owner: str
+    done: int = 0
+    total: int = 0
+    findings: list[Any] = _json_list()
+    error: str = Field(default="", sa_type=Text)
+    started_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
 
 
 class RecordLink(StoreBase, table=True):

@@ -13,6 +13,7 @@ Direction = Literal["greater", "less", "two-sided"]
 Split = Literal["discovery", "holdout", "all"]
 Correction = Literal["none", "holm", "bonferroni"]
 ReviewDecision = Literal["accept", "dispute"]
+AuditJobState = Literal["queued", "running", "done", "failed", "interrupted"]
 
 
 class Criterion(BaseModel):
@@ -125,6 +126,37 @@ class ReviewRecord(_Record):
     decision: ReviewDecision
     comment: str
     created_at: datetime
+
+
+class AuditCheck(_Record):
+    """One check of an audit: what was checked, on what, and whether it held."""
+
+    subject: str
+    check: str
+    ok: bool
+    detail: str = ""
+
+
+class AuditJobRecord(_Record):
+    id: int
+    investigation_id: int
+    rerun: bool
+    state: AuditJobState
+    owner: str
+    done: int
+    total: int
+    findings: list[AuditCheck]
+    error: str
+    started_at: datetime
+    finished_at: datetime | None
+
+    @property
+    def active(self) -> bool:
+        return self.state in ("queued", "running")
+
+    @property
+    def drift(self) -> list[AuditCheck]:
+        return [f for f in self.findings if not f.ok]
 
 
 class VerdictRecord(_Record):

@@ -30,12 +30,14 @@ from rankscope.experiments_db.errors import (
 from rankscope.experiments_db.jsonutil import to_jsonable
 from rankscope.experiments_db.migrate import writer
 from rankscope.experiments_db.models import (
+    AUDIT_JOB_STATES,
     CRITERION_COLUMNS,
     EXPERIMENT_STATUSES,
     INVESTIGATION_STATUSES,
     REVIEW_DECISIONS,
     VERDICT_STATUSES,
     Artifact,
+    AuditJob,
     Evidence,
     Experiment,
     Hypothesis,
@@ -49,6 +51,8 @@ from rankscope.experiments_db.models import (
 from rankscope.experiments_db.records import (
     ArtifactRecord,
     ArtifactSpec,
+    AuditCheck,
+    AuditJobRecord,
     Criterion,
     EvidenceRecord,
     ExperimentNode,
@@ -582,6 +586,69 @@ class Store:
             session.flush()
             assert row.id is not None
             return row.id
+
+    # -- audit jobs (started from the review workspace) -----------------------------------------
+
+    def create_audit_job(self, investigation_id: int, *, rerun: bool, owner: str) -> int:
+        """Store a queued audit of an investigation; ``owner`` names the process running it."""
+        with self._write() as session:
+            self._get(session, Investigation, investigation_id)
+            row = AuditJob(investigation_id=investigation_id, rerun=rerun, owner=owner)
+            session.add(row)
+            session.flush()
+            assert row.id is not None
+            return row.id
+
+    def update_audit_job(
+        self,
+        job_id: int,
+        *,
+        state: str | None = None,
+        done: int | None = None,
+        total: int | None = None,
+        findings: Sequence[AuditCheck] | None = None,
+        error: str | None = None,
+    ) -> None:
+        """Record an audit job's progress; a final state (done, failed, interrupted) stamps its
+        end. A job that has already ended is left as it is."""
+        values: dict[str, Any] = {}
+        if state is not None:
+            values["state"] = _choice(state, AUDIT_JOB_STATES, "audit job state")
+            if state not in ("queued", "running"):
+                values["finished_at"] = utcnow()
+        if done is not None:
+            values["done"] = done
+        if total is not None:
+            values["total"] = total
+        if findings is not None:
+            values["findings"] = [f.model_dump() for f in findings]
+        if error is not None:
+            values["error"] = error
+        with self._write() as session:
+            self._get(session, AuditJob, job_id)
+            session.execute(
+                update(AuditJob)
+                .where(col(AuditJob.id) == job_id)
+                .where(col(AuditJob.state).in_(("queued", "running")))
+                .values(**values)
+            )
+
+    def get_audit_job(self, job_id: int) -> AuditJobRecord:
+        with self._read() as session:
+            return AuditJobRecord.model_validate(self._get(session, AuditJob, job_id))
+
+    def list_audit_jobs(
+        self, investigation_id: int | None = None, *, active: bool = False
+    ) -> list[AuditJobRecord]:
+        """Audit jobs, newest first: one investigation's, or all; only queued and running ones
+        when ``active``."""
+        stmt = select(AuditJob.__table__).order_by(col(AuditJob.id).desc())
+        if investigation_id is not None:
+            stmt = stmt.where(col(AuditJob.investigation_id) == investigation_id)
+        if active:
+            stmt = stmt.where(col(AuditJob.state).in_(("queued", "running")))
+        with self._read() as session:
+            return self._records(session, stmt, AuditJobRecord)
 
     def record_llm_call(
         self,

@@ -134,3 +134,12 @@ def test_a_real_investigation_and_its_import_verify(tmp_path):
         new_id = import_bundle(store, bundle)
         new_id = new_id if isinstance(new_id, int) else new_id[0]
         assert store.verify_records(new_id)[1] == []
+        from rankscope.agent.audit import audit_investigation
+
+        steps: list[tuple[int, int]] = []
+        report = audit_investigation(
+            store, 1, rerun=False, progress=lambda done, total: steps.append((done, total))
+        )
+        n_experiments = len(store.investigation_tree(1).experiments())
+        assert report.ok
+        assert steps == [(i, n_experiments + 1) for i in range(1, n_experiments + 2)]

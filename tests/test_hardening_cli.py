@@ -113,13 +113,11 @@ def test_locked_and_read_only_databases_are_one_line(tmp_path, null_model, monke
 def test_bracketed_data_text_prints_intact_in_audit_and_tools(tmp_path, null_model):
     from rich.console import Console
 
-    from rankscope.agent.audit import AuditReport, Finding, print_report
+    from rankscope.agent.audit import AuditReport, print_report
 
     out = Console(record=True, width=200)
     report = AuditReport(investigation_id=1)
-    report.findings.append(
-        Finding(subject="E1 [/b]x", check="artifact [red]", ok=False, detail="rankscope[irds]")
-    )
+    report.add("E1 [/b]x", "artifact [red]", False, "rankscope[irds]")
     print_report(report, out)
     text = out.export_text()
     assert "E1 [/b]x" in text and "artifact [red]" in text and "rankscope[irds]" in text

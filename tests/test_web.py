@@ -4,7 +4,10 @@ command; escaping of stored HTML; the access token and CSRF checks."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+import socket
+import subprocess
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +37,19 @@ def stored(
         yield store, ids, url
 
 
-def fake_audit(store: Store, investigation_id: int, **_: Any) -> AuditReport:
+def fake_audit(
+    store: Store,
+    investigation_id: int,
+    progress: Callable[[int, int], None] | None = None,
+    **_: Any,
+) -> AuditReport:
     report = AuditReport(investigation_id)
     report.add("experiment 1", "metrics", True, "all equal")
+    if progress is not None:
+        progress(1, 2)
     report.add("artifact 1", "sha256", False, "hash <b>changed</b>")
+    if progress is not None:
+        progress(2, 2)
     return report
 
 
@@ -158,6 +170,89 @@ def test_audit_from_the_page(client: TestClient, stored: tuple[Store, dict[str, 
     report = client.get(f"/audits/{job_id}").text
     assert "1 with drift" in report and "DRIFT" in report
     assert "hash &lt;b&gt;changed&lt;/b&gt;" in report
+    assert "2/2 steps" in report
+
+
+def test_audit_jobs_are_rows_a_restarted_server_shows(
+    stored: tuple[Store, dict[str, int], str],
+) -> None:
+    store, ids, _ = stored
+    first = TestClient(create_app(store, auditor=fake_audit))
+    page = first.get(f"/investigations/{ids['investigation']}").text
+    started = first.post(
+        f"/investigations/{ids['investigation']}/audit",
+        data={"csrf_token": csrf_of(page)},
+        follow_redirects=False,
+    )
+    job_id = int(started.headers["location"].rsplit("/", 1)[1])
+    first.app.state.workspace.audits.wait(job_id)  # type: ignore[attr-defined]
+    row = store.get_audit_job(job_id)
+    assert (row.state, row.done, row.total) == ("done", 2, 2)
+    assert [(f.subject, f.ok) for f in row.drift] == [("artifact 1", False)]
+    restarted = TestClient(create_app(store, auditor=fake_audit))
+    report = restarted.get(f"/audits/{job_id}").text
+    assert "1 with drift" in report and "hash &lt;b&gt;changed&lt;/b&gt;" in report
+    listed = restarted.get(f"/investigations/{ids['investigation']}").text
+    assert f"audit {job_id}: done" in listed
+
+
+def dead_pid() -> int:
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
+
+
+def test_a_dead_servers_audit_is_marked_interrupted_and_a_failure_is_stored(
+    stored: tuple[Store, dict[str, int], str],
+) -> None:
+    store, ids, _ = stored
+    inv = ids["investigation"]
+    orphan = store.create_audit_job(inv, rerun=True, owner=f"{socket.gethostname()}:{dead_pid()}")
+    store.update_audit_job(orphan, state="running", done=1, total=3)
+    elsewhere = store.create_audit_job(inv, rerun=True, owner="another-host:1")
+    store.update_audit_job(elsewhere, state="running")
+
+    def broken_audit(store: Store, investigation_id: int, **_: Any) -> AuditReport:
+        raise RuntimeError("model folder <gone>")
+
+    client = TestClient(create_app(store, auditor=broken_audit))
+    assert store.get_audit_job(orphan).state == "interrupted"
+    assert store.get_audit_job(elsewhere).state == "running"
+    page = client.get(f"/audits/{orphan}").text
+    assert "interrupted" in page and "is gone; start it again" in page
+    form = {"csrf_token": csrf_of(client.get(f"/investigations/{inv}").text)}
+    started = client.post(f"/investigations/{inv}/audit", data=form, follow_redirects=False)
+    job_id = int(started.headers["location"].rsplit("/", 1)[1])
+    assert client.app.state.workspace.audits.wait(job_id).state == "failed"  # type: ignore[attr-defined]
+    failed = client.get(f"/audits/{job_id}").text
+    assert "RuntimeError: model folder &lt;gone&gt;" in failed
+
+
+def test_a_server_that_stops_marks_its_running_audit_interrupted(
+    stored: tuple[Store, dict[str, int], str],
+) -> None:
+    store, ids, _ = stored
+    release = threading.Event()
+
+    def slow_audit(store: Store, investigation_id: int, **_: Any) -> AuditReport:
+        release.wait(30)
+        return fake_audit(store, investigation_id)
+
+    app = create_app(store, auditor=slow_audit)
+    with TestClient(app) as client:
+        page = client.get(f"/investigations/{ids['investigation']}").text
+        started = client.post(
+            f"/investigations/{ids['investigation']}/audit",
+            data={"csrf_token": csrf_of(page)},
+            follow_redirects=False,
+        )
+        job_id = int(started.headers["location"].rsplit("/", 1)[1])
+        assert "refreshes every 2 s" in client.get(f"/audits/{job_id}").text
+    assert store.get_audit_job(job_id).state == "interrupted"
+    release.set()
+    app.state.workspace.audits.wait(job_id)
+    stopped = store.get_audit_job(job_id)
+    assert stopped.state == "interrupted" and "server running this audit stopped" in stopped.error
 
 
 def test_token_is_required_everywhere(stored: tuple[Store, dict[str, int], str]) -> None:

@@ -1,7 +1,7 @@
 """The review workspace behind ``rankscope serve``: server-rendered pages over the store.
 
 Pages read investigations through :class:`~rankscope.experiments_db.Store`; the only rows they
-write are reviews (and audit jobs, which live in the server's memory).
+write are reviews and audit jobs (the ``review`` and ``audit_job`` tables).
 """
 
 from rankscope.agent.web.app import create_app

@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import tempfile
 import zipfile
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -52,10 +54,20 @@ def create_app(
     store: Store, *, token: str | None = None, auditor: Auditor | None = None
 ) -> FastAPI:
     """The workspace over ``store``; with ``token``, every request must present it."""
-    app = FastAPI(
-        title="RankScope review workspace", docs_url=None, redoc_url=None, openapi_url=None
-    )
     ws = Workspace(store, auditor)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        ws.audits.shutdown()
+
+    app = FastAPI(
+        title="RankScope review workspace",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        lifespan=lifespan,
+    )
     app.state.workspace = ws
     app.middleware("http")(security_headers)
     if token:
@@ -171,7 +183,7 @@ def create_app(
     def audit(job_id: int) -> HTMLResponse:
         job = ws.audits.get(job_id)
         if job is None:
-            raise HTTPException(404, f"no audit job {job_id} in this server")
+            raise HTTPException(404, f"audit job {job_id} does not exist")
         inv = ws.store.get_investigation(job.investigation_id)
         return ws.page("audit.html", inv=inv, job=job)
 

@@ -1,89 +1,164 @@
-"""Audits started from the page: each runs ``audit_investigation`` in a background thread.
+"""Audits started from the page: each runs ``audit_investigation`` in a background thread and
+keeps its state, progress and findings in the store's ``audit_job`` table.
 
-Jobs live in the server's memory (the schema has no audit-job table): a restart forgets them,
-and the store is only read by them.
+A restarted server (or another one on the same store) shows every job. A job is owned by the
+process running it (``host:pid``); when a server starts, the active jobs of dead processes on its
+host are marked ``interrupted``, and a server marks its own active jobs so when it shuts down, so
+no job is left ``running`` forever.
 """
 
 from __future__ import annotations
 
-import itertools
+import os
+import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from rankscope.agent.audit import AuditReport, audit_investigation
+from rankscope.experiments_db.errors import NotFoundError
+from rankscope.experiments_db.records import AuditJobRecord
 from rankscope.experiments_db.repository import Store
 
 Auditor = Callable[..., AuditReport]
+INTERRUPTED_BY_EXIT = "the server running this audit stopped before it finished; start it again"
+INTERRUPTED_ORPHAN = "the server process running this audit ({owner}) is gone; start it again"
 
 
-@dataclass
-class AuditJob:
-    id: int
-    investigation_id: int
-    rerun: bool
-    state: str = "queued"
-    """queued, running, done or failed."""
-    started: float = field(default_factory=time.time)
-    finished: float | None = None
-    report: AuditReport | None = None
-    error: str = ""
+def this_process() -> str:
+    """The owner name of jobs run by this process."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def owner_is_dead(owner: str) -> bool:
+    """Whether ``owner`` (``host:pid``) names a process of this host that no longer runs; a
+    process on another host is never judged dead from here."""
+    host, _, pid = owner.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+@dataclass(frozen=True)
+class AuditJobView:
+    """An audit job as its page shows it."""
+
+    record: AuditJobRecord
 
     @property
-    def elapsed_s(self) -> float:
-        return (self.finished or time.time()) - self.started
+    def id(self) -> int:
+        return self.record.id
+
+    @property
+    def state(self) -> str:
+        return self.record.state
+
+    @property
+    def investigation_id(self) -> int:
+        return self.record.investigation_id
+
+    @property
+    def rerun(self) -> bool:
+        return self.record.rerun
+
+    @property
+    def error(self) -> str:
+        return self.record.error
 
     @property
     def active(self) -> bool:
-        return self.state in ("queued", "running")
+        return self.record.active
+
+    @property
+    def progress(self) -> str:
+        """``done/total steps``, or empty before the first step."""
+        return f"{self.record.done}/{self.record.total} steps" if self.record.total else ""
+
+    @property
+    def elapsed_s(self) -> float:
+        end = self.record.finished_at.timestamp() if self.record.finished_at else time.time()
+        return max(0.0, end - self.record.started_at.timestamp())
+
+    @property
+    def report(self) -> AuditJobRecord | None:
+        """The checks, once the job is done."""
+        return self.record if self.record.state == "done" else None
 
 
 class AuditJobs:
-    """The audit jobs of one server; one thread per job."""
+    """The audit jobs of one server, stored in its store; one thread per job started here."""
 
     def __init__(self, store: Store, auditor: Auditor = audit_investigation) -> None:
         self.store = store
         self.auditor = auditor
-        self._jobs: dict[int, AuditJob] = {}
-        self._ids = itertools.count(1)
-        self._lock = threading.Lock()
+        self.owner = this_process()
+        self._threads: dict[int, threading.Thread] = {}
+        self.interrupt_orphans()
 
-    def start(self, investigation_id: int, *, rerun: bool) -> AuditJob:
-        with self._lock:
-            job = AuditJob(next(self._ids), investigation_id, rerun)
-            self._jobs[job.id] = job
+    def interrupt_orphans(self) -> list[int]:
+        """Mark the active jobs of dead processes on this host ``interrupted``; their ids."""
+        orphans = [
+            job for job in self.store.list_audit_jobs(active=True) if owner_is_dead(job.owner)
+        ]
+        for job in orphans:
+            self.store.update_audit_job(
+                job.id, state="interrupted", error=INTERRUPTED_ORPHAN.format(owner=job.owner)
+            )
+        return [job.id for job in orphans]
+
+    def start(self, investigation_id: int, *, rerun: bool) -> AuditJobView:
+        job_id = self.store.create_audit_job(investigation_id, rerun=rerun, owner=self.owner)
         thread = threading.Thread(
-            target=self._run, args=(job,), daemon=True, name=f"audit-{job.id}"
+            target=self._run, args=(job_id, investigation_id, rerun), daemon=True
         )
+        self._threads[job_id] = thread
         thread.start()
-        return job
+        return AuditJobView(self.store.get_audit_job(job_id))
 
-    def _run(self, job: AuditJob) -> None:
-        job.state = "running"
+    def _run(self, job_id: int, investigation_id: int, rerun: bool) -> None:
+        self.store.update_audit_job(job_id, state="running")
+
+        def progress(done: int, total: int) -> None:
+            self.store.update_audit_job(job_id, done=done, total=total)
+
         try:
-            job.report = self.auditor(self.store, job.investigation_id, rerun=job.rerun)
-            job.state = "done"
+            report = self.auditor(self.store, investigation_id, rerun=rerun, progress=progress)
         except Exception as exc:
-            job.error = f"{type(exc).__name__}: {exc}"
-            job.state = "failed"
-        finally:
-            job.finished = time.time()
+            self.store.update_audit_job(
+                job_id, state="failed", error=f"{type(exc).__name__}: {exc}"
+            )
+        else:
+            self.store.update_audit_job(job_id, state="done", findings=report.findings)
 
-    def get(self, job_id: int) -> AuditJob | None:
-        return self._jobs.get(job_id)
+    def shutdown(self) -> None:
+        """Mark the jobs this server is still running ``interrupted`` (the server is stopping)."""
+        for job in self.store.list_audit_jobs(active=True):
+            if job.owner == self.owner and job.id in self._threads:
+                self.store.update_audit_job(job.id, state="interrupted", error=INTERRUPTED_BY_EXIT)
 
-    def of(self, investigation_id: int) -> list[AuditJob]:
+    def get(self, job_id: int) -> AuditJobView | None:
+        try:
+            return AuditJobView(self.store.get_audit_job(job_id))
+        except NotFoundError:
+            return None
+
+    def of(self, investigation_id: int) -> list[AuditJobView]:
         """The investigation's jobs, newest first."""
-        return sorted(
-            (j for j in self._jobs.values() if j.investigation_id == investigation_id),
-            key=lambda j: -j.id,
-        )
+        return [AuditJobView(job) for job in self.store.list_audit_jobs(investigation_id)]
 
-    def wait(self, job_id: int, timeout: float = 60.0) -> AuditJob:
+    def wait(self, job_id: int, timeout: float = 60.0) -> AuditJobView:
         """Block until the job ends (for tests and the CLI)."""
-        deadline = time.time() + timeout
-        job = self._jobs[job_id]
-        while job.active and time.time() < deadline:
-            time.sleep(0.02)
-        return job
+        thread = self._threads.get(job_id)
+        if thread is not None:
+            thread.join(timeout)
+        view = self.get(job_id)
+        if view is None:
+            raise NotFoundError(f"audit job {job_id} does not exist")
+        return view
