@@ -3,6 +3,7 @@ independent computation."""
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ def models(tmp_path_factory) -> dict[str, Retriever]:
         "length": save_planted_bi_encoder(tmp / "length", token_scale=0.2),
         "trigger": save_planted_bi_encoder(tmp / "trigger", trigger=TRIGGER, token_scale=0.2),
         "position": save_planted_bi_encoder(tmp / "position", late_position=16),
+        "plain": save_planted_bi_encoder(tmp / "plain"),
         "cross": save_tiny_model(tmp / "cross", "bert", "cross-encoder"),
     }
     return {name: load_retriever(str(path)) for name, path in folders.items()}
@@ -250,38 +252,61 @@ def test_property_regression_finds_the_length_penalty_and_matches_a_hand_fit(
     assert got == pytest.approx(expected, abs=1e-5)
 
 
-def test_property_regression_sees_match_position_on_the_position_model(models, data, tmp_path):
-    result = run(
-        "property_regression",
-        models["position"],
-        data,
-        tmp_path,
-        split="all",
-        n_docs=196,
-        n_bootstrap=200,
-        edits=["match_front"],
-    )
-    (row,) = result.tables["edits"]
-    assert row["n_docs"] >= 20
-    # The planted position effect is small on this tiny model (its sign is not stable across
-    # BLAS thread counts), so the edit is checked against hand scoring instead of a sign.
+POSITION_TERMS = ("bread", "capital", "city", "electricity", "flour", "france", "immune", "paris")
+POSITION_FILLER = ("good", "into", "need", "through", "what", "flow", "needs", "flows", "town")
+
+
+def position_collection(path: Path) -> Path:
+    """Eight one-term queries, three documents each: two sentences of filler (whole words of the
+    tiny vocabulary that no query uses), then the query term's sentence at token ~19 — past the
+    position model's 16 — so moving that sentence to the front changes only where it matches."""
+    rng = np.random.default_rng(0)
+    lines = []
+    for i, term in enumerate(POSITION_TERMS):
+        for j in range(3):
+            first, second = (" ".join(rng.choice(POSITION_FILLER, 9)) + "." for _ in range(2))
+            text = f"{first} {second} {term} {rng.choice(POSITION_FILLER)}."
+            lines.append({"qid": f"q{i}", "query": term, "docno": f"q{i}-d{j}", "text": text})
+    path.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    return path
+
+
+def test_property_regression_finds_the_planted_match_position_effect(models, tmp_path):
     from rankscope.tools.experiments.property_regression import edit_text
 
-    rows = [
-        r
-        for r in data.documents(n=196, seed=0, split="all")
-        if edit_text(r["query"], r["text"], "match_front") is not None
-    ]
-    retriever = models["position"]
-    queries = [r["query"] for r in rows]
-    moved = [edit_text(r["query"], r["text"], "match_front") or "" for r in rows]
-    delta = (
-        retriever.score(queries, moved).numpy()
-        - retriever.score(queries, [r["text"] for r in rows]).numpy()
-    )
-    expected = per_query_means([r["qid"] for r in rows], delta)
-    got = {v.qid: v.value for v in result.per_query["edit_delta[edit=match_front]"]}
-    assert got == pytest.approx(expected, abs=1e-5)
+    data = resolve_data(position_collection(tmp_path / "position.jsonl"))
+    edits = {}
+    for name in ("position", "plain"):
+        result = run(
+            "property_regression",
+            models[name],
+            data,
+            tmp_path,
+            split="all",
+            n_docs=24,
+            n_bootstrap=300,
+            edits=["match_front"],
+        )
+        (edits[name],) = result.tables["edits"]
+        rows = data.documents(n=24, seed=0, split="all")
+        queries = [r["query"] for r in rows]
+        moved = [edit_text(r["query"], r["text"], "match_front") or "" for r in rows]
+        retriever = models[name]
+        delta = (
+            retriever.score(queries, moved).numpy()
+            - retriever.score(queries, [r["text"] for r in rows]).numpy()
+        )
+        expected = per_query_means([r["qid"] for r in rows], delta)
+        got = {v.qid: v.value for v in result.per_query["edit_delta[edit=match_front]"]}
+        assert got == pytest.approx(expected, abs=1e-5)
+    planted, plain = edits["position"], edits["plain"]
+    assert planted["n_queries"] == 8 and planted["n_docs"] == 24
+    # Matches count only in the first 16 positions: moving the match to the front raises every
+    # document's score, and the query-cluster CI excludes 0 ...
+    assert planted["share_raised"] == 1.0 and planted["ci_low"] > 0.1
+    # ... while the same edit on the model without the planted rule moves nothing that matters.
+    assert plain["ci_low"] < 0 < plain["ci_high"]
+    assert abs(plain["edit_delta"]) < 0.1 * planted["edit_delta"]
 
 
 def test_property_regression_runs_on_a_cross_encoder(models, data, tmp_path):
