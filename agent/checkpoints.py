@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import ormsgpack
 from langchain_core.runnables import RunnableConfig
@@ -27,6 +27,11 @@ from langgraph.checkpoint.serde.jsonplus import (
     JsonPlusSerializer,
 )
 from sqlalchemy.engine import make_url
+
+from rankscope.experiments_db.migrate import PG_MIGRATION_LOCK, poll_lock
+
+if TYPE_CHECKING:
+    import psycopg
 
 _CONSTRUCTOR_EXTS = frozenset(
     {
@@ -127,7 +132,22 @@ def open_checkpointer(db_url: str) -> Iterator[BaseCheckpointSaver[Any]]:
 
         with PostgresSaver.from_conn_string(postgres_conninfo(db_url)) as pg_saver:
             pg_saver.serde = strict_serde()
-            pg_saver.setup()
+            # Several processes starting on a fresh database would race in setup() (a duplicate
+            # type or migration row): it runs under the lock that serialises the store's
+            # migrations.
+            pg_conn = cast("psycopg.Connection[dict[str, Any]]", pg_saver.conn)  # one connection
+
+            def try_lock() -> bool:
+                row = pg_conn.execute(
+                    "SELECT pg_try_advisory_lock(%s) AS locked", (PG_MIGRATION_LOCK,)
+                ).fetchone()
+                return bool(row and row["locked"])  # the saver's connection returns dict rows
+
+            poll_lock(try_lock, what="the store's migration lock")
+            try:
+                pg_saver.setup()
+            finally:
+                pg_conn.execute("SELECT pg_advisory_unlock(%s)", (PG_MIGRATION_LOCK,))
             yield pg_saver
     else:
         raise ValueError(f"no checkpointer for database backend {backend!r}")

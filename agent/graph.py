@@ -52,29 +52,23 @@ def invoke(
 ) -> InvestigationState:
     """Run (or resume) the graph to its end; returns the final state.
 
-    On any exception (KeyboardInterrupt included) the investigation's running experiments are
-    marked interrupted, the investigation too, and the exception propagates; the checkpoint and
-    everything recorded stay, so ``resume`` continues from the last finished node.
+    On any exception (KeyboardInterrupt included, and a checkpointer that cannot be opened) the
+    investigation's running experiments are marked interrupted, the investigation too, and the
+    exception propagates; the checkpoint and everything recorded stay, so ``resume`` continues
+    from the last finished node.
     """
     store = context.store
-    with open_checkpointer(db_url) as saver:
-        graph = build_graph().compile(checkpointer=saver)
-        config = thread_config(investigation_id, context.budget.recursion_limit())
-        snapshot = graph.get_state(config)
-        if resume and snapshot.values and not snapshot.next:
-            return cast(InvestigationState, snapshot.values)
-        payload = None if (resume and snapshot.values) else initial_state(investigation_id)
-        try:
-            final = graph.invoke(
-                payload,
-                config,
-                context=context,
-                durability="sync",
-            )
-        except BaseException as exc:
-            store.mark_interrupted(
-                investigation_id, f"interrupted: {type(exc).__name__}: {exc}"[:500]
-            )
-            store.set_investigation_status(investigation_id, "interrupted")
-            raise
-        return cast(InvestigationState, final)
+    try:
+        with open_checkpointer(db_url) as saver:
+            graph = build_graph().compile(checkpointer=saver)
+            config = thread_config(investigation_id, context.budget.recursion_limit())
+            snapshot = graph.get_state(config)
+            if resume and snapshot.values and not snapshot.next:
+                return cast(InvestigationState, snapshot.values)
+            payload = None if (resume and snapshot.values) else initial_state(investigation_id)
+            final = graph.invoke(payload, config, context=context, durability="sync")
+    except BaseException as exc:
+        store.mark_interrupted(investigation_id, f"interrupted: {type(exc).__name__}: {exc}"[:500])
+        store.set_investigation_status(investigation_id, "interrupted")
+        raise
+    return cast(InvestigationState, final)

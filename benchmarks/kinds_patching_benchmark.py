@@ -14,6 +14,7 @@ largest difference of the patched scores.
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -22,11 +23,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rankscope.tools.diagnostics.source import resolve_data
-from rankscope.tools.interventions.pairs import pair_batches
-from rankscope.tools.interventions.patching import heads_grid, patch_pairs
-from rankscope.tools.retrievers import Retriever, load_retriever
-from tests import tiny_models
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from rankscope.tools.diagnostics.source import resolve_data  # noqa: E402
+from rankscope.tools.interventions.pairs import pair_batches  # noqa: E402
+from rankscope.tools.interventions.patching import heads_grid, patch_pairs  # noqa: E402
+from rankscope.tools.retrievers import Retriever, load_retriever  # noqa: E402
+from tests import tiny_models  # noqa: E402
 
 KINDS: dict[str, Callable[[Path], Retriever]] = {
     "bi-encoder (MiniLM)": lambda _f: load_retriever(),

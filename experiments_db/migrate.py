@@ -1,5 +1,7 @@
 """Alembic migrations, run programmatically (no ``alembic.ini`` needed)."""
 
+import time
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,28 @@ from rankscope.experiments_db.models import metadata
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 WRITE_OPTION = "rankscope_write"
 """Execution option: on SQLite, a connection carrying it opens ``BEGIN IMMEDIATE`` transactions."""
-_PG_MIGRATION_LOCK = 0x52616E6B53636F70  # an advisory lock key that serialises migrations
+PG_MIGRATION_LOCK = 0x52616E6B53636F70
+"""The PostgreSQL advisory lock key that serialises schema changes: the store's migrations and
+the checkpointer's table setup (both take it with :func:`poll_lock`)."""
+LOCK_TIMEOUT_S = 600.0
+
+
+def poll_lock(
+    try_lock: Callable[[], bool], *, what: str, timeout_s: float = LOCK_TIMEOUT_S
+) -> None:
+    """Take an advisory lock by polling its ``pg_try_…`` form. A blocking ``pg_advisory_lock``
+    waits inside a statement, and the holder's ``CREATE INDEX CONCURRENTLY`` (LangGraph's
+    checkpointer setup) waits for that statement: a deadlock. Between tries nothing is held."""
+    deadline = time.monotonic() + timeout_s
+    delay = 0.01
+    while not try_lock():
+        if time.monotonic() > deadline:
+            raise TimeoutError(
+                f"{what} was held by another process for over {timeout_s:.0f} s; check for a "
+                "stuck 'rankscope' process on this database and retry"
+            )
+        time.sleep(delay)
+        delay = min(2 * delay, 0.25)
 
 
 def writer(engine: Engine) -> Engine:
@@ -54,7 +77,14 @@ def current_revision(engine: Engine) -> str | None:
 def _locked_transaction(engine: Engine, revision: str, upgrade: bool) -> None:
     with writer(engine).begin() as conn:
         if conn.dialect.name == "postgresql":
-            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATION_LOCK})
+            poll_lock(
+                lambda: bool(
+                    conn.execute(
+                        text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": PG_MIGRATION_LOCK}
+                    ).scalar()
+                ),
+                what="the store's migration lock",
+            )
         config = alembic_config(conn)
         if upgrade:
             command.upgrade(config, revision)
