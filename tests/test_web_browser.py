@@ -1,5 +1,6 @@
 """The review workspace in a real headless Chromium (Debian's package, driven by Playwright):
-list → investigation → hypothesis → figure → accept and dispute → reload → export from disk."""
+list → investigation → hypothesis → figure → accept and dispute → reload → audit → export from
+disk."""
 
 from __future__ import annotations
 
@@ -153,6 +154,15 @@ def test_review_in_a_browser(served: tuple[str, Store, dict[str, int]], tmp_path
             "effect <b>too small</b> to call"
         )
         shoot(page, tmp_path, "reviewed")
+        page.get_by_role("button", name="Start audit").click()
+        page.wait_for_url("**/audits/*")
+        expect(page.locator("h1 .audit-state")).to_have_text("done", timeout=30_000)
+        expect(page.locator("table.audit")).to_contain_text("record chain")
+        shoot(page, tmp_path, "audit")
+        (job,) = store.list_audit_jobs(ids["investigation"])
+        assert job.state == "done" and job.total >= 1 and job.done == job.total
+        page.locator("p.crumbs a").click()
+        expect(page.locator("h2#findings")).to_be_visible()
         decisions = {
             (r.reviewer, r.decision)
             for r in store.list_reviews(investigation_id=ids["investigation"])
