@@ -196,6 +196,28 @@ def cached_rows(
     return torch.stack([cache[t] for t in texts])
 
 
+def tokenize_with_offsets(
+    tokenizer: Any,
+    texts: Sequence[str],
+    pairs: Sequence[str] | None = None,
+    *,
+    max_length: int,
+    truncation: bool | str = True,
+) -> tuple[Any, torch.Tensor]:
+    """A padded batch of ``texts`` (with ``pairs`` as their second sequences) and its character
+    offsets, popped from the encoding."""
+    sequences = [list(texts)] if pairs is None else [list(texts), list(pairs)]
+    enc = tokenizer(
+        *sequences,
+        padding=True,
+        truncation=truncation,
+        max_length=max_length,
+        return_tensors="pt",
+        return_offsets_mapping=True,
+    )
+    return enc, enc.pop("offset_mapping")
+
+
 def side_roles(
     tokenizer: Any,
     enc: Any,
@@ -311,6 +333,14 @@ class Retriever(ABC):
         previous stack's last output ``previous``: an edit of each such layer's (positional,
         keyword) arguments, as recorded in a clean run."""
         raise NotImplementedError(f"{type(self).__name__} has a single stack of layers")
+
+    def _side_batch(
+        self, enc: Any, roles: list[list[int]], context: dict[str, Any] | None = None
+    ) -> SideBatch:
+        """A tokenised batch and its role codes as a :class:`SideBatch` on ``self.device``."""
+        inputs = {k: v.to(self.device) for k, v in enc.items()}
+        roles_tensor = torch.tensor(roles, dtype=torch.long, device=self.device)
+        return SideBatch(inputs, roles_tensor, context if context is not None else {})
 
     @torch.inference_mode()
     def score_side(self, batch: SideBatch) -> torch.Tensor:

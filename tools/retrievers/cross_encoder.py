@@ -8,7 +8,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from rankscope.tools.retrievers.base import Retriever, SideBatch, side_roles
+from rankscope.tools.retrievers.base import (
+    Retriever,
+    SideBatch,
+    side_roles,
+    tokenize_with_offsets,
+)
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -81,16 +86,13 @@ class CrossEncoder(Retriever):
         injected: Sequence[Sequence[tuple[int, int]]] | None = None,
         filler: Sequence[Sequence[tuple[int, int]]] | None = None,
     ) -> SideBatch:
-        enc = self.tokenizer(
-            list(queries),
-            list(docs),
-            padding=True,
-            truncation="only_second",
+        enc, offsets = tokenize_with_offsets(
+            self.tokenizer,
+            queries,
+            docs,
             max_length=self.max_length,
-            return_tensors="pt",
-            return_offsets_mapping=True,
+            truncation="only_second",
         )
-        offsets = enc.pop("offset_mapping")
         roles = side_roles(
             self.tokenizer,
             enc,
@@ -101,8 +103,7 @@ class CrossEncoder(Retriever):
             injected=injected,
             filler=filler,
         )
-        inputs = {k: v.to(self.device) for k, v in enc.items()}
-        return SideBatch(inputs, torch.tensor(roles, dtype=torch.long, device=self.device))
+        return self._side_batch(enc, roles)
 
     def readout(self, hidden: torch.Tensor, batch: SideBatch) -> torch.Tensor:
         logits = HEADS[self.arch.model_type](self.model, hidden, batch)

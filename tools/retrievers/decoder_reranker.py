@@ -19,7 +19,13 @@ import torch
 from torch import nn
 
 from rankscope.tools.retrievers.architectures import ArchSpec
-from rankscope.tools.retrievers.base import Retriever, SideBatch, side_roles, without_kv_cache
+from rankscope.tools.retrievers.base import (
+    Retriever,
+    SideBatch,
+    tokenize_with_offsets,
+    without_kv_cache,
+)
+from rankscope.tools.retrievers.prompts import PromptTemplate, encode_prompts, prompt_roles
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -88,31 +94,6 @@ class _DecoderReranker(Retriever):
         bias = head.bias[index] if head.bias is not None else None
         return head.weight[index], bias
 
-    def _roles(
-        self,
-        enc: Any,
-        offsets: torch.Tensor,
-        seq_ids: list[list[int | None]],
-        queries: Sequence[str],
-        doc_shift: Sequence[int],
-        injected: Sequence[Sequence[tuple[int, int]]] | None,
-        filler: Sequence[Sequence[tuple[int, int]]] | None,
-        doc_sequence: int,
-    ) -> torch.Tensor:
-        roles = side_roles(
-            self.tokenizer,
-            enc,
-            offsets,
-            queries,
-            doc_sequence=doc_sequence,
-            cls_id=-1,
-            injected=injected,
-            filler=filler,
-            shifts=doc_shift,
-            sequence_ids=seq_ids,
-        )
-        return torch.tensor(roles, dtype=torch.long, device=self.device)
-
 
 class Qwen3Reranker(_DecoderReranker):
     """Score: ``logit("yes") - logit("no")`` at the last token of Qwen3-Reranker's template."""
@@ -137,40 +118,15 @@ class Qwen3Reranker(_DecoderReranker):
         injected: Sequence[Sequence[tuple[int, int]]] | None = None,
         filler: Sequence[Sequence[tuple[int, int]]] | None = None,
     ) -> SideBatch:
-        texts, doc_starts, query_spans = [], [], []
-        for query, doc in zip(queries, docs, strict=True):
-            head = f"{QWEN3_PREFIX}<Instruct>: {self.instruction}\n<Query>: "
-            middle = f"{head}{query}\n<Document>: "
-            texts.append(f"{middle}{doc}{QWEN3_SUFFIX}")
-            query_spans.append((len(head), len(head) + len(query)))
-            doc_starts.append(len(middle))
-        enc = self.tokenizer(
-            texts,
-            padding=True,
-            truncation=True,
-            max_length=self.max_length,
-            return_tensors="pt",
-            return_offsets_mapping=True,
+        template = PromptTemplate(
+            f"{QWEN3_PREFIX}<Instruct>: {self.instruction}\n<Query>: ",
+            "\n<Document>: ",
+            QWEN3_SUFFIX,
         )
-        offsets = enc.pop("offset_mapping")
-        seq_ids = []
-        for i, (q_start, q_end) in enumerate(query_spans):
-            d_start, d_end = doc_starts[i], doc_starts[i] + len(docs[i])
-            seq_ids.append(
-                [
-                    None
-                    if e <= s
-                    else 0
-                    if q_start <= s and e <= q_end
-                    else 1
-                    if d_start <= s and e <= d_end
-                    else None
-                    for s, e in offsets[i].tolist()
-                ]
-            )
-        roles = self._roles(enc, offsets, seq_ids, queries, doc_starts, injected, filler, 1)
-        inputs = {k: v.to(self.device) for k, v in enc.items()}
-        return SideBatch(inputs, roles)
+        enc, roles = encode_prompts(
+            self.tokenizer, template, queries, docs, self.max_length, injected, filler
+        )
+        return self._side_batch(enc, roles)
 
     def readout(self, hidden: torch.Tensor, batch: SideBatch) -> torch.Tensor:
         """The LM head's yes and no logits at the last position of the final hidden state
@@ -196,16 +152,13 @@ class RankLlama(_DecoderReranker):
         injected: Sequence[Sequence[tuple[int, int]]] | None = None,
         filler: Sequence[Sequence[tuple[int, int]]] | None = None,
     ) -> SideBatch:
-        enc = self.tokenizer(
+        enc, offsets = tokenize_with_offsets(
+            self.tokenizer,
             [f"query: {q}" for q in queries],
             [f"document: {d}" for d in docs],
-            padding=True,
-            truncation="only_second",
             max_length=self.max_length,
-            return_tensors="pt",
-            return_offsets_mapping=True,
+            truncation="only_second",
         )
-        offsets = enc.pop("offset_mapping")
         shift = len("document: ")
         seq_ids = []
         for i in range(len(queries)):
@@ -216,11 +169,11 @@ class RankLlama(_DecoderReranker):
                     for seq, (_, e) in zip(row, offsets[i].tolist(), strict=True)
                 ]
             )
-        roles = self._roles(
-            enc, offsets, seq_ids, queries, [shift] * len(queries), injected, filler, 1
+        shifts = [shift] * len(queries)
+        roles = prompt_roles(
+            self.tokenizer, enc, offsets, queries, seq_ids, shifts, injected, filler
         )
-        inputs = {k: v.to(self.device) for k, v in enc.items()}
-        return SideBatch(inputs, roles)
+        return self._side_batch(enc, roles)
 
     def readout(self, hidden: torch.Tensor, batch: SideBatch) -> torch.Tensor:
         """The classification head at the last token that is not padding (as the model pools),

@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from rankscope.tools.retrievers.architectures import ArchSpec
-from rankscope.tools.retrievers.base import Retriever, Role, SideBatch, side_roles
+from rankscope.tools.retrievers.base import Role, SideBatch
+from rankscope.tools.retrievers.document_side import DocumentSideRetriever
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -110,7 +111,7 @@ class TokenMatch:
     contribution: float
 
 
-class LateInteraction(Retriever):
+class LateInteraction(DocumentSideRetriever):
     """Score: ``sum_i max_j <q_i, d_j>`` over normalised projected token vectors."""
 
     kind = "late-interaction"
@@ -151,13 +152,7 @@ class LateInteraction(Retriever):
         s = self.settings
         texts = [s.query_prefix + q for q in queries]
         if not s.do_query_expansion or s.query_length is None:
-            return self.tokenizer(
-                texts,
-                padding=True,
-                truncation=True,
-                max_length=s.query_length or self.max_length,
-                return_tensors="pt",
-            )
+            return self._tokenize(texts, max_length=s.query_length)
         enc = self.tokenizer(
             texts,
             padding="max_length",
@@ -191,25 +186,8 @@ class LateInteraction(Retriever):
         filler: Sequence[Sequence[tuple[int, int]]] | None = None,
     ) -> SideBatch:
         prefix = self.settings.document_prefix
-        enc = self.tokenizer(
-            [prefix + d for d in docs],
-            padding=True,
-            truncation=True,
-            max_length=self.settings.document_length or self.max_length,
-            return_tensors="pt",
-            return_offsets_mapping=True,
-        )
-        offsets = enc.pop("offset_mapping")
-        rows = side_roles(
-            self.tokenizer,
-            enc,
-            offsets,
-            queries,
-            doc_sequence=0,
-            cls_id=self.tokenizer.cls_token_id,
-            injected=injected,
-            filler=filler,
-            shifts=[len(prefix)] * len(queries),
+        enc, offsets, rows = self._document_side(
+            queries, docs, injected, filler, prefix, self.settings.document_length
         )
         roles = [
             [
@@ -227,12 +205,7 @@ class LateInteraction(Retriever):
         for i, vec in enumerate(query_vecs):
             padded[i, : vec.shape[0]] = vec
             q_mask[i, : vec.shape[0]] = 1
-        inputs = {k: v.to(self.device) for k, v in enc.items()}
-        return SideBatch(
-            inputs,
-            torch.tensor(roles, dtype=torch.long, device=self.device),
-            {"query_vecs": padded, "query_mask": q_mask},
-        )
+        return self._side_batch(enc, roles, {"query_vecs": padded, "query_mask": q_mask})
 
     def similarities(self, hidden: torch.Tensor, batch: SideBatch) -> torch.Tensor:
         """Query-by-document token similarities ``[B, Q, S]``; padded document tokens ``-inf``."""

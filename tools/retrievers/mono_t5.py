@@ -27,9 +27,9 @@ from rankscope.tools.retrievers.base import (
     SideBatch,
     Site,
     StackEdit,
-    side_roles,
     without_kv_cache,
 )
+from rankscope.tools.retrievers.prompts import PromptTemplate, encode_prompts
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -45,6 +45,8 @@ T5_ARCH = ArchSpec(
     attention="layer.0.SelfAttention",
 )
 """Paths of an encoder block; decoder blocks are mapped in :meth:`MonoT5.module_path`."""
+MONO_T5_TEMPLATE = PromptTemplate("Query: ", " Document: ", " Relevant:")
+"""monoT5's input, ``Query: {q} Document: {d} Relevant:``."""
 
 
 class MonoT5(Retriever):
@@ -99,53 +101,15 @@ class MonoT5(Retriever):
         injected: Sequence[Sequence[tuple[int, int]]] | None = None,
         filler: Sequence[Sequence[tuple[int, int]]] | None = None,
     ) -> SideBatch:
-        texts, doc_starts, query_spans = [], [], []
-        for query, doc in zip(queries, docs, strict=True):
-            head = f"Query: {query} Document: "
-            texts.append(f"{head}{doc} Relevant:")
-            query_spans.append((len("Query: "), len("Query: ") + len(query)))
-            doc_starts.append(len(head))
-        enc = self.tokenizer(
-            texts,
-            padding=True,
-            truncation=True,
-            max_length=self.max_length,
-            return_tensors="pt",
-            return_offsets_mapping=True,
+        enc, roles = encode_prompts(
+            self.tokenizer, MONO_T5_TEMPLATE, queries, docs, self.max_length, injected, filler
         )
-        offsets = enc.pop("offset_mapping")
-        seq_ids: list[list[int | None]] = []
-        for i in range(len(queries)):
-            start, (q_start, q_end) = doc_starts[i], query_spans[i]
-            doc_end = start + len(docs[i])
-            seq_ids.append(
-                [
-                    0
-                    if q_start <= s and e <= q_end and e > s
-                    else 1
-                    if start <= s and e <= doc_end and e > s
-                    else None
-                    for s, e in offsets[i].tolist()
-                ]
-            )
-        roles = side_roles(
-            self.tokenizer,
-            enc,
-            offsets,
-            queries,
-            doc_sequence=1,
-            cls_id=-1,
-            injected=injected,
-            filler=filler,
-            shifts=doc_starts,
-            sequence_ids=seq_ids,
-        )
-        inputs = {k: v.to(self.device) for k, v in enc.items()}
+        batch = self._side_batch(enc, roles)
         start_id = self.model.config.decoder_start_token_id
-        inputs["decoder_input_ids"] = torch.full(
-            (len(texts), 1), int(start_id), dtype=torch.long, device=self.device
+        batch.inputs["decoder_input_ids"] = torch.full(
+            (len(queries), 1), int(start_id), dtype=torch.long, device=self.device
         )
-        return SideBatch(inputs, torch.tensor(roles, dtype=torch.long, device=self.device))
+        return batch
 
     def readout(self, hidden: torch.Tensor, batch: SideBatch) -> torch.Tensor:
         """``hidden`` is the model's first-step logits ``[B, 1, V]``."""

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -148,7 +147,6 @@ class RemoteBiEncoder(BiEncoder):
         self.head_dim = self.hidden_size // self.n_heads
         self.pooling = pooling
         self.similarity = similarity
-        self._query_cache: dict[str, torch.Tensor] = {}
 
     @property
     def nn(self) -> Any:
@@ -166,14 +164,6 @@ class RemoteBiEncoder(BiEncoder):
 
     def forward_hidden(self, batch: Any) -> torch.Tensor:
         return self._hidden(batch.inputs)
-
-    @torch.inference_mode()
-    def encode_texts(self, texts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
-        out = []
-        for start in range(0, len(texts), batch_size):
-            enc = self._tokenize(texts[start : start + batch_size])
-            out.append(self.embed(self._hidden(dict(enc)), enc["attention_mask"]))
-        return torch.cat(out) if out else torch.empty(0, self.hidden_size)
 
     def component_module(
         self, layer: int, site: Any

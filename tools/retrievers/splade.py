@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from rankscope.tools.retrievers.architectures import ArchSpec
-from rankscope.tools.retrievers.base import Retriever, SideBatch, cached_rows, side_roles
+from rankscope.tools.retrievers.document_side import PooledRetriever
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -77,10 +77,11 @@ class TermContribution:
         return "expansion"
 
 
-class Splade(Retriever):
+class Splade(PooledRetriever):
     """Score: ``<v(query), v(doc)>`` with SPLADE max-pooled vocabulary vectors."""
 
     kind = "splade"
+    query_key = "query_vec"
 
     def __init__(
         self,
@@ -98,7 +99,6 @@ class Splade(Retriever):
                 f"of {', '.join(sorted(MLM_HEADS))}"
             )
         super().__init__(model, tokenizer, arch, model_id, weights_hash, max_length, device)
-        self._query_cache: dict[str, torch.Tensor] = {}
 
     @property
     def encoder(self) -> nn.Module:
@@ -107,62 +107,19 @@ class Splade(Retriever):
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "score": "dot(max_t log1p(relu(mlm logits)))"}
 
-    def _tokenize(self, texts: Sequence[str], offsets: bool = False) -> Any:
-        return self.tokenizer(
-            list(texts),
-            padding=True,
-            truncation=True,
-            max_length=self.max_length,
-            return_tensors="pt",
-            return_offsets_mapping=offsets,
-        )
-
-    def vocab_vectors(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def represent(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """SPLADE vectors ``[B, V]`` from the encoder's last hidden state."""
         logits = MLM_HEADS[self.arch.model_type](self.model, hidden)
         return sparse_vectors(logits, attention_mask)
 
-    @torch.inference_mode()
+    vocab_vectors = represent
+
     def encode_texts(self, texts: Sequence[str], batch_size: int = 32) -> torch.Tensor:
         """SPLADE vectors of texts (queries or documents), ``[N, V]``."""
-        out = []
-        for start in range(0, len(texts), batch_size):
-            enc = self._tokenize(texts[start : start + batch_size]).to(self.device)
-            out.append(self.vocab_vectors(self.encoder(**enc)[0], enc["attention_mask"]))
-        return torch.cat(out) if out else torch.empty(0, len(self.tokenizer))
+        return self._encode_batches(texts, batch_size, len(self.tokenizer))
 
     def query_vectors(self, queries: Sequence[str]) -> torch.Tensor:
-        return cached_rows(self._query_cache, queries, self.encode_texts)
-
-    def encode_side(
-        self,
-        queries: Sequence[str],
-        docs: Sequence[str],
-        injected: Sequence[Sequence[tuple[int, int]]] | None = None,
-        filler: Sequence[Sequence[tuple[int, int]]] | None = None,
-    ) -> SideBatch:
-        enc = self._tokenize(docs, offsets=True)
-        offsets = enc.pop("offset_mapping")
-        roles = side_roles(
-            self.tokenizer,
-            enc,
-            offsets,
-            queries,
-            doc_sequence=0,
-            cls_id=self.tokenizer.cls_token_id,
-            injected=injected,
-            filler=filler,
-        )
-        inputs = {k: v.to(self.device) for k, v in enc.items()}
-        return SideBatch(
-            inputs,
-            torch.tensor(roles, dtype=torch.long, device=self.device),
-            {"query_vec": self.query_vectors(queries)},
-        )
-
-    def readout(self, hidden: torch.Tensor, batch: SideBatch) -> torch.Tensor:
-        doc_vec = self.vocab_vectors(hidden, batch.attention_mask)
-        return (doc_vec * batch.context["query_vec"].to(doc_vec.dtype)).sum(-1)
+        return self._query_rows(queries)
 
     def own_token_ids(self, text: str) -> set[int]:
         """The vocabulary ids of a text's own (non-special) tokens."""
