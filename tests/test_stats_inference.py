@@ -24,6 +24,7 @@ from rankscope.tools.stats import (
     holm_adjusted,
     lond_gamma,
     lond_levels,
+    one_sample_p_value,
     per_query_from_rows,
     per_query_rows,
     query_inference,
@@ -360,3 +361,16 @@ def test_rows_round_trip_any_values(data: list[tuple[str, int, float]]) -> None:
     }
     restored = per_query_from_rows(per_query_rows(per_query))
     assert restored == {k: v for k, v in per_query.items() if v}
+
+
+def test_a_tools_own_p_value_is_scipys_t_test_or_the_exact_sign_test() -> None:
+    values = [0.3, -0.1, 0.5, 0.2, 0.4]
+    for alternative in ("greater", "less", "two-sided"):
+        expected = stats.ttest_1samp(values, 0.0, alternative=alternative).pvalue
+        assert one_sample_p_value(values, alternative) == pytest.approx(expected, rel=1e-12)
+    assert one_sample_p_value([0.2, 0.2, 0.2], "greater") == 0.125
+    assert one_sample_p_value([0.2, 0.2, 0.2], "two-sided") == 0.25
+    assert one_sample_p_value([0.2, 0.2, 0.2], "less") == 1.0
+    assert one_sample_p_value([0.0, 0.0, 0.0, 0.0], "two-sided") == 1.0
+    assert math.isnan(one_sample_p_value([0.7], "greater"))
+    assert math.isnan(one_sample_p_value([], "greater"))

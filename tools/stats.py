@@ -83,12 +83,16 @@ def one_sample_p_value(
 ) -> float:
     """p-value of a one-sample t-test of mean zero (``greater``, ``less`` or ``two-sided``).
 
-    NaN with fewer than two values or none that differ: the test is undefined there, and a
-    p-value of 0 would turn one pair into a "significant" result."""
+    NaN with fewer than two values: one value tests nothing, and a p-value of 0 would turn one
+    pair into a "significant" result. Values that are all the same have no t-test; they get the
+    exact sign test, as per-query inference does (:func:`_sign_p`: 1 when the value is on the
+    null, else ``0.5**n``, doubled when two-sided)."""
     data = np.asarray(values, dtype=float)
     data = data[np.isfinite(data)]
-    if data.size < 2 or np.all(data == data[0]):
+    if data.size < 2:
         return float("nan")
+    if np.all(data == data[0]):
+        return _sign_p(float(data[0]), 0.0, alternative, int(data.size))
     return float(stats.ttest_1samp(data, 0.0, alternative=alternative).pvalue)
 
 
