@@ -155,16 +155,21 @@ def test_csrf_is_required(client: TestClient, stored: tuple[Store, dict[str, int
     assert all(r.reviewer != "mallory" for r in store.list_reviews(hypothesis_id=ids["hypothesis"]))
 
 
-def test_audit_from_the_page(client: TestClient, stored: tuple[Store, dict[str, int], str]) -> None:
-    _, ids, _ = stored
-    page = client.get(f"/investigations/{ids['investigation']}").text
+def start_audit(client: TestClient, investigation_id: int) -> int:
+    """Press the page's "Start audit" (with its CSRF token); the new job's id."""
+    page = client.get(f"/investigations/{investigation_id}").text
     started = client.post(
-        f"/investigations/{ids['investigation']}/audit",
+        f"/investigations/{investigation_id}/audit",
         data={"csrf_token": csrf_of(page)},
         follow_redirects=False,
     )
     assert started.status_code == 303
-    job_id = int(started.headers["location"].rsplit("/", 1)[1])
+    return int(started.headers["location"].rsplit("/", 1)[1])
+
+
+def test_audit_from_the_page(client: TestClient, stored: tuple[Store, dict[str, int], str]) -> None:
+    _, ids, _ = stored
+    job_id = start_audit(client, ids["investigation"])
     workspace = client.app.state.workspace  # type: ignore[attr-defined]
     assert workspace.audits.wait(job_id).state == "done"
     report = client.get(f"/audits/{job_id}").text
@@ -178,13 +183,7 @@ def test_audit_jobs_are_rows_a_restarted_server_shows(
 ) -> None:
     store, ids, _ = stored
     first = TestClient(create_app(store, auditor=fake_audit))
-    page = first.get(f"/investigations/{ids['investigation']}").text
-    started = first.post(
-        f"/investigations/{ids['investigation']}/audit",
-        data={"csrf_token": csrf_of(page)},
-        follow_redirects=False,
-    )
-    job_id = int(started.headers["location"].rsplit("/", 1)[1])
+    job_id = start_audit(first, ids["investigation"])
     first.app.state.workspace.audits.wait(job_id)  # type: ignore[attr-defined]
     row = store.get_audit_job(job_id)
     assert (row.state, row.done, row.total) == ("done", 2, 2)
@@ -220,9 +219,7 @@ def test_a_dead_servers_audit_is_marked_interrupted_and_a_failure_is_stored(
     assert store.get_audit_job(elsewhere).state == "running"
     page = client.get(f"/audits/{orphan}").text
     assert "interrupted" in page and "is gone; start it again" in page
-    form = {"csrf_token": csrf_of(client.get(f"/investigations/{inv}").text)}
-    started = client.post(f"/investigations/{inv}/audit", data=form, follow_redirects=False)
-    job_id = int(started.headers["location"].rsplit("/", 1)[1])
+    job_id = start_audit(client, inv)
     assert client.app.state.workspace.audits.wait(job_id).state == "failed"  # type: ignore[attr-defined]
     failed = client.get(f"/audits/{job_id}").text
     assert "RuntimeError: model folder &lt;gone&gt;" in failed
@@ -240,13 +237,7 @@ def test_a_server_that_stops_marks_its_running_audit_interrupted(
 
     app = create_app(store, auditor=slow_audit)
     with TestClient(app) as client:
-        page = client.get(f"/investigations/{ids['investigation']}").text
-        started = client.post(
-            f"/investigations/{ids['investigation']}/audit",
-            data={"csrf_token": csrf_of(page)},
-            follow_redirects=False,
-        )
-        job_id = int(started.headers["location"].rsplit("/", 1)[1])
+        job_id = start_audit(client, ids["investigation"])
         assert "refreshes every 2 s" in client.get(f"/audits/{job_id}").text
     assert store.get_audit_job(job_id).state == "interrupted"
     release.set()
