@@ -110,8 +110,14 @@ class LLMPlannerSelftestTool(Tool):
 
 
 @pytest.fixture(scope="module", autouse=True)
-def selftest_tool() -> type[Tool]:
-    return register(LLMPlannerSelftestTool)
+def selftest_tool() -> Iterator[type[Tool]]:
+    """The self-test tool, registered for this module's tests only (other modules check the
+    registry against the repository's tools)."""
+    from rankscope.tools import registry
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(registry._TOOLS, TOOL, LLMPlannerSelftestTool)
+        yield register(LLMPlannerSelftestTool)
 
 
 @pytest.fixture
