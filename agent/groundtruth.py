@@ -45,7 +45,12 @@ COMPONENT_TOOLS = (
     "attention_by_role",
     "attention_masking",
 )
-EDIT_KEYS = {"pad": "LNC1/append", "truncate": "truncate", "match_front": "position"}
+EDIT_KEYS = {
+    "pad": "LNC1/append",
+    "truncate": "truncate",
+    "match_front": "position",
+    "match_position": "position",
+}
 """property_regression's controlled edits as the record's probes."""
 OPPOSITE = {"increase": "decrease", "decrease": "increase"}
 DEFAULT_PREDICTED = {"TFC1": "increase", "TFC2": "increase", "TDC": "increase", "LNC1": "decrease"}

@@ -271,10 +271,28 @@ def position_collection(path: Path) -> Path:
     return path
 
 
-def test_property_regression_finds_the_planted_match_position_effect(models, tmp_path):
-    from rankscope.tools.experiments.property_regression import edit_text
+def hand_edit_deltas(retriever: Retriever, rows: list[dict[str, Any]], edit: str) -> np.ndarray:
+    """The edit's score changes, scored here: s_edited − s_original for match_front, s(match
+    first) − s(match last) for match_position (the tool's texts, seeded as the tool seeds)."""
+    from rankscope.tools.experiments.property_regression import edit_text, position_pairs
 
+    queries = [r["query"] for r in rows]
+    if edit == "match_position":
+        pairs = position_pairs(queries, [r["text"] for r in rows], seed=0)
+        assert all(pair is not None for pair in pairs)
+        first = retriever.score(queries, [pair[0] for pair in pairs if pair]).numpy()
+        return first - retriever.score(queries, [pair[1] for pair in pairs if pair]).numpy()
+    moved = [edit_text(r["query"], r["text"], edit) or "" for r in rows]
+    return (
+        retriever.score(queries, moved).numpy()
+        - retriever.score(queries, [r["text"] for r in rows]).numpy()
+    )
+
+
+@pytest.mark.parametrize("edit", ["match_front", "match_position"])
+def test_property_regression_finds_the_planted_match_position_effect(models, tmp_path, edit):
     data = resolve_data(position_collection(tmp_path / "position.jsonl"))
+    rows = data.documents(n=24, seed=0, split="all")
     edits = {}
     for name in ("position", "plain"):
         result = run(
@@ -285,28 +303,43 @@ def test_property_regression_finds_the_planted_match_position_effect(models, tmp
             split="all",
             n_docs=24,
             n_bootstrap=300,
-            edits=["match_front"],
+            edits=[edit],
         )
         (edits[name],) = result.tables["edits"]
-        rows = data.documents(n=24, seed=0, split="all")
-        queries = [r["query"] for r in rows]
-        moved = [edit_text(r["query"], r["text"], "match_front") or "" for r in rows]
-        retriever = models[name]
-        delta = (
-            retriever.score(queries, moved).numpy()
-            - retriever.score(queries, [r["text"] for r in rows]).numpy()
-        )
+        delta = hand_edit_deltas(models[name], rows, edit)
         expected = per_query_means([r["qid"] for r in rows], delta)
-        got = {v.qid: v.value for v in result.per_query["edit_delta[edit=match_front]"]}
+        got = {v.qid: v.value for v in result.per_query[f"edit_delta[edit={edit}]"]}
         assert got == pytest.approx(expected, abs=1e-5)
     planted, plain = edits["position"], edits["plain"]
     assert planted["n_queries"] == 8 and planted["n_docs"] == 24
-    # Matches count only in the first 16 positions: moving the match to the front raises every
-    # document's score, and the query-cluster CI excludes 0 ...
+    # Matches count only in the first 16 positions: the match early rather than late raises
+    # every document's score, and the query-cluster CI excludes 0 ...
     assert planted["share_raised"] == 1.0 and planted["ci_low"] > 0.1
     # ... while the same edit on the model without the planted rule moves nothing that matters.
     assert plain["ci_low"] < 0 < plain["ci_high"]
     assert abs(plain["edit_delta"]) < 0.1 * planted["edit_delta"]
+
+
+def test_match_position_versions_differ_only_in_where_the_match_is() -> None:
+    from rankscope.tools.diagnostics.text import sentences
+    from rankscope.tools.experiments.property_regression import position_pair
+
+    doc = "Ovens bake loaves. Bread needs yeast. Flour is milled. Salt adds taste."
+    first, last = position_pair("bread recipe", doc, np.random.default_rng(0)) or ("", "")
+    assert first.startswith("Bread needs yeast.") and last.endswith("Bread needs yeast.")
+    assert sentences(first)[1:] == sentences(last)[:-1]
+    assert sorted(sentences(first)) == sorted(sentences(doc))
+    assert first.removeprefix("Bread needs yeast. ") == last.removesuffix(" Bread needs yeast.")
+    assert (
+        position_pair(
+            "bread", "Bread is good. Bread is cheap. Bread keeps.", np.random.default_rng(0)
+        )
+        is None
+    )
+    assert (
+        position_pair("bread", "Flour is milled. Bread needs yeast.", np.random.default_rng(0))
+        is None
+    )
 
 
 def test_property_regression_runs_on_a_cross_encoder(models, data, tmp_path):

@@ -27,7 +27,8 @@ first step of this protocol that has not been done yet.
    by ``property_regression(edits=[E])`` (``edit_delta[edit=E]``). The screens pre-register a
    reference row: the intent's axiom row of ``axiom_screen``, the cross-fitted ``top_delta`` of
    ``token_screen``, ``edit_delta[edit=pad]`` (decrease) of ``property_regression`` — or
-   ``edit_delta[edit=match_front]`` (increase) for the match-position intent. Hits
+   ``edit_delta[edit=match_position]`` (increase: the query-term sentence first rather than
+   last, the other sentences in the same random order) for the match-position intent. Hits
    left over are noted (``screened, not followed up: …``) and listed in the report's Findings.
 4. **Locate** the first supported behaviour that has perturbation pairs (the axiom's, else the
    largest confirmed ``axiom_screen`` hit): ``attribution_patching`` over all attention heads (a
@@ -259,9 +260,10 @@ same; the min_pairs and min_queries checks still apply)."""
 EDIT_ROWS: dict[str, tuple[str, Literal["greater", "less"], str]] = {
     "length": ("pad", "less", "appending neutral filler lowers scores (a length penalty, LNC1)"),
     "position": (
-        "match_front",
+        "match_position",
         "greater",
-        "moving the query-term sentence to the front raises scores (an early-match bonus)",
+        "the query-term sentence placed first rather than last (the other sentences in the same "
+        "order) raises scores (an early-match bonus)",
     ),
 }
 """The ``property_regression`` row a screen pre-registers, by intent kind (others: ``pad``)."""

@@ -23,7 +23,11 @@ s_edited − s_original, per query the mean over its documents, an estimate):
 ``truncate`` keeps the first half of the words; ``pad`` appends neutral filler words (none a
 query word) as long as the document; ``match_front`` moves the first sentence holding a query
 content word to the front (documents whose match is already in the first sentence, or have none,
-are left out).
+are left out). ``match_front`` also breaks the passage's sentence order, which a model may
+penalise on its own; ``match_position`` does not: the other sentences are put in one random
+order (seeded), and the first query-term sentence is placed first in one version and last in the
+other, so ``edit_delta[edit=match_position]`` = s(match first) − s(match last) differs only in
+where the match is (documents of at least three sentences with a match and a sentence without).
 """
 
 from __future__ import annotations
@@ -59,8 +63,8 @@ PROPERTIES: tuple[str, ...] = (
     "digit_share",
     "upper_share",
 )
-Edit = Literal["truncate", "pad", "match_front"]
-EDITS: tuple[Edit, ...] = ("truncate", "pad", "match_front")
+Edit = Literal["truncate", "pad", "match_front", "match_position"]
+EDITS: tuple[Edit, ...] = ("truncate", "pad", "match_front", "match_position")
 FILLER_WORDS = [
     "general",
     "remarks",
@@ -90,7 +94,8 @@ class PropertyRegressionArgs(ToolArgs):
         96, ge=8, le=20_000, description="(query, document) rows of the split, drawn with seed."
     )
     edits: list[Edit] = Field(
-        list(EDITS), description="Controlled edits to run: truncate, pad, match_front."
+        list(EDITS),
+        description="Controlled edits to run: truncate, pad, match_front, match_position.",
     )
     holdout_fraction: float = Field(0.5, gt=0.0, lt=1.0)
     split_seed: int = Field(0, description="Seed of the query split (keep it fixed to replicate).")
@@ -102,8 +107,34 @@ def query_content_words(query: str) -> set[str]:
     return {w for w in words(query) if is_content_word(w)}
 
 
+def position_pair(query: str, doc: str, rng: np.random.Generator) -> tuple[str, str] | None:
+    """The ``match_position`` versions of a document: its first query-term sentence first, then
+    last, the other sentences in one random order; None without at least three sentences, a
+    sentence with a query content word and one without."""
+    qwords = query_content_words(query)
+    parts = sentences(doc)
+    matching = [bool(qwords & set(words(sentence))) for sentence in parts]
+    if len(parts) < 3 or not any(matching) or all(matching):
+        return None
+    first = matching.index(True)
+    others = [sentence for i, sentence in enumerate(parts) if i != first]
+    ordered = [others[i] for i in rng.permutation(len(others))]
+    return " ".join([parts[first], *ordered]), " ".join([*ordered, parts[first]])
+
+
+def position_pairs(
+    queries: Sequence[str], docs: Sequence[str], seed: int
+) -> list[tuple[str, str] | None]:
+    """:func:`position_pair` of every row, the random orders drawn from one generator."""
+    rng = np.random.default_rng(seed)
+    return [position_pair(q, d, rng) for q, d in zip(queries, docs, strict=True)]
+
+
 def edit_text(query: str, doc: str, edit: Edit) -> str | None:
-    """The edited document, or None where the edit does not apply."""
+    """The edited document, or None where the edit does not apply (``match_position`` compares
+    two edited versions: :func:`position_pair`)."""
+    if edit == "match_position":
+        raise ValueError("match_position compares two edited versions: use position_pair")
     if edit == "truncate":
         tokens = doc.split()
         return " ".join(tokens[: len(tokens) // 2]) if len(tokens) >= 2 else None
@@ -190,8 +221,10 @@ class PropertyRegression(Tool[PropertyRegressionArgs]):
         "upper case. (1) Regression on natural (query, document) pairs with query fixed effects "
         "(coefficients per within-query SD, query-cluster bootstrap CIs; descriptive). (2) "
         "Controlled edits re-scored: truncate (first half), pad (neutral filler as long as the "
-        "document), match_front (query-term sentence moved to the front) — "
-        "edit_delta[edit=E] with query-cluster CIs (estimates). Use it for 'does the model "
+        "document), match_front (query-term sentence moved to the front), match_position "
+        "(query-term sentence first vs last, other sentences in one random order: position "
+        "without an order change) — edit_delta[edit=E] with query-cluster CIs (estimates). "
+        "Use it for 'does the model "
         "prefer shorter documents?' or 'does the position of query terms matter?'."
     )
     version = "1"
@@ -202,7 +235,9 @@ class PropertyRegression(Tool[PropertyRegressionArgs]):
             family="score_delta",
             meaning="mean score change s_edited − s_original of a controlled edit (truncate: "
             "first half of the words kept; pad: neutral filler appended; match_front: "
-            "query-term sentence moved to the front); per query the mean over its documents",
+            "query-term sentence moved to the front; match_position: s(query-term sentence "
+            "first) − s(last), the other sentences in one random order); per query the mean "
+            "over its documents",
             unit="score",
         ),
         MetricSpec("coef", WITH_CI, False, (), ("property",)),
@@ -344,14 +379,28 @@ class PropertyRegression(Tool[PropertyRegressionArgs]):
         metrics: dict[str, float | int | None],
         per_query: dict[str, list[QueryValue]],
     ) -> dict[str, Any] | None:
-        edited = [edit_text(q, d, edit) for q, d in zip(queries, docs, strict=True)]
-        keep = [i for i, text in enumerate(edited) if text is not None]
-        if not keep:
-            return None
-        new = ctx.retriever.score(
-            [queries[i] for i in keep], [edited[i] or "" for i in keep], args.batch_size
-        ).numpy()
-        delta = new.astype(float) - scores[keep]
+        if edit == "match_position":
+            pairs = position_pairs(queries, docs, args.seed)
+            keep = [i for i, pair in enumerate(pairs) if pair is not None]
+            if not keep:
+                return None
+            kept = [queries[i] for i in keep]
+            first, last = (
+                ctx.retriever.score(kept, [pair[side] for pair in pairs if pair], args.batch_size)
+                .numpy()
+                .astype(float)
+                for side in (0, 1)
+            )
+            delta = first - last
+        else:
+            edited = [edit_text(q, d, edit) for q, d in zip(queries, docs, strict=True)]
+            keep = [i for i, text in enumerate(edited) if text is not None]
+            if not keep:
+                return None
+            new = ctx.retriever.score(
+                [queries[i] for i in keep], [edited[i] or "" for i in keep], args.batch_size
+            ).numpy()
+            delta = new.astype(float) - scores[keep]
         values = values_by_query([qids[i] for i in keep], delta.tolist())
         est = query_ci(values, seed=args.seed, n_resamples=args.n_bootstrap)
         key = metric_key("edit_delta", edit=edit)
