@@ -31,7 +31,7 @@ def models(tmp_path_factory) -> dict[str, Retriever]:
         "length": save_planted_bi_encoder(tmp / "length", token_scale=0.2),
         "trigger": save_planted_bi_encoder(tmp / "trigger", trigger=TRIGGER, token_scale=0.2),
         "position": save_planted_bi_encoder(tmp / "position", late_position=16),
-        "plain": save_planted_bi_encoder(tmp / "plain"),
+        "plain": save_planted_bi_encoder(tmp / "plain", position_scale=0.1),
         "cross": save_tiny_model(tmp / "cross", "bert", "cross-encoder"),
     }
     return {name: load_retriever(str(path)) for name, path in folders.items()}
@@ -315,9 +315,11 @@ def test_property_regression_finds_the_planted_match_position_effect(models, tmp
     # Matches count only in the first 16 positions: the match early rather than late raises
     # every document's score, and the query-cluster CI excludes 0 ...
     assert planted["share_raised"] == 1.0 and planted["ci_low"] > 0.1
-    # ... while the same edit on the model without the planted rule moves nothing that matters.
-    assert plain["ci_low"] < 0 < plain["ci_high"]
+    # ... while on the same model without the rule (position embeddings as small as the planted
+    # model's early ones, no late swamp) the edit moves scores by a tenth of that at most, its
+    # interval wholly below the planted one's.
     assert abs(plain["edit_delta"]) < 0.1 * planted["edit_delta"]
+    assert plain["ci_high"] < planted["ci_low"]
 
 
 def test_match_position_versions_differ_only_in_where_the_match_is() -> None:

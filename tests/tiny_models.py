@@ -347,6 +347,7 @@ def save_planted_bi_encoder(
     trigger: str | None = None,
     late_position: int | None = None,
     token_scale: float = 1.0,
+    position_scale: float = 1.0,
     seed: int = 0,
 ) -> Path:
     """A tiny mean-pooled, dot-product BERT bi-encoder with planted, deterministic properties.
@@ -363,6 +364,8 @@ def save_planted_bi_encoder(
     shrunk, so a token's state there is mostly its identity). ``token_scale`` scales the
     final LayerNorm's weight on every dimension but the two that ``u`` spans: ordinary tokens'
     states shrink (less noise from random token similarities), the special tokens' do not.
+    ``position_scale`` scales every position embedding (0.1: a token's state is mostly its
+    identity wherever it stands, a control for ``late_position``).
     """
     from transformers import AutoModel
 
@@ -387,6 +390,7 @@ def save_planted_bi_encoder(
             weight -= torch.outer(weight @ u, u)
             weight -= torch.outer(weight @ z, z)
         emb.token_type_embeddings.weight.zero_()
+        emb.position_embeddings.weight *= position_scale
         final_norm = model.encoder.layer[-1].output.LayerNorm.weight
         final_norm.fill_(token_scale)
         final_norm[:2] = 1.0
