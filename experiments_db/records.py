@@ -14,6 +14,8 @@ Split = Literal["discovery", "holdout", "all"]
 Correction = Literal["none", "holm", "bonferroni"]
 ReviewDecision = Literal["accept", "dispute"]
 AuditJobState = Literal["queued", "running", "done", "failed", "interrupted"]
+ACTIVE_AUDIT_JOB_STATES: tuple[AuditJobState, ...] = ("queued", "running")
+"""The states of an audit job that has not ended."""
 
 
 class Criterion(BaseModel):
@@ -152,11 +154,22 @@ class AuditJobRecord(_Record):
 
     @property
     def active(self) -> bool:
-        return self.state in ("queued", "running")
+        return self.state in ACTIVE_AUDIT_JOB_STATES
 
     @property
     def drift(self) -> list[AuditCheck]:
         return [f for f in self.findings if not f.ok]
+
+    @property
+    def progress(self) -> str:
+        """``done/total steps``, or empty before the first step."""
+        return f"{self.done}/{self.total} steps" if self.total else ""
+
+    @property
+    def elapsed_s(self) -> float:
+        """Seconds from the start to the end, or to now while the job runs."""
+        end = self.finished_at or datetime.now(self.started_at.tzinfo)
+        return max(0.0, (end - self.started_at).total_seconds())
 
 
 class VerdictRecord(_Record):

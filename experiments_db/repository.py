@@ -49,6 +49,7 @@ from rankscope.experiments_db.models import (
     utcnow,
 )
 from rankscope.experiments_db.records import (
+    ACTIVE_AUDIT_JOB_STATES,
     ArtifactRecord,
     ArtifactSpec,
     AuditCheck,
@@ -614,7 +615,7 @@ class Store:
         values: dict[str, Any] = {}
         if state is not None:
             values["state"] = _choice(state, AUDIT_JOB_STATES, "audit job state")
-            if state not in ("queued", "running"):
+            if state not in ACTIVE_AUDIT_JOB_STATES:
                 values["finished_at"] = utcnow()
         if done is not None:
             values["done"] = done
@@ -629,7 +630,7 @@ class Store:
             session.execute(
                 update(AuditJob)
                 .where(col(AuditJob.id) == job_id)
-                .where(col(AuditJob.state).in_(("queued", "running")))
+                .where(col(AuditJob.state).in_(ACTIVE_AUDIT_JOB_STATES))
                 .values(**values)
             )
 
@@ -646,7 +647,7 @@ class Store:
         if investigation_id is not None:
             stmt = stmt.where(col(AuditJob.investigation_id) == investigation_id)
         if active:
-            stmt = stmt.where(col(AuditJob.state).in_(("queued", "running")))
+            stmt = stmt.where(col(AuditJob.state).in_(ACTIVE_AUDIT_JOB_STATES))
         with self._read() as session:
             return self._records(session, stmt, AuditJobRecord)
 

@@ -3,8 +3,9 @@ keeps its state, progress and findings in the store's ``audit_job`` table.
 
 A restarted server (or another one on the same store) shows every job. A job is owned by the
 process running it (``host:pid``); when a server starts, the active jobs of dead processes on its
-host are marked ``interrupted``, and a server marks its own active jobs so when it shuts down, so
-no job is left ``running`` forever.
+host are marked ``interrupted``, and a server that shuts down marks its own active jobs the same
+way, so no job is left ``running`` forever. Pages show the store's
+:class:`~rankscope.experiments_db.records.AuditJobRecord` directly.
 """
 
 from __future__ import annotations
@@ -12,9 +13,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
-import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from rankscope.agent.audit import AuditReport, audit_investigation
 from rankscope.experiments_db.errors import NotFoundError
@@ -46,52 +45,6 @@ def owner_is_dead(owner: str) -> bool:
     return False
 
 
-@dataclass(frozen=True)
-class AuditJobView:
-    """An audit job as its page shows it."""
-
-    record: AuditJobRecord
-
-    @property
-    def id(self) -> int:
-        return self.record.id
-
-    @property
-    def state(self) -> str:
-        return self.record.state
-
-    @property
-    def investigation_id(self) -> int:
-        return self.record.investigation_id
-
-    @property
-    def rerun(self) -> bool:
-        return self.record.rerun
-
-    @property
-    def error(self) -> str:
-        return self.record.error
-
-    @property
-    def active(self) -> bool:
-        return self.record.active
-
-    @property
-    def progress(self) -> str:
-        """``done/total steps``, or empty before the first step."""
-        return f"{self.record.done}/{self.record.total} steps" if self.record.total else ""
-
-    @property
-    def elapsed_s(self) -> float:
-        end = self.record.finished_at.timestamp() if self.record.finished_at else time.time()
-        return max(0.0, end - self.record.started_at.timestamp())
-
-    @property
-    def report(self) -> AuditJobRecord | None:
-        """The checks, once the job is done."""
-        return self.record if self.record.state == "done" else None
-
-
 class AuditJobs:
     """The audit jobs of one server, stored in its store; one thread per job started here."""
 
@@ -113,14 +66,14 @@ class AuditJobs:
             )
         return [job.id for job in orphans]
 
-    def start(self, investigation_id: int, *, rerun: bool) -> AuditJobView:
+    def start(self, investigation_id: int, *, rerun: bool) -> AuditJobRecord:
         job_id = self.store.create_audit_job(investigation_id, rerun=rerun, owner=self.owner)
         thread = threading.Thread(
             target=self._run, args=(job_id, investigation_id, rerun), daemon=True
         )
         self._threads[job_id] = thread
         thread.start()
-        return AuditJobView(self.store.get_audit_job(job_id))
+        return self.store.get_audit_job(job_id)
 
     def _run(self, job_id: int, investigation_id: int, rerun: bool) -> None:
         self.store.update_audit_job(job_id, state="running")
@@ -140,20 +93,20 @@ class AuditJobs:
     def shutdown(self) -> None:
         """Mark the jobs this server is still running ``interrupted`` (the server is stopping)."""
         for job in self.store.list_audit_jobs(active=True):
-            if job.owner == self.owner and job.id in self._threads:
+            if job.id in self._threads:
                 self.store.update_audit_job(job.id, state="interrupted", error=INTERRUPTED_BY_EXIT)
 
-    def get(self, job_id: int) -> AuditJobView | None:
+    def get(self, job_id: int) -> AuditJobRecord | None:
         try:
-            return AuditJobView(self.store.get_audit_job(job_id))
+            return self.store.get_audit_job(job_id)
         except NotFoundError:
             return None
 
-    def of(self, investigation_id: int) -> list[AuditJobView]:
+    def of(self, investigation_id: int) -> list[AuditJobRecord]:
         """The investigation's jobs, newest first."""
-        return [AuditJobView(job) for job in self.store.list_audit_jobs(investigation_id)]
+        return self.store.list_audit_jobs(investigation_id)
 
-    def wait(self, job_id: int, timeout: float = 60.0) -> AuditJobView:
+    def wait(self, job_id: int, timeout: float = 60.0) -> AuditJobRecord:
         """Block until the job ends (for tests and the CLI)."""
         thread = self._threads.get(job_id)
         if thread is not None:
