@@ -313,8 +313,11 @@ def test_property_regression_finds_the_planted_match_position_effect(models, tmp
     planted, plain = edits["position"], edits["plain"]
     assert planted["n_queries"] == 8 and planted["n_docs"] == 24
     # Matches count only in the first 16 positions: the match early rather than late raises
-    # every document's score, and the query-cluster CI excludes 0 ...
-    assert planted["share_raised"] == 1.0 and planted["ci_low"] > 0.1
+    # (nearly) every document's score, and the query-cluster CI excludes 0 ... The test
+    # tokenizer's vocabulary differs from run to run (its trainer breaks ties differently), and a
+    # draw that splits a query term into pieces the filler shares left 2 of 24 documents unraised
+    # once in 12 runs: hence "most", with the interval well above 0 (lowest of 12 runs: 0.24).
+    assert planted["share_raised"] >= 0.75 and planted["ci_low"] > 0.1
     # ... while on the same model without the rule (position embeddings as small as the planted
     # model's early ones, no late swamp) the edit moves scores by a tenth of that at most, its
     # interval wholly below the planted one's.
