@@ -190,7 +190,7 @@ def audit_investigation(
     """Audit one investigation (see the module docstring); ``experiments`` limits the re-runs
     to those ids (the other checks always cover everything). ``progress(done, total)`` is called
     after each experiment and after the verdict and record-chain checks (one more step)."""
-    from rankscope.tools.diagnostics.source import resolve_data
+    from rankscope.tools.data.source import resolve_data
 
     tree = store.investigation_tree(investigation_id)
     inv = tree.investigation

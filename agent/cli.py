@@ -77,7 +77,7 @@ def explain_error(exc: BaseException) -> str | None:
     from rankscope.agent.llm_client import LLMError
     from rankscope.agent.runner import DeviceError
     from rankscope.experiments_db.errors import StoreError
-    from rankscope.tools.diagnostics.errors import DataError
+    from rankscope.tools.data.errors import DataError
     from rankscope.tools.retrievers import RetrieverLoadError
 
     if isinstance(

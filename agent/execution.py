@@ -127,7 +127,7 @@ class Lab:
     def data(self) -> Any:
         """The investigation's data source, resolved on first use."""
         if self._data is None:
-            from rankscope.tools.diagnostics.source import resolve_data
+            from rankscope.tools.data.source import resolve_data
 
             started = time.perf_counter()
             self._data = resolve_data(self.data_spec)

@@ -265,7 +265,7 @@ def ablation_faithfulness(
         import tempfile
 
         from rankscope.tools.contract import ToolContext
-        from rankscope.tools.diagnostics.source import resolve_data
+        from rankscope.tools.data.source import resolve_data
         from rankscope.tools.retrievers import load_retriever
         from rankscope.tools.running import run_tool
 

@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from rankscope.tools.diagnostics.source import resolve_data  # noqa: E402
+from rankscope.tools.data.source import resolve_data  # noqa: E402
 from rankscope.tools.interventions.pairs import pair_batches  # noqa: E402
 from rankscope.tools.interventions.patching import heads_grid, patch_pairs  # noqa: E402
 from rankscope.tools.retrievers import Retriever, load_retriever  # noqa: E402

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from rankscope.tools.contract import ToolContext
-from rankscope.tools.diagnostics.source import resolve_data
+from rankscope.tools.data.source import resolve_data
 from rankscope.tools.registry import get_tool, validate_args
 from rankscope.tools.retrievers import load_retriever
 

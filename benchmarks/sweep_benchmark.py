@@ -40,7 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from rankscope.tools.diagnostics.source import resolve_data  # noqa: E402
+from rankscope.tools.data.source import resolve_data  # noqa: E402
 from rankscope.tools.interventions.patching import heads_grid, patch_pairs  # noqa: E402
 from rankscope.tools.interventions.sharding import ShardedPatcher  # noqa: E402
 from rankscope.tools.retrievers import load_retriever  # noqa: E402

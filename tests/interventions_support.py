@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from rankscope.tools.contract import ToolContext
-from rankscope.tools.diagnostics.source import resolve_data
+from rankscope.tools.data.source import resolve_data
 from rankscope.tools.retrievers import Retriever, load_retriever
 from rankscope.tools.retrievers.loading import default_model_path
 from tests.tiny_models import tiny_config

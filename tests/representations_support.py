@@ -6,9 +6,9 @@ import random
 from pathlib import Path
 
 from rankscope.tools.contract import ToolContext
-from rankscope.tools.diagnostics.axioms import build_pairs
-from rankscope.tools.diagnostics.source import CollectionSource, PairsSource
-from rankscope.tools.diagnostics.types import Collection
+from rankscope.tools.data.axioms import build_pairs
+from rankscope.tools.data.source import CollectionSource, PairsSource
+from rankscope.tools.data.types import Collection
 from tests.tiny_models import CORPUS
 
 WORDS = sorted({w for line in CORPUS for w in line.split()})

@@ -270,7 +270,7 @@ def test_metric_catalogue_matches_what_the_tools_produce(tmp_path, mean_model):
     guard would reject valid criteria), and every declared metric is produced by some run (else
     the guard would let through criteria that can never be evaluated)."""
     from rankscope.tools.contract import ToolContext
-    from rankscope.tools.diagnostics.source import resolve_data
+    from rankscope.tools.data.source import resolve_data
     from rankscope.tools.metric_keys import parse_metric_key
     from rankscope.tools.registry import all_tools, get_tool, validate_args
     from rankscope.tools.retrievers import load_retriever

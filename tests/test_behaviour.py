@@ -7,9 +7,9 @@ import pytest
 import torch
 from sentence_transformers import SentenceTransformer
 
+from rankscope.tools.catalog.behavioural_test import rank_changes
 from rankscope.tools.contract import ToolContext
-from rankscope.tools.diagnostics.source import resolve_data
-from rankscope.tools.experiments.behaviour import rank_changes
+from rankscope.tools.data.source import resolve_data
 from rankscope.tools.registry import ToolArgumentError, get_tool, validate_args
 from rankscope.tools.retrievers.loading import default_model_path
 
@@ -56,7 +56,7 @@ def test_behavioural_test_matches_hand_computation(minilm, shared_data, st_model
 
 
 def test_rank_changes_by_hand():
-    from rankscope.tools.diagnostics.types import Pair, PairSet
+    from rankscope.tools.data.types import Pair, PairSet
 
     pairs = PairSet(
         "t",

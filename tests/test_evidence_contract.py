@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
+from rankscope.tools.catalog.common import load_pairs
 from rankscope.tools.contract import Tool, ToolContext, ToolResult
-from rankscope.tools.diagnostics.source import resolve_data
-from rankscope.tools.experiments.common import load_pairs
+from rankscope.tools.data.source import resolve_data
 from rankscope.tools.metric_keys import MetricSpec, declare, estimate, scalar
 from rankscope.tools.registry import all_tools, get_tool, validate_args
 from rankscope.tools.retrievers import load_retriever

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from rankscope.tools.diagnostics.errors import DataError, DataFormatError
-from rankscope.tools.diagnostics.source import resolve_data
+from rankscope.tools.data.errors import DataError, DataFormatError
+from rankscope.tools.data.source import resolve_data
 
 ROW = "q1\td1\tthe cat sat\tthe cat sat cat\tcat\n"
 
@@ -52,7 +52,7 @@ def lnc1_file(tmp_path):
 
 
 def test_a_declared_pairs_file_is_labelled_as_declared(tmp_path, lnc1_file):
-    from rankscope.tools.diagnostics.labels import perturbation_label, predicted_direction
+    from rankscope.tools.data.labels import perturbation_label, predicted_direction
 
     by_spec = resolve_data(f"{lnc1_file}#perturbation=LNC1/append")
     assert by_spec.axioms() == [("LNC1", "append")]
@@ -73,7 +73,7 @@ def test_a_declared_pairs_file_is_labelled_as_declared(tmp_path, lnc1_file):
 
 
 def test_an_undeclared_pairs_file_is_unlabelled_never_tfc1(lnc1_file):
-    from rankscope.tools.diagnostics.errors import UnknownPerturbationError
+    from rankscope.tools.data.errors import UnknownPerturbationError
 
     source = resolve_data(str(lnc1_file))
     assert source.axioms() == [("UNLABELLED", "append")]
@@ -156,7 +156,7 @@ def test_unlabelled_pairs_claim_no_axiom_anywhere(tmp_path, lnc1_file):
 def test_the_shared_tfc1_file_with_its_declaration_keeps_the_readme_path(shared_data):
     from rankscope.agent.planners.base import Ledger
     from rankscope.agent.planners.protocol import ProtocolPlanner
-    from rankscope.tools.diagnostics.source import fixed_perturbations
+    from rankscope.tools.data.source import fixed_perturbations
 
     spec = f"{shared_data / SHARED_PAIRS}#perturbation=TFC1/append"
     assert fixed_perturbations(spec) == [("TFC1", "append")]

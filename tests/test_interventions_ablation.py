@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from rankscope.tools.interventions.ablation import (
+from rankscope.tools.interventions.ablation_runs import (
     ablate_pairs,
     kendall_by_query,
     rank_gains,

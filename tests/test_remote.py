@@ -40,7 +40,7 @@ def child() -> None:
 
     from rankscope.agent.cli import app
     from rankscope.tools.contract import ToolContext
-    from rankscope.tools.diagnostics.source import resolve_data
+    from rankscope.tools.data.source import resolve_data
     from rankscope.tools.interventions.patching import heads_grid, patch_pairs
     from rankscope.tools.retrievers import load_retriever
     from rankscope.tools.running import resolve_call, run_tool

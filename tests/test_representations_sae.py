@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import save_file
 from scipy import stats
 
-from rankscope.tools.experiments.features import _correlations
+from rankscope.tools.catalog.feature_inspection import _correlations
 from rankscope.tools.registry import get_tool, validate_args
 from rankscope.tools.representations.corpus import sample_documents
 from rankscope.tools.representations.properties import Labels

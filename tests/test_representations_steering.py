@@ -10,7 +10,7 @@ import torch
 
 from rankscope.tools.registry import ToolArgumentError, get_tool, validate_args
 from rankscope.tools.representations.corpus import sample_documents
-from rankscope.tools.representations.steering import (
+from rankscope.tools.representations.edits import (
     edit_scores,
     mean_difference,
     position_mask,

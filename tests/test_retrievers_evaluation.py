@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from rankscope.agent.cli import app
-from rankscope.tools.diagnostics.builtin import load_builtin
+from rankscope.tools.data.builtin import load_builtin
 from rankscope.tools.retrievers import Retriever, load_retriever
 from rankscope.tools.retrievers.evaluation import ndcg_at_10, rerank_run
 from tests import tiny_models

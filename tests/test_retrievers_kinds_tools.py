@@ -7,7 +7,7 @@ import math
 import pytest
 
 from rankscope.tools.contract import ToolContext
-from rankscope.tools.diagnostics.types import Pair, PairSet
+from rankscope.tools.data.types import Pair, PairSet
 from rankscope.tools.interventions.patching import (
     Patch,
     block_grid,

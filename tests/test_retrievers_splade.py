@@ -7,7 +7,7 @@ import torch
 from transformers import AutoModelForMaskedLM, AutoTokenizer
 
 from rankscope.tools.contract import ToolContext
-from rankscope.tools.diagnostics.types import Pair, PairSet
+from rankscope.tools.data.types import Pair, PairSet
 from rankscope.tools.registry import get_tool, validate_args
 from rankscope.tools.retrievers import load_retriever
 from rankscope.tools.retrievers.splade import Splade

@@ -138,7 +138,10 @@ def test_mono_t5_role_grids_skip_decoder_blocks(data: Any, tmp_path: Path) -> No
     """Role and index positions exist in monoT5's encoder blocks only: the grids patch its
     decoder blocks at all positions and nowhere else; naming a decoder block for a
     token-level reading is refused."""
-    from rankscope.tools.experiments.patching import ActivationPatchingArgs, build_interventions
+    from rankscope.tools.catalog.activation_patching import (
+        ActivationPatchingArgs,
+        build_interventions,
+    )
 
     t5 = load_retriever(str(tiny_models.save_tiny_mono_t5(tmp_path / "t5")))
     decoder = range(t5.n_encoder_layers, t5.n_layers)

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from rankscope.tools.contract import ToolContext, ToolResult
-from rankscope.tools.diagnostics.source import resolve_data
+from rankscope.tools.data.source import resolve_data
 from rankscope.tools.registry import get_tool, validate_args
 from rankscope.tools.retrievers import load_retriever
 from rankscope.tools.retrievers.base import Retriever
@@ -216,7 +216,7 @@ def test_token_screen_top_delta_is_cross_fitted(models, data, tmp_path):
 def test_property_regression_finds_the_length_penalty_and_matches_a_hand_fit(
     models, data, tmp_path
 ):
-    from rankscope.tools.experiments.property_regression import (
+    from rankscope.tools.catalog.property_regression import (
         PROPERTIES,
         edit_text,
     )
@@ -274,7 +274,7 @@ def position_collection(path: Path) -> Path:
 def hand_edit_deltas(retriever: Retriever, rows: list[dict[str, Any]], edit: str) -> np.ndarray:
     """The edit's score changes, scored here: s_edited − s_original for match_front, s(match
     first) − s(match last) for match_position (the tool's texts, seeded as the tool seeds)."""
-    from rankscope.tools.experiments.property_regression import edit_text, position_pairs
+    from rankscope.tools.catalog.property_regression import edit_text, position_pairs
 
     queries = [r["query"] for r in rows]
     if edit == "match_position":
@@ -326,8 +326,8 @@ def test_property_regression_finds_the_planted_match_position_effect(models, tmp
 
 
 def test_match_position_versions_differ_only_in_where_the_match_is() -> None:
-    from rankscope.tools.diagnostics.text import sentences
-    from rankscope.tools.experiments.property_regression import position_pair
+    from rankscope.tools.catalog.property_regression import position_pair
+    from rankscope.tools.data.text import sentences
 
     doc = "Ovens bake loaves. Bread needs yeast. Flour is milled. Salt adds taste."
     first, last = position_pair("bread recipe", doc, np.random.default_rng(0)) or ("", "")
@@ -360,7 +360,7 @@ def test_property_regression_runs_on_a_cross_encoder(models, data, tmp_path):
 def test_input_attribution_is_complete_against_hand_scored_baselines(models, data, kind):
     """Attributions sum to s(x) − s(baseline), with the baseline scored by hand: the document's
     token ids replaced by PAD (whose embedding row is the baseline's)."""
-    from rankscope.tools.experiments.input_attribution import integrated_gradients
+    from rankscope.tools.catalog.input_attribution import integrated_gradients
     from rankscope.tools.retrievers.base import Role, SideBatch
 
     retriever = models[kind]

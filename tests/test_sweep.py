@@ -159,7 +159,7 @@ def test_a_worker_killed_mid_sweep_is_retried(
 
 
 def test_sharded_grid_equals_the_in_process_run(local_ray: None, tmp_path: Path) -> None:
-    from rankscope.tools.diagnostics.source import resolve_data
+    from rankscope.tools.data.source import resolve_data
     from rankscope.tools.interventions.patching import heads_grid, patch_pairs
     from rankscope.tools.interventions.sharding import ShardedPatcher, deal
     from tests.interventions_support import tiny_retriever

@@ -14,7 +14,7 @@ from rankscope.tools.metric_keys import MetricCatalogue, MetricSpec
 from rankscope.tools.stats import QueryValue
 
 if TYPE_CHECKING:
-    from rankscope.tools.diagnostics.source import DataSource
+    from rankscope.tools.data.source import DataSource
     from rankscope.tools.retrievers.base import Retriever
 
 SUMMARY_ROWS = 5

@@ -10,21 +10,23 @@ from pydantic import ValidationError
 from rankscope.tools.contract import ArgsT, Tool
 
 TOOL_MODULES: tuple[str, ...] = (
-    "rankscope.tools.experiments.behaviour",
-    "rankscope.tools.experiments.patching",
-    "rankscope.tools.experiments.path_patching",
-    "rankscope.tools.experiments.ablation",
-    "rankscope.tools.experiments.attention",
-    "rankscope.tools.experiments.attribution",
-    "rankscope.tools.experiments.probes",
-    "rankscope.tools.experiments.features",
-    "rankscope.tools.experiments.steering",
-    "rankscope.tools.experiments.embedding_svd",
-    "rankscope.tools.experiments.term_contributions",
-    "rankscope.tools.experiments.axiom_screen",
-    "rankscope.tools.experiments.token_screen",
-    "rankscope.tools.experiments.property_regression",
-    "rankscope.tools.experiments.input_attribution",
+    "rankscope.tools.catalog.behavioural_test",
+    "rankscope.tools.catalog.activation_patching",
+    "rankscope.tools.catalog.path_patching",
+    "rankscope.tools.catalog.ablation",
+    "rankscope.tools.catalog.attention_by_role",
+    "rankscope.tools.catalog.attention_masking",
+    "rankscope.tools.catalog.attribution_patching",
+    "rankscope.tools.catalog.linear_probe",
+    "rankscope.tools.catalog.train_sae",
+    "rankscope.tools.catalog.feature_inspection",
+    "rankscope.tools.catalog.steering",
+    "rankscope.tools.catalog.embedding_svd",
+    "rankscope.tools.catalog.term_contributions",
+    "rankscope.tools.catalog.axiom_screen",
+    "rankscope.tools.catalog.token_screen",
+    "rankscope.tools.catalog.property_regression",
+    "rankscope.tools.catalog.input_attribution",
 )
 
 _TOOLS: dict[str, type[Tool[Any]]] = {}

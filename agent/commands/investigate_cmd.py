@@ -41,7 +41,7 @@ ReportDirOption = Annotated[
 def _stop_errors() -> tuple[type[BaseException], ...]:
     from rankscope.agent.llm_client import LLMError
     from rankscope.experiments_db.errors import StoreError
-    from rankscope.tools.diagnostics.errors import DataError
+    from rankscope.tools.data.errors import DataError
     from rankscope.tools.retrievers import RetrieverLoadError
 
     return (LLMError, StoreError, DataError, RetrieverLoadError)

@@ -101,7 +101,7 @@ def run_sharded(
     once); this process merges their scores and writes the artifacts."""
     from rankscope.agent.commands.tools_cmd import default_run_dir, parse_args_option
     from rankscope.tools.contract import ToolContext
-    from rankscope.tools.diagnostics.source import resolve_data
+    from rankscope.tools.data.source import resolve_data
     from rankscope.tools.interventions.sharding import ShardedPatcher
     from rankscope.tools.retrievers import load_retriever
     from rankscope.tools.running import resolve_call, run_tool

@@ -83,7 +83,7 @@ def run_by_hand(
 ) -> None:
     """``rankscope run``: one tool call outside any investigation, printed or as JSON;
     ``remote`` is the ``--remote`` option (:func:`rankscope.tools.retrievers.remote.parse_remote`)."""
-    from rankscope.tools.diagnostics.source import resolve_data
+    from rankscope.tools.data.source import resolve_data
     from rankscope.tools.retrievers import load_retriever
     from rankscope.tools.retrievers.remote import parse_remote
 
@@ -140,7 +140,7 @@ def run_by_hand(
 
 def evaluate(model: str | None, data: str | None, as_json: bool, progress: bool) -> None:
     """``rankscope eval``: nDCG@10 of the model re-ranking a judged collection's candidates."""
-    from rankscope.tools.diagnostics.source import resolve_data
+    from rankscope.tools.data.source import resolve_data
     from rankscope.tools.retrievers import load_retriever
     from rankscope.tools.retrievers.evaluation import ndcg_at_10
 
@@ -190,7 +190,7 @@ def register(app: typer.Typer) -> None:
         progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
     ) -> None:
         """Print the model's nDCG@10 re-ranking a judged collection (ir_measures)."""
-        from rankscope.tools.diagnostics.loaders import DataFormatError
+        from rankscope.tools.data.loaders import DataFormatError
         from rankscope.tools.retrievers import RetrieverLoadError
 
         try:
@@ -232,7 +232,7 @@ def register(app: typer.Typer) -> None:
         remote: RemoteOption = None,
     ) -> None:
         """Run one tool by hand, outside any agent."""
-        from rankscope.tools.diagnostics.loaders import DataFormatError
+        from rankscope.tools.data.loaders import DataFormatError
         from rankscope.tools.retrievers import RetrieverLoadError
 
         try:

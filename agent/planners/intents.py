@@ -36,7 +36,7 @@ MANIPULATIONS = (
     "delete_punctuation",
     "typos",
 )
-"""ABNIRML text manipulations (registered under axiom ``ABNIRML`` in tools/diagnostics)."""
+"""ABNIRML text manipulations (registered under axiom ``ABNIRML`` in tools/data)."""
 SCREENS = ("axiom_screen", "token_screen", "property_regression", "input_attribution")
 OPEN_SCREENS = ("axiom_screen", "property_regression", "token_screen")
 """The screens of an open question, in the order they run."""
@@ -214,7 +214,7 @@ def named_intent(question: str) -> IntentChoice | None:
         (a for a in sorted(AXIOMS, key=len, reverse=True) if re.search(rf"\b{a}\b", upper)), None
     )
     if axiom is not None:
-        from rankscope.tools.diagnostics.axioms import default_variant, registered
+        from rankscope.tools.data.axioms import default_variant, registered
 
         named_variant = next(
             (v for v in VARIANTS if re.search(rf"\b{v}(ed|ing|s)?\b", lower)), None

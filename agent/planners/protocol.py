@@ -74,8 +74,8 @@ from rankscope.agent.planners.intents import (
     named_intent,
 )
 from rankscope.agent.policy import StatsPolicy
-from rankscope.tools.diagnostics.labels import is_unlabelled, perturbation_label
-from rankscope.tools.diagnostics.source import fixed_perturbations
+from rankscope.tools.data.labels import is_unlabelled, perturbation_label
+from rankscope.tools.data.source import fixed_perturbations
 from rankscope.tools.metric_keys import MetricKey, metric_key, try_parse_metric_key
 from rankscope.tools.registry import all_tools
 
@@ -96,7 +96,7 @@ PREDICTED: dict[str, Predicted] = {
     "ABNIRML": "decrease",
 }
 """The direction each axiom predicts for perturbed minus baseline score (as
-``tools/experiments/behaviour.py``'s ``PREDICTED_BY_AXIOM``); ABNIRML manipulations, which the
+``tools/catalog/behavioural_test.py``'s ``PREDICTED_BY_AXIOM``); ABNIRML manipulations, which the
 tool leaves undirected, are predicted to lower scores: they damage the text."""
 
 EDITS: dict[str, str] = {

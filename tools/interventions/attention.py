@@ -18,7 +18,7 @@ import nnsight
 import numpy as np
 import torch
 
-from rankscope.tools.diagnostics.types import Pair
+from rankscope.tools.data.types import Pair
 from rankscope.tools.interventions.pairs import (
     POSITION_GROUPS,
     pair_batches,

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from rankscope.tools.diagnostics.types import Pair
+from rankscope.tools.data.types import Pair
 from rankscope.tools.interventions.cache import SiteKey, capture, layer_output, site_module
 from rankscope.tools.interventions.pairs import (
     ALL_POSITIONS,

@@ -2,7 +2,7 @@
 
 Patching copies activations position by position between the baseline run and the perturbed run,
 so both sides of a pair must tokenise to the same positions: :func:`pair_batches` checks it and
-raises :class:`~rankscope.tools.diagnostics.errors.AlignmentError` naming the pair otherwise.
+raises :class:`~rankscope.tools.data.errors.AlignmentError` naming the pair otherwise.
 
 Token positions are grouped by role (:data:`POSITION_GROUPS`). A position's role is the perturbed
 side's role, except that a position holding filler in the baseline is ``filler`` unless the
@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from rankscope.tools.diagnostics.errors import AlignmentError
-from rankscope.tools.diagnostics.types import Pair
+from rankscope.tools.data.errors import AlignmentError
+from rankscope.tools.data.types import Pair
 from rankscope.tools.retrievers.base import Retriever, Role, SideBatch
 
 POSITION_GROUPS: dict[str, tuple[Role, ...]] = {
@@ -124,7 +124,7 @@ def encode_pairs(retriever: Retriever, pairs: Sequence[Pair], index: np.ndarray)
         raise AlignmentError(
             f"{len(bad)} pair(s) tokenise to different lengths on the baseline and perturbed side "
             f"(first: {bad[0] if bad else '?'}); patching needs length-aligned pairs: build them "
-            "with tools.diagnostics.alignment.align_pairs"
+            "with tools.data.alignment.align_pairs"
         )
     return PairBatch(
         index=index,

@@ -28,7 +28,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from rankscope.tools.diagnostics.types import Pair
+from rankscope.tools.data.types import Pair
 from rankscope.tools.interventions.cache import (
     SITE_ORDER,
     RunCache,

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from rankscope.tools.diagnostics.types import Pair
+from rankscope.tools.data.types import Pair
 from rankscope.tools.interventions.patching import (
     DEFAULT_MAX_TOKENS,
     Direction,

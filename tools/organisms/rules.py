@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-from rankscope.tools.diagnostics.text import words
+from rankscope.tools.data.text import words
 from rankscope.tools.organisms.spec import TRIGGER_WORD, RuleSpec
 from rankscope.tools.organisms.texts import VARIANTS, Corpus, Group, query_terms
 

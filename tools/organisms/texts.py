@@ -17,9 +17,9 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from rankscope.tools.diagnostics.builtin import load_builtin
-from rankscope.tools.diagnostics.text import is_content_word, sentences, words
-from rankscope.tools.diagnostics.types import Collection
+from rankscope.tools.data.builtin import load_builtin
+from rankscope.tools.data.text import is_content_word, sentences, words
+from rankscope.tools.data.types import Collection
 
 VARIANTS = (
     "natural",

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from rankscope.tools.diagnostics.builtin import load_builtin
+from rankscope.tools.data.builtin import load_builtin
 from rankscope.tools.organisms.spec import TRIGGER_WORD
 
 HIDDEN = 64

@@ -10,7 +10,7 @@ import numpy as np
 from pydantic import Field
 
 from rankscope.tools.contract import ToolArgs
-from rankscope.tools.diagnostics.types import Collection, split_qids
+from rankscope.tools.data.types import Collection, split_qids
 
 
 class DocumentArgs(ToolArgs):

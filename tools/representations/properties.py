@@ -12,7 +12,7 @@ Document level (rows are documents):
   ``relevance`` the relevance grade (documents without one are left out).
 
 IDF is the BM25 form ``ln((N - df + 0.5) / (df + 0.5) + 1)`` over token ids of the collection's
-documents (the document-level words come from ``rankscope.tools.diagnostics.text``).
+documents (the document-level words come from ``rankscope.tools.data.text``).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from rankscope.tools.diagnostics.text import STOPWORDS, is_punctuation, words
+from rankscope.tools.data.text import STOPWORDS, is_punctuation, words
 from rankscope.tools.representations.activations import ActivationTable
 from rankscope.tools.representations.corpus import Document
 from rankscope.tools.retrievers.base import Role

@@ -32,6 +32,7 @@ from rankscope.tools.representations.activations import (
     length_batches,
 )
 from rankscope.tools.representations.corpus import Document, query_groups, split_documents
+from rankscope.tools.representations.edits import edit_scores
 from rankscope.tools.representations.ranking import ranking_agreement
 from rankscope.tools.representations.sae import (
     FINAL_EMBEDDING_HOOK,
@@ -40,7 +41,6 @@ from rankscope.tools.representations.sae import (
     reconstruction_stats,
     train_topk_sae,
 )
-from rankscope.tools.representations.steering import edit_scores
 from rankscope.tools.retrievers.base import Retriever, Role
 
 TOKEN_ROLES: tuple[Role, ...] = (Role.CLS, Role.SEP, Role.QUERY, Role.DOC, Role.QTERM)

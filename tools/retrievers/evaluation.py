@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from rankscope.tools.diagnostics.types import Collection
+    from rankscope.tools.data.types import Collection
     from rankscope.tools.retrievers.base import Retriever
 
 MEASURE = "nDCG@10"

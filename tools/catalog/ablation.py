@@ -7,9 +7,9 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, field_validator
 
+from rankscope.tools.catalog.common import PairArgs, load_pairs
 from rankscope.tools.contract import Tool, ToolContext, ToolResult
-from rankscope.tools.experiments.common import PairArgs, load_pairs
-from rankscope.tools.interventions.ablation import (
+from rankscope.tools.interventions.ablation_runs import (
     ablate_pairs,
     kendall_by_query,
     rank_gains,

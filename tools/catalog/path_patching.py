@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 from pydantic import Field, model_validator
 
+from rankscope.tools.catalog.activation_patching import PatchingArgs
+from rankscope.tools.catalog.common import load_pairs
 from rankscope.tools.contract import ArtifactFile, Tool, ToolContext, ToolResult
-from rankscope.tools.experiments.common import load_pairs
-from rankscope.tools.experiments.patching import PatchingArgs
 from rankscope.tools.interventions.cache import SiteKey, capture
-from rankscope.tools.interventions.figures import heatmap
+from rankscope.tools.interventions.heatmaps import heatmap
 from rankscope.tools.interventions.pairs import pair_batches, with_progress
 from rankscope.tools.interventions.patching import PatchScores, sides
 from rankscope.tools.interventions.path import Receiver, parse_senders, path_patch

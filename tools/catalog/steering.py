@@ -10,25 +10,25 @@ import torch
 from pydantic import Field, model_validator
 from tqdm.auto import tqdm
 
+from rankscope.tools.catalog.common import PairArgs, load_pairs
 from rankscope.tools.contract import ArtifactFile, Tool, ToolContext, ToolResult, summarise_rows
-from rankscope.tools.diagnostics.types import Pair
-from rankscope.tools.experiments.common import PairArgs, load_pairs
+from rankscope.tools.data.types import Pair
 from rankscope.tools.metric_keys import MetricCatalogue, breakdown, declare, metric_key, scalar
 from rankscope.tools.registry import register
 from rankscope.tools.representations.activations import layer_list, length_batches
 from rankscope.tools.representations.corpus import Document, query_groups, sample_documents
-from rankscope.tools.representations.figures import dose_response_figure
-from rankscope.tools.representations.probing import load_probes, probe_direction
-from rankscope.tools.representations.ranking import ranking_agreement, solo_rank_change
-from rankscope.tools.representations.results import clean_metrics
-from rankscope.tools.representations.sae import load_sae
-from rankscope.tools.representations.sae_eval import check_fits
-from rankscope.tools.representations.steering import (
+from rankscope.tools.representations.edits import (
     mean_difference,
     position_mask,
     site_output_and_scores,
     steer_scores,
 )
+from rankscope.tools.representations.plots import dose_response_figure
+from rankscope.tools.representations.probing import load_probes, probe_direction
+from rankscope.tools.representations.ranking import ranking_agreement, solo_rank_change
+from rankscope.tools.representations.results import clean_metrics
+from rankscope.tools.representations.sae import load_sae
+from rankscope.tools.representations.sae_eval import check_fits
 from rankscope.tools.stats import bootstrap_ci
 
 

@@ -22,15 +22,15 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from rankscope.tools.diagnostics.alignment import align_many
-from rankscope.tools.diagnostics.axioms import (
+from rankscope.tools.data.alignment import align_many
+from rankscope.tools.data.axioms import (
     CollectionStats,
     build_pairs,
     check_perturbation,
     registered,
 )
-from rankscope.tools.diagnostics.builtin import load_builtin
-from rankscope.tools.diagnostics.errors import (
+from rankscope.tools.data.builtin import load_builtin
+from rankscope.tools.data.errors import (
     AlignmentError,
     AlignmentWarning,
     DataError,
@@ -38,12 +38,12 @@ from rankscope.tools.diagnostics.errors import (
     DataSpecError,
     UnknownPerturbationError,
 )
-from rankscope.tools.diagnostics.labels import (
+from rankscope.tools.data.labels import (
     is_unlabelled,
     parse_perturbation,
     perturbation_label,
 )
-from rankscope.tools.diagnostics.loaders import (
+from rankscope.tools.data.loaders import (
     PAIRS_REQUIRED,
     load_irds_collection,
     load_jsonl_collection,
@@ -52,7 +52,7 @@ from rankscope.tools.diagnostics.loaders import (
     load_tsv_collection,
     read_tsv,
 )
-from rankscope.tools.diagnostics.types import Collection, Pair, PairSet, split_qids
+from rankscope.tools.data.types import Collection, Pair, PairSet, split_qids
 
 SPLITS = ("all", "discovery", "holdout")
 ALIGN_BATCH = 64
@@ -327,7 +327,7 @@ class PairsSource(DataSource):
     """Fixed pairs read from a file: only their own axiom and variant are available.
 
     The axiom is what the file or the spec declared; undeclared pairs are unlabelled (axiom
-    :data:`~rankscope.tools.diagnostics.labels.UNLABELLED`) and are asked for by that name. The
+    :data:`~rankscope.tools.data.labels.UNLABELLED`) and are asked for by that name. The
     source's name ends with the labels of what it holds, e.g. ``pairs[LNC1 append]`` or
     ``pairs[unlabelled pairs]``, so the name recorded with every result says what was declared.
     """

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from rankscope.tools.diagnostics.alignment import (
+from rankscope.tools.data.alignment import (
     FILLER,
     align_pair,
     align_pairs,
@@ -18,10 +18,10 @@ from rankscope.tools.diagnostics.alignment import (
     token_count,
     token_mask_for_spans,
 )
-from rankscope.tools.diagnostics.axioms import build_pairs, registered
-from rankscope.tools.diagnostics.builtin import load_builtin
-from rankscope.tools.diagnostics.errors import AlignmentError, AlignmentWarning
-from rankscope.tools.diagnostics.types import Pair, PairSet
+from rankscope.tools.data.axioms import build_pairs, registered
+from rankscope.tools.data.builtin import load_builtin
+from rankscope.tools.data.errors import AlignmentError, AlignmentWarning
+from rankscope.tools.data.types import Pair, PairSet
 
 PAIRS_PER_AXIOM = 10
 

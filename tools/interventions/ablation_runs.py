@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from scipy import stats
 
-from rankscope.tools.diagnostics.types import Pair
+from rankscope.tools.data.types import Pair
 from rankscope.tools.interventions.cache import SiteKey, capture
 from rankscope.tools.interventions.pairs import pair_batches, with_progress
 from rankscope.tools.interventions.patching import (

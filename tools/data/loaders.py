@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rankscope.tools.diagnostics.errors import DataFormatError, DataSpecError, DataUnavailableError
-from rankscope.tools.diagnostics.labels import UNLABELLED, parse_perturbation
-from rankscope.tools.diagnostics.types import Collection, Pair, PairSet
+from rankscope.tools.data.errors import DataFormatError, DataSpecError, DataUnavailableError
+from rankscope.tools.data.labels import UNLABELLED, parse_perturbation
+from rankscope.tools.data.types import Collection, Pair, PairSet
 
 PAIRS_REQUIRED = ("qid", "docno", "text", "perturbed_text", "query")
 PAIRS_OPTIONAL = ("relevance", "score_delta", "perturbation", "axiom", "variant")
@@ -205,7 +205,7 @@ def load_pairs_tsv(
     The pairs' axiom is what is declared: a row's ``perturbation`` (``AXIOM`` or
     ``AXIOM/VARIANT``) or ``axiom`` (and ``variant``) column, else ``perturbation`` (the
     caller's declaration, e.g. from the data spec; a row may not contradict it). Pairs nobody
-    declared get the axiom :data:`~rankscope.tools.diagnostics.labels.UNLABELLED` ("unlabelled
+    declared get the axiom :data:`~rankscope.tools.data.labels.UNLABELLED` ("unlabelled
     pairs"). A declaration without a variant takes the diffed one.
     """
     path = Path(path)

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from rankscope.tools.diagnostics.errors import DataFormatError, DataSpecError, DataUnavailableError
-from rankscope.tools.diagnostics.loaders import (
+from rankscope.tools.data.errors import DataFormatError, DataSpecError, DataUnavailableError
+from rankscope.tools.data.loaders import (
     load_irds_collection,
     load_jsonl_collection,
     load_queries_tsv,

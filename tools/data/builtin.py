@@ -16,9 +16,9 @@ from functools import lru_cache
 from importlib import resources
 from typing import Any
 
-from rankscope.tools.diagnostics.errors import DataFormatError
-from rankscope.tools.diagnostics.text import words
-from rankscope.tools.diagnostics.types import Collection
+from rankscope.tools.data.errors import DataFormatError
+from rankscope.tools.data.text import words
+from rankscope.tools.data.types import Collection
 
 BUILTIN_FILE = "builtin_collection.json"
 BUILTIN_FORMAT = (
@@ -29,7 +29,7 @@ BUILTIN_FORMAT = (
 
 def builtin_path() -> str:
     """Where the built-in collection's JSON file lies (inside the installed package)."""
-    return str(resources.files("rankscope.tools.diagnostics").joinpath(BUILTIN_FILE))
+    return str(resources.files("rankscope.tools.data").joinpath(BUILTIN_FILE))
 
 
 def collection_from_json(data: Any, source: str = BUILTIN_FILE) -> Collection:
@@ -80,5 +80,5 @@ def collection_from_json(data: Any, source: str = BUILTIN_FILE) -> Collection:
 @lru_cache(maxsize=1)
 def load_builtin() -> Collection:
     """The built-in collection (read once per process; treat it as read-only)."""
-    text = resources.files("rankscope.tools.diagnostics").joinpath(BUILTIN_FILE).read_text("utf-8")
+    text = resources.files("rankscope.tools.data").joinpath(BUILTIN_FILE).read_text("utf-8")
     return collection_from_json(json.loads(text))

@@ -6,9 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from rankscope.tools.contract import Tool, ToolContext, ToolResult
-from rankscope.tools.experiments.common import load_pairs
-from rankscope.tools.experiments.patching import (
+from rankscope.tools.catalog.activation_patching import (
     ActivationPatchingArgs,
     BlockSite,
     PatchingArgs,
@@ -17,6 +15,8 @@ from rankscope.tools.experiments.patching import (
     build_interventions,
     figures,
 )
+from rankscope.tools.catalog.common import load_pairs
+from rankscope.tools.contract import Tool, ToolContext, ToolResult
 from rankscope.tools.interventions.attribution import attribute_pairs
 from rankscope.tools.interventions.report import (
     EFFECT_METRICS,

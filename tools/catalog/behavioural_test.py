@@ -14,16 +14,16 @@ import numpy as np
 from pydantic import Field
 from scipy import stats
 
+from rankscope.tools.catalog.common import PairArgs, load_pairs
 from rankscope.tools.contract import ArtifactFile, Tool, ToolContext, ToolResult
-from rankscope.tools.diagnostics.labels import (
+from rankscope.tools.data.labels import (
     PREDICTED_BY_AXIOM,
     Predicted,
     is_unlabelled,
     perturbation_label,
     predicted_direction,
 )
-from rankscope.tools.diagnostics.types import PairSet
-from rankscope.tools.experiments.common import PairArgs, load_pairs
+from rankscope.tools.data.types import PairSet
 from rankscope.tools.metric_keys import (
     MetricCatalogue,
     breakdown,

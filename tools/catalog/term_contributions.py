@@ -15,8 +15,8 @@ from typing import cast
 import numpy as np
 from pydantic import Field
 
+from rankscope.tools.catalog.common import PairArgs, load_pairs
 from rankscope.tools.contract import Tool, ToolContext, ToolResult, summarise_rows
-from rankscope.tools.experiments.common import PairArgs, load_pairs
 from rankscope.tools.metric_keys import breakdown, declare, estimate, metric_key, scalar
 from rankscope.tools.registry import register
 from rankscope.tools.retrievers.splade import Splade, TermContribution

@@ -5,7 +5,7 @@ signature ``fn(query, doc, ctx) -> list[Edit]``: the query text, the document te
 :class:`PerturbationContext` (query and document ids, collection statistics, a seeded random
 generator, options). An :class:`Edit` is the (baseline, perturbed) text of one pair with the spans
 the perturbation added; :func:`perturb` and :func:`build_pairs` wrap edits into
-:class:`~rankscope.tools.diagnostics.types.Pair` objects with ids and relevance. A perturbation returns no
+:class:`~rankscope.tools.data.types.Pair` objects with ids and relevance. A perturbation returns no
 edit where it does not apply (a query with one term for TDC, a one-sentence document for a
 sentence shuffle): pairs are never identical texts.
 
@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, TypeVar
 
-from rankscope.tools.diagnostics.errors import DataError, UnknownPerturbationError
-from rankscope.tools.diagnostics.text import (
+from rankscope.tools.data.errors import DataError, UnknownPerturbationError
+from rankscope.tools.data.text import (
     STOPWORDS,
     count_term,
     is_content_word,
@@ -39,7 +39,7 @@ from rankscope.tools.diagnostics.text import (
     word_matches,
     words,
 )
-from rankscope.tools.diagnostics.types import Collection, Pair, PairSet, Span
+from rankscope.tools.data.types import Collection, Pair, PairSet, Span
 
 __all__ = [
     "STOPWORDS",
@@ -81,7 +81,7 @@ class CollectionStats:
     """Term statistics of a collection that the perturbations draw on (computed lazily, cached).
 
     IDF is the BM25 form ``ln((N - df + 0.5) / (df + 0.5) + 1)`` over the collection's documents,
-    with words as :func:`rankscope.tools.diagnostics.text.words` gives them (lower case).
+    with words as :func:`rankscope.tools.data.text.words` gives them (lower case).
     """
 
     def __init__(self, collection: Collection) -> None:

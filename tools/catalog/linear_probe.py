@@ -19,7 +19,7 @@ from rankscope.tools.representations.activations import (
     layer_list,
 )
 from rankscope.tools.representations.corpus import DocumentArgs, collection_texts, sample_documents
-from rankscope.tools.representations.figures import probe_accuracy_figure
+from rankscope.tools.representations.plots import probe_accuracy_figure
 from rankscope.tools.representations.probing import (
     ProbeWeights,
     fit_probe_weights,

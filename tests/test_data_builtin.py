@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from rankscope.tools.diagnostics.axioms import build_pairs, registered
-from rankscope.tools.diagnostics.builtin import builtin_path, collection_from_json, load_builtin
-from rankscope.tools.diagnostics.errors import DataFormatError
-from rankscope.tools.diagnostics.text import STOPWORDS, sentences, words
+from rankscope.tools.data.axioms import build_pairs, registered
+from rankscope.tools.data.builtin import builtin_path, collection_from_json, load_builtin
+from rankscope.tools.data.errors import DataFormatError
+from rankscope.tools.data.text import STOPWORDS, sentences, words
 
 
 def test_shape_and_grades() -> None:

@@ -7,9 +7,9 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from rankscope.tools.catalog.common import PairArgs, load_pairs
 from rankscope.tools.contract import ArtifactFile, Tool, ToolContext, ToolResult
-from rankscope.tools.experiments.common import PairArgs, load_pairs
-from rankscope.tools.interventions.figures import grid_from_rows, heatmap
+from rankscope.tools.interventions.heatmaps import grid_from_rows, heatmap
 from rankscope.tools.interventions.pairs import ALL_POSITIONS, POSITION_GROUPS
 from rankscope.tools.interventions.patching import (
     Intervention,

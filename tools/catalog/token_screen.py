@@ -37,15 +37,15 @@ import torch
 from pydantic import Field
 from scipy import stats
 
-from rankscope.tools.contract import ArtifactFile, Tool, ToolArgs, ToolContext, ToolResult
-from rankscope.tools.experiments.common import Split
-from rankscope.tools.experiments.screening import (
+from rankscope.tools.catalog.common import Split
+from rankscope.tools.catalog.screening import (
     bar_chart,
     embedding_matrix,
     embedding_offsets,
     label,
     query_ci,
 )
+from rankscope.tools.contract import ArtifactFile, Tool, ToolArgs, ToolContext, ToolResult
 from rankscope.tools.metric_keys import WITH_CI, MetricSpec, declare, estimate, metric_key
 from rankscope.tools.registry import register
 from rankscope.tools.retrievers.base import Retriever, Role, SideBatch

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from rankscope.tools.diagnostics.axioms import (
+from rankscope.tools.data.axioms import (
     STOPWORDS,
     CollectionStats,
     build_pairs,
@@ -18,10 +18,10 @@ from rankscope.tools.diagnostics.axioms import (
     perturb,
     registered,
 )
-from rankscope.tools.diagnostics.builtin import load_builtin
-from rankscope.tools.diagnostics.errors import DataError, UnknownPerturbationError
-from rankscope.tools.diagnostics.text import count_term, is_punctuation, sentences, words
-from rankscope.tools.diagnostics.types import Collection, Pair
+from rankscope.tools.data.builtin import load_builtin
+from rankscope.tools.data.errors import DataError, UnknownPerturbationError
+from rankscope.tools.data.text import count_term, is_punctuation, sentences, words
+from rankscope.tools.data.types import Collection, Pair
 
 DOCS = {
     "d1": "Apple pie with a flaky crust is a classic dessert. Serve it warm with cream.",

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from rankscope.tools.diagnostics.types import Pair
+from rankscope.tools.data.types import Pair
 from rankscope.tools.representations.activations import read_layers
 from rankscope.tools.retrievers.base import Retriever, Role, SideBatch
 

@@ -40,16 +40,16 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
+from rankscope.tools.catalog.common import Split
+from rankscope.tools.catalog.screening import bar_chart, query_ci
 from rankscope.tools.contract import ArtifactFile, Tool, ToolArgs, ToolContext, ToolResult
-from rankscope.tools.diagnostics.text import (
+from rankscope.tools.data.text import (
     is_content_word,
     is_stopword,
     normalise,
     sentences,
     words,
 )
-from rankscope.tools.experiments.common import Split
-from rankscope.tools.experiments.screening import bar_chart, query_ci
 from rankscope.tools.metric_keys import WITH_CI, MetricSpec, declare, estimate, metric_key
 from rankscope.tools.registry import register
 from rankscope.tools.stats import QueryValue, values_by_query

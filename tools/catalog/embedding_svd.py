@@ -18,7 +18,7 @@ from rankscope.tools.contract import (
 from rankscope.tools.metric_keys import declare, metric_key, per_component
 from rankscope.tools.registry import register
 from rankscope.tools.representations.corpus import collection_texts, sample_documents
-from rankscope.tools.representations.figures import svd_figure
+from rankscope.tools.representations.plots import svd_figure
 from rankscope.tools.representations.properties import token_idf
 from rankscope.tools.representations.results import clean_metrics
 from rankscope.tools.representations.svd import component_correlations, embedding_svd

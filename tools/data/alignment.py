@@ -33,8 +33,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from typing import Any, Literal
 
-from rankscope.tools.diagnostics.errors import AlignmentError, AlignmentWarning
-from rankscope.tools.diagnostics.types import Pair, PairSet, Span
+from rankscope.tools.data.errors import AlignmentError, AlignmentWarning
+from rankscope.tools.data.types import Pair, PairSet, Span
 
 FILLER = "a"
 MAX_SEARCH_STEPS = 12

@@ -8,11 +8,11 @@ from typing import Any
 import numpy as np
 from pydantic import Field
 
+from rankscope.tools.catalog.behavioural_test import PREDICTED_BY_AXIOM
+from rankscope.tools.catalog.common import Split
+from rankscope.tools.catalog.screening import bar_chart, query_ci
 from rankscope.tools.contract import ArtifactFile, Tool, ToolArgs, ToolContext, ToolResult
-from rankscope.tools.diagnostics.errors import AlignmentWarning
-from rankscope.tools.experiments.behaviour import PREDICTED_BY_AXIOM
-from rankscope.tools.experiments.common import Split
-from rankscope.tools.experiments.screening import bar_chart, query_ci
+from rankscope.tools.data.errors import AlignmentWarning
 from rankscope.tools.metric_keys import WITH_CI, MetricSpec, declare, estimate, metric_key
 from rankscope.tools.registry import register
 from rankscope.tools.stats import QueryValue, values_by_query

@@ -26,13 +26,13 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from rankscope.tools.contract import Tool, ToolArgs, ToolContext, ToolResult
-from rankscope.tools.experiments.common import Split
-from rankscope.tools.experiments.screening import (
+from rankscope.tools.catalog.common import Split
+from rankscope.tools.catalog.screening import (
     embedding_matrix,
     embedding_offsets,
     query_ci,
 )
+from rankscope.tools.contract import Tool, ToolArgs, ToolContext, ToolResult
 from rankscope.tools.metric_keys import WITH_CI, MetricSpec, declare, estimate, metric_key
 from rankscope.tools.registry import register
 from rankscope.tools.retrievers.base import Retriever, Role, SideBatch

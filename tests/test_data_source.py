@@ -10,15 +10,15 @@ from typing import Any
 
 import pytest
 
-from rankscope.tools.diagnostics.builtin import load_builtin
-from rankscope.tools.diagnostics.errors import (
+from rankscope.tools.data.builtin import load_builtin
+from rankscope.tools.data.errors import (
     AlignmentWarning,
     DataError,
     DataSpecError,
     UnknownPerturbationError,
 )
-from rankscope.tools.diagnostics.source import CollectionSource, PairsSource, resolve_data
-from rankscope.tools.diagnostics.types import Collection, Pair, PairSet
+from rankscope.tools.data.source import CollectionSource, PairsSource, resolve_data
+from rankscope.tools.data.types import Collection, Pair, PairSet
 
 
 @pytest.fixture(scope="module")

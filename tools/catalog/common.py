@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field
 
 from rankscope.tools.contract import ToolArgs, ToolContext
-from rankscope.tools.diagnostics.types import PairSet
+from rankscope.tools.data.types import PairSet
 
 Split = Literal["all", "discovery", "holdout"]
 
