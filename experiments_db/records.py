@@ -41,6 +41,13 @@ class Criterion(BaseModel):
     correction: Correction = "none"
     n_tests: int = Field(1, ge=1, description="Number of components tested (for the correction).")
 
+    def __str__(self) -> str:
+        """The criterion as one line of text, the form every report, page and prompt shows."""
+        return (
+            f"{self.metric} {self.direction} {self.threshold:g} at alpha {self.alpha:g} on "
+            f"{self.split} (correction {self.correction}, {self.n_tests} test(s))"
+        )
+
 
 class _Record(BaseModel):
     model_config = ConfigDict(from_attributes=True, frozen=True)
@@ -216,6 +223,11 @@ class ExperimentNode(ExperimentRecord):
 class HypothesisNode(HypothesisRecord):
     experiments: list[ExperimentNode] = Field(default_factory=list)
     verdicts: list[VerdictRecord] = Field(default_factory=list)
+
+    @property
+    def latest_verdict(self) -> VerdictRecord | None:
+        """The verdict in force (the last recorded), or None before the first."""
+        return self.verdicts[-1] if self.verdicts else None
 
 
 class InvestigationTree(_Record):
