@@ -111,12 +111,12 @@ def _build_wheel(tmp_path: Path) -> zipfile.ZipFile:
 
 PACKAGE_DATA = (
     ("prompts", "*.md"),
-    ("tools", "diagnostics/*.json"),
+    ("tools", "data/*.json"),
     ("experiments_db", "migrations/*.py"),
     ("experiments_db", "migrations/versions/*.py"),
     ("experiments_db", "migrations/script.py.mako"),
 )
-"""(folder, pattern) of the data files the wheel must carry: prompts, built-in diagnostics,
+"""(folder, pattern) of the data files the wheel must carry: prompts, built-in collection,
 alembic migrations and their template."""
 
 
