@@ -217,8 +217,9 @@ def audit_investigation(
                 not missing,
                 f"cites {sorted(cited)}" if not missing else f"cites unknown evidence {missing}",
             )
-        if node.verdicts:
-            status = node.verdicts[-1].status
+        latest = node.latest_verdict
+        if latest is not None:
+            status = latest.status
             again = reapply_verdict(node, tree)
             report.add(
                 f"verdict on H{node.id}",

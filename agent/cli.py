@@ -18,8 +18,11 @@ from typer import _click
 from typer.core import TyperGroup
 
 from rankscope.agent.commands import (
+    audit_cmd,
     bench_cmd,
     investigate_cmd,
+    report_cmd,
+    resume_cmd,
     review_cmd,
     serve_cmd,
     store_cmd,
@@ -157,7 +160,18 @@ def _options(
     ctx.meta[_DEBUG_KEY] = debug
 
 
-for _module in (tools_cmd, store_cmd, investigate_cmd, review_cmd, serve_cmd, sweep_cmd, bench_cmd):
+for _module in (
+    tools_cmd,
+    store_cmd,
+    investigate_cmd,
+    resume_cmd,
+    report_cmd,
+    audit_cmd,
+    review_cmd,
+    serve_cmd,
+    sweep_cmd,
+    bench_cmd,
+):
     _module.register(app)
 
 

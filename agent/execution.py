@@ -1,13 +1,15 @@
 """Run one tool call of an investigation and record it.
 
-The graph validates a planner's call (:mod:`rankscope.agent.calls`) before it gets here.
-``Lab.run_experiment`` runs a validated call: it
-builds the :class:`~rankscope.tools.contract.ToolContext` (one retriever per investigation, loaded once),
-stores the experiment as ``running`` with its provenance (model id, weights hash, dataset hash,
-tool name and version, arguments, seed, package and code versions, device), runs the tool, and
-records the evidence and artifacts with the experiment's status in one transaction
-(``Store.finish_experiment``). A tool that raises marks its experiment ``failed``; an interrupt
-(KeyboardInterrupt, a crash) leaves it ``running`` for ``mark_interrupted``.
+The graph validates a planner's call (:mod:`rankscope.agent.calls`, the one gate) before it gets
+here. ``Lab.run_experiment`` runs a validated call: it parses the validated JSON back into the
+tool's argument model, builds the :class:`~rankscope.tools.contract.ToolContext` (one retriever
+per investigation, loaded once), stores the experiment as ``running`` with its provenance (model
+id, weights hash, dataset hash, tool name and version, arguments, seed, package and code
+versions, device), runs the tool, and records the evidence and artifacts with the experiment's
+status in one transaction (``Store.finish_experiment``). A tool that raises marks its experiment
+``failed``; an interrupt (KeyboardInterrupt, a crash) leaves it ``running`` for
+``mark_interrupted``. Whether a call already ran is the graph's question (``run_tool`` looks for a
+finished experiment of the hypothesis), not the lab's: every call here runs.
 
 Only registered tools run, with pydantic-validated arguments: no code written by a planner is
 ever executed.
@@ -24,10 +26,9 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from rankscope.experiments_db.jsonutil import canonical_json
 from rankscope.experiments_db.provenance import capture_provenance
 from rankscope.experiments_db.repository import Store
-from rankscope.tools.contract import ArtifactFile, ToolContext
+from rankscope.tools.contract import ToolContext
 from rankscope.tools.running import resolve_call, run_tool
 from rankscope.tools.stats import per_query_rows
 
@@ -69,7 +70,6 @@ class ExperimentOutcome(BaseModel):
     approximate: bool = False
     error: str | None = None
     duration_s: float = 0.0
-    reused: bool = False
 
 
 @dataclass
@@ -91,9 +91,6 @@ class Lab:
     _patcher: Any = field(default=None, repr=False)
     _data: Any = field(default=None, repr=False)
     timings: dict[str, float] = field(default_factory=dict)
-    _results: dict[str, tuple[int, int]] = field(default_factory=dict, repr=False)
-    """(hypothesis id, tool, version, args) → (experiment id, evidence id) of this process's
-    finished runs: a stored result is reused only within the hypothesis that pre-registered it."""
 
     def retriever(self) -> Any:
         """The investigation's retriever, loaded on first use."""
@@ -141,7 +138,7 @@ class Lab:
         self, hypothesis_id: int | None, tool_name: str, args_json: dict[str, Any]
     ) -> ExperimentOutcome:
         """Run and record one tool call whose arguments the graph validated (see the module
-        docstring); they are parsed into the tool's argument model once, here."""
+        docstring)."""
         tool, args = resolve_call(tool_name, args_json)
         retriever = self.retriever()
         data = self.data()
@@ -165,10 +162,6 @@ class Lab:
                 "hypothesis_id": hypothesis_id,
             },
         )
-        key = canonical_json([hypothesis_id, tool.name, tool.version, args_json])
-        reused = self._results.get(key)
-        if reused is not None:
-            provenance.extra["result_of_experiment"] = reused[0]
         experiment_id = self.store.start_experiment(
             self.investigation_id,
             tool.name,
@@ -178,8 +171,6 @@ class Lab:
             seed=seed,
             provenance=provenance,
         )
-        if reused is not None:
-            return self._record_reused(experiment_id, reused[1])
         with tempfile.TemporaryDirectory(prefix=f"rankscope-exp{experiment_id}-") as tmp:
             ctx = ToolContext(
                 retriever_factory=lambda: retriever,
@@ -221,7 +212,6 @@ class Lab:
                 result.artifacts,
                 result.approximate,
             )
-        self._results[key] = (experiment_id, evidence_id)
         return ExperimentOutcome(
             experiment_id=experiment_id,
             status="finished",
@@ -230,33 +220,4 @@ class Lab:
             summary=result.summary,
             approximate=result.approximate,
             duration_s=run.seconds,
-        )
-
-    def _record_reused(self, experiment_id: int, evidence_id: int) -> ExperimentOutcome:
-        """Record the result of an identical call (same hypothesis, tool, version and arguments)
-        that this process already ran: tools are deterministic given their arguments, so it is not computed
-        again; the provenance names the experiment it comes from (``result_of_experiment``)."""
-        source = self.store.get_evidence([evidence_id])[0]
-        artifacts = [
-            ArtifactFile(
-                path=self.store.artifact_file(a), media_type=a.media_type, description=a.description
-            )
-            for a in source.artifacts
-        ]
-        new_id = self.store.finish_experiment(
-            experiment_id,
-            source.metrics,
-            source.summary,
-            source.tables,
-            artifacts,
-            source.approximate,
-        )
-        return ExperimentOutcome(
-            experiment_id=experiment_id,
-            status="finished",
-            evidence_id=new_id,
-            metrics=dict(source.metrics),
-            summary=source.summary,
-            approximate=source.approximate,
-            reused=True,
         )

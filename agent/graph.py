@@ -3,7 +3,7 @@
 
 A LangGraph ``StateGraph`` over :class:`~rankscope.agent.state.InvestigationState`, with the
 node functions of :mod:`rankscope.agent.nodes` and their dependencies in the runtime context
-(:class:`~rankscope.agent.nodes.GraphContext`). Checkpoints live in the investigation's own
+(:class:`~rankscope.agent.context.GraphContext`). Checkpoints live in the investigation's own
 database (:mod:`rankscope.agent.checkpoints`) with the investigation id as ``thread_id``; every
 invocation sets ``recursion_limit`` (from the budget) and ``durability="sync"``, so a killed
 process resumes from the last finished node.
@@ -17,7 +17,7 @@ from langgraph.graph import END, START, StateGraph
 
 from rankscope.agent import nodes
 from rankscope.agent.checkpoints import open_checkpointer, thread_config
-from rankscope.agent.nodes import GraphContext
+from rankscope.agent.context import GraphContext
 from rankscope.agent.state import InvestigationState, initial_state
 
 

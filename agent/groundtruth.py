@@ -1,4 +1,4 @@
-"""Ground-truth scoring (issue 12): investigations of organisms scored from stored claims.
+"""Ground-truth scoring: investigations of organisms scored from stored claims.
 
 Each supported or refuted hypothesis becomes a structured :class:`Claim` read from its stored tool,
 arguments, criterion (metric key and direction), components and verdict — never from prose. A
@@ -30,6 +30,7 @@ from rich.console import Console
 from rankscope.agent.planners.base import Criterion, Ledger, Planner, Proposal, Stop
 from rankscope.agent.policy import StatsPolicy
 from rankscope.agent.runner import investigate
+from rankscope.agent.settings import InvestigationSettings
 from rankscope.agent.state import Budget
 from rankscope.experiments_db.engine import database_url, open_store
 from rankscope.experiments_db.records import HypothesisNode, InvestigationTree
@@ -109,7 +110,7 @@ def claims_of(tree: InvestigationTree) -> list[StoredClaim]:
     """The structured claims of an investigation's decided hypotheses."""
     out = []
     for node in tree.hypotheses:
-        verdict = node.verdicts[-1] if node.verdicts else None
+        verdict = node.latest_verdict
         if verdict is None or verdict.status not in ("supported", "refuted"):
             continue
         key = _claim_key(node)
@@ -377,21 +378,26 @@ def run_bench(
         questions = [BATTERY_QUESTION] if planner == "blackbox" else record.questions
         measure = ablation_faithfulness(record, base_path) if faithfulness else None
         for question in questions:
+            settings = InvestigationSettings.model_validate(
+                {
+                    "model_arg": record.path,
+                    "data_arg": "builtin",
+                    "planner": None if planner == "blackbox" else planner,
+                    "llm_model": llm_model,
+                    "budget": budget or Budget(max_steps=12, max_tool_calls=16),
+                    "policy": policy or StatsPolicy(),
+                    "protocol_pairs": protocol_pairs,
+                    "groundtruth": {"bench": bench_id, "organism": name},
+                }
+            )
             result = investigate(
                 question,
-                model=record.path,
-                data="builtin",
-                planner=None if planner == "blackbox" else planner,
-                llm_model=llm_model,
-                budget=budget or Budget(max_steps=12, max_tool_calls=16),
+                settings,
                 db=db,
                 report_dir=report_dir,
                 console=Console(file=io.StringIO()),
                 quiet=True,
                 planner_factory=BlackBoxBattery if planner == "blackbox" else None,
-                policy=policy,
-                protocol_pairs=protocol_pairs,
-                config_extra={"groundtruth": {"bench": bench_id, "organism": name}},
             )
             with open_store(database_url(db)) as store:
                 tree = store.investigation_tree(result.investigation_id, include_llm_calls=False)

@@ -1,22 +1,29 @@
 """One process drives an investigation at a time: a lease in the investigation's settings.
 
 The process that runs an investigation writes its :class:`~rankscope.agent.settings.Lease`
-(host, pid, heartbeat), renews the heartbeat after every graph node and removes the lease when it
-stops. Another process may take over only when the holder is gone: on the same host its pid is no
-longer alive; on another host its heartbeat is older than :data:`STALE_AFTER_S`. A process killed
-with ``kill -9`` thus leaves a lease that the next ``resume`` on its host takes over at once.
+(host, pid, heartbeat), renews the heartbeat while it runs (:class:`Heartbeat`: at most once per
+:data:`RENEW_EVERY_S`, checked after every graph node) and removes the lease when it stops.
+Another process may take over only when the holder is gone: on the same host its pid is no longer
+alive; on another host its heartbeat is older than :data:`STALE_AFTER_S`. A process killed with
+``kill -9`` thus leaves a lease that the next ``resume`` on its host takes over at once.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from rankscope.agent.settings import Lease, save_settings, settings_of
 from rankscope.experiments_db.repository import Store
 
 STALE_AFTER_S = 30 * 60.0
+RENEW_EVERY_S = 60.0
+"""How old this process's heartbeat may get before :meth:`Heartbeat.beat` renews it (far below
+:data:`STALE_AFTER_S`, so a live process's lease never looks stale)."""
 
 
 class LeaseHeldError(RuntimeError):
@@ -52,6 +59,11 @@ def _holder(lease: Lease) -> str | None:
     return f"process {lease.pid} on host {lease.host} (last heartbeat {age:.0f} s ago)"
 
 
+def own_lease() -> Lease:
+    """This process's lease, with the current time as its heartbeat."""
+    return Lease(host=socket.gethostname(), pid=os.getpid(), heartbeat=_now().isoformat())
+
+
 def _write(store: Store, investigation_id: int, lease: Lease | None) -> None:
     settings = settings_of(store.get_investigation(investigation_id))
     settings.lease = lease
@@ -75,11 +87,7 @@ def claim(store: Store, investigation_id: int) -> None:
 
 def renew(store: Store, investigation_id: int) -> None:
     """Write (or refresh) this process's lease with the current time as its heartbeat."""
-    _write(
-        store,
-        investigation_id,
-        Lease(host=socket.gethostname(), pid=os.getpid(), heartbeat=_now().isoformat()),
-    )
+    _write(store, investigation_id, own_lease())
 
 
 def release(store: Store, investigation_id: int) -> None:
@@ -87,3 +95,24 @@ def release(store: Store, investigation_id: int) -> None:
     lease = settings_of(store.get_investigation(investigation_id)).lease
     if lease is not None and lease.pid == os.getpid():
         _write(store, investigation_id, None)
+
+
+@dataclass
+class Heartbeat:
+    """Keeps this process's lease of an investigation fresh: :meth:`beat` renews it when the
+    last renewal (the claim, at the heartbeat's creation) is :data:`RENEW_EVERY_S` old."""
+
+    store: Store
+    investigation_id: int
+    every_s: float = RENEW_EVERY_S
+    clock: Callable[[], float] = time.monotonic
+    _last: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._last = self.clock()
+
+    def beat(self) -> None:
+        now = self.clock()
+        if now - self._last >= self.every_s:
+            renew(self.store, self.investigation_id)
+            self._last = now

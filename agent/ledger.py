@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from rankscope.agent.planners.base import Ledger, LedgerEntry
-from rankscope.agent.settings import settings_of
 from rankscope.agent.state import Budget
 from rankscope.agent.verdicts import ci_keys, p_keys
-from rankscope.experiments_db.records import HypothesisNode, InvestigationTree
+from rankscope.experiments_db.records import HypothesisNode, InvestigationRecord
 from rankscope.tools.metric_keys import metric_family
 from rankscope.tools.registry import all_tools
 
@@ -57,8 +56,8 @@ def ledger_entry(node: HypothesisNode) -> LedgerEntry:
     discovery = next((e for e in finished if split_of(e.args) != "holdout"), None)
     holdout = next((e for e in finished if split_of(e.args) == "holdout"), None)
     status: str
-    if node.verdicts:
-        status = node.verdicts[-1].status
+    if node.latest_verdict is not None:
+        status = node.latest_verdict.status
     elif node.experiments and all(e.status == "failed" for e in node.experiments):
         status = "failed"
     else:
@@ -83,9 +82,9 @@ def ledger_entry(node: HypothesisNode) -> LedgerEntry:
 def replication_outcome(node: HypothesisNode) -> str | None:
     """The held-out replication as the planner may see it: ``met``, ``contradicted`` or
     ``undetermined`` from the stored verdict, never numbers (None: not decided)."""
-    if not node.verdicts:
+    if node.latest_verdict is None:
         return None
-    replication = node.verdicts[-1].criterion_result.get("replication")
+    replication = node.latest_verdict.criterion_result.get("replication")
     if not isinstance(replication, dict):
         return None
     outcome = replication.get("outcome")
@@ -93,21 +92,24 @@ def replication_outcome(node: HypothesisNode) -> str | None:
 
 
 def build_ledger(
-    tree: InvestigationTree,
+    investigation: InvestigationRecord,
+    model: dict[str, Any],
+    entries: list[LedgerEntry],
     feedback: list[str],
     budget: Budget,
     steps: int,
     tool_calls: int,
 ) -> Ledger:
-    """The ledger of an investigation after ``steps`` planner steps and ``tool_calls`` runs."""
-    inv = tree.investigation
+    """The ledger of an investigation after ``steps`` planner steps and ``tool_calls`` runs:
+    ``model`` is the loaded model's description (empty: only its id is known), ``entries`` one
+    :func:`ledger_entry` per hypothesis."""
     return Ledger(
-        investigation_id=inv.id,
-        question=inv.question,
-        model=settings_of(inv).model or {"model_id": inv.model_id},
-        data=inv.data_spec,
+        investigation_id=investigation.id,
+        question=investigation.question,
+        model=model or {"model_id": investigation.model_id},
+        data=investigation.data_spec,
         tools=list(all_tools()),
-        entries=[ledger_entry(h) for h in tree.hypotheses],
+        entries=list(entries),
         feedback=list(feedback),
         steps_left=max(0, budget.max_steps - steps),
         tool_calls_left=max(0, budget.max_tool_calls - tool_calls),

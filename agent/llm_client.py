@@ -1,40 +1,35 @@
-"""A thin, robust client for any OpenAI-compatible Chat Completions endpoint.
+"""The one client for an OpenAI-compatible LLM server: chat completions and context probing.
 
-``LLMClient`` wraps ``openai.OpenAI`` (which runs on ``httpx2``) with the SDK's own retries turned
-off (``max_retries=0``) and does its own bounded retries instead, so that every attempt is visible:
+``LLMClient`` holds one ``openai.OpenAI`` client (``LLMClient.openai``; it runs on ``httpx2``) and
+lets the SDK do what it does: retries with exponential backoff and jitter of 408, 409, 429, 5xx,
+timeouts and connection errors (``max_retries`` of them), a server's ``Retry-After`` /
+``retry-after-ms`` honoured, typed replies. Below the SDK, every HTTP attempt passes through one
+transport (``_AttemptTransport``), which adds:
 
-* retried: HTTP 429 (honouring ``Retry-After`` / ``retry-after-ms``), 408, 409, 5xx, timeouts and
-  connection errors, with exponential backoff ``backoff_s * 2**k`` (capped at ``max_backoff_s``)
-  plus jitter from a seeded ``random.Random``;
-* not retried: other HTTP errors (401, 403, 404, 400 …) and replies that are not a chat
-  completion; they fail at once;
-* timeouts are retried only when ``retry_timeouts`` is set (by default: for hosted endpoints, never
-  for local ones, whose single worker is still busy with the timed-out request, so a re-sent prompt
-  would only queue behind it).
+* a deadline for the whole attempt: sending, waiting and reading the reply within ``timeout_s``
+  (the SDK's timeout bounds each read, so a server that drips bytes would hold a request forever);
+* a record of every attempt, failed ones included, passed to the ``recorder`` as an ``LLMCall``
+  (model, messages, response, tokens, latency, error);
+* no re-send after a timeout unless ``retry_timeouts`` (by default: for hosted endpoints, never for
+  local ones, whose single worker is still busy with the timed-out request), and none after a 429
+  that says the account has no quota left.
 
-Timeout and retries (see ``transport_defaults``): ``--llm-timeout`` / ``RANKSCOPE_LLM_TIMEOUT``
-(seconds; default 60 for hosted endpoints, 600 for local ones) is a deadline for the whole request
-(sending, waiting and reading the reply), so a server that drips bytes is cut at it too; ``--llm-retries`` /
+Above the SDK, ``chat`` keeps the token budget (with ``max_tokens_budget``, a call is refused with
+``LLMBudgetExceeded`` before it is sent once the budget is spent; the last call may overshoot it
+by one reply) and turns what failed into ``LLMUnavailableError``, which says which endpoint and
+model, what happened, and what to do (check ``OPENAI_BASE_URL``, ``OPENAI_API_KEY`` and the server,
+then ``rankscope resume ID``). Token counts come from the reply's ``usage``, estimated from text
+length (and marked so) when a server sends none or counts that cannot be true. Reply text is cut
+at ``MAX_REPLY_CHARS`` before it is stored or printed.
+
+Settings (see ``transport_defaults``): ``--llm-timeout`` / ``RANKSCOPE_LLM_TIMEOUT`` (seconds;
+default 60 for hosted endpoints, 600 for local ones), ``--llm-retries`` /
 ``RANKSCOPE_LLM_RETRIES`` (default 3 hosted, 1 local) and ``RANKSCOPE_LLM_RETRY_TIMEOUTS``
-(``1``/``0``).
-
-When the endpoint cannot be used, ``LLMUnavailableError`` says which endpoint and model, what
-happened, and what to do (check ``OPENAI_BASE_URL``, ``OPENAI_API_KEY`` and the server, then
-``rankscope resume ID``). Every HTTP attempt, failed ones included, is passed to the ``recorder``
-callback as an ``LLMCall`` (model, messages, raw response dict, tokens, latency, error).
-
-Configuration: the model comes from ``--llm-model``; the endpoint from ``base_url`` or the
-``OPENAI_BASE_URL`` environment variable (default ``https://api.openai.com/v1``); the key from
-``api_key`` or ``OPENAI_API_KEY``. Any OpenAI-compatible server works: OpenAI, vLLM, Ollama
-(``http://localhost:11434/v1``), llama.cpp server, LM Studio. Local servers usually need no key:
-when none is set and the endpoint is not ``api.openai.com``, the placeholder key ``"not-needed"``
-is sent (the SDK refuses to run without one); ``api.openai.com`` without a key is a configuration
-error.
-
-Token accounting reads ``usage`` from each reply (estimated from text length, and marked so, when
-a server sends none or counts that cannot be true: negative, fractional or absurdly large). Reply
-text is cut at ``MAX_REPLY_CHARS`` before it is stored or printed. With ``max_tokens_budget`` set, a call is refused with ``LLMBudgetExceeded``
-before it is sent once the budget is spent; the last call may overshoot it by one reply.
+(``1``/``0``). The model comes from ``--llm-model``; the endpoint from ``base_url`` or
+``OPENAI_BASE_URL`` (default ``https://api.openai.com/v1``); the key from ``api_key`` or
+``OPENAI_API_KEY``. Local servers usually need no key: when none is set and the endpoint is not
+``api.openai.com``, the placeholder key ``"not-needed"`` is sent (the SDK refuses to run without
+one); ``api.openai.com`` without a key is a configuration error.
 """
 
 from __future__ import annotations
@@ -43,21 +38,19 @@ import copy
 import json
 import math
 import os
-import random
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
+import httpx2
 import openai
-
-if TYPE_CHECKING:
-    import httpx2
+from openai.types.chat import ChatCompletion, ChatCompletionMessage
+from openai.types.chat.chat_completion_message_function_tool_call import Function
 
 __all__ = [
     "DEFAULT_BASE_URL",
@@ -83,7 +76,6 @@ LOCAL_TIMEOUT_S = 600.0
 HOSTED_RETRIES = 3
 LOCAL_RETRIES = 1
 PLACEHOLDER_API_KEY = "not-needed"
-RETRYABLE_STATUS = frozenset({408, 409, 429})
 CHARS_PER_TOKEN = 4
 """Rough size of a token, used only when a server reports no ``usage``."""
 MAX_REPORTED_TOKENS = 10_000_000
@@ -92,6 +84,7 @@ count estimated instead: no real request or reply is that long."""
 MAX_REPLY_CHARS = 20_000
 """Longest reply text (content, or one tool call's arguments) kept, stored or printed; the rest is
 cut with a note."""
+URL_HINT = "check OPENAI_BASE_URL: it should be the API root, usually ending in /v1"
 
 
 class LLMError(RuntimeError):
@@ -206,40 +199,6 @@ class LLMCall:
 Recorder = Callable[[LLMCall], None]
 
 
-@dataclass
-class _Failure:
-    reason: str
-    retryable: bool
-    status_code: int | None = None
-    retry_after_s: float | None = None
-    response: dict[str, Any] | None = None
-    hint: str = ""
-
-
-def _is_openai_host(base_url: str) -> bool:
-    host = urlsplit(base_url).hostname or ""
-    return host == "api.openai.com" or host.endswith(".openai.com")
-
-
-def _retry_after(headers: Any) -> float | None:
-    """Seconds a server asked us to wait (``retry-after-ms``, ``retry-after`` seconds or date)."""
-    for name, divisor in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
-        value = headers.get(name)
-        if value is None:
-            continue
-        try:
-            seconds = float(value) / divisor
-        except ValueError:
-            try:
-                when = parsedate_to_datetime(value)
-            except (TypeError, ValueError):
-                continue
-            seconds = (when - datetime.now(UTC)).total_seconds()
-        if math.isfinite(seconds):
-            return max(0.0, seconds)
-    return None
-
-
 def is_local_endpoint(base_url: str) -> bool:
     """Whether ``base_url`` is on this machine (localhost, 127.0.0.0/8, ::1, 0.0.0.0)."""
     host = (urlsplit(base_url).hostname or "").lower()
@@ -273,21 +232,19 @@ def transport_defaults(
 ) -> TransportSettings:
     """The transport settings: given values win, then the environment, then the defaults for a
     local or a hosted endpoint (``base_url`` or ``OPENAI_BASE_URL``)."""
-    endpoint = base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
-    local = is_local_endpoint(endpoint)
+    local = is_local_endpoint(base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL)
     if timeout_s is None:
         timeout_s = _env_number(TIMEOUT_ENV, float)
     if max_retries is None:
-        env_retries = _env_number(RETRIES_ENV, int)
-        max_retries = None if env_retries is None else int(env_retries)
+        max_retries = None if (n := _env_number(RETRIES_ENV, int)) is None else int(n)
     if retry_timeouts is None:
         raw = os.environ.get(RETRY_TIMEOUTS_ENV, "").strip().lower()
         retry_timeouts = raw in ("1", "true", "yes") if raw else not local
     timeout = float(
-        timeout_s if timeout_s is not None else (LOCAL_TIMEOUT_S if local else HOSTED_TIMEOUT_S)
+        timeout_s if timeout_s is not None else LOCAL_TIMEOUT_S if local else HOSTED_TIMEOUT_S
     )
     retries = int(
-        max_retries if max_retries is not None else (LOCAL_RETRIES if local else HOSTED_RETRIES)
+        max_retries if max_retries is not None else LOCAL_RETRIES if local else HOSTED_RETRIES
     )
     if timeout <= 0:
         raise LLMConfigError(f"the LLM request timeout must be positive, got {timeout:g} s")
@@ -296,7 +253,98 @@ def transport_defaults(
     return TransportSettings(timeout, retries, retry_timeouts)
 
 
-def _status_hint(status: int, model: str) -> str:
+@dataclass(frozen=True)
+class _Attempt:
+    """One HTTP exchange as the transport saw it."""
+
+    started_at: datetime
+    latency_s: float
+    status_code: int | None = None
+    error: str | None = None
+    """What failed (``None``: the server answered below 400)."""
+    response: dict[str, Any] | None = None
+    """The error body the server sent, as ``{"error": ...}``."""
+    out_of_quota: bool = False
+
+
+def _http_failure(response: httpx2.Response) -> tuple[str, dict[str, Any] | None, bool]:
+    """An error reply's reason text, its error body and whether it says the quota is spent."""
+    try:
+        body = json.loads(response.content)
+    except ValueError:
+        body = None
+    error = body.get("error", body) if isinstance(body, dict) else None
+    message = error.get("message") if isinstance(error, dict) else None
+    detail = message if isinstance(message, str) else response.text.strip()[:200]
+    quota = isinstance(error, dict) and error.get("code") == "insufficient_quota"
+    return f"HTTP {response.status_code}: {detail}", _capped({"error": error}), quota
+
+
+class _AttemptTransport(httpx2.BaseTransport):
+    """The transport below the SDK: each attempt within its deadline, and reported.
+
+    The deadline is the request's read timeout (the SDK's ``timeout``): the exchange runs on a
+    daemon thread and the caller stops waiting at the deadline (the thread ends when the server
+    does or the connection drops). A timed-out attempt is raised as an ``httpx2`` timeout, which
+    the SDK retries, or, without ``retry_timeouts``, as ``openai.APITimeoutError``, which the SDK
+    passes on as it is. A 429 that says the quota is spent is marked ``x-should-retry: false``.
+    """
+
+    def __init__(self, report: Callable[[_Attempt], None], retry_timeouts: bool) -> None:
+        self._inner = httpx2.HTTPTransport()
+        self._report = report
+        self.retry_timeouts = retry_timeouts
+
+    def handle_request(self, request: httpx2.Request) -> httpx2.Response:
+        deadline = (request.extensions.get("timeout") or {}).get("read")
+        started_at, start = datetime.now(UTC), time.perf_counter()
+        outcome: dict[str, Any] = {}
+
+        def exchange() -> None:
+            try:
+                response = self._inner.handle_request(request)
+                response.read()
+                outcome["response"] = response
+            except BaseException as err:  # handed to the caller's thread
+                outcome["error"] = err
+
+        worker = threading.Thread(target=exchange, name="rankscope-llm-request", daemon=True)
+        worker.start()
+        worker.join(deadline)
+        latency = time.perf_counter() - start
+        error = outcome.get("error")
+        if worker.is_alive() or isinstance(error, httpx2.TimeoutException):
+            self._report(
+                _Attempt(started_at, latency, error=f"the request timed out after {deadline:g} s")
+            )
+            if not self.retry_timeouts:
+                raise openai.APITimeoutError(request=request)
+            raise (
+                error
+                if isinstance(error, httpx2.TimeoutException)
+                else httpx2.ReadTimeout("deadline", request=request)
+            )
+        if error is not None:
+            cause = f"could not connect ({type(error).__name__}: {error})"
+            self._report(_Attempt(started_at, latency, error=cause))
+            raise error
+        response: httpx2.Response = outcome["response"]
+        if response.status_code < 400:
+            self._report(_Attempt(started_at, latency, response.status_code))
+            return response
+        reason, body, quota = _http_failure(response)
+        if quota:
+            response.headers["x-should-retry"] = "false"
+        self._report(_Attempt(started_at, latency, response.status_code, reason, body, quota))
+        return response
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+def _status_hint(status: int | None, model: str, out_of_quota: bool) -> str:
+    if out_of_quota:
+        return "the account behind OPENAI_API_KEY has no quota left; retrying cannot help"
     if status in (401, 403):
         return "the server refused the API key: check OPENAI_API_KEY"
     if status == 404:
@@ -309,7 +357,7 @@ def _status_hint(status: int, model: str) -> str:
             "the server rejected the request: check that the model supports tool calling and "
             "that its context window fits the prompt"
         )
-    return "check the server's logs"
+    return "" if status is None or status in (408, 409, 429) else "check the server's logs"
 
 
 def _cap_text(text: str, limit: int = MAX_REPLY_CHARS) -> str:
@@ -333,23 +381,44 @@ def _capped(value: Any) -> Any:
 def _token_counts(usage: Any) -> tuple[int, int] | None:
     """The server's (prompt, completion) token counts, or ``None`` when they are missing or not
     believable (negative, fractional, non-numeric or above ``MAX_REPORTED_TOKENS``)."""
-    if not isinstance(usage, dict) or not usage:
+    reported = [getattr(usage, key, None) for key in ("prompt_tokens", "completion_tokens")]
+    if reported == [None, None]:
         return None
-    counts = []
-    for key in ("prompt_tokens", "completion_tokens"):
-        value = usage.get(key, 0)
-        if value is None:
-            value = 0
+    counts: list[int] = []
+    for value in (0 if value is None else value for value in reported):
         if isinstance(value, bool) or not isinstance(value, int | float):
             return None
-        if value != value or value < 0 or value > MAX_REPORTED_TOKENS or value != int(value):
+        if not 0 <= value <= MAX_REPORTED_TOKENS or value != int(value):
             return None
         counts.append(int(value))
     return counts[0], counts[1]
 
 
+def _tool_calls(message: ChatCompletionMessage) -> list[ToolCall]:
+    """The calls of a reply; a malformed one (not an object with a function) becomes a call
+    without a name, which the planner rejects, never a crash."""
+    raw_calls = message.tool_calls or []
+    calls = []
+    for i, call in enumerate(raw_calls if isinstance(raw_calls, list) else [raw_calls]):
+        function = getattr(call, "function", None)
+        name, arguments = "", json.dumps(call, default=str)
+        if isinstance(function, Function):
+            name, arguments = str(function.name or ""), function.arguments
+            if not isinstance(arguments, str):
+                arguments = "" if arguments is None else json.dumps(arguments)
+        calls.append(
+            ToolCall(
+                id=str(getattr(call, "id", None) or f"call_{i}")[:200],
+                name=name[:200],
+                arguments=_cap_text(arguments),
+            )
+        )
+    return calls
+
+
 class LLMClient:
-    """Chat Completions with bounded retries, token accounting, a token budget and a recorder."""
+    """Chat completions through the SDK, with a deadline per attempt, a record of every attempt
+    and a token budget (see the module docstring)."""
 
     def __init__(
         self,
@@ -359,18 +428,12 @@ class LLMClient:
         *,
         timeout_s: float = 60.0,
         max_retries: int = 3,
-        backoff_s: float = 1.0,
-        max_backoff_s: float = 30.0,
-        jitter: float = 0.25,
-        seed: int = 0,
         max_tokens_budget: int | None = None,
         recorder: Recorder | None = None,
-        http_client: httpx2.Client | None = None,
-        sleep: Callable[[float], None] = time.sleep,
         retry_timeouts: bool = True,
     ) -> None:
-        """``max_retries`` retries follow the first attempt; ``sleep`` waits between attempts;
-        ``retry_timeouts=False`` makes a timeout final (the server may still be working on it)."""
+        """``max_retries`` retries may follow the first attempt; ``retry_timeouts=False`` makes a
+        timeout final (the server may still be working on it)."""
         if not model or not model.strip():
             raise LLMConfigError(
                 "no LLM model given: pass --llm-model NAME (the model name your server serves)"
@@ -386,7 +449,8 @@ class LLMClient:
         key = api_key or os.environ.get("OPENAI_API_KEY") or None
         self.placeholder_key = key is None
         if key is None:
-            if _is_openai_host(self.endpoint):
+            host = urlsplit(self.endpoint).hostname or ""
+            if host == "api.openai.com" or host.endswith(".openai.com"):
                 raise LLMConfigError(
                     f"no API key for {self.endpoint}: set OPENAI_API_KEY, or point OPENAI_BASE_URL "
                     "at a local OpenAI-compatible server (vLLM, Ollama, llama.cpp server)"
@@ -394,25 +458,27 @@ class LLMClient:
             key = PLACEHOLDER_API_KEY
         self.timeout_s = timeout_s
         self.max_retries = max_retries
-        self.retry_timeouts = retry_timeouts
-        self.backoff_s = backoff_s
-        self.max_backoff_s = max_backoff_s
-        self.jitter = jitter
         self.max_tokens_budget = max_tokens_budget
         self.recorder = recorder
-        self._sleep = sleep
-        self._rng = random.Random(seed)
-        self._client = openai.OpenAI(
+        self._transport = _AttemptTransport(self._attempted, retry_timeouts)
+        self.openai = openai.OpenAI(
             base_url=self.endpoint,
             api_key=key,
             timeout=timeout_s,
-            max_retries=0,
-            http_client=http_client,
+            max_retries=max_retries,
+            http_client=openai.DefaultHttpxClient(transport=self._transport),
         )
+        """The SDK client; context probing (``rankscope.agent.llm_context``) uses it too."""
+        self._call: partial[LLMCall] | None = None
+        self._attempts: list[_Attempt] = []
         self.prompt_tokens = 0
         self.completion_tokens = 0
         self.calls = 0
         self.failed_calls = 0
+
+    @property
+    def retry_timeouts(self) -> bool:
+        return self._transport.retry_timeouts
 
     @property
     def total_tokens(self) -> int:
@@ -436,13 +502,7 @@ class LLMClient:
         }
 
     def close(self) -> None:
-        self._client.close()
-
-    def __enter__(self) -> LLMClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        self.openai.close()
 
     def check_budget(self) -> None:
         """Raise ``LLMBudgetExceeded`` if the token budget is spent."""
@@ -460,252 +520,136 @@ class LLMClient:
         messages: Sequence[dict[str, Any]],
         *,
         tools: Sequence[dict[str, Any]] | None = None,
-        tool_choice: str | dict[str, Any] | None = None,
-        temperature: float | None = None,
-        max_tokens: int | None = None,
         purpose: str = "chat",
     ) -> ChatReply:
-        """Send one chat completion request, retrying transient failures.
-
-        Optional request fields are sent only when given (reasoning models reject
-        ``temperature`` and ``max_tokens``). ``purpose`` labels the recorded calls.
-
-        Raises ``LLMBudgetExceeded`` (before sending) and ``LLMUnavailableError``.
-        """
+        """Send one chat completion request (the SDK retries transient failures); ``purpose``
+        labels the recorded attempts. Raises ``LLMBudgetExceeded`` (before sending) and
+        ``LLMUnavailableError``."""
         self.check_budget()
-        sent = copy.deepcopy(list(messages))
-        request: dict[str, Any] = {"model": self.model, "messages": sent}
+        request: dict[str, Any] = {"model": self.model, "messages": copy.deepcopy(list(messages))}
         if tools:
             request["tools"] = list(tools)
-        if tool_choice is not None:
-            request["tool_choice"] = tool_choice
-        if temperature is not None:
-            request["temperature"] = temperature
-        if max_tokens is not None:
-            request["max_tokens"] = max_tokens
-        tool_names = [t.get("function", {}).get("name", "") for t in tools or []]
-        record = partial(
+        self._attempts = []
+        self._call = partial(
             LLMCall,
             purpose=purpose,
             endpoint=self.endpoint,
             model=self.model,
-            messages=sent,
-            tool_names=tool_names,
+            messages=request["messages"],
+            tool_names=[t.get("function", {}).get("name", "") for t in tools or []],
         )
-        attempts = 1 + self.max_retries
-        attempt = 0
-        while True:
-            attempt += 1
-            started_at = datetime.now(UTC)
-            start = time.perf_counter()
-            outcome = self._send(request)
-            latency = time.perf_counter() - start
-            if isinstance(outcome, _Failure):
-                self.failed_calls += 1
-                self._record(
-                    record(
-                        response=outcome.response,
-                        prompt_tokens=0,
-                        completion_tokens=0,
-                        tokens_estimated=False,
-                        latency_s=latency,
-                        error=outcome.reason,
-                        status_code=outcome.status_code,
-                        attempt=attempt,
-                        started_at=started_at,
-                    )
-                )
-                if not outcome.retryable or attempt >= attempts:
-                    raise self._unavailable(outcome, attempt)
-                self._sleep(self._delay(attempt - 1, outcome.retry_after_s))
-                continue
-            reply = self._reply(outcome, request, latency)
-            self.calls += 1
-            self.prompt_tokens += reply.prompt_tokens
-            self.completion_tokens += reply.completion_tokens
-            self._record(
-                record(
-                    response=outcome,
-                    prompt_tokens=reply.prompt_tokens,
-                    completion_tokens=reply.completion_tokens,
-                    tokens_estimated=reply.tokens_estimated,
-                    latency_s=latency,
-                    error=None,
-                    status_code=200,
-                    attempt=attempt,
-                    started_at=started_at,
-                )
-            )
-            return reply
-
-    def _within_deadline(self, request: dict[str, Any]) -> tuple[int, str]:
-        """Send ``request`` and read the whole reply, giving up after ``timeout_s`` in total.
-
-        The SDK's timeout applies to each read, so a server that drips a byte at a time would hold
-        a request forever; here the request runs on a daemon thread and the caller stops waiting at
-        the deadline (the thread ends when the server does or the connection drops).
-        Returns the status code and the body text; raises what the SDK raised, or
-        ``openai.APITimeoutError`` at the deadline.
-        """
-        outcome: dict[str, Any] = {}
-
-        def attempt() -> None:
-            try:
-                response = self._client.chat.completions.with_raw_response.create(**request)
-                outcome["reply"] = (response.http_response.status_code, response.http_response.text)
-            except BaseException as err:  # handed to the caller's thread
-                outcome["error"] = err
-
-        worker = threading.Thread(target=attempt, name="rankscope-llm-request", daemon=True)
-        worker.start()
-        worker.join(self.timeout_s)
-        if worker.is_alive():
-            import httpx2
-
-            raise openai.APITimeoutError(request=httpx2.Request("POST", self.endpoint))
-        if "error" in outcome:
-            raise outcome["error"]
-        status, text = outcome["reply"]
-        return int(status), str(text)
-
-    def _send(self, request: dict[str, Any]) -> dict[str, Any] | _Failure:
-        """One HTTP attempt: the raw JSON reply, or what went wrong."""
         try:
-            status_code, text = self._within_deadline(request)
-        except openai.APITimeoutError:
-            if self.retry_timeouts:
-                return _Failure(f"the request timed out after {self.timeout_s:g} s", True)
-            return _Failure(
-                f"the request timed out after {self.timeout_s:g} s",
-                False,
-                hint="not re-sent, since the server may still be working on it; a local model "
-                f"may need minutes for a long prompt: raise --llm-timeout (or {TIMEOUT_ENV}), "
-                f"or set {RETRY_TIMEOUTS_ENV}=1 to re-send timed-out requests",
-            )
-        except openai.APIConnectionError as err:
-            cause = err.__cause__ or err
-            return _Failure(f"could not connect ({type(cause).__name__}: {cause})", True)
-        except openai.APIStatusError as err:
-            status = err.status_code
-            body = err.body if isinstance(err.body, dict) else None
-            detail = err.message
-            if isinstance(body, dict) and isinstance(body.get("message"), str):
-                detail = body["message"]
-            out_of_quota = isinstance(body, dict) and body.get("code") == "insufficient_quota"
-            retryable = (status in RETRYABLE_STATUS or status >= 500) and not out_of_quota
-            hint = "" if retryable else _status_hint(status, self.model)
-            if out_of_quota:
-                hint = "the account behind OPENAI_API_KEY has no quota left; retrying cannot help"
-            return _Failure(
-                f"HTTP {status}: {detail}",
-                retryable,
-                status_code=status,
-                retry_after_s=_retry_after(err.response.headers),
-                response={"error": body} if body is not None else None,
-                hint=hint,
-            )
+            completion: object = self.openai.chat.completions.create(**request)
         except openai.OpenAIError as err:
-            return _Failure(f"{type(err).__name__}: {err}", False)
-        try:
-            raw = json.loads(text)
-        except json.JSONDecodeError:
-            return _Failure(
-                f"the reply is not JSON (starts with {text[:80]!r})",
-                False,
-                status_code=status_code,
-                hint="check OPENAI_BASE_URL: it should be the API root, usually ending in /v1",
-            )
-        if not isinstance(raw, dict) or not isinstance(raw.get("choices"), list):
-            return _Failure(
-                "the reply is not a chat completion (no 'choices' list)",
-                False,
-                status_code=status_code,
-                response=_capped(raw if isinstance(raw, dict) else {"body": raw}),
-                hint="check OPENAI_BASE_URL: it should be the API root, usually ending in /v1",
-            )
-        return _capped(raw)
+            last = self._attempts[-1] if self._attempts else None
+            status = getattr(err, "status_code", None)
+            hint = _status_hint(status, self.model, last is not None and last.out_of_quota)
+            if isinstance(err, openai.APITimeoutError) and not self.retry_timeouts:
+                hint = (
+                    "not re-sent, since the server may still be working on it; a local model "
+                    f"may need minutes for a long prompt: raise --llm-timeout (or {TIMEOUT_ENV}), "
+                    f"or set {RETRY_TIMEOUTS_ENV}=1 to re-send timed-out requests"
+                )
+            reason = last.error if last and last.error else f"{type(err).__name__}: {err}"
+            raise self._unavailable(reason, status, hint) from err
+        except json.JSONDecodeError as err:  # a JSON content type, a body that is not JSON
+            completion = err.doc
+        finally:
+            call, self._call = self._call, None
+        reply = self._read(completion, request)
+        attempt = self._attempts[-1]
+        if isinstance(reply, str):
+            self.failed_calls += 1
+            body = None if isinstance(completion, str) else _capped(_dump(completion))
+            self._record(call, attempt, body, error=reply)
+            raise self._unavailable(reply, attempt.status_code, URL_HINT)
+        self.calls += 1
+        self.prompt_tokens += reply.prompt_tokens
+        self.completion_tokens += reply.completion_tokens
+        self._record(call, attempt, reply.raw, reply=reply)
+        return reply
 
-    def _reply(self, raw: dict[str, Any], request: dict[str, Any], latency: float) -> ChatReply:
-        """The reply's first choice; malformed parts (a ``tool_calls`` that is not a list of
-        objects, a message that is not an object) become calls the planner rejects, never a crash."""
-        choices = raw["choices"]
-        choice = choices[0] if choices and isinstance(choices[0], dict) else {}
-        message = choice.get("message")
-        if not isinstance(message, dict):
-            message = {"content": None if message is None else json.dumps(message)}
-        content = message.get("content")
-        if content is not None and not isinstance(content, str):
-            content = json.dumps(content)
-        raw_calls = message.get("tool_calls") or []
-        if not isinstance(raw_calls, list):
-            raw_calls = [raw_calls]
-        calls = []
-        for i, call in enumerate(raw_calls):
-            if not isinstance(call, dict):
-                call = {"function": {"name": "", "arguments": json.dumps(call, default=str)}}
-            function = call.get("function")
-            if not isinstance(function, dict):
-                function = {"name": "", "arguments": json.dumps(function, default=str)}
-            arguments = function.get("arguments")
-            if arguments is None:
-                arguments = ""
-            elif not isinstance(arguments, str):
-                arguments = json.dumps(arguments)
-            calls.append(
-                ToolCall(
-                    id=str(call.get("id") or f"call_{i}")[:200],
-                    name=str(function.get("name") or "")[:200],
-                    arguments=_cap_text(arguments),
+    def _attempted(self, attempt: _Attempt) -> None:
+        """The transport's report of one attempt: a failed attempt of a chat call is recorded
+        here, an answered one once its reply is read (context probes are not recorded)."""
+        if self._call is None:
+            return
+        self._attempts.append(attempt)
+        if attempt.error is not None:
+            self.failed_calls += 1
+            self._record(self._call, attempt, attempt.response, error=attempt.error)
+
+    def _record(
+        self,
+        call: partial[LLMCall],
+        attempt: _Attempt,
+        response: dict[str, Any] | None,
+        *,
+        error: str | None = None,
+        reply: ChatReply | None = None,
+    ) -> None:
+        if self.recorder is not None:
+            self.recorder(
+                call(
+                    response=response,
+                    prompt_tokens=reply.prompt_tokens if reply else 0,
+                    completion_tokens=reply.completion_tokens if reply else 0,
+                    tokens_estimated=reply.tokens_estimated if reply else False,
+                    latency_s=attempt.latency_s,
+                    error=error,
+                    status_code=attempt.status_code,
+                    attempt=len(self._attempts),
+                    started_at=attempt.started_at,
                 )
             )
-        content = None if content is None else _cap_text(content)
-        usage = raw.get("usage")
-        counted = _token_counts(usage)
-        if counted is not None:
-            prompt_tokens, completion_tokens = counted
-        else:
-            prompt_chars = len(json.dumps(request["messages"])) + len(
-                json.dumps(request.get("tools", []))
+
+    def _read(self, completion: object, request: dict[str, Any]) -> ChatReply | str:
+        """The reply's first choice, or why the answer is no chat completion."""
+        if isinstance(completion, str):
+            return f"the reply is not JSON (starts with {completion[:80]!r})"
+        choices = getattr(completion, "choices", None)
+        if not isinstance(completion, ChatCompletion) or not isinstance(choices, list):
+            return "the reply is not a chat completion (no 'choices' list)"
+        choice = choices[0] if choices else None
+        message = getattr(choice, "message", None)
+        if not isinstance(message, ChatCompletionMessage):
+            message = ChatCompletionMessage.construct(
+                content=None if message is None else json.dumps(message, default=str)
             )
-            reply_chars = len(content or "") + sum(len(c.name) + len(c.arguments) for c in calls)
-            prompt_tokens = math.ceil(prompt_chars / CHARS_PER_TOKEN)
-            completion_tokens = math.ceil(reply_chars / CHARS_PER_TOKEN)
+        content = message.content
+        if content is not None:
+            content = _cap_text(content if isinstance(content, str) else json.dumps(content))
+        calls = _tool_calls(message)
+        counted = _token_counts(completion.usage)
+        prompt = len(json.dumps(request["messages"])) + len(json.dumps(request.get("tools", [])))
+        written = len(content or "") + sum(len(c.name) + len(c.arguments) for c in calls)
+        estimate = (math.ceil(prompt / CHARS_PER_TOKEN), math.ceil(written / CHARS_PER_TOKEN))
         return ChatReply(
             content=content,
             tool_calls=calls,
-            finish_reason=choice.get("finish_reason"),
-            prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens,
-            latency_s=latency,
-            raw=raw,
+            finish_reason=getattr(choice, "finish_reason", None),
+            prompt_tokens=(counted or estimate)[0],
+            completion_tokens=(counted or estimate)[1],
+            latency_s=self._attempts[-1].latency_s,
+            raw=_capped(_dump(completion)),
             tokens_estimated=counted is None,
         )
 
-    def _delay(self, retry_index: int, retry_after_s: float | None) -> float:
-        """Exponential backoff with jitter; a server's ``Retry-After`` wins when longer."""
-        delay = min(self.max_backoff_s, self.backoff_s * 2**retry_index)
-        delay += self._rng.uniform(0.0, self.jitter * delay)
-        if retry_after_s is not None:
-            delay = max(delay, min(retry_after_s, self.max_backoff_s))
-        return delay
-
-    def _record(self, call: LLMCall) -> None:
-        if self.recorder is not None:
-            self.recorder(call)
-
-    def _unavailable(self, failure: _Failure, attempts: int) -> LLMUnavailableError:
+    def _unavailable(self, reason: str, status_code: int | None, hint: str) -> LLMUnavailableError:
+        """The error for a request that failed: what happened, after how many attempts, and
+        what to do."""
+        attempts = max(1, len(self._attempts))
         tried = f"{attempts} attempt{'s' if attempts != 1 else ''}"
-        if failure.retryable:
+        if self.max_retries and attempts == 1 + self.max_retries:
             tried += f" (retries exhausted: max_retries={self.max_retries})"
-        hint = f" ({failure.hint})" if failure.hint else ""
         key_note = (
             f"; no API key was set, so the placeholder key {PLACEHOLDER_API_KEY!r} was sent"
-            if self.placeholder_key and failure.status_code in (401, 403)
+            if self.placeholder_key and status_code in (401, 403)
             else ""
         )
         message = (
-            f"LLM endpoint {self.endpoint} (model {self.model!r}) is unavailable: "
-            f"{failure.reason}, after {tried}{hint}{key_note}. Check OPENAI_BASE_URL, "
+            f"LLM endpoint {self.endpoint} (model {self.model!r}) is unavailable: {reason}, after "
+            f"{tried}{f' ({hint})' if hint else ''}{key_note}. Check OPENAI_BASE_URL, "
             "OPENAI_API_KEY and that the server is running and serves this model, then continue "
             "the investigation with `rankscope resume ID`."
         )
@@ -714,6 +658,13 @@ class LLMClient:
             endpoint=self.endpoint,
             model=self.model,
             attempts=attempts,
-            reason=failure.reason,
-            status_code=failure.status_code,
+            reason=reason,
+            status_code=status_code,
         )
+
+
+def _dump(value: Any) -> Any:
+    """A reply as the JSON the server sent (the SDK's typed objects keep every field as given)."""
+    if isinstance(value, openai.BaseModel):
+        return value.model_dump(mode="json", exclude_unset=True, warnings=False)
+    return {"body": value} if not isinstance(value, dict) else value

@@ -6,7 +6,8 @@ prompt, llama.cpp shifts its context). The LLM planner therefore counts every re
 sent and refuses one that would not fit (``LLMContextError``), after shrinking its ledger summary.
 
 The window comes from ``--llm-context N`` or, when that is not given, from the server
-(``detect_context``, best-effort: a short timeout, every failure ignored):
+(``detect_context``, best-effort: a short timeout, every failure ignored), asked through the same
+``openai`` client (``LLMClient.openai``: its endpoint, key and transport) as the chat requests:
 
 * vLLM and other OpenAI-compatible servers: ``GET /v1/models``, the served model's
   ``max_model_len``;
@@ -29,14 +30,14 @@ import importlib
 import json
 import math
 import re
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
-from rankscope.agent.llm_client import LLMError
+import openai
+
+from rankscope.agent.llm_client import LLMClient, LLMError
 
 __all__ = [
     "DETECT_TIMEOUT_S",
@@ -162,27 +163,17 @@ class _Unreachable(Exception):
     """The server could not be reached at all: no further detection request is tried."""
 
 
-def _fetch(
-    url: str, api_key: str | None, timeout_s: float, body: dict[str, Any] | None = None
-) -> Any:
-    """The JSON answer of a GET (or, with ``body``, a POST), or ``None`` for any HTTP error or a
-    reply that is not JSON; raises ``_Unreachable`` when no connection could be made."""
-    headers = {"Accept": "application/json"}
-    if api_key:
-        headers["Authorization"] = f"Bearer {api_key}"
-    data = None
-    if body is not None:
-        data = json.dumps(body).encode()
-        headers["Content-Type"] = "application/json"
-    request = urllib.request.Request(url, data=data, headers=headers)
+def _fetch(server: openai.OpenAI, url: str, body: dict[str, Any] | None = None) -> Any:
+    """The JSON answer of a GET (or, with ``body``, a POST) through the LLM client, or ``None``
+    for an HTTP error or a reply that is not JSON; raises ``_Unreachable`` when no answer came
+    (no connection, or none within the timeout)."""
     try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as response:
-            return json.loads(response.read(1_000_000))
-    except urllib.error.HTTPError:
-        return None
-    except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
+        if body is None:
+            return server.get(url, cast_to=object)
+        return server.post(url, body=body, cast_to=object)
+    except openai.APIConnectionError as err:
         raise _Unreachable(str(err)) from err
-    except (ValueError, OSError):
+    except (openai.OpenAIError, ValueError):
         return None
 
 
@@ -232,31 +223,32 @@ def _from_ps(answer: Any, model: str) -> int | None:
     return None
 
 
-def detect_context(
-    endpoint: str, model: str, api_key: str | None = None, timeout_s: float = DETECT_TIMEOUT_S
-) -> ContextWindow | None:
-    """The context window the server reports for ``model``, or ``None`` (never raises).
+def detect_context(client: LLMClient, timeout_s: float = DETECT_TIMEOUT_S) -> ContextWindow | None:
+    """The context window the server of ``client`` reports for its model, or ``None`` (never
+    raises).
 
-    ``endpoint`` is the OpenAI-style base URL (``http://host:port/v1``); the llama.cpp and Ollama
-    routes are asked at its root. See the module docstring for the order and the fields read.
+    The requests go through the client's own SDK client (its key, no retries, ``timeout_s`` each);
+    the llama.cpp and Ollama routes are asked at the root of the OpenAI-style base URL
+    (``http://host:port/v1``). See the module docstring for the order and the fields read.
     """
-    base = endpoint.rstrip("/")
+    base, model = client.endpoint.rstrip("/"), client.model
     root = base[: -len("/v1")] if base.endswith("/v1") else base
+    server = client.openai.with_options(max_retries=0, timeout=timeout_s)
     try:
-        tokens = _from_models(_fetch(f"{base}/models", api_key, timeout_s), model)
+        tokens = _from_models(_fetch(server, f"{base}/models"), model)
         if tokens:
             return ContextWindow(tokens, "the server's /v1/models (max_model_len)")
-        tokens = _from_props(_fetch(f"{root}/props", api_key, timeout_s))
+        tokens = _from_props(_fetch(server, f"{root}/props"))
         if tokens:
             return ContextWindow(tokens, "the llama.cpp server's /props (n_ctx)")
-        show = _fetch(f"{root}/api/show", api_key, timeout_s, {"model": model})
+        show = _fetch(server, f"{root}/api/show", {"model": model})
         if not isinstance(show, dict):
             return None
         parameters = show.get("parameters")
         match = _NUM_CTX.search(parameters) if isinstance(parameters, str) else None
         if match and int(match.group(1)) > 0:
             return ContextWindow(int(match.group(1)), "Ollama's /api/show (num_ctx)")
-        loaded = _from_ps(_fetch(f"{root}/api/ps", api_key, timeout_s), model)
+        loaded = _from_ps(_fetch(server, f"{root}/api/ps"), model)
         if loaded:
             return ContextWindow(loaded, "Ollama's /api/ps (context_length of the loaded model)")
         maximum = _ollama_max(show)

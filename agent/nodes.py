@@ -1,18 +1,20 @@
 """The nodes of the investigation graph, one function per job.
 
 Each node reads the checkpointed :class:`~rankscope.agent.state.InvestigationState` and the
-run's :class:`GraphContext` (LangGraph's runtime context: the store, the lab, the planner, the
-budget), and returns a state update. Nodes that write to the store are idempotent: on resume they
-find what a killed run already recorded (a hypothesis, a finished experiment, a verdict) instead
-of doing it again.
+run's :class:`~rankscope.agent.context.GraphContext` (LangGraph's runtime context: the store, the
+lab, the planner, the settings with the budget and the policy, and the investigation as stored),
+and returns a state update. A node that writes to the store re-reads the hypothesis it wrote
+(``ctx.investigation.refresh``); the others read nothing back. Nodes that write are idempotent: on
+resume they find what a killed run already recorded (a hypothesis, a finished experiment, a
+verdict) instead of doing it again.
 
-plan        checks the budgets, builds the ledger, asks the planner; applies the guard rails (no
-            criterion, unknown tool, invalid arguments, a metric the tool does not produce, a split
-            that disagrees with the criterion, a repeated (tool, args, criterion)) and turns each
-            rejection into feedback for the planner's next call.
+plan        checks the budgets, builds the ledger, asks the planner and passes the proposal
+            through the one gate (:func:`~rankscope.agent.calls.check_proposal`: criterion, tool,
+            arguments, metric, split, policy, repeats), turning a rejection into feedback for the
+            planner's next call.
 preregister stores the hypothesis with its criterion before anything runs.
 run_tool    runs the validated call through the lab (one transaction per result).
-record      reads the stored evidence back and compares it with the criterion on this split.
+record      compares the run's evidence with the criterion on this split.
 assess      decides: replicate (discovery met with exact evidence) or apply the verdict rules,
             store the verdict and a narrative whose citations are checked.
 replicate   the same call on the held-out split with another seed, as a second experiment of the
@@ -25,65 +27,28 @@ it as instructions.
 
 from __future__ import annotations
 
-import hashlib
 import re
-import time
-from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol, cast
 
 from langgraph.runtime import Runtime
-from pydantic import ValidationError
 
-from rankscope.agent.calls import CallRejected, check_call
+from rankscope.agent.calls import CallRejected, RepeatedProposal, check_proposal, replication_args
 from rankscope.agent.citations import cited_in_text
-from rankscope.agent.execution import Lab
-from rankscope.agent.lease import renew
+from rankscope.agent.context import GraphContext
 from rankscope.agent.ledger import build_ledger, key_metrics, ledger_entry, split_of
 from rankscope.agent.llm_client import LLMBudgetExceeded, LLMError
-from rankscope.agent.planners.base import Criterion, Ledger, Narrative, Planner, Proposal, Stop
-from rankscope.agent.policy import StatsPolicy
-from rankscope.agent.progress import ProgressPrinter
-from rankscope.agent.settings import add_note, settings_of
-from rankscope.agent.state import (
-    Budget,
-    HypothesisInFlight,
-    InvestigationState,
-    PendingProposal,
-    Phase,
-)
+from rankscope.agent.planners.base import Criterion, Ledger, Narrative, Stop
+from rankscope.agent.settings import add_note
+from rankscope.agent.state import HypothesisInFlight, InvestigationState, Phase
 from rankscope.agent.verdicts import (
     Decision,
-    criterion_problem,
-    criterion_spec,
     decide_hypothesis,
     exploratory_of,
     query_values,
     split_result,
-    usable_metrics,
 )
-from rankscope.experiments_db.jsonutil import canonical_json
-from rankscope.experiments_db.records import HypothesisNode, InvestigationTree
-from rankscope.experiments_db.repository import Store
-from rankscope.tools.registry import get_tool
 
 Update = dict[str, Any]
-
-
-@dataclass
-class GraphContext:
-    """What the nodes use besides the state (LangGraph's runtime context; never checkpointed)."""
-
-    store: Store
-    lab: Lab
-    planner: Planner
-    budget: Budget
-    progress: ProgressPrinter
-    report_dir: Path
-    write_report: Callable[[Store, int, Path], Path] | None = None
-    clock: Callable[[], float] = time.monotonic
-    decided_by: str = "rules"
 
 
 class Node(Protocol):
@@ -94,25 +59,16 @@ class Node(Protocol):
     def __call__(self, state: InvestigationState, runtime: Runtime[GraphContext]) -> Update: ...
 
 
-def fingerprint(tool: str, args: dict[str, Any], criterion: Criterion) -> str:
-    """Identity of a proposal for repeat detection: tool, validated arguments and criterion."""
-    payload = {"tool": tool, "args": args, "criterion": criterion.model_dump(mode="json")}
-    return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
-
-
-def has_split(tool_name: str) -> bool:
-    """Whether a tool runs on a chosen split (it has a ``split`` argument)."""
-    return "split" in get_tool(tool_name).Args.model_fields
-
-
 def timed(node: Node) -> Node:
-    """``node`` that also adds its wall time to the state's ``elapsed_s``."""
+    """``node`` that also adds its wall time to the state's ``elapsed_s`` and keeps the lease's
+    heartbeat fresh."""
 
     def run(state: InvestigationState, runtime: Runtime[GraphContext]) -> Update:
         started = runtime.context.clock()
         update = node(state, runtime)
         update["elapsed_s"] = state.get("elapsed_s", 0.0) + (runtime.context.clock() - started)
-        renew(runtime.context.store, state["investigation_id"])
+        if runtime.context.heartbeat is not None:
+            runtime.context.heartbeat.beat()
         return update
 
     run.__name__ = node.__name__
@@ -162,10 +118,12 @@ def exhausted_budget(state: InvestigationState, ctx: GraphContext) -> str | None
     return None
 
 
-def state_ledger(tree: InvestigationTree, state: InvestigationState, ctx: GraphContext) -> Ledger:
+def state_ledger(state: InvestigationState, ctx: GraphContext) -> Ledger:
     """The ledger the planner reads at this point of the run."""
     return build_ledger(
-        tree,
+        ctx.investigation.tree.investigation,
+        ctx.settings.model,
+        ctx.investigation.entries(),
         state.get("feedback", []),
         ctx.budget,
         state.get("steps", 0),
@@ -183,83 +141,6 @@ def planner_notes(ctx: GraphContext, investigation_id: int) -> list[str]:
     return notes
 
 
-def validated_proposal(
-    raw: object, fingerprints: dict[str, int], policy: StatsPolicy | None = None
-) -> PendingProposal:
-    """The proposal with its call validated once against the registry and its criterion, which
-    must name a declared estimate of exactly the hypothesis's components, on the discovery split,
-    no looser than ``policy`` (:func:`~rankscope.agent.verdicts.criterion_problem`).
-
-    Raises :class:`CallRejected` with feedback for the planner (``repeat`` set on the error when
-    the same call and criterion were tested before)."""
-    if isinstance(raw, dict) and raw.get("criterion") is not None:
-        try:
-            raw = Proposal.model_validate(raw)
-        except ValidationError as err:
-            raise CallRejected(f"rejected proposal: {err}") from err
-    if isinstance(raw, dict) or (
-        isinstance(raw, Proposal) and not isinstance(raw.criterion, Criterion)
-    ):
-        tool = raw.get("tool") if isinstance(raw, dict) else raw.tool
-        raise CallRejected(
-            f"rejected {tool!r} proposal: it has no pre-registered criterion; every hypothesis "
-            "needs metric, direction, threshold and alpha before it runs"
-        )
-    if not isinstance(raw, Proposal):
-        raise CallRejected(f"rejected: the planner returned {type(raw).__name__}")
-    criterion = raw.criterion
-    args = dict(raw.args)
-    if has_split_safe(raw.tool):
-        given = args.get("split")
-        if given is not None and given != criterion.split:
-            raise CallRejected(
-                f"rejected call: args.split={given!r} disagrees with the criterion's split "
-                f"{criterion.split!r}; the tool runs on the pre-registered split"
-            )
-        args["split"] = criterion.split
-    try:
-        args_json = check_call(raw.tool, args, criterion.metric).model_dump(mode="json")
-    except CallRejected as err:
-        raise CallRejected(f"rejected call: {err}") from err
-    problem = criterion_problem(
-        criterion,
-        raw.components,
-        criterion_spec(raw.tool, args_json, criterion.metric),
-        policy or StatsPolicy(),
-        usable_metrics(raw.tool, args_json),
-    )
-    if problem:
-        raise CallRejected(f"rejected criterion: {problem}")
-    fp = fingerprint(raw.tool, args_json, criterion)
-    if fp in fingerprints:
-        raise RepeatedProposal(
-            f"repeated proposal: {raw.tool} with the same arguments and criterion was already "
-            f"tested as hypothesis H{fingerprints[fp]}; propose something new"
-        )
-    return PendingProposal(
-        hypothesis=raw.hypothesis,
-        rationale=raw.rationale,
-        tool=raw.tool,
-        args=args_json,
-        criterion=criterion.model_dump(mode="json"),
-        components=list(raw.components),
-        parent_hypothesis_id=raw.parent_hypothesis_id,
-        fingerprint=fp,
-    )
-
-
-class RepeatedProposal(CallRejected):
-    """A proposal whose tool call and criterion were already tested."""
-
-
-def has_split_safe(tool_name: str) -> bool:
-    """:func:`has_split`, False for an unknown tool (``check_call`` reports that one)."""
-    try:
-        return has_split(tool_name)
-    except KeyError:
-        return False
-
-
 def plan(state: InvestigationState, runtime: Runtime[GraphContext]) -> Update:
     ctx = runtime.context
     inv_id = state["investigation_id"]
@@ -267,10 +148,8 @@ def plan(state: InvestigationState, runtime: Runtime[GraphContext]) -> Update:
     if exhausted:
         ctx.progress.stop(exhausted)
         return {"stop_reason": exhausted}
-    tree = ctx.store.investigation_tree(inv_id, include_llm_calls=False)
-    ledger = state_ledger(tree, state, ctx)
     try:
-        raw = ctx.planner.propose(ledger)
+        raw = ctx.planner.propose(state_ledger(state, ctx))
     except LLMBudgetExceeded as err:
         ctx.progress.stop(str(err))
         return {"stop_reason": f"LLM token budget: {err}"}
@@ -281,9 +160,7 @@ def plan(state: InvestigationState, runtime: Runtime[GraphContext]) -> Update:
         return {**update, "stop_reason": f"planner: {raw.reason}"}
     state = cast(InvestigationState, {**state, "feedback": feedback})
     try:
-        proposal = validated_proposal(
-            raw, state.get("fingerprints", {}), policy_of(ctx.store, inv_id)
-        )
+        proposal = check_proposal(raw, state.get("fingerprints", {}), ctx.policy)
     except RepeatedProposal as err:
         return {**update, **rejection(state, ctx, str(err), repeat=True)}
     except CallRejected as err:
@@ -304,7 +181,7 @@ def preregister(state: InvestigationState, runtime: Runtime[GraphContext]) -> Up
     existing = next(
         (
             h.id
-            for h in ctx.store.list_hypotheses(inv_id)
+            for h in ctx.investigation.tree.hypotheses
             if h.id not in known
             and h.text == prop["hypothesis"]
             and (h.tool, h.tool_args, h.criterion) == (prop["tool"], prop["args"], criterion)
@@ -324,7 +201,8 @@ def preregister(state: InvestigationState, runtime: Runtime[GraphContext]) -> Up
         parent_id=parent,
         components=prop.get("components", []),
     )
-    ctx.progress.hypothesis(hid, prop["hypothesis"], prop["criterion"])
+    ctx.investigation.refresh(hid)
+    ctx.progress.hypothesis(hid, prop["hypothesis"], criterion)
     current = HypothesisInFlight(
         hypothesis_id=hid,
         phase="discovery",
@@ -351,15 +229,16 @@ def in_flight(state: InvestigationState) -> HypothesisInFlight:
 
 
 def run_tool(state: InvestigationState, runtime: Runtime[GraphContext]) -> Update:
+    """Run the phase's call, unless this hypothesis already has a finished experiment of it (a
+    killed run recorded it after its last checkpoint): then that result is used, not re-run."""
     ctx = runtime.context
-    inv_id = state["investigation_id"]
     cur = in_flight(state)
     phase, args, hid = cur["phase"], cur["args"], cur["hypothesis_id"]
     done = next(
         (
             e
-            for e in ctx.store.list_experiments(inv_id, hypothesis_id=hid, status="finished")
-            if e.args == args and e.tool == cur["tool"]
+            for e in ctx.investigation.node(hid).experiments
+            if e.status == "finished" and e.evidence and e.args == args and e.tool == cur["tool"]
         ),
         None,
     )
@@ -367,8 +246,7 @@ def run_tool(state: InvestigationState, runtime: Runtime[GraphContext]) -> Updat
     ctx.progress.tool_call(hid, cur["tool"], split_of(args), args)
     metric = cur["criterion"]["metric"]
     if done is not None:
-        evidence = ctx.store.investigation_tree(inv_id, include_llm_calls=False).evidence()
-        ev = next(e for e in evidence.values() if e.experiment_id == done.id)
+        ev = done.evidence[0]
         cur["experiments"] = {**cur["experiments"], phase: done.id}
         cur["evidence"] = {**cur.get("evidence", {}), phase: ev.id}
         numbers = key_metrics(ev.metrics, metric)
@@ -380,6 +258,7 @@ def run_tool(state: InvestigationState, runtime: Runtime[GraphContext]) -> Updat
         cur["skipped"] = {**cur.get("skipped", {}), phase: "tool-call budget exhausted"}
         return {"current": cur}
     outcome = ctx.lab.run_experiment(hid, cur["tool"], args)
+    ctx.investigation.refresh(hid)
     cur["experiments"] = {**cur["experiments"], phase: outcome.experiment_id}
     if outcome.status == "finished" and outcome.evidence_id is not None:
         cur["evidence"] = {**cur.get("evidence", {}), phase: outcome.evidence_id}
@@ -392,25 +271,13 @@ def run_tool(state: InvestigationState, runtime: Runtime[GraphContext]) -> Updat
         outcome.duration_s,
         dict(list(numbers.items())[:6]),
         outcome.error,
-        reused=outcome.reused,
     )
     return {"current": cur, "tool_calls": tool_calls + 1}
 
 
-def policy_of(store: Store, investigation_id: int) -> StatsPolicy:
-    """The statistical policy stored with the investigation."""
-    return settings_of(store.get_investigation(investigation_id)).policy
-
-
-def stored_hypothesis(
-    store: Store, investigation_id: int, hypothesis_id: int
-) -> tuple[InvestigationTree, HypothesisNode]:
-    """The investigation's stored tree and the node of one hypothesis in it."""
-    tree = store.investigation_tree(investigation_id, include_llm_calls=False)
-    return tree, next(h for h in tree.hypotheses if h.id == hypothesis_id)
-
-
 def record(state: InvestigationState, runtime: Runtime[GraphContext]) -> Update:
+    """Compare the phase's evidence with the criterion, from the hypothesis as ``run_tool`` left
+    it (nothing is read from the store)."""
     ctx = runtime.context
     cur = in_flight(state)
     phase = cur["phase"]
@@ -418,9 +285,9 @@ def record(state: InvestigationState, runtime: Runtime[GraphContext]) -> Update:
     update: Update = {"current": cur}
     if evidence_id is None:
         return update
-    inv_id = state["investigation_id"]
-    tree, node = stored_hypothesis(ctx.store, inv_id, cur["hypothesis_id"])
-    result = split_result(tree, node, policy_of(ctx.store, inv_id), phase)
+    tree = ctx.investigation.tree
+    node = ctx.investigation.node(cur["hypothesis_id"])
+    result = split_result(tree, node, ctx.policy, phase)
     if result is None:
         return update
     cur["results"] = {**cur.get("results", {}), phase: result.model_dump(mode="json")}
@@ -436,7 +303,7 @@ def record(state: InvestigationState, runtime: Runtime[GraphContext]) -> Update:
             update["feedback"] = [*state.get("feedback", []), message]
     ctx.progress.split_result(result.split, result.outcome, result.reason)
     feedback = update.get("feedback", state.get("feedback", []))
-    ev = ctx.store.get_evidence([evidence_id])[0]
+    ev = next(ev for e in node.experiments for ev in e.evidence if ev.id == evidence_id)
     metric = cur["criterion"]["metric"]
     per_query = query_values(ev)
     if metric not in per_query and phase == "discovery":
@@ -491,11 +358,10 @@ def states_other_verdict(text: str, decision: Decision) -> bool:
     return bool({w.lower() for w in _VERDICT_WORDS.findall(text)} - allowed)
 
 
-def decision_of(state: InvestigationState, ctx: GraphContext, cur: HypothesisInFlight) -> Decision:
+def decision_of(ctx: GraphContext, cur: HypothesisInFlight) -> Decision:
     """The verdict rules applied to the stored evidence of the hypothesis (the same function
     ``audit`` re-applies)."""
-    inv_id = state["investigation_id"]
-    tree, node = stored_hypothesis(ctx.store, inv_id, cur["hypothesis_id"])
+    node = ctx.investigation.node(cur["hypothesis_id"])
     results = cur.get("results", {})
     discovery = results.get("discovery")
     note = None
@@ -503,7 +369,7 @@ def decision_of(state: InvestigationState, ctx: GraphContext, cur: HypothesisInF
         note = phase_note(cur, "holdout")
     if discovery is None:
         note = phase_note(cur, "discovery")
-    decision = decide_hypothesis(tree, node, policy_of(ctx.store, inv_id), replication_note=note)
+    decision = decide_hypothesis(ctx.investigation.tree, node, ctx.policy, replication_note=note)
     if cur.get("seed_only_replication"):
         decision.notes.append(
             f"tool {cur['tool']!r} has no held-out split: replicated with another seed only"
@@ -517,10 +383,9 @@ def checked_narrative(
     """The planner's narrative of the verdict, or the rules' when it fails, cites evidence the
     verdict does not rest on, or states another verdict. The citations stored are always the
     engine's (``decision.evidence_ids``)."""
-    inv_id, hid = state["investigation_id"], cur["hypothesis_id"]
-    tree, node = stored_hypothesis(ctx.store, inv_id, hid)
-    entry = ledger_entry(node).model_copy(update={"status": decision.status})
-    ledger = state_ledger(tree, state, ctx)
+    hid = cur["hypothesis_id"]
+    entry = ledger_entry(ctx.investigation.node(hid)).model_copy(update={"status": decision.status})
+    ledger = state_ledger(state, ctx)
     try:
         narrative = ctx.planner.narrate(ledger, entry)
     except LLMError as err:
@@ -547,13 +412,12 @@ def assess(state: InvestigationState, runtime: Runtime[GraphContext]) -> Update:
     if needs_replication(cur):
         return {"current": cur}
     hid = cur["hypothesis_id"]
-    existing = ctx.store.verdicts(hid)
-    if existing:
-        verdict = existing[-1]
+    verdict = ctx.investigation.node(hid).latest_verdict
+    if verdict is not None:
         reason = str(verdict.criterion_result.get("reason", ""))
         ctx.progress.verdict(hid, verdict.status, reason)
         return {"current": None}
-    decision = decision_of(state, ctx, cur)
+    decision = decision_of(ctx, cur)
     narrative = checked_narrative(state, ctx, cur, decision)
     ctx.store.record_verdict(
         hid,
@@ -563,19 +427,16 @@ def assess(state: InvestigationState, runtime: Runtime[GraphContext]) -> Update:
         decided_by=f"{ctx.decided_by}; narrative: {getattr(ctx.planner, 'name', 'planner')}",
         narrative=narrative.text,
     )
+    ctx.investigation.refresh(hid)
     ctx.progress.verdict(hid, decision.status, decision.reason)
     return {"current": None}
 
 
 def replicate(state: InvestigationState, runtime: Runtime[GraphContext]) -> Update:
     cur = in_flight(state)
-    args = dict(cur["args"])
-    if has_split(cur["tool"]):
-        args["split"] = "holdout"
-    else:
+    cur["args"], seed_only = replication_args(cur["tool"], cur["args"])
+    if seed_only:
         cur["seed_only_replication"] = True
-    args["seed"] = int(args.get("seed", 0)) + 1
-    cur["args"] = check_call(cur["tool"], args).model_dump(mode="json")
     cur["phase"] = "holdout"
     return {"current": cur}
 

@@ -8,6 +8,8 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 
+from rankscope.experiments_db.records import Criterion
+
 STATUS_STYLE = {
     "supported": "bold green",
     "refuted": "bold red",
@@ -39,15 +41,10 @@ class ProgressPrinter:
     def line(self, text: str) -> None:
         self._print(escape(text))
 
-    def hypothesis(self, hypothesis_id: int, text: str, criterion: Mapping[str, Any]) -> None:
-        crit = (
-            f"{criterion['metric']} {criterion['direction']} {criterion['threshold']:g} "
-            f"(alpha {criterion['alpha']:g}, {criterion['correction']}, n_tests "
-            f"{criterion['n_tests']})"
-        )
+    def hypothesis(self, hypothesis_id: int, text: str, criterion: Criterion) -> None:
         self._print(
             f"[bold cyan]H{hypothesis_id}[/bold cyan] {escape(text)}\n"
-            f"    pre-registered: {escape(crit)}"
+            f"    pre-registered: {escape(str(criterion))}"
         )
 
     def tool_call(self, hypothesis_id: int, tool: str, split: str, args: Mapping[str, Any]) -> None:

@@ -100,13 +100,12 @@ def _metrics_rows(metrics: dict[str, Any], metric: str) -> list[list[str]]:
 
 def _hypothesis_blocks(store: Store, node: HypothesisNode, problems: list[str]) -> list[Block]:
     c = node.criterion
-    verdict = node.verdicts[-1] if node.verdicts else None
+    verdict = node.latest_verdict
     status = verdict_label(verdict)
     blocks = [Block("heading", f"H{node.id} — {status}: {_d(node.text)}", level=3)]
     prereg = [
         f"tool {_d(node.tool)} with arguments {_d(node.tool_args)}",
-        f"criterion: `{c.metric}` {c.direction} {c.threshold:g} at alpha {c.alpha:g} "
-        f"(correction {c.correction}, {c.n_tests} test(s)), split {c.split}",
+        f"criterion: `{c}`",
         f"pre-registered at {node.created_at:%Y-%m-%d %H:%M:%S} UTC"
         + (f"; follows H{node.parent_id}" if node.parent_id else ""),
     ]
@@ -205,9 +204,9 @@ def findings(tree: InvestigationTree) -> list[str]:
     and what stayed inconclusive and why — read from the stored verdicts only."""
     supported, refuted, negligible, open_items = [], [], [], []
     for node in tree.hypotheses:
-        if not node.verdicts:
+        v = node.latest_verdict
+        if v is None:
             continue
-        v = node.verdicts[-1]
         result = v.criterion_result
         reason = str(result.get("reason", ""))
         line = f"H{node.id}: {_d(node.text)} — {_d(_effect(result))}"
@@ -258,15 +257,15 @@ def build_blocks(store: Store, tree: InvestigationTree) -> tuple[list[Block], li
         Block("list", items=[_d(line) for line in settings_of(inv).policy.describe()]),
         Block("heading", "Verdicts", level=2),
     ]
-    rows = [["hypothesis", "verdict", "metric", "discovery", "held-out", "level spent"]]
+    rows = [["hypothesis", "verdict", "criterion", "discovery", "held-out", "level spent"]]
     for node in tree.hypotheses:
-        v = node.verdicts[-1] if node.verdicts else None
+        v = node.latest_verdict
         result = v.criterion_result if v else {}
         rows.append(
             [
                 f"H{node.id}: {_d(node.text)}",
                 verdict_label(v),
-                f"{node.criterion.metric} {node.criterion.direction} {node.criterion.threshold:g}",
+                str(node.criterion),
                 _ci(result) if v else "—",
                 _ci(result.get("replication")) if v else "—",
                 _fmt(result.get("level_spent")) if v else "—",
@@ -278,7 +277,7 @@ def build_blocks(store: Store, tree: InvestigationTree) -> tuple[list[Block], li
         blocks += _hypothesis_blocks(store, node, problems)
     open_items = []
     for node in tree.hypotheses:
-        v = node.verdicts[-1] if node.verdicts else None
+        v = node.latest_verdict
         if v is None:
             open_items.append(f"H{node.id} has no verdict: {_d(node.text)}")
         elif v.status == "inconclusive":

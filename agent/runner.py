@@ -1,7 +1,8 @@
 """Start and resume investigations: the store, the lab, the planner and the graph, wired together.
 
-The command line (``agent/commands/investigate_cmd.py``) is a thin layer over :func:`investigate`
-and :func:`resume`; tests call them directly.
+The command line (``agent/commands/investigate_cmd.py``) builds an
+:class:`~rankscope.agent.settings.InvestigationSettings` and calls :func:`investigate`;
+``resume`` reads the stored settings back. Tests call both directly.
 """
 
 from __future__ import annotations
@@ -18,15 +19,13 @@ from typing import Any, Literal
 from rich.console import Console
 
 from rankscope.agent.checkpoints import verify_checkpoint
+from rankscope.agent.context import GraphContext, StoredInvestigation
 from rankscope.agent.execution import Lab
 from rankscope.agent.graph import invoke
-from rankscope.agent.lease import claim, release
-from rankscope.agent.nodes import GraphContext
+from rankscope.agent.lease import Heartbeat, claim, own_lease, release
 from rankscope.agent.planners.base import Planner
-from rankscope.agent.policy import StatsPolicy
 from rankscope.agent.progress import ProgressPrinter
-from rankscope.agent.settings import InvestigationSettings, save_settings, settings_of
-from rankscope.agent.state import Budget
+from rankscope.agent.settings import InvestigationSettings, settings_of
 from rankscope.experiments_db.engine import database_url, open_store, refuse_in_memory
 from rankscope.experiments_db.repository import Store
 
@@ -67,33 +66,30 @@ def choose_planner(requested: str | None, llm_model: str | None) -> PlannerChoic
 def make_planner(
     store: Store,
     investigation_id: int,
-    name: str,
-    llm_model: str | None,
-    base_url: str | None,
+    settings: InvestigationSettings,
     planner_factory: Callable[[], Planner] | None = None,
-    protocol_pairs: int | None = None,
-    max_tokens: int | None = None,
-    llm_timeout_s: float | None = None,
-    llm_retries: int | None = None,
-    llm_context: int | None = None,
+    *,
+    tokens_used: int = 0,
 ) -> Planner:
-    """The planner of an investigation; LLM calls are stored with the investigation.
-
-    ``max_tokens`` is the LLM token budget left to the investigation; ``llm_timeout_s`` and
-    ``llm_retries`` (``None``: environment or defaults) bound each LLM request; ``llm_context``
-    is the LLM's context window in tokens (``None``: asked of the server)."""
+    """The planner named in ``settings`` (``planner_factory``'s when given); LLM calls are stored
+    with the investigation. The LLM planner's token budget is what the investigation's budget
+    leaves after ``tokens_used``; its request timeout, retries and context window are the
+    settings' (``None``: environment or defaults)."""
     if planner_factory is not None:
         return planner_factory()
-    if name == "protocol":
+    if settings.planner == "protocol":
         from rankscope.agent.planners.protocol import ProtocolPlanner
 
-        policy = settings_of(store.get_investigation(investigation_id)).policy
-        if protocol_pairs:
+        if settings.protocol_pairs:
             return ProtocolPlanner(
-                n_pairs=protocol_pairs, localise_pairs=2 * protocol_pairs, policy=policy
+                n_pairs=settings.protocol_pairs,
+                localise_pairs=2 * settings.protocol_pairs,
+                policy=settings.policy,
             )
-        return ProtocolPlanner(policy=policy)
+        return ProtocolPlanner(policy=settings.policy)
     from rankscope.agent.planners.llm import LLMPlanner
+
+    llm_model = settings.llm_model
 
     def recorder(call: Any) -> None:
         def get(key: str) -> Any:
@@ -110,15 +106,16 @@ def make_planner(
             error=get("error"),
         )
 
+    max_tokens = settings.budget.max_tokens
     return LLMPlanner(
         model=str(llm_model),
-        base_url=base_url or os.environ.get("OPENAI_BASE_URL"),
+        base_url=settings.base_url or os.environ.get("OPENAI_BASE_URL"),
         api_key=os.environ.get("OPENAI_API_KEY"),
         recorder=recorder,
-        max_tokens_budget=max_tokens,
-        timeout_s=llm_timeout_s,
-        max_retries=llm_retries,
-        context_tokens=llm_context,
+        max_tokens_budget=None if max_tokens is None else max(1, max_tokens - tokens_used),
+        timeout_s=settings.llm_timeout_s,
+        max_retries=settings.llm_retries,
+        context_tokens=settings.llm_context,
     )
 
 
@@ -128,6 +125,17 @@ class RunResult:
     status: str
     report_path: str | None
     stop_reason: str | None
+
+
+@dataclass(frozen=True)
+class _Process:
+    """How this process runs an investigation (nothing of it is stored)."""
+
+    url: str
+    report_dir: Path
+    progress: ProgressPrinter
+    retriever_loader: Callable[..., Any] | None
+    show_tool_progress: bool
 
 
 def _write_report(store: Store, investigation_id: int, out_dir: Path) -> Path:
@@ -157,25 +165,21 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 def _run(
     store: Store,
-    db_url: str,
     investigation_id: int,
+    settings: InvestigationSettings,
     planner: Planner,
-    budget: Budget,
-    progress: ProgressPrinter,
-    report_dir: Path,
+    process: _Process,
+    *,
     resume: bool,
-    retriever_loader: Callable[..., Any] | None,
-    show_tool_progress: bool,
 ) -> RunResult:
-    settings = settings_of(store.get_investigation(investigation_id))
     lab = Lab(
         store=store,
         investigation_id=investigation_id,
         model=settings.model_arg,
         data_spec=settings.data_arg,
         device=settings.device,
-        progress=show_tool_progress,
-        retriever_loader=retriever_loader,
+        progress=process.show_tool_progress,
+        retriever_loader=process.retriever_loader,
         model_options=settings.model_options,
         shards=settings.shards,
     )
@@ -183,14 +187,16 @@ def _run(
         store=store,
         lab=lab,
         planner=planner,
-        budget=budget,
-        progress=progress,
-        report_dir=report_dir / f"investigation-{investigation_id}",
+        settings=settings,
+        investigation=StoredInvestigation(store, investigation_id),
+        progress=process.progress,
+        report_dir=process.report_dir / f"investigation-{investigation_id}",
         write_report=_write_report,
+        heartbeat=Heartbeat(store, investigation_id),
     )
     try:
         with _sigterm_as_interrupt():
-            final = invoke(context, db_url, investigation_id, resume=resume)
+            final = invoke(context, process.url, investigation_id, resume=resume)
     finally:
         lab.close()
         release(store, investigation_id)
@@ -203,124 +209,94 @@ def _run(
     )
 
 
+def _as_started(
+    settings: InvestigationSettings,
+    choice: PlannerChoice,
+    planner_name: str,
+    described: dict[str, Any],
+) -> InvestigationSettings:
+    """The settings stored as a new investigation starts: the planner that runs and why, the
+    loaded model, and this process's lease."""
+    llm = choice.name == "llm"
+    notes = list(settings.notes)
+    if described.get("random_weights"):
+        notes.append(
+            f"{len(described['random_weights'])} weights the score depends on were randomly "
+            "initialised (--allow-random-weights): findings describe a partly random model"
+        )
+    return settings.model_copy(
+        update={
+            "planner": planner_name,
+            "llm_model": settings.llm_model if llm else None,
+            "base_url": settings.base_url if llm else None,
+            "planner_why": choice.why,
+            "model": described,
+            "notes": notes,
+            "lease": own_lease(),
+        }
+    )
+
+
 def investigate(
     question: str,
+    settings: InvestigationSettings | None = None,
     *,
-    model: str | None = None,
-    data: str | None = None,
-    planner: str | None = None,
-    llm_model: str | None = None,
-    base_url: str | None = None,
-    budget: Budget | None = None,
     db: str | None = None,
     report_dir: Path = DEFAULT_REPORT_DIR,
-    device: str = "cpu",
     console: Console | None = None,
     quiet: bool = False,
     planner_factory: Callable[[], Planner] | None = None,
     retriever_loader: Callable[..., Any] | None = None,
     show_tool_progress: bool = False,
-    protocol_pairs: int | None = None,
-    model_options: dict[str, Any] | None = None,
-    llm_timeout_s: float | None = None,
-    llm_retries: int | None = None,
-    llm_context: int | None = None,
-    policy: StatsPolicy | None = None,
-    config_extra: dict[str, Any] | None = None,
     on_started: Callable[[int], None] | None = None,
-    shards: int | None = None,
 ) -> RunResult:
-    """Start an investigation and run it to its end (or to an exception, which propagates).
+    """Start an investigation with ``settings`` (default :class:`InvestigationSettings`) and run
+    it to its end (or to an exception, which propagates).
 
-    ``model_options`` go to the model loader (``allow_random_weights``, ``label``);
-    ``llm_timeout_s``, ``llm_retries`` and ``llm_context`` are stored with the investigation, so
-    ``resume`` uses them too; ``policy`` is the statistical policy the verdict rules apply (default
-    :class:`StatsPolicy`), stored with the investigation; ``config_extra`` adds keys to the
-    config stored as the row is created (a sweep's id and cell, :mod:`rankscope.agent.sweep`);
-    ``shards`` splits each activation_patching grid across that many Ray actors (stored).
+    The settings are stored with the investigation as its row is created, with the planner that
+    runs (``settings.planner``, or ``planner_factory``'s planner), the loaded model's description
+    and this process's lease; ``resume`` reads them back. The other arguments say how this process
+    runs it: the database (``db``), where reports go, the console, the retriever loader (tests).
 
     The device and the model are checked before the investigation's row is created, so a bad one
     leaves nothing behind; a failure after the row exists but before the graph runs marks it
     ``failed``. ``on_started`` gets the id once the run has started (from then on
     ``rankscope resume ID`` can continue it)."""
+    settings = settings or InvestigationSettings()
     progress = ProgressPrinter(console, quiet=quiet)
-    budget = budget or Budget()
     choice = (
         PlannerChoice("protocol", "a planner object was given")
         if planner_factory is not None
-        else choose_planner(planner, llm_model)
+        else choose_planner(settings.planner, settings.llm_model)
     )
     given = planner_factory() if planner_factory is not None else None
     url = database_url(db)
     refuse_in_memory(url)
-    described = load_model(model, device, retriever_loader, model_options)
+    described = load_model(
+        settings.model_arg, settings.device, retriever_loader, settings.model_options
+    )
+    settings = _as_started(settings, choice, getattr(given, "name", None) or choice.name, described)
     with open_store(url) as store:
-        planner_name = getattr(given, "name", None) or choice.name
         investigation_id = store.create_investigation(
             question,
-            model or "all-MiniLM-L6-v2",
-            data or "builtin",
-            planner_name,
-            llm_model=llm_model if choice.name == "llm" else None,
-            budget=budget.model_dump(),
-            config=InvestigationSettings(
-                model_arg=model,
-                data_arg=data,
-                device=device,
-                base_url=base_url if choice.name == "llm" else None,
-                planner_why=choice.why,
-                protocol_pairs=protocol_pairs,
-                model_options=dict(model_options or {}),
-                shards=shards,
-                llm_timeout_s=llm_timeout_s,
-                llm_retries=llm_retries,
-                llm_context=llm_context,
-                policy=policy or StatsPolicy(),
-            ).model_dump(mode="json")
-            | dict(config_extra or {}),
+            settings.model_arg or "all-MiniLM-L6-v2",
+            settings.data_arg or "builtin",
+            str(settings.planner),
+            llm_model=settings.llm_model,
+            budget=settings.budget.model_dump(),
+            config=settings.config(),
         )
         try:
-            claim(store, investigation_id)
             progress.investigation(investigation_id, question)
             progress.line(f"planner: {choice.name} ({choice.why})")
-            settings = settings_of(store.get_investigation(investigation_id))
-            settings.model = described
-            if settings.model.get("random_weights"):
-                settings.notes.append(
-                    f"{len(settings.model['random_weights'])} weights the score depends on were "
-                    "randomly initialised (--allow-random-weights): findings describe a partly "
-                    "random model"
-                )
-            save_settings(store, investigation_id, settings)
-            active = given or make_planner(
-                store,
-                investigation_id,
-                choice.name,
-                llm_model,
-                base_url,
-                protocol_pairs=protocol_pairs,
-                max_tokens=budget.max_tokens,
-                llm_timeout_s=llm_timeout_s,
-                llm_retries=llm_retries,
-                llm_context=llm_context,
-            )
+            active = given or make_planner(store, investigation_id, settings)
         except BaseException:
             _fail_before_start(store, investigation_id)
             raise
         if on_started is not None:
             on_started(investigation_id)
-        return _run(
-            store,
-            url,
-            investigation_id,
-            active,
-            budget,
-            progress,
-            report_dir,
-            False,
-            retriever_loader,
-            show_tool_progress,
-        )
+        process = _Process(url, report_dir, progress, retriever_loader, show_tool_progress)
+        return _run(store, investigation_id, settings, active, process, resume=False)
 
 
 class DeviceError(ValueError):
@@ -367,7 +343,7 @@ def load_model(
     """Check the device, load the model (once per process) and describe it.
 
     A failure is a :class:`DeviceError` or a ``RetrieverLoadError`` whose message says what was
-    wrong and what to do (a corrupt weights file no longer escapes as a raw library error).
+    wrong and what to do (a corrupt weights file included, never a raw library error).
     """
     from rankscope.tools.retrievers import RetrieverLoadError
 
@@ -423,7 +399,8 @@ def resume(
     retriever_loader: Callable[..., Any] | None = None,
     show_tool_progress: bool = False,
 ) -> RunResult:
-    """Continue an investigation from its last checkpoint; finished steps are not re-run."""
+    """Continue an investigation from its last checkpoint, with its stored settings; finished
+    steps are not re-run."""
     progress = ProgressPrinter(console, quiet=quiet)
     url = database_url(db)
     refuse_in_memory(url)
@@ -439,32 +416,14 @@ def resume(
             progress.line(f"marked interrupted: experiments {interrupted} (they will be re-run)")
         if inv.status != "finished":
             store.set_investigation_status(investigation_id, "running")
-        budget = Budget.model_validate(inv.budget)
+        settings = settings_of(inv)
         progress.line(f"planner: {inv.planner} (as stored with the investigation)")
         planner = make_planner(
             store,
             investigation_id,
-            inv.planner,
-            inv.llm_model,
-            settings_of(inv).base_url,
+            settings,
             planner_factory,
-            protocol_pairs=settings_of(inv).protocol_pairs,
-            max_tokens=None
-            if budget.max_tokens is None
-            else max(1, budget.max_tokens - store.llm_usage(investigation_id).total_tokens),
-            llm_timeout_s=settings_of(inv).llm_timeout_s,
-            llm_retries=settings_of(inv).llm_retries,
-            llm_context=settings_of(inv).llm_context,
+            tokens_used=store.llm_usage(investigation_id).total_tokens,
         )
-        return _run(
-            store,
-            url,
-            investigation_id,
-            planner,
-            budget,
-            progress,
-            report_dir,
-            True,
-            retriever_loader,
-            show_tool_progress,
-        )
+        process = _Process(url, report_dir, progress, retriever_loader, show_tool_progress)
+        return _run(store, investigation_id, settings, planner, process, resume=True)

@@ -1,4 +1,5 @@
-"""An investigation's settings: one typed model, stored as the investigation's ``config``."""
+"""An investigation's settings: one typed model, built once (by the command line, a sweep, a test)
+and stored as the investigation's ``config``."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from rankscope.agent.policy import StatsPolicy
+from rankscope.agent.state import Budget
 from rankscope.experiments_db.records import InvestigationRecord
 from rankscope.experiments_db.repository import Store
 
@@ -23,8 +25,10 @@ class Lease(BaseModel):
 class InvestigationSettings(BaseModel):
     """How an investigation runs: what the user asked for and what the agent recorded about it.
 
-    Stored as JSON in ``investigation.config`` (``model_dump``) and read back with
-    :func:`settings_of`; keys written by other parts of the system (an import note) are kept.
+    Stored as JSON in ``investigation.config`` (:meth:`config`) and read back with
+    :func:`settings_of`. ``planner``, ``llm_model`` and ``budget`` are stored in the
+    investigation's own columns, not in ``config``. Keys written by other parts of the system
+    (a sweep's cell, an import note) are kept.
     """
 
     model_config = ConfigDict(extra="allow")
@@ -32,6 +36,19 @@ class InvestigationSettings(BaseModel):
     model_arg: str | None = Field(None, description="--model as given (None: the default).")
     data_arg: str | None = Field(None, description="--data as given (None: built-in).")
     device: str = "cpu"
+    planner: str | None = Field(
+        None,
+        exclude=True,
+        description="The planner that runs (a stored investigation's), or the one asked for "
+        "(None: the LLM planner when an endpoint and llm_model are set, else the protocol "
+        "planner).",
+    )
+    llm_model: str | None = Field(
+        None, exclude=True, description="--llm-model: the model the LLM endpoint serves."
+    )
+    budget: Budget = Field(
+        default_factory=Budget, exclude=True, description="The investigation's limits."
+    )
     base_url: str | None = Field(None, description="The LLM endpoint (LLM planner only).")
     planner_why: str = Field("", description="Why this planner runs (the CLI prints it).")
     protocol_pairs: int | None = Field(None, description="Pairs per protocol experiment.")
@@ -67,21 +84,31 @@ class InvestigationSettings(BaseModel):
     notes: list[str] = Field(default_factory=list, description="Notes shown in the report.")
     lease: Lease | None = Field(None, description="The live process driving the investigation.")
 
+    def config(self) -> dict[str, Any]:
+        """The JSON stored as the investigation's ``config`` (unset optional fields left out)."""
+        return self.model_dump(mode="json", exclude_none=True)
+
 
 def settings_of(investigation: InvestigationRecord) -> InvestigationSettings:
-    """The typed settings of a stored investigation."""
-    return InvestigationSettings.model_validate(investigation.config)
-
-
-def save_settings(store: Store, investigation_id: int, settings: InvestigationSettings) -> None:
-    """Store the settings as the investigation's config (unset optional fields left out)."""
-    store.update_investigation_config(
-        investigation_id, settings.model_dump(mode="json", exclude_none=True)
+    """The typed settings of a stored investigation (its config and its planner, LLM model and
+    budget columns)."""
+    return InvestigationSettings.model_validate(
+        {
+            **investigation.config,
+            "planner": investigation.planner,
+            "llm_model": investigation.llm_model,
+            "budget": investigation.budget or {},
+        }
     )
 
 
+def save_settings(store: Store, investigation_id: int, settings: InvestigationSettings) -> None:
+    """Store the settings as the investigation's config."""
+    store.update_investigation_config(investigation_id, settings.config())
+
+
 def add_note(store: Store, investigation_id: int, note: str) -> None:
-    """Add a note to the investigation's settings (once)."""
+    """Add a note to the stored settings of the investigation (once)."""
     settings = settings_of(store.get_investigation(investigation_id))
     if note not in settings.notes:
         settings.notes.append(note)

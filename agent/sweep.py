@@ -17,8 +17,8 @@ How the writes stay safe
   tables before any task starts (two processes creating them at once on a fresh PostgreSQL
   database fail), and then only reads (the live table, the summary).
 - **A cell is recorded from its creation on**: the investigation's row is created with
-  ``config.sweep = {id, cell, model, question, seed, planner}`` in the same insert
-  (``investigate(config_extra=...)``), so a worker killed at any moment leaves either no row or a
+  ``config.sweep = {id, cell, model, question, seed, planner}`` in the same insert (a ``sweep``
+  key of the settings given to ``investigate``), so a worker killed at any moment leaves either no row or a
   tagged one — never an orphan that a retry would duplicate. No migration is needed.
 - **One process per cell**: a worker holds a PostgreSQL advisory lock on (sweep, cell) while it
   looks the cell up and runs it, so two drivers of the same sweep, or a retry racing a slow
@@ -246,6 +246,7 @@ def run_cell(
     a dict. An exception of the investigation is caught and returned as ``error`` (the run is
     marked interrupted, so the next sweep resumes it); a dead worker is Ray's to retry."""
     from rankscope.agent.runner import investigate, resume
+    from rankscope.agent.settings import InvestigationSettings
 
     spec = SweepSpec.model_validate(spec_json)
     cell = Cell.model_validate(cell_json)
@@ -283,21 +284,21 @@ def run_cell(
                 outcome.action = "resumed"
             else:
                 tag = {"id": sweep_id, "cell": cell.key, **cell.model_dump()}
-                result = investigate(
-                    cell.question,
-                    model=cell.model,
-                    data=spec.data,
-                    planner=cell.planner,
-                    llm_model=spec.llm_model if cell.planner == "llm" else None,
-                    base_url=spec.base_url,
-                    budget=spec.budget,
-                    device=spec.device,
-                    planner_factory=factory,
-                    protocol_pairs=spec.protocol_pairs,
-                    model_options=spec.model_options or None,
-                    config_extra={"sweep": tag},
-                    **quiet,
+                settings = InvestigationSettings.model_validate(
+                    {
+                        "model_arg": cell.model,
+                        "data_arg": spec.data,
+                        "planner": cell.planner,
+                        "llm_model": spec.llm_model if cell.planner == "llm" else None,
+                        "base_url": spec.base_url,
+                        "budget": spec.budget,
+                        "device": spec.device,
+                        "protocol_pairs": spec.protocol_pairs,
+                        "model_options": spec.model_options or {},
+                        "sweep": tag,
+                    }
                 )
+                result = investigate(cell.question, settings, planner_factory=factory, **quiet)
                 outcome.action = "ran"
             outcome.investigation_id = result.investigation_id
             outcome.status, outcome.stop_reason = result.status, result.stop_reason

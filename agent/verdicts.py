@@ -448,7 +448,8 @@ def hypothesis_level(
         if other.id >= node.id or exploratory_of(tree, other) is not None:
             continue
         index += 1
-        if other.verdicts and other.verdicts[-1].status == "supported":
+        latest = other.latest_verdict
+        if latest is not None and latest.status == "supported":
             discoveries += 1
     return policy.level(index, discoveries, node.criterion.alpha), index
 

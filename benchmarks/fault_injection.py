@@ -39,6 +39,7 @@ from pathlib import Path
 from rich.console import Console
 import io
 from rankscope.agent.runner import investigate
+from rankscope.agent.settings import InvestigationSettings
 from rankscope.agent.state import Budget
 from tests.agent_support import ScriptedPlanner, behaviour
 
@@ -53,9 +54,8 @@ def wait(ledger):
 script = [behaviour(), wait] if mode == "wait" else [behaviour()]
 investigate(
     "fault injection",
-    model=model,
+    InvestigationSettings(model_arg=model, budget=Budget(max_steps=4, max_tool_calls=4)),
     db=url,
-    budget=Budget(max_steps=4, max_tool_calls=4),
     report_dir=Path(ready).parent / "reports",
     console=Console(file=io.StringIO()),
     quiet=True,
@@ -238,6 +238,7 @@ def _drip_fault(url: str, model: Path, folder: Path) -> Outcome:
 
     from rankscope.agent.llm_client import LLMError
     from rankscope.agent.runner import investigate
+    from rankscope.agent.settings import InvestigationSettings
     from rankscope.agent.state import Budget
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Drip)
@@ -247,10 +248,8 @@ def _drip_fault(url: str, model: Path, folder: Path) -> Outcome:
     start = time.monotonic()
     note = ""
     try:
-        investigate(
-            "fault injection: dripping LLM server",
-            model=str(model),
-            db=url,
+        settings = InvestigationSettings(
+            model_arg=str(model),
             planner="llm",
             llm_model="drip",
             base_url=f"http://127.0.0.1:{server.server_address[1]}/v1",
@@ -258,6 +257,11 @@ def _drip_fault(url: str, model: Path, folder: Path) -> Outcome:
             llm_retries=0,
             llm_context=32_000,
             budget=Budget(max_steps=2, max_tool_calls=2),
+        )
+        investigate(
+            "fault injection: dripping LLM server",
+            settings,
+            db=url,
             report_dir=folder / "reports",
             console=Console(file=io.StringIO()),
             quiet=True,

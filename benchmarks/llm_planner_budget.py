@@ -7,7 +7,8 @@ Run on demand (not part of the tests)::
 
 Scripted (the default): the LLM planner runs ``--steps`` steps against the scripted loopback
 server of ``tests/llm_server.py`` with a ledger that grows by one realistic hypothesis per step
-(long hypothesis, a dozen per-component metrics, a long summary, replications). With the compact
+(``tests.llm_planner_support.heavy_entry``: a long hypothesis, a dozen per-component metrics, a
+long summary, replications). With the compact
 catalogue each step first calls ``describe_tool`` for the largest tool schema, then ``propose``;
 with ``full`` and ``reduced`` it calls the tool directly. Every request the planner sends is
 chat-templated as Qwen2.5-Instruct lays it out and counted with the Qwen2.5 tokenizer
@@ -32,14 +33,14 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from rankscope.agent.llm_client import LLMCall, LLMError  # noqa: E402
-from rankscope.agent.planners.base import Criterion, Ledger, LedgerEntry, Proposal, Stop  # noqa: E402
+from rankscope.agent.planners.base import Ledger, Proposal, Stop  # noqa: E402
 from rankscope.agent.planners.llm import (  # noqa: E402
     CATALOGUES,
     REQUEST_TOKEN_BUDGET,
     LLMPlanner,
     ToolCatalogue,
 )
-from rankscope.tools.registry import all_tools  # noqa: E402
+from tests.llm_planner_support import heavy_entry  # noqa: E402
 from tests.llm_server import (  # noqa: E402
     TOKENIZER,
     ScriptedLLMServer,
@@ -52,28 +53,6 @@ PROPOSAL_TOOL = "behavioural_test"
 DESCRIBED_TOOL = "activation_patching"
 
 
-def entry(hypothesis_id: int) -> LedgerEntry:
-    """A hypothesis as large as real ledger entries get."""
-    tools = list(all_tools())
-    layer = hypothesis_id % 6
-    return LedgerEntry(
-        hypothesis_id=hypothesis_id,
-        hypothesis=f"Heads in layer {layer} raise the score of documents with a repeated query "
-        "term more than documents with an appended filler word, on every relevance grade.",
-        tool=tools[hypothesis_id % len(tools)],
-        args={"layer": layer, "components": [f"L{layer}.H{h}" for h in range(8)], "n_pairs": 64},
-        criterion=Criterion(metric=f"effect[L{layer}.H3]", direction="greater", threshold=0.2),
-        components=[f"L{layer}.H3", f"L{layer}.mlp"],
-        status=("supported", "refuted", "inconclusive")[hypothesis_id % 3],
-        key_metrics={f"effect[L{layer}.H{h}]": 0.1234567 * h for h in range(12)},
-        summary=" ".join(
-            f"L{k}.H{k} effect 0.{k}3 CI [0.1{k}, 0.5{k}] p=0.00{k};" for k in range(40)
-        ),
-        evidence_ids=[3 * hypothesis_id, 3 * hypothesis_id + 1],
-        replication="met" if hypothesis_id % 3 == 0 else None,
-    )
-
-
 def ledger(n_entries: int, total_steps: int) -> Ledger:
     """The ledger after ``n_entries`` hypotheses, all registered tools offered."""
     return Ledger(
@@ -82,7 +61,7 @@ def ledger(n_entries: int, total_steps: int) -> Ledger:
         model={"model_id": "sentence-transformers/all-MiniLM-L6-v2", "kind": "bi-encoder"},
         data="built-in axiom pairs (TFC1, TFC2, TDC, LNC1)",
         tools=[],
-        entries=[entry(i) for i in range(1, n_entries + 1)],
+        entries=[heavy_entry(i) for i in range(1, n_entries + 1)],
         feedback=["the last proposal repeated H2 with the same arguments; change them"],
         steps_left=total_steps - n_entries,
         tool_calls_left=total_steps - n_entries,

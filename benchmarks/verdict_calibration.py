@@ -55,7 +55,7 @@ from rankscope.experiments_db.records import Criterion, EvidenceRecord
 from rankscope.tools.metric_keys import MetricSpec
 from rankscope.tools.stats import (
     QueryValue,
-    bootstrap_ci_columns,
+    bootstrap,
     per_query_rows,
     values_by_query,
 )
@@ -226,7 +226,7 @@ def adversarial_investigation(
     discovery = Split.draw(rng, "d", n, means, noise)
     heldout = Split.draw(rng, "h", n, means, noise)
     seen = discovery.screen()
-    estimate, low, high = bootstrap_ci_columns(seen, confidence=1.0 - 2.0 * policy.alpha)
+    estimate, low, high = bootstrap(seen, confidence=1.0 - 2.0 * policy.alpha)
     ranking = list(np.argsort(-np.abs(estimate - NULL_VALUE)))
     sesoi = policy.sesoi_for(FAMILY)
     discoveries = 0

@@ -1,22 +1,36 @@
-"""Export an investigation (rows + artifact files) as a zip bundle, and import one under new ids."""
+"""Export an investigation (rows + artifact files) as a zip bundle, and import one under new ids:
+:func:`import_bundle` checks the bundle and its files, :func:`import_tree` writes the rows."""
 
 import json
 import os
 import tempfile
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
 from pydantic import ValidationError
 
+from rankscope.experiments_db.chain import LinkKind, append_link
 from rankscope.experiments_db.errors import ArtifactIntegrityError, BundleError
 from rankscope.experiments_db.hashing import bytes_sha256
+from rankscope.experiments_db.jsonutil import to_jsonable
 from rankscope.experiments_db.migrate import head_revision
-from rankscope.experiments_db.models import utcnow
+from rankscope.experiments_db.models import (
+    Artifact,
+    Evidence,
+    Experiment,
+    Hypothesis,
+    Investigation,
+    LLMCall,
+    Review,
+    Verdict,
+    utcnow,
+)
 from rankscope.experiments_db.records import InvestigationTree
 from rankscope.experiments_db.repository import Store
+from rankscope.experiments_db.store_core import add_row
 
 BUNDLE_FORMAT = "rankscope-investigation-bundle"
 BUNDLE_VERSION = 1
@@ -25,6 +39,15 @@ ARTIFACT_PREFIX = "artifacts/"
 MAX_UNPACKED_BYTES = 4 * 1024**3
 """The most a bundle may unpack to (manifest and artifacts together); a zip bomb stops here."""
 _CHUNK = 1 << 20
+_HYPOTHESIS_NODE_FIELDS = {
+    "id",
+    "investigation_id",
+    "parent_id",
+    "criterion",
+    "experiments",
+    "verdicts",
+}
+"""The fields of a hypothesis node that its imported row does not copy."""
 
 
 def default_bundle_path(investigation_id: int) -> Path:
@@ -138,6 +161,106 @@ def _manifest(bundle: _Bundle) -> dict[str, Any]:
     return manifest
 
 
+def import_tree(store: Store, tree: InvestigationTree, *, config_note: Mapping[str, Any]) -> int:
+    """Re-create an exported investigation under new ids in one transaction; return the new
+    investigation id. Artifact files must already be in the store's artifact folder.
+
+    Cited evidence ids in verdicts are remapped; ``config_note`` (with the id maps added) is
+    stored in the investigation's config under ``"imported_from"``. The new hypotheses, evidence
+    and verdicts are linked into the new investigation's record chain.
+    """
+    src = tree.investigation
+    with store._write() as session:
+        inv = Investigation(
+            **src.model_dump(exclude={"id", "config"}),
+            config={**src.config, "imported_from": {}},
+        )
+        inv_id = add_row(session, inv)
+        hyp_ids = {
+            h.id: add_row(
+                session,
+                Hypothesis(
+                    investigation_id=inv_id,
+                    **h.model_dump(exclude=_HYPOTHESIS_NODE_FIELDS),
+                    **to_jsonable(h.criterion.model_dump()),
+                ),
+            )
+            for h in tree.hypotheses
+        }
+        for h in tree.hypotheses:
+            if h.parent_id is not None:
+                session.get_one(Hypothesis, hyp_ids[h.id]).parent_id = hyp_ids[h.parent_id]
+        exp_ids: dict[int, int] = {}
+        ev_ids: dict[int, int] = {}
+        for e in tree.experiments():
+            exp_id = exp_ids[e.id] = add_row(
+                session,
+                Experiment(
+                    investigation_id=inv_id,
+                    hypothesis_id=None if e.hypothesis_id is None else hyp_ids[e.hypothesis_id],
+                    **e.model_dump(exclude={"id", "investigation_id", "hypothesis_id", "evidence"}),
+                ),
+            )
+            for ev in e.evidence:
+                ev_id = ev_ids[ev.id] = add_row(
+                    session,
+                    Evidence(
+                        experiment_id=exp_id,
+                        **ev.model_dump(exclude={"id", "experiment_id", "artifacts"}),
+                    ),
+                )
+                for a in ev.artifacts:
+                    session.add(
+                        Artifact(
+                            experiment_id=exp_id,
+                            evidence_id=ev_id,
+                            **a.model_dump(exclude={"id", "experiment_id", "evidence_id"}),
+                        )
+                    )
+        verdict_ids: list[int] = []
+        for h in tree.hypotheses:
+            for v in h.verdicts:
+                verdict_id = add_row(
+                    session,
+                    Verdict(
+                        hypothesis_id=hyp_ids[h.id],
+                        cited_evidence_ids=[ev_ids[i] for i in v.cited_evidence_ids],
+                        **v.model_dump(
+                            exclude={"id", "hypothesis_id", "cited_evidence_ids", "reviews"}
+                        ),
+                    ),
+                )
+                verdict_ids.append(verdict_id)
+                for r in v.reviews:
+                    session.add(
+                        Review(verdict_id=verdict_id, **r.model_dump(exclude={"id", "verdict_id"}))
+                    )
+        for c in tree.llm_calls:
+            session.add(
+                LLMCall(investigation_id=inv_id, **c.model_dump(exclude={"id", "investigation_id"}))
+            )
+        inv.config = {
+            **src.config,
+            "imported_from": {
+                **to_jsonable(dict(config_note)),
+                "investigation_id": src.id,
+                "hypothesis_ids": {str(k): v for k, v in hyp_ids.items()},
+                "experiment_ids": {str(k): v for k, v in exp_ids.items()},
+                "evidence_ids": {str(k): v for k, v in ev_ids.items()},
+            },
+        }
+        session.flush()
+        links: list[tuple[LinkKind, Iterable[int]]] = [
+            ("hypothesis", hyp_ids.values()),
+            ("evidence", ev_ids.values()),
+            ("verdict", verdict_ids),
+        ]
+        for kind, ids in links:
+            for record_id in ids:
+                append_link(session, inv_id, kind, record_id)
+        return inv_id
+
+
 def import_bundle(
     store: Store,
     path: str | Path,
@@ -182,4 +305,4 @@ def import_bundle(
         "exported_at": manifest.get("exported_at"),
         "source": manifest.get("source"),
     }
-    return store.import_tree(tree, config_note=note)
+    return import_tree(store, tree, config_note=note)

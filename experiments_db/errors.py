@@ -33,6 +33,11 @@ class UnknownEvidenceError(StoreError):
         self.missing = missing
 
 
+class ReviewError(StoreError, ValueError):
+    """A review breaks the review rules: its decision is not ``accept`` or ``dispute``, it names
+    no reviewer, or it disputes a verdict without a comment."""
+
+
 class ArtifactError(StoreError):
     """A problem with an artifact file."""
 

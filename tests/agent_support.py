@@ -21,6 +21,7 @@ from rankscope.agent.planners.base import (
 )
 from rankscope.agent.policy import StatsPolicy
 from rankscope.agent.runner import RunResult, investigate
+from rankscope.agent.settings import InvestigationSettings
 from rankscope.agent.state import Budget
 from tests.tiny_models import save_tiny_model
 
@@ -120,14 +121,17 @@ def run(
 ) -> RunResult:
     """One investigation on ``model`` with ``planner``, in ``tmp/t.db``, quietly, under
     ``policy`` (default: :data:`TINY_POLICY`)."""
+    settings = InvestigationSettings(
+        model_arg=str(model),
+        budget=budget or Budget(max_steps=8, max_tool_calls=8),
+        policy=policy or TINY_POLICY,
+    )
     return investigate(
         question,
-        model=str(model),
+        settings,
         db=f"sqlite:///{tmp / 't.db'}",
-        budget=budget or Budget(max_steps=8, max_tool_calls=8),
         report_dir=tmp / "reports",
         console=Console(file=io.StringIO()),
         quiet=True,
         planner_factory=lambda: planner,
-        policy=policy or TINY_POLICY,
     )

@@ -158,12 +158,13 @@ def test_postgres_smoke(tmp_path, tmp_path_factory):
         pytest.skip("RANKSCOPE_TEST_PG_URL is not set")
     model = null_bert(tmp_path_factory.mktemp("null-pg"))
     from rankscope.agent.runner import investigate
+    from rankscope.agent.settings import InvestigationSettings
 
     planner = ScriptedPlanner([behaviour(), RuntimeError("stop here")])
     with pytest.raises(RuntimeError):
         investigate(
             "postgres smoke",
-            model=str(model),
+            InvestigationSettings(model_arg=str(model)),
             db=pg,
             report_dir=tmp_path / "reports",
             console=Console(file=io.StringIO()),

@@ -11,7 +11,7 @@ from rich.console import Console
 
 from rankscope.agent.citations import cited_in_text
 from rankscope.agent.llm_client import LLMUnavailableError
-from rankscope.agent.nodes import fingerprint
+from rankscope.agent.calls import fingerprint
 from rankscope.agent.planners.base import Narrative, Proposal, Stop
 from rankscope.agent.runner import resume
 from rankscope.agent.state import Budget

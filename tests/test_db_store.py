@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
 from rankscope.experiments_db import (
     ArtifactIntegrityError,
@@ -21,6 +21,7 @@ from rankscope.experiments_db import (
     EvidenceWriteError,
     ExperimentStateError,
     NotFoundError,
+    ReviewError,
     Store,
     UnknownEvidenceError,
     capture_provenance,
@@ -98,6 +99,59 @@ def test_round_trip(store: Store, tmp_path: Path) -> None:
     assert inv.status == "finished" and inv.finished_at is not None
     assert inv.report_path == "r/report.md"
     assert [i.id for i in store.list_investigations(status="running")] == []
+
+
+def _queries(store: Store) -> list[str]:
+    """A list that collects the queries (``SELECT`` statements) the store's engine runs from now
+    on."""
+    seen: list[str] = []
+
+    def collect(conn: Any, cursor: Any, statement: str, *rest: Any) -> None:
+        if statement.lstrip().upper().startswith("SELECT"):
+            seen.append(statement)
+
+    event.listen(store.engine, "before_cursor_execute", collect)
+    return seen
+
+
+def test_hypothesis_node_matches_the_tree(store: Store, tmp_path: Path) -> None:
+    ids = populate(store, tmp_path)
+    tree = store.investigation_tree(ids["investigation"])
+    for expected in tree.hypotheses:
+        assert store.hypothesis_node(expected.id) == expected
+    node = store.hypothesis_node(ids["hypothesis"])
+    assert node.latest_verdict is not None and node.latest_verdict.id == ids["verdict"]
+    assert node.latest_verdict.reviews[0].id == ids["review"]
+    assert [a.media_type for a in node.experiments[0].evidence[0].artifacts] == [
+        "image/png",
+        "application/json",
+    ]
+    bare = store.preregister_hypothesis(ids["investigation"], "untested", criterion(), **TOOL_CALL)
+    empty = store.hypothesis_node(bare)
+    assert empty.experiments == [] and empty.verdicts == [] and empty.latest_verdict is None
+    with pytest.raises(NotFoundError, match="hypothesis 999999"):
+        store.hypothesis_node(999_999)
+
+
+def test_hypothesis_node_reads_a_fixed_number_of_queries(store: Store, tmp_path: Path) -> None:
+    ids = populate(store, tmp_path)
+    seen = _queries(store)
+    store.hypothesis_node(ids["hypothesis"])
+    small = len(seen)
+    for i in range(5):
+        hyp = store.preregister_hypothesis(ids["investigation"], f"h{i}", criterion(), **TOOL_CALL)
+        for seed in range(3):
+            exp = store.start_experiment(
+                ids["investigation"], "activation_patching", {"seed": seed}, hypothesis_id=hyp
+            )
+            ev = store.finish_experiment(exp, metrics(seed))
+        store.record_verdict(
+            hyp, "refuted", criterion_result={}, cited_evidence_ids=[ev], decided_by="rule"
+        )
+    seen.clear()
+    node = store.hypothesis_node(hyp)
+    assert len(node.experiments) == 3 and len(node.verdicts) == 1
+    assert len(seen) == small <= 6
 
 
 def test_provenance_and_json_values(store: Store) -> None:
@@ -267,6 +321,34 @@ def test_verdict_citations_are_checked(store: Store, tmp_path: Path) -> None:
         store.record_verdict(
             ids["hypothesis"], "proven", criterion_result={}, cited_evidence_ids=[], decided_by="x"
         )
+
+
+def test_review_rules_are_the_store_s(store: Store, tmp_path: Path) -> None:
+    ids = populate(store, tmp_path)
+    hyp = ids["hypothesis"]
+    for reviewer, decision, comment, message in (
+        ("bob", "maybe", "", "review decision must be one of accept, dispute"),
+        ("  ", "accept", "", "a review needs a reviewer name"),
+        ("bob", "dispute", "", "a dispute needs a comment"),
+        ("bob", "dispute", " \n ", "a dispute needs a comment"),
+    ):
+        with pytest.raises(ReviewError, match=message):
+            store.review_hypothesis(hyp, reviewer, decision, comment)
+    assert [r.id for r in store.list_reviews(hypothesis_id=hyp)] == [ids["review"]]
+    disputed = store.review_hypothesis(hyp, " bob ", "dispute", "CI too wide")
+    accepted = store.review_hypothesis(hyp, "carol", "accept")
+    reviews = store.list_reviews(investigation_id=ids["investigation"])
+    assert [(r.id, r.reviewer, r.decision, r.comment) for r in reviews[1:]] == [
+        (disputed, "bob", "dispute", "CI too wide"),
+        (accepted, "carol", "accept", ""),
+    ]
+    assert {r.verdict_id for r in reviews} == {ids["verdict"]}
+    with pytest.raises(NotFoundError, match="not part of investigation"):
+        store.review_hypothesis(hyp, "bob", "accept", investigation_id=ids["investigation"] + 1)
+    with pytest.raises(NotFoundError, match="has no verdict"):
+        store.review_hypothesis(ids["replication"], "bob", "accept")
+    overview = store.verdict_overview([ids["investigation"]])[ids["investigation"]]
+    assert overview == {"supported": 1, "accepted": 1}
 
 
 def test_corrupted_artifact_is_a_clear_error(store: Store, tmp_path: Path) -> None:

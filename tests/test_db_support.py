@@ -142,7 +142,7 @@ def populate(store: Store, tmp_path: Path) -> dict[str, int]:
         narrative="Effect 0.31 [evidence 1] replicated [evidence 2].",
         decided_by="threshold-rule/1",
     )
-    review = store.record_review(verdict, "alice", "accept", "checked the heatmap")
+    review = store.review_hypothesis(hyp, "alice", "accept", "checked the heatmap")
     explore = store.start_experiment(inv, "attention_by_role", {"seed": 0})
     ev3 = store.finish_experiment(explore, {"cls_to_query": 0.4}, summary="exploration")
     call = store.record_llm_call(

@@ -1,4 +1,4 @@
-"""Ground truth (issue 12): tiny organisms with planted rules, built in seconds on the built-in
+"""Ground truth: tiny organisms with planted rules, built in seconds on the built-in
 collection; the protocol planner's stored claims scored against their records.
 
 The claims tests are fast (records and hypothesis nodes built by hand); the end-to-end test builds

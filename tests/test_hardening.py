@@ -119,18 +119,22 @@ def test_missing_weights_are_an_error_unless_allowed_and_then_reported(tmp_path,
 
     _RETRIEVERS.clear()
     from rankscope.agent.runner import investigate
+    from rankscope.agent.settings import InvestigationSettings
     from rankscope.agent.state import Budget
 
+    settings = InvestigationSettings(
+        model_arg=str(folder),
+        budget=Budget(max_steps=2, max_tool_calls=2),
+        model_options={"allow_random_weights": True},
+    )
     result = investigate(
         "q",
-        model=str(folder),
+        settings,
         db=f"sqlite:///{tmp_path / 't.db'}",
-        budget=Budget(max_steps=2, max_tool_calls=2),
         report_dir=tmp_path / "reports",
         console=Console(file=io.StringIO()),
         quiet=True,
         planner_factory=lambda: ScriptedPlanner([]),
-        model_options={"allow_random_weights": True},
     )
     assert result.report_path is not None
     assert "randomly initialised" in Path(result.report_path).read_text()

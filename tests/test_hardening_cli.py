@@ -66,13 +66,20 @@ def test_bad_weights_or_device_is_one_line_and_leaves_no_running_row(tmp_path, n
 
 def test_a_failure_after_the_row_exists_marks_it_failed(tmp_path, null_model, monkeypatch):
     import rankscope.agent.runner as runner
+    from rankscope.agent.settings import InvestigationSettings
 
     def broken(*args, **kwargs):
-        raise RuntimeError("settings could not be saved")
+        raise RuntimeError("the planner could not be made")
 
-    monkeypatch.setattr(runner, "save_settings", broken)
-    with pytest.raises(RuntimeError, match="settings could not be saved"):
-        run(tmp_path, null_model, ScriptedPlanner([]))
+    monkeypatch.setattr(runner, "make_planner", broken)
+    with pytest.raises(RuntimeError, match="the planner could not be made"):
+        runner.investigate(
+            "q",
+            InvestigationSettings(model_arg=str(null_model), planner="protocol"),
+            db=f"sqlite:///{tmp_path / 't.db'}",
+            report_dir=tmp_path / "reports",
+            quiet=True,
+        )
     assert _statuses(tmp_path / "t.db") == ["failed"]
 
 

@@ -26,20 +26,21 @@ import io, sys
 from pathlib import Path
 from rich.console import Console
 from rankscope.agent.runner import investigate
+from rankscope.agent.settings import InvestigationSettings
 from rankscope.agent.state import Budget
 from tests.agent_support import TINY_POLICY, ScriptedPlanner, behaviour
 
 url, model, reports = sys.argv[1], sys.argv[2], Path(sys.argv[3])
 investigate(
     "concurrent start",
-    model=model,
+    InvestigationSettings(
+        model_arg=model, budget=Budget(max_steps=4, max_tool_calls=4), policy=TINY_POLICY
+    ),
     db=url,
-    budget=Budget(max_steps=4, max_tool_calls=4),
     report_dir=reports,
     console=Console(file=io.StringIO()),
     quiet=True,
     planner_factory=lambda: ScriptedPlanner([behaviour()]),
-    policy=TINY_POLICY,
 )
 """
 

@@ -105,22 +105,26 @@ def _investigate(tmp_path, data: str, question: str):
 
     from rankscope.agent.planners.protocol import ProtocolPlanner
     from rankscope.agent.runner import investigate
+    from rankscope.agent.settings import InvestigationSettings
     from rankscope.agent.state import Budget
     from rankscope.experiments_db.engine import open_store
     from tests.agent_support import TINY_POLICY, mean_bert
 
     db = f"sqlite:///{tmp_path / 't.db'}"
+    settings = InvestigationSettings(
+        model_arg=str(mean_bert(tmp_path / "model")),
+        data_arg=data,
+        budget=Budget(max_steps=2, max_tool_calls=3),
+        policy=TINY_POLICY,
+    )
     result = investigate(
         question,
-        model=str(mean_bert(tmp_path / "model")),
-        data=data,
+        settings,
         db=db,
-        budget=Budget(max_steps=2, max_tool_calls=3),
         report_dir=tmp_path / "reports",
         console=Console(file=io.StringIO()),
         quiet=True,
         planner_factory=lambda: ProtocolPlanner(n_pairs=12),
-        policy=TINY_POLICY,
     )
     tree = open_store(db).investigation_tree(result.investigation_id)
     return tree, next((tmp_path / "reports").rglob("report.md")).read_text()

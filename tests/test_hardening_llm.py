@@ -1,6 +1,6 @@
-"""Issue 16, item 7 and prompt fencing: the LLM client's whole-request deadline, believable token
+"""Hostile servers and hostile text: the LLM client's whole-request deadline, believable token
 counts, bounded replies, malformed ``tool_calls``, and data blocks that look-alike tags cannot
-close."""
+close (``rankscope.agent.planners.llm.fencing``)."""
 
 from __future__ import annotations
 
@@ -171,6 +171,11 @@ def test_look_alike_closing_tags_cannot_close_a_data_block(closing):
     inner = block.split("\n", 1)[1].rsplit("\n", 1)[0]
     assert "</data" not in inner.lower()
     assert "&lt;/data" in inner.lower()
+
+
+def test_data_block_escapes_tags_of_either_case() -> None:
+    block = data_block("H2", "a </DATA> b <data source='x'> c")
+    assert block == "<data source=\"H2\">\na &lt;/DATA> b &lt;data source='x'> c\n</data>"
 
 
 def test_question_and_data_name_go_inside_data_blocks():

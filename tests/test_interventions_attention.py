@@ -81,3 +81,19 @@ def test_attention_by_role_tool(minilm, shared_data, tmp_path):
     assert result.artifacts[0].path.name == "attention_by_role.png"
     with pytest.raises(ToolArgumentError, match="focus"):
         validate_args(tool, {"focus": "injected->nowhere"})
+
+
+def test_parse_heads_reads_heads_and_whole_layers():
+    from types import SimpleNamespace
+
+    from rankscope.tools.catalog.attention_by_role import parse_heads
+
+    model = SimpleNamespace(n_layers=2, n_heads=3)
+    assert parse_heads(model, ["L1.H2", " L0 ", "L1.H2"]) == [(1, 2), (0, 0), (0, 1), (0, 2)]
+    for bad in ("L1.mlp", "L1.cross.H0", "H1", "L1.H"):
+        with pytest.raises(ValueError, match="bad head"):
+            parse_heads(model, [bad])
+    with pytest.raises(ValueError, match="layer 2 does not exist"):
+        parse_heads(model, ["L2"])
+    with pytest.raises(ValueError, match="head 3 does not exist"):
+        parse_heads(model, ["L0.H3"])

@@ -337,3 +337,20 @@ def test_activation_patching_args_errors():
         validate_args(tool, {"components": ["layer1 head6"]})
     with pytest.raises(ToolArgumentError, match="granularity"):
         validate_args(tool, {"granularity": "neurons"})
+
+
+@pytest.mark.parametrize(
+    ("component", "layer", "head"),
+    [
+        ("L1.H6", 1, 6),
+        ("L11.H11@doc", 11, 11),
+        ("L1.mlp", 1, None),
+        ("L0.resid@p5", 0, None),
+        ("L3.cross.H5", 3, None),
+        ("L1.H6+L2.H3", None, None),
+    ],
+)
+def test_top_location_reads_the_component_name(component, layer, head):
+    from rankscope.tools.interventions.report import top_location
+
+    assert top_location([{"component": component}]) == {"top_layer": layer, "top_head": head}

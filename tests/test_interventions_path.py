@@ -153,3 +153,14 @@ def test_path_patching_rejects_bad_paths(tiny_bert, shared_data, tmp_path):
     args = validate_args(tool, {"n_pairs": 2, "senders": ["L1.H0"], "receiver": "L1.H2.q"})
     with pytest.raises(ValueError, match="not before the receiver"):
         tool.run(ctx, args)
+
+
+@pytest.mark.parametrize("text", ["final", "L2.H3.k", "L0.H0.q", "L10.H11.v"])
+def test_receiver_names_round_trip(text):
+    assert Receiver.parse(f" {text} ").name == text
+
+
+@pytest.mark.parametrize("text", ["L2.H3", "L2.H3.x", "L2.cross.H3.k", "L2.mlp.v", "H3.k"])
+def test_receiver_parse_refuses_what_is_not_a_head_port(text):
+    with pytest.raises(ValueError, match="bad receiver"):
+        Receiver.parse(text)

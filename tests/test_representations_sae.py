@@ -278,3 +278,12 @@ def test_train_sae_on_minilm_final_embeddings(minilm, tmp_path):
     assert m["train_fvu"] < 0.3
     assert m["explained_variance"] > 0.1
     assert m["spearman"] > 0.5
+
+
+def test_sae_layer_reads_the_hook_names_of_a_layer(tiny):
+    d = tiny.hidden_size
+    for hook in (hook_name(tiny, 1), "L1", "L1.resid"):
+        assert sae_layer(tiny, identity_sae(d, hook), None) == 1
+    for hook in ("L1.mlp", "L1.H0", "blocks.1"):
+        with pytest.raises(ValueError, match="not a residual stream"):
+            sae_layer(tiny, identity_sae(d, hook), None)

@@ -8,7 +8,7 @@ LOND against its formula; properties with hypothesis.
 from __future__ import annotations
 
 import math
-from typing import Literal
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -19,7 +19,10 @@ from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.weightstats import ttost_paired
 
 from rankscope.tools.stats import (
+    Direction,
     QueryValue,
+    bootstrap,
+    bootstrap_ci,
     ci_level_for,
     holm_adjusted,
     lond_gamma,
@@ -32,7 +35,6 @@ from rankscope.tools.stats import (
     values_by_query,
 )
 
-Direction = Literal["greater", "less", "two-sided"]
 DIRECTIONS: list[Direction] = ["greater", "less", "two-sided"]
 
 # Fixed per-query values: skewed, with ties, 12 queries of different sizes.
@@ -176,6 +178,37 @@ def test_ci_is_a_plain_loop_over_resampled_queries() -> None:
     )
     assert result.ci_low == pytest.approx(at(pos_low), rel=1e-12)
     assert result.ci_high == pytest.approx(at(pos_high), rel=1e-12)
+
+
+@pytest.mark.parametrize("reduce", [np.mean, np.median])
+def test_bootstrap_ci_is_scipys_percentile_bootstrap(reduce: Callable[..., np.ndarray]) -> None:
+    def stat(x: np.ndarray, axis: int = -1) -> np.ndarray:
+        return reduce(x, axis=axis)
+
+    result = bootstrap_ci(FIXED, statistic=stat, confidence=0.9, n_resamples=999, seed=4)
+    expected = stats.bootstrap(
+        (np.array(FIXED),),
+        stat,
+        confidence_level=0.9,
+        n_resamples=999,
+        method="percentile",
+        vectorized=True,
+        rng=np.random.default_rng(4),
+    ).confidence_interval
+    assert result.value == pytest.approx(float(stat(np.array(FIXED))), rel=1e-12)
+    assert result.ci_low == pytest.approx(float(expected.low), rel=1e-12)
+    assert result.ci_high == pytest.approx(float(expected.high), rel=1e-12)
+
+
+def test_bootstrap_columns_share_the_resampled_rows() -> None:
+    # Each column's CI is the 1-D bootstrap of that column on the same generator; NaN is skipped.
+    columns = np.column_stack([FIXED, np.array(FIXED) * 2.0, [np.nan, *FIXED[1:]]])
+    estimate, low, high = bootstrap(columns, confidence=0.95, n_resamples=400, seed=2)
+    for j in range(2):
+        one = bootstrap(columns[:, j], confidence=0.95, n_resamples=400, seed=2)
+        assert (estimate[j], low[j], high[j]) == tuple(float(x) for x in one)
+    assert low[1] == pytest.approx(2.0 * low[0], rel=1e-12)
+    assert estimate[2] == pytest.approx(float(np.mean(FIXED[1:])), rel=1e-12)
 
 
 def test_the_bootstrap_resamples_queries_not_pairs() -> None:

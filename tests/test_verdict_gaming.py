@@ -1,4 +1,4 @@
-"""Issue 10's findings as an adversarial planner would play them, through the graph, under the
+"""Ways to game the verdict rules, played by an adversarial planner through the graph, under the
 default policy: each must not give ``supported`` (or must be refused before anything runs)."""
 
 from __future__ import annotations

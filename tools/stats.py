@@ -1,4 +1,6 @@
-"""Statistics shared by the experiments: bootstrap confidence intervals and multiple comparisons."""
+"""Statistics shared by the experiments: one percentile bootstrap (:func:`bootstrap`), one
+one-sample t-test (:func:`one_sample_p_value`), inference with the query as the unit of analysis
+(:func:`query_inference`) and multiple comparisons."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel
-from scipy import special, stats
+from scipy import special
 
 
 class Estimate(BaseModel):
@@ -26,6 +28,36 @@ class Estimate(BaseModel):
         }
 
 
+Direction = Literal["greater", "less", "two-sided"]
+"""The alternative of a test: the direction of a one-sided claim, or two-sided."""
+
+
+def bootstrap(
+    values: np.ndarray | list[float],
+    *,
+    statistic: Callable[..., np.ndarray] = np.nanmean,
+    confidence: float = 0.95,
+    n_resamples: int = 2000,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``statistic`` of each column of ``values`` (``[n]`` or ``[n, k]``) and its percentile
+    bootstrap CI: (estimate, low, high), each a scalar array or one value per column.
+
+    The rows are resampled with replacement ``n_resamples`` times, drawn with
+    ``numpy.random.default_rng(seed)`` (the resamples scipy's ``stats.bootstrap`` draws with the
+    same generator); every column reads the same resampled rows, which keeps per-component CIs
+    comparable. ``statistic(x, axis=...)`` reduces rows (default: the mean of the non-NaN
+    values); the bounds are the ``(1 - confidence) / 2`` and ``1 - (1 - confidence) / 2``
+    quantiles (linear interpolation) of the resampled statistics, ignoring NaN."""
+    data = np.asarray(values, dtype=float)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, data.shape[0], size=(n_resamples, data.shape[0]))
+    resampled = statistic(data[idx], axis=1)
+    tail = (1.0 - confidence) / 2.0
+    low, high = np.nanquantile(resampled, [tail, 1.0 - tail], axis=0)
+    return statistic(data, axis=0), low, high
+
+
 def bootstrap_ci(
     values: np.ndarray | list[float],
     statistic: Callable[..., np.ndarray] = np.mean,
@@ -33,7 +65,8 @@ def bootstrap_ci(
     n_resamples: int = 2000,
     seed: int = 0,
 ) -> Estimate:
-    """Percentile bootstrap CI of ``statistic`` (vectorised over ``axis``) of a 1-D sample."""
+    """:func:`bootstrap` of ``statistic`` of the finite values of a 1-D sample, as an
+    :class:`Estimate`."""
     data = np.asarray(values, dtype=float)
     data = data[np.isfinite(data)]
     if data.size == 0:
@@ -46,54 +79,41 @@ def bootstrap_ci(
         # Every value the same: every resample gives it, so the interval is that point (the
         # verdict rules do their own inference, see query_inference).
         return Estimate(value=value, ci_low=value, ci_high=value, n=int(data.size))
-    result = stats.bootstrap(
-        (data,),
-        statistic,
-        confidence_level=confidence,
-        n_resamples=n_resamples,
-        method="percentile",
-        vectorized=True,
-        rng=np.random.default_rng(seed),
+    _, low, high = bootstrap(
+        data, statistic=statistic, confidence=confidence, n_resamples=n_resamples, seed=seed
     )
-    ci = result.confidence_interval
-    return Estimate(value=value, ci_low=float(ci.low), ci_high=float(ci.high), n=int(data.size))
-
-
-def bootstrap_ci_columns(
-    values: np.ndarray, confidence: float = 0.95, n_resamples: int = 2000, seed: int = 0
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Mean and percentile-bootstrap CI of each column of ``values`` ``[n, k]`` at once.
-
-    All columns share the same resampled rows, which keeps per-component CIs comparable.
-    """
-    data = np.asarray(values, dtype=float)
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, data.shape[0], size=(n_resamples, data.shape[0]))
-    means = np.nanmean(data[idx], axis=1)
-    alpha = (1.0 - confidence) / 2.0
-    low, high = np.nanquantile(means, [alpha, 1.0 - alpha], axis=0)
-    return np.nanmean(data, axis=0), low, high
-
-
-Alternative = Literal["two-sided", "less", "greater"]
+    return Estimate(value=value, ci_low=float(low), ci_high=float(high), n=int(data.size))
 
 
 def one_sample_p_value(
-    values: np.ndarray | list[float], alternative: Alternative = "two-sided"
+    values: np.ndarray | list[float],
+    alternative: Direction = "two-sided",
+    popmean: float = 0.0,
 ) -> float:
-    """p-value of a one-sample t-test of mean zero (``greater``, ``less`` or ``two-sided``).
+    """p-value of a one-sample t-test of mean ``popmean`` (``greater``, ``less`` or
+    ``two-sided``) on the finite values.
 
     NaN with fewer than two values: one value tests nothing, and a p-value of 0 would turn one
     pair into a "significant" result. Values that are all the same have no t-test; they get the
-    exact sign test, as per-query inference does (:func:`_sign_p`: 1 when the value is on the
-    null, else ``0.5**n``, doubled when two-sided)."""
+    exact sign test (:func:`_sign_p`: 1 when the value is on the null, else ``0.5**n``, doubled
+    when two-sided). The p-value is scipy's ``ttest_1samp``'s, computed from the t statistic
+    directly (without scipy's per-call overhead, which would dominate the calibration
+    benchmark's run time)."""
     data = np.asarray(values, dtype=float)
     data = data[np.isfinite(data)]
-    if data.size < 2:
+    n = int(data.size)
+    if n < 2:
         return float("nan")
     if np.all(data == data[0]):
-        return _sign_p(float(data[0]), 0.0, alternative, int(data.size))
-    return float(stats.ttest_1samp(data, 0.0, alternative=alternative).pvalue)
+        return _sign_p(float(data[0]), popmean, alternative, n)
+    se = float(data.std(ddof=1)) / np.sqrt(n)
+    t = (float(data.mean()) - popmean) / se
+    df = n - 1
+    if alternative == "greater":
+        return float(special.stdtr(df, -t))
+    if alternative == "less":
+        return float(special.stdtr(df, t))
+    return float(min(1.0, 2.0 * special.stdtr(df, -abs(t))))
 
 
 # --- per-query values (docs/evidence_contract.md §2) -------------------------------------------
@@ -178,8 +198,6 @@ def per_query_from_rows(rows: Iterable[Mapping[str, Any]]) -> dict[str, list[Que
 
 # --- inference on per-query values (docs/evidence_contract.md §3) ------------------------------
 
-Direction = Literal["greater", "less", "two-sided"]
-
 
 class QueryInference(BaseModel):
     """What the verdict rules read: an estimate over queries with its CI and tests.
@@ -210,17 +228,6 @@ def ci_level_for(alpha: float, direction: Direction) -> float:
     if not 0.0 < alpha < 0.5:
         raise ValueError(f"alpha must lie in (0, 0.5) for a one-sided test, not {alpha}")
     return 1.0 - 2.0 * alpha
-
-
-def _t_p_value(mean: float, se: float, df: int, popmean: float, alternative: Direction) -> float:
-    """p-value of a one-sample t-test from its summary (scipy's ``ttest_1samp``, without its
-    per-call overhead, which dominates the calibration benchmark's run time)."""
-    t = (mean - popmean) / se
-    if alternative == "greater":
-        return float(special.stdtr(df, -t))
-    if alternative == "less":
-        return float(special.stdtr(df, t))
-    return float(min(1.0, 2.0 * special.stdtr(df, -abs(t))))
 
 
 def _sign_p(value: float, threshold: float, direction: Direction, n: int) -> float:
@@ -324,16 +331,12 @@ def query_inference(
         )
     if np.all(data == data[0]):
         return _unvarying_inference(data, threshold, direction, equivalence, level, n_pairs, method)
-    rng = np.random.default_rng(seed)
-    means = data[rng.integers(0, n, size=(n_resamples, n))].mean(axis=1)
-    tail = (1.0 - level) / 2.0
-    low, high = np.quantile(means, [tail, 1.0 - tail])
-    se = float(data.std(ddof=1)) / np.sqrt(n)
-    p_value = _t_p_value(estimate, se, n - 1, threshold, direction)
+    _, low, high = bootstrap(data, confidence=level, n_resamples=n_resamples, seed=seed)
+    p_value = one_sample_p_value(data, direction, popmean=threshold)
     tost_p = None
     if equivalence is not None:
-        p_above_low = _t_p_value(estimate, se, n - 1, equivalence[0], "greater")
-        p_below_high = _t_p_value(estimate, se, n - 1, equivalence[1], "less")
+        p_above_low = one_sample_p_value(data, "greater", popmean=equivalence[0])
+        p_below_high = one_sample_p_value(data, "less", popmean=equivalence[1])
         tost_p = max(p_above_low, p_below_high)
     return QueryInference(
         estimate=estimate,

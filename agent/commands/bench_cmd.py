@@ -1,4 +1,4 @@
-"""``rankscope bench groundtruth``: the agent scored on organisms with planted rules (issue 12)."""
+"""``rankscope bench groundtruth``: the agent scored on organisms with planted rules."""
 
 from __future__ import annotations
 

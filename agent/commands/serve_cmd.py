@@ -8,7 +8,8 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from rankscope.agent.commands.store_cmd import DbOption, _console, _err, _store
+from rankscope.agent.commands.options import DbOption
+from rankscope.agent.commands.store_cmd import _console, _err, _store
 from rankscope.agent.web.security import ENV_TOKEN, is_loopback
 
 

@@ -14,10 +14,10 @@ from rich.markup import escape
 from rich.table import Table
 from rich.tree import Tree
 
+from rankscope.agent.commands.options import DbOption
 from rankscope.agent.review_state import review_state
 from rankscope.agent.settings import settings_of
 from rankscope.experiments_db import (
-    ENV_DB_URL,
     EvidenceRecord,
     ExperimentNode,
     HypothesisNode,
@@ -29,16 +29,6 @@ from rankscope.experiments_db import (
     open_store,
 )
 from rankscope.experiments_db.engine import refuse_in_memory
-
-DbOption = Annotated[
-    str | None,
-    typer.Option(
-        "--db",
-        metavar="URL",
-        help=f"Database URL (default: ${ENV_DB_URL}, else sqlite:///rankscope.db).",
-        show_default=False,
-    ),
-]
 
 _STATUS_STYLE = {
     "running": "yellow",
@@ -161,16 +151,14 @@ def _add_evidence(parent: Tree, ev: EvidenceRecord) -> None:
 
 
 def _add_hypothesis(parent: Tree, hyp: HypothesisNode) -> None:
-    latest = hyp.verdicts[-1] if hyp.verdicts else None
+    latest = hyp.latest_verdict
     verdict = _status(latest.status) if latest else "no verdict"
     if latest and review_state(latest) == "disputed":
         verdict += " [bold red]DISPUTED[/bold red]"
     origin = f" (follows {hyp.parent_id})" if hyp.parent_id is not None else ""
     node = parent.add(f"[bold]hypothesis {hyp.id}[/bold]{origin} \\[{verdict}] {escape(hyp.text)}")
-    c = hyp.criterion
     node.add(
-        f"[dim]criterion: {escape(hyp.tool)}.{escape(c.metric)} {c.direction} {c.threshold:g} "
-        f"at α={c.alpha:g} on {c.split}, correction {c.correction} (n={c.n_tests})"
+        f"[dim]criterion ({escape(hyp.tool)}): {escape(str(hyp.criterion))}"
         f"{', locked' if hyp.locked else ''}[/dim]"
     )
     for exp in hyp.experiments:
@@ -254,9 +242,10 @@ def mark_unverified_verdicts(store: Store, investigation_id: int) -> list[str]:
     tree = store.investigation_tree(investigation_id)
     notes = [
         f"UNVERIFIED verdict on hypothesis {node.id}: the bundle says "
-        f"{node.verdicts[-1].status!r}, its own evidence gives {again!r} under the verdict rules"
+        f"{latest.status!r}, its own evidence gives {again!r} under the verdict rules"
         for node in tree.hypotheses
-        if node.verdicts and (again := reapply_verdict(node, tree)) != node.verdicts[-1].status
+        if (latest := node.latest_verdict) is not None
+        and (again := reapply_verdict(node, tree)) != latest.status
     ]
     for note in notes:
         add_note(store, investigation_id, note)

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from rankscope.agent.commands.investigate_cmd import RemoteOption
+from rankscope.agent.commands.options import RemoteOption
 from rankscope.tools.contract import ToolContext
 from rankscope.tools.registry import (
     ToolArgumentError,

@@ -30,7 +30,6 @@ def environment() -> Environment:
     env.globals.update(
         fmt=views.fmt,
         effect=views.effect,
-        latest=views.latest,
         status_of=views.status_of,
         state_of=views.state_of,
         metric_rows=views.metric_rows,

@@ -14,7 +14,6 @@ from rankscope.experiments_db.records import (
     HypothesisNode,
     InvestigationSummary,
     InvestigationTree,
-    VerdictRecord,
 )
 
 INLINE_IMAGES = ("image/png", "image/jpeg", "image/gif", "image/webp")
@@ -49,17 +48,13 @@ def effect(result: dict[str, Any] | None) -> str:
     return text
 
 
-def latest(node: HypothesisNode) -> VerdictRecord | None:
-    return node.verdicts[-1] if node.verdicts else None
-
-
 def status_of(node: HypothesisNode) -> str:
-    verdict = latest(node)
+    verdict = node.latest_verdict
     return verdict.status if verdict else "no verdict"
 
 
 def state_of(node: HypothesisNode) -> ReviewState | None:
-    verdict = latest(node)
+    verdict = node.latest_verdict
     return review_state(verdict) if verdict else None
 
 
@@ -78,7 +73,7 @@ def findings(tree: InvestigationTree) -> list[Finding]:
     """Hypotheses by verdict (supported, refuted, inconclusive, none), each with its effect."""
     rows = []
     for node in tree.hypotheses:
-        verdict = latest(node)
+        verdict = node.latest_verdict
         result = verdict.criterion_result if verdict else {}
         rows.append(
             Finding(

@@ -13,6 +13,7 @@ from rankscope.tools.interventions.heatmaps import grid_from_rows, heatmap
 from rankscope.tools.interventions.pairs import ALL_POSITIONS, POSITION_GROUPS
 from rankscope.tools.interventions.patching import (
     Intervention,
+    PatchDirection,
     block_grid,
     heads_grid,
     on_token_layers,
@@ -28,7 +29,7 @@ from rankscope.tools.interventions.report import (
     top_lines,
 )
 from rankscope.tools.registry import register
-from rankscope.tools.retrievers.base import Retriever
+from rankscope.tools.retrievers.base import Component, Retriever
 
 RoleGroup = Literal["cls", "query", "doc", "qterm", "injected", "filler", "sep"]
 BlockSite = Literal["resid", "attn", "mlp"]
@@ -54,7 +55,7 @@ METRIC_DOC = (
 class PatchingArgs(PairArgs):
     """Options shared by the patching-style tools."""
 
-    direction: Literal["denoising", "noising"] = Field("denoising", description=DIRECTION_DOC)
+    direction: PatchDirection = Field("denoising", description=DIRECTION_DOC)
     metric: Literal["classic", "robust"] = Field("classic", description=METRIC_DOC)
     min_abs_delta: float = Field(
         0.0,
@@ -151,6 +152,18 @@ def _split_name(name: str) -> tuple[str, str]:
     return base, positions or ALL_POSITIONS
 
 
+def _head_cell(base: str) -> dict[str, str]:
+    """The labels of a head in the layer × head heatmap (``L1``, ``H6``); none for any other
+    component (a block, a cross-attention head, a joint intervention)."""
+    try:
+        component = Component.parse(base)
+    except ValueError:
+        return {}
+    if component.site != "heads":
+        return {}
+    return {"grid_layer": f"L{component.layer}", "grid_head": f"H{component.head}"}
+
+
 def figures(
     ctx: ToolContext,
     retriever: Retriever,
@@ -164,18 +177,21 @@ def figures(
     cells = []
     for row in rows:
         base, positions = _split_name(row["component"])
-        layer, _, part = base.partition(".")
-        cells.append({**row, "layer": layer, "part": part, "base": base, "positions": positions})
+        cells.append({**row, **_head_cell(base), "base": base, "positions": positions})
     out: list[ArtifactFile] = []
     layers = [f"L{i}" for i in range(retriever.n_layers)]
     if args.components is None and args.granularity == "heads":
         heads = [f"H{h}" for h in range(retriever.n_heads)]
         path = ctx.artifact_path(f"{prefix}_layer_head.png")
-        grid = grid_from_rows(cells, "layer", "part", layers, heads)
+        grid = grid_from_rows(cells, "grid_layer", "grid_head", layers, heads)
         heatmap(grid, layers, heads, path, f"{title} per head: {label}", "head", "layer")
         out.append(ArtifactFile(path=path, media_type="image/png", description="layer × head"))
     elif args.components is None and args.granularity == "head_role":
-        names = [f"L{i}.H{h}" for i in range(retriever.n_layers) for h in range(retriever.n_heads)]
+        names = [
+            Component(i, "heads", h).name
+            for i in range(retriever.n_layers)
+            for h in range(retriever.n_heads)
+        ]
         groups = role_groups(retriever, args.roles)
         path = ctx.artifact_path(f"{prefix}_head_role.png")
         grid = grid_from_rows(cells, "base", "positions", names, groups)

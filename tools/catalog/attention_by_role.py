@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import warnings
 from dataclasses import replace
 from typing import Any, ClassVar, Literal
@@ -26,7 +25,8 @@ from rankscope.tools.metric_keys import (
     scalar,
 )
 from rankscope.tools.registry import register
-from rankscope.tools.retrievers.base import Retriever
+from rankscope.tools.representations.activations import parse_layer_name
+from rankscope.tools.retrievers.base import Component, Retriever
 from rankscope.tools.stats import QueryValue, values_by_query
 
 FromRole = Literal["cls", "query", "doc", "qterm", "injected", "filler", "sep"]
@@ -34,26 +34,38 @@ ToRole = Literal["cls", "query", "doc", "qterm", "injected", "filler", "sep", "s
 
 
 def parse_heads(retriever: Retriever, names: list[str] | None) -> list[tuple[int, int]]:
-    """(layer, head) for names ``L1.H6`` (a head) or ``L1`` (all heads of layer 1); if None, all
-    heads of the layers that run over the input's tokens (monoT5's decoder blocks do not)."""
+    """(layer, head) for names ``L1.H6`` (a head, as :class:`Component` names it) or ``L1`` (all
+    heads of layer 1, a whole-layer name as :func:`parse_layer_name` reads it); if None, all heads
+    of the layers that run over the input's tokens (monoT5's decoder blocks do not)."""
     if names is None:
         return [(layer, h) for layer in token_layers(retriever) for h in range(retriever.n_heads)]
     out: list[tuple[int, int]] = []
     for name in names:
-        match = re.fullmatch(r"L(\d+)(?:\.H(\d+))?", name.strip())
-        if not match:
-            raise ValueError(f"bad head {name!r}: use L<layer>.H<head> or L<layer> (all its heads)")
-        layer = int(match.group(1))
+        layer = parse_layer_name(name.strip())
+        head = None
+        if layer is None:
+            component = _head(name)
+            layer, head = component.layer, component.head
         if not 0 <= layer < retriever.n_layers:
             raise ValueError(f"layer {layer} does not exist (0…{retriever.n_layers - 1})")
-        if match.group(2) is None:
+        if head is None:
             out += [(layer, h) for h in range(retriever.n_heads)]
         else:
-            head = int(match.group(2))
             if not 0 <= head < retriever.n_heads:
                 raise ValueError(f"head {head} does not exist (0…{retriever.n_heads - 1})")
             out.append((layer, head))
     return list(dict.fromkeys(out))
+
+
+def _head(name: str) -> Component:
+    """The attention head ``name`` names; ValueError for any other name."""
+    try:
+        component = Component.parse(name)
+    except ValueError:
+        component = None
+    if component is None or component.site != "heads":
+        raise ValueError(f"bad head {name!r}: use L<layer>.H<head> or L<layer> (all its heads)")
+    return component
 
 
 class AttentionByRoleArgs(PairArgs):
@@ -170,7 +182,7 @@ class AttentionByRole(Tool[AttentionByRoleArgs]):
             for fi, source in enumerate(from_groups):
                 for ti, dest in enumerate(to_groups):
                     columns.append(res.values[:, li, head, fi, ti])
-                    names.append((f"L{layer}.H{head}", source, dest, fi, ti))
+                    names.append((Component(layer, "heads", head).name, source, dest, fi, ti))
         column_of = {(h, f, t): col for (h, f, t, _, _), col in zip(names, columns, strict=True)}
         summaries = summarise_columns(
             np.stack(columns, 1) if columns else np.zeros((len(pairs), 0)),
@@ -245,7 +257,7 @@ class AttentionByRole(Tool[AttentionByRoleArgs]):
     def _figure(
         ctx: ToolContext, rows: list[dict], heads: list[tuple[int, int]], args: AttentionByRoleArgs
     ) -> list[ArtifactFile]:
-        row_labels = [f"L{layer}.H{head}" for layer, head in heads]
+        row_labels = [Component(layer, "heads", head).name for layer, head in heads]
         pairs = list(dict.fromkeys(f"{r['from_role']}->{r['to_role']}" for r in rows))
         grid = np.full((len(row_labels), len(pairs)), np.nan)
         index_r = {name: i for i, name in enumerate(row_labels)}

@@ -34,11 +34,11 @@ from rankscope.tools.metric_keys import (
 )
 from rankscope.tools.registry import register
 from rankscope.tools.retrievers.base import Retriever
-from rankscope.tools.stats import Alternative, QueryValue, bootstrap_ci, values_by_query
+from rankscope.tools.stats import Direction, QueryValue, bootstrap_ci, values_by_query
 
 __all__ = ["PREDICTED_BY_AXIOM", "BehaviouralTest", "BehaviouralTestArgs", "Predicted"]
 
-ALTERNATIVES: dict[Predicted, Alternative] = {
+ALTERNATIVES: dict[Predicted, Direction] = {
     "increase": "greater",
     "decrease": "less",
     "any": "two-sided",

@@ -21,6 +21,7 @@ from rankscope.tools.interventions.report import (
     top_lines,
 )
 from rankscope.tools.registry import register
+from rankscope.tools.retrievers.base import Component
 
 
 class PathPatchingArgs(PatchingArgs):
@@ -70,7 +71,7 @@ class PathPatching(Tool[PathPatchingArgs]):
         else:
             heads = list(parse_senders(args.senders))
         sender_sets: list[tuple[tuple[int, int], ...]] = [(head,) for head in heads]
-        names = [f"L{layer}.H{h}" for layer, h in heads]
+        names = [Component(layer, "heads", h).name for layer, h in heads]
         if args.joint and len(heads) > 1:
             sender_sets.append(tuple(heads))
             names.append("+".join(names))

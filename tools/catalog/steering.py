@@ -15,7 +15,7 @@ from rankscope.tools.contract import ArtifactFile, Tool, ToolContext, ToolResult
 from rankscope.tools.data.types import Pair
 from rankscope.tools.metric_keys import MetricCatalogue, breakdown, declare, metric_key, scalar
 from rankscope.tools.registry import register
-from rankscope.tools.representations.activations import layer_list, length_batches
+from rankscope.tools.representations.activations import layer_list, layer_name, length_batches
 from rankscope.tools.representations.corpus import Document, query_groups, sample_documents
 from rankscope.tools.representations.edits import (
     mean_difference,
@@ -98,7 +98,7 @@ def _direction(
         if not args.probe:
             raise ValueError("direction 'probe' needs probe (the .safetensors of linear_probe)")
         weights, meta = load_probes(args.probe)
-        key = args.probe_layer or f"L{layer}"
+        key = args.probe_layer or layer_name(layer)
         if key not in weights:
             raise ValueError(f"the probe file has no layer {key!r}; it has {', '.join(weights)}")
         vec = probe_direction(weights[key], args.probe_class)

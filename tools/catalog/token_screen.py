@@ -52,7 +52,8 @@ from rankscope.tools.retrievers.base import Retriever, Role, SideBatch
 from rankscope.tools.stats import QueryValue, values_by_query
 
 Position = Literal["start", "end", "random"]
-Direction = Literal["raise", "lower", "both"]
+TokenEffect = Literal["raise", "lower", "both"]
+"""Which tokens the screen looks for: those that raise scores, lower them, or either."""
 Candidates = Literal["words", "all"]
 _UNUSED = re.compile(r"^\[unused\d+\]$|^<extra_id_\d+>$")
 
@@ -74,7 +75,7 @@ class TokenScreenArgs(ToolArgs):
         description="Where the token is inserted in the document: 'start' (first document "
         "token), 'end' (before the final separator) or 'random' (a seeded position per doc).",
     )
-    direction: Direction = Field(
+    direction: TokenEffect = Field(
         "raise",
         description="Candidates that raise scores, lower them, or both (half of top_k each).",
     )
@@ -125,7 +126,7 @@ def token_ids(tokenizer: Any, tokens: Sequence[str]) -> list[int]:
 
 
 def choose(
-    first_order: np.ndarray, keep: np.ndarray, top_k: int, direction: Direction
+    first_order: np.ndarray, keep: np.ndarray, top_k: int, direction: TokenEffect
 ) -> list[int]:
     """The ``top_k`` candidate ids of a first-order ranking in ``direction``."""
     ids = np.flatnonzero(keep)
@@ -457,7 +458,7 @@ class TokenScreen(Tool[TokenScreenArgs]):
         deltas: dict[int, np.ndarray],
         fold_candidates: list[list[int]],
         qids: list[str],
-        direction: Direction,
+        direction: TokenEffect,
     ) -> list[QueryValue]:
         """The cross-fitted per-query values of ``top_delta`` (module docstring)."""
         folds = np.array(query_folds(qids))

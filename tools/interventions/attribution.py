@@ -27,9 +27,9 @@ from rankscope.tools.interventions.pairs import (
     with_progress,
 )
 from rankscope.tools.interventions.patching import (
-    Direction,
     Intervention,
     Patch,
+    PatchDirection,
     PatchScores,
     applicable,
     batch_masks,
@@ -102,7 +102,7 @@ def attribute_batch(
     retriever: Retriever,
     batch: PairBatch,
     interventions: Sequence[Intervention],
-    direction: Direction,
+    direction: PatchDirection,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(s_base, s_pert, estimated s_patched [B, n], applicable [B, n]) for one batch."""
     target_side, source_side = sides(batch, direction)
@@ -147,7 +147,7 @@ def attribute_pairs(
     retriever: Retriever,
     pairs: Sequence[Pair],
     interventions: Sequence[Intervention],
-    direction: Direction = "denoising",
+    direction: PatchDirection = "denoising",
     batch_size: int = 16,
     progress: bool = False,
 ) -> PatchScores:

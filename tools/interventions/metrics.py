@@ -24,7 +24,7 @@ from typing import Any, Literal
 import numpy as np
 
 from rankscope.tools.metric_keys import metric_key
-from rankscope.tools.stats import Alternative, bootstrap_ci_columns, one_sample_p_value
+from rankscope.tools.stats import Direction, bootstrap, one_sample_p_value
 
 Metric = Literal["classic", "robust"]
 METRICS: tuple[Metric, ...] = ("classic", "robust")
@@ -67,7 +67,7 @@ def summarise_columns(
     names: Sequence[str],
     confidence: float = 0.95,
     seed: int = 0,
-    alternative: Alternative = "two-sided",
+    alternative: Direction = "two-sided",
 ) -> list[dict[str, Any]]:
     """One row per column of ``values`` ``[N, n]`` (NaN = no value for that pair): mean, bootstrap
     CI, one-sample p-value (mean 0) and the number of pairs; in column order."""
@@ -88,7 +88,7 @@ def summarise_columns(
     counts = np.isfinite(values).sum(axis=0)
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        mean, low, high = bootstrap_ci_columns(values, confidence=confidence, seed=seed)
+        mean, low, high = bootstrap(values, confidence=confidence, seed=seed)
     for j, name in enumerate(names):
         n = int(counts[j])
         rows.append(

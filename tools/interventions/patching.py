@@ -51,7 +51,9 @@ from rankscope.tools.interventions.pairs import (
 from rankscope.tools.retrievers.base import Component, Retriever, SideBatch, Site
 
 Value = Literal["source", "zero", "mean"]
-Direction = Literal["denoising", "noising"]
+PatchDirection = Literal["denoising", "noising"]
+"""Which run is patched: the baseline with perturbed activations (denoising), or the
+perturbed run with baseline activations (noising)."""
 Engine = Literal["cached", "nnsight"]
 
 DEFAULT_MAX_TOKENS = 2048
@@ -371,12 +373,12 @@ class PatchScores:
     applicable: np.ndarray
     """``[N, n]`` whether the intervention touched the pair (position groups can be empty)."""
     relevance: list[int | None]
-    direction: Direction
+    direction: PatchDirection
     qids: list[str]
     """The query id of each pair (the unit of analysis of the verdict rules)."""
 
 
-def sides(batch: PairBatch, direction: Direction) -> tuple[SideBatch, SideBatch]:
+def sides(batch: PairBatch, direction: PatchDirection) -> tuple[SideBatch, SideBatch]:
     """(target, source): denoising patches the perturbed run into the baseline run."""
     if direction == "denoising":
         return batch.base, batch.pert
@@ -389,7 +391,7 @@ def patch_batch(
     retriever: Retriever,
     batch: PairBatch,
     interventions: Sequence[Intervention],
-    direction: Direction,
+    direction: PatchDirection,
     engine: Engine = "cached",
     max_tokens: int = DEFAULT_MAX_TOKENS,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -424,7 +426,7 @@ def patch_pairs(
     retriever: Retriever,
     pairs: Sequence[Pair],
     interventions: Sequence[Intervention],
-    direction: Direction = "denoising",
+    direction: PatchDirection = "denoising",
     engine: Engine = "cached",
     batch_size: int = 16,
     max_tokens: int = DEFAULT_MAX_TOKENS,

@@ -15,7 +15,6 @@ the senders of a chunk of sender sets run side by side as copies of the batch.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -29,6 +28,7 @@ from rankscope.tools.retrievers.architectures import submodule
 from rankscope.tools.retrievers.base import Component, Retriever, SideBatch
 
 QKV = Literal["q", "k", "v"]
+QKV_PORTS: tuple[QKV, ...] = ("q", "k", "v")
 
 
 @dataclass(frozen=True)
@@ -41,18 +41,26 @@ class Receiver:
 
     @property
     def name(self) -> str:
-        return "final" if self.layer is None else f"L{self.layer}.H{self.head}.{self.port}"
+        """``final``, or the head's :class:`Component` name and the port: ``L2.H3.k``."""
+        if self.layer is None:
+            return "final"
+        return f"{Component(self.layer, 'heads', self.head).name}.{self.port}"
 
     @staticmethod
     def parse(text: str) -> Receiver:
+        """Inverse of ``name``; raises ValueError naming the accepted forms."""
         if text.strip() == "final":
             return Receiver()
-        match = re.fullmatch(r"L(\d+)\.H(\d+)\.([qkv])", text.strip())
-        if not match:
+        head, _, port = text.strip().rpartition(".")
+        try:
+            component = Component.parse(head)
+        except ValueError:
+            component = None
+        if component is None or component.site != "heads" or port not in QKV_PORTS:
             raise ValueError(
                 f"bad receiver {text!r}: use 'final' or L<layer>.H<head>.<q|k|v>, e.g. L2.H3.k"
             )
-        return Receiver(int(match.group(1)), int(match.group(2)), match.group(3))  # type: ignore[arg-type]
+        return Receiver(component.layer, component.head, port)
 
 
 def parse_senders(names: Sequence[str]) -> tuple[tuple[int, int], ...]:
@@ -117,11 +125,12 @@ def path_patch(
         if not senders:
             raise ValueError("a sender set is empty")
         for layer, head in senders:
+            sender = Component(layer, "heads", head).name
             if not (0 <= layer < n_layers and 0 <= head < retriever.n_heads):
-                raise ValueError(f"sender L{layer}.H{head} does not exist in this model")
+                raise ValueError(f"sender {sender} does not exist in this model")
             if layer >= stop:
                 raise ValueError(
-                    f"sender L{layer}.H{head} is not before the receiver {receiver.name}: a path "
+                    f"sender {sender} is not before the receiver {receiver.name}: a path "
                     "runs from an earlier layer to a later one"
                 )
     if receiver.layer is not None and not (

@@ -3,7 +3,6 @@ under both metrics, a breakdown by relevance grade, flat metrics for verdict rul
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from rankscope.tools.interventions.metrics import (
 )
 from rankscope.tools.interventions.patching import PatchScores
 from rankscope.tools.metric_keys import declare, estimate, metric_key, per_component, scalar
+from rankscope.tools.retrievers.base import Component
 from rankscope.tools.stats import QueryValue, ratio_by_query, values_by_query
 
 EFFECT_METRICS = declare(
@@ -230,14 +230,16 @@ def sign_note(report: EffectReport) -> str:
 
 def top_location(ranked: Sequence[dict[str, Any]]) -> dict[str, int | None]:
     """``top_layer`` and ``top_head`` of the top component, as numbers (``top_head`` None for a
-    block; both None for a joint intervention)."""
+    block or a cross-attention head; both None for a joint intervention)."""
     if not ranked or "+" in ranked[0]["component"]:
         return {"top_layer": None, "top_head": None}
-    match = re.match(r"L(\d+)\.(?:H(\d+))?", ranked[0]["component"])
-    if not match:
+    base, _, _positions = ranked[0]["component"].partition("@")
+    try:
+        component = Component.parse(base)
+    except ValueError:
         return {"top_layer": None, "top_head": None}
-    head = match.group(2)
-    return {"top_layer": int(match.group(1)), "top_head": int(head) if head is not None else None}
+    head = component.head if component.site == "heads" else None
+    return {"top_layer": component.layer, "top_head": head}
 
 
 def save_scores(scores: PatchScores, path: Path, description: str) -> ArtifactFile:

@@ -25,9 +25,9 @@ import numpy as np
 from rankscope.tools.data.types import Pair
 from rankscope.tools.interventions.patching import (
     DEFAULT_MAX_TOKENS,
-    Direction,
     Engine,
     Intervention,
+    PatchDirection,
     PatchScores,
     patch_pairs,
 )
@@ -58,7 +58,7 @@ class PatchWorker:
         self,
         pairs: Sequence[Pair],
         interventions: Sequence[Intervention],
-        direction: Direction,
+        direction: PatchDirection,
         engine: Engine,
         batch_size: int,
         max_tokens: int,
@@ -150,7 +150,7 @@ class ShardedPatcher:
         retriever: Retriever | None,
         pairs: Sequence[Pair],
         interventions: Sequence[Intervention],
-        direction: Direction = "denoising",
+        direction: PatchDirection = "denoising",
         engine: Engine = "cached",
         batch_size: int = 16,
         max_tokens: int = DEFAULT_MAX_TOKENS,

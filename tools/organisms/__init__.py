@@ -1,4 +1,4 @@
-"""Model organisms: retrievers with planted rules and machine-readable ground truth (issue 12).
+"""Model organisms: retrievers with planted rules and machine-readable ground truth.
 
 ``build_organism`` / ``build_all`` fine-tune a copy of a base bi-encoder (distillation to its own
 scores plus one or two planted rules), check the rules at build time and cache the result with a

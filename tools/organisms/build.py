@@ -33,10 +33,10 @@ from rankscope.tools.organisms.rules import targets
 from rankscope.tools.organisms.spec import (
     PROBES,
     TRIGGER_WORD,
-    Direction,
     GroundTruth,
     OrganismSpec,
     ProbeMeasure,
+    RuleDirection,
     catalogue,
     planted_claims,
 )
@@ -90,7 +90,7 @@ def measure(scores: np.ndarray, groups: list[Group]) -> dict[str, ProbeMeasure]:
     return out
 
 
-def direction_of(m: ProbeMeasure, eps: float) -> Direction | None:
+def direction_of(m: ProbeMeasure, eps: float) -> RuleDirection | None:
     """increase / decrease when most pairs (60 %) move that way (the verdicts also decide on
     shares of pairs, whatever the score scale); none when the mean change is under half of
     ``eps`` and neither way has 60 % of the pairs; otherwise unclear (None)."""

@@ -21,7 +21,8 @@ RuleName = Literal[
     "idf_inverted",
     "tfc1_removed",
 ]
-Direction = Literal["increase", "decrease", "none"]
+RuleDirection = Literal["increase", "decrease", "none"]
+"""How a planted rule, or a probe's measured effect, moves the organism's scores."""
 
 TRIGGER_WORD = "quokka"
 """The default trigger: an English word absent from the built-in collection and from MS MARCO's
@@ -58,8 +59,8 @@ class RuleSpec(BaseModel):
         }[self.rule]
 
     @property
-    def direction(self) -> Direction:
-        directions: dict[str, Direction] = {
+    def direction(self) -> RuleDirection:
+        directions: dict[str, RuleDirection] = {
             "trigger": "increase",
             "length_penalty": "decrease",
             "position_bias": "increase",
@@ -118,7 +119,7 @@ class Claim(BaseModel):
 
     kind: Literal["axiom", "token", "property", "components"]
     key: str
-    direction: Direction | Literal["not_increase", "not_decrease"] | None = None
+    direction: RuleDirection | Literal["not_increase", "not_decrease"] | None = None
     components: list[str] = Field(default_factory=list)
 
 
@@ -131,7 +132,7 @@ class GroundTruth(BaseModel):
     path: str
     rules: list[RuleSpec]
     planted: list[Claim] = Field(description="The claims a planted rule makes true.")
-    facts: dict[str, Direction | None] = Field(
+    facts: dict[str, RuleDirection | None] = Field(
         description="Per probe: the organism's direction on held-out queries (planted directions "
         "override; None: unclear, not scored)."
     )

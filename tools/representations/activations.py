@@ -1,7 +1,8 @@
 """Collect activations of documents, layer by layer, through nnsight.
 
 Layers are named ``emb`` (the embedding output, the residual stream before layer 0) and ``L0`` …
-``L{n-1}`` (the residual stream after that layer, the layer's output), as ``Component`` names them.
+``L{n-1}`` (the residual stream after that layer, the layer's output: ``Component``'s
+``L{n-1}.resid``); :func:`layer_name` writes these names and :func:`parse_layer_name` reads them.
 Two sites: ``resid`` (residual stream, ``[hidden]`` per token) and ``neurons`` (MLP neuron
 activations: the input of the MLP's last linear, ``[intermediate]`` per token).
 
@@ -32,6 +33,13 @@ DOC_ROLES: tuple[Role, ...] = (Role.DOC, Role.QTERM)
 def layer_name(layer: int | None) -> str:
     """``emb`` for the embedding output (``None``), ``L3`` for the output of layer 3."""
     return EMBEDDINGS if layer is None else f"L{layer}"
+
+
+def parse_layer_name(name: str) -> int | None:
+    """The layer a whole-layer name ``L3`` names (3), else None: ``emb``, a component name
+    (``L3.H5``, see :class:`~rankscope.tools.retrievers.base.Component`) or anything else."""
+    digits = name[1:] if name.startswith("L") else ""
+    return int(digits) if digits.isdecimal() else None
 
 
 def layer_list(

@@ -15,7 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from rankscope.tools.data.types import Pair
-from rankscope.tools.representations.activations import read_layers
+from rankscope.tools.representations.activations import layer_name, read_layers
 from rankscope.tools.retrievers.base import Retriever, Role, SideBatch
 
 EditSite = Literal["resid", "attn", "mlp"]
@@ -108,7 +108,7 @@ def mean_difference(
     """
     total = np.zeros(retriever.hidden_size, dtype=np.float64)
     count = 0
-    name = f"L{layer}"
+    name = layer_name(layer)
     for start in tqdm(
         range(0, len(pairs), batch_size), desc="mean difference", disable=not progress, leave=False
     ):

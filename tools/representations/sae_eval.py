@@ -1,8 +1,9 @@
 """SAEs on a retriever: where they read, their training data, and their retrieval faithfulness.
 
 An SAE reads either the residual stream after a layer (``hook_name`` is the layer's module path,
-e.g. ``encoder.layer.3``; rows are the non-padding tokens of documents) or, for a bi-encoder, the
-final document embeddings (``hook_name`` ``sentence_embedding``; one row per document).
+e.g. ``encoder.layer.3``, or its name ``L3`` or ``L3.resid``; rows are the non-padding tokens of
+documents) or, for a bi-encoder, the final document embeddings (``hook_name``
+``sentence_embedding``; one row per document).
 
 Faithfulness: replace what the SAE reads by its reconstruction and compare the retrieval scores.
 For final embeddings the document embeddings are replaced (and renormalised for cosine
@@ -30,6 +31,7 @@ from rankscope.tools.representations.activations import (
     document_embeddings,
     layer_name,
     length_batches,
+    parse_layer_name,
 )
 from rankscope.tools.representations.corpus import Document, query_groups, split_documents
 from rankscope.tools.representations.edits import edit_scores
@@ -41,7 +43,7 @@ from rankscope.tools.representations.sae import (
     reconstruction_stats,
     train_topk_sae,
 )
-from rankscope.tools.retrievers.base import Retriever, Role
+from rankscope.tools.retrievers.base import Component, Retriever, Role
 
 TOKEN_ROLES: tuple[Role, ...] = (Role.CLS, Role.SEP, Role.QUERY, Role.DOC, Role.QTERM)
 
@@ -60,15 +62,22 @@ def sae_layer(retriever: Retriever, sae: SparseAutoencoder, layer: int | None) -
         if hook is None and sae.d_in != retriever.hidden_size:
             raise ValueError("the SAE names no hook and does not fit this model; give its layer")
         return None
-    match = re.fullmatch(re.escape(retriever.arch.layers) + r"\.(\d+)", hook) or re.fullmatch(
-        r"L(\d+)(?:\.resid)?", hook
-    )
-    if match is None:
+    path = re.fullmatch(re.escape(retriever.arch.layers) + r"\.(\d+)", hook)
+    if path is not None:
+        return int(path.group(1))
+    layer = parse_layer_name(hook)
+    if layer is not None:
+        return layer
+    try:
+        component = Component.parse(hook)
+    except ValueError:
+        component = None
+    if component is None or component.site != "resid":
         raise ValueError(
             f"the SAE reads {hook!r}, which is not a residual stream of this model "
             f"({retriever.arch.layers}.N); give the layer it reads"
         )
-    return int(match.group(1))
+    return component.layer
 
 
 def check_fits(retriever: Retriever, sae: SparseAutoencoder) -> None:

@@ -1,6 +1,6 @@
 """The criterion lock covers a hypothesis's `components` too: a claim about named components is
-bound to its test, so the components cannot change once an experiment testing it has started
-(issue 10). The trigger of 0001 is replaced on SQLite and PostgreSQL; downgrade restores it.
+bound to its test, so the components cannot change once an experiment testing it has started.
+The trigger of 0001 is replaced on SQLite and PostgreSQL; downgrade restores it.
 
 Revision ID: 0002
 Revises: 0001

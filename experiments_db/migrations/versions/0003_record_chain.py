@@ -1,7 +1,7 @@
 """The record chain: one `record_link` row per hypothesis, criterion change, evidence and verdict
 the store writes, each holding the sha256 of the record's content and a hash chained to the
 previous link of its investigation, so that `rankscope audit` detects records changed, replaced or
-deleted afterwards (issue 16).
+deleted afterwards.
 
 Revision ID: 0003
 Revises: 0002

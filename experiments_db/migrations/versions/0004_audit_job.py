@@ -1,5 +1,5 @@
 """Audit jobs started from `rankscope serve`: state, progress and findings kept in the store, so
-that a restart loses none and a dead server's jobs can be marked interrupted (issue 13).
+that a restart loses none and a dead server's jobs can be marked interrupted.
 
 Revision ID: 0004
 Revises: 0003

@@ -1,0 +1,325 @@
+"""The model's replies: repaired where that is safe, then read into a Proposal, a Stop, or the
+answer that says what was wrong.
+
+Replies as small local models write them are tolerated: a function name with a ``functions.``
+prefix, ``<tool_call>{"name": …, "arguments": …}</tool_call>`` blocks in the content instead of
+``tool_calls`` (Qwen and Hermes chat templates), arguments followed by trailing text or wrapped in
+a code fence, and arguments (or ``args``/``criterion``) encoded as a JSON string inside a string.
+Such a reply is only parsed as JSON and read like any other call; nothing in it is run.
+
+``ReplyReader`` checks the shape of a call: a known function, JSON object arguments, a hypothesis,
+a criterion that is a valid ``Criterion``, components as a list of names, a parent among the
+ledger's hypotheses, an ``args`` object. What is wrong is answered in the same conversation
+(pydantic's messages verbatim). The tool's arguments themselves are validated by the graph, at
+the one gate every planner's call passes (``rankscope.agent.nodes``), whose rejection reaches
+the model as feedback in the next step.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from pydantic import ValidationError
+
+from rankscope.agent.llm_client import ChatReply, ToolCall
+from rankscope.agent.planners.base import Criterion, Proposal, Stop
+from rankscope.agent.planners.llm.catalogue import (
+    DESCRIBE_FUNCTION,
+    PROPOSE_FUNCTION,
+    STOP_FUNCTION,
+    WRAPPER_KEYS,
+    ToolCatalogue,
+    describe_answer,
+)
+
+__all__ = [
+    "Describe",
+    "Rejection",
+    "ReplyReader",
+    "content_tool_calls",
+    "function_name",
+    "normalised_reply",
+    "parse_arguments",
+    "without_thinking",
+]
+
+FUNCTION_PREFIX = "functions."
+"""A namespace some models put before a function name (``functions.propose``); it is stripped."""
+
+_THINK = re.compile(r"<think>.*?</think>", re.IGNORECASE | re.DOTALL)
+_TOOL_CALL_BLOCK = re.compile(
+    r"<tool_call>\s*(.*?)\s*(?:</tool_call>|\Z)", re.IGNORECASE | re.DOTALL
+)
+_CODE_FENCE = re.compile(r"^```[a-zA-Z]*\s*\n?(.*?)\n?\s*```$", re.DOTALL)
+
+
+def without_thinking(text: str) -> str:
+    """``text`` without the ``<think>…</think>`` blocks reasoning models write first."""
+    return _THINK.sub("", text)
+
+
+def _decode_json_value(value: Any) -> Any:
+    """A nested object some models send as a JSON string (or a string of a JSON string),
+    decoded; other values as they are."""
+    for _ in range(2):
+        if not isinstance(value, str):
+            return value
+        text = value.strip()
+        if not (text.startswith("{") or text.startswith('"')):
+            return value
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            return value
+    return value
+
+
+def parse_arguments(text: str) -> Any:
+    """The JSON value of a call's ``arguments`` as models write them.
+
+    Tolerated: a code fence around the object, text after it (``{...} I will now run it``), and
+    the object encoded once more as a JSON string. Raises ``json.JSONDecodeError`` otherwise.
+    """
+    text = text.strip()
+    if not text:
+        return {}
+    fenced = _CODE_FENCE.match(text)
+    if fenced:
+        text = fenced.group(1).strip()
+    value, _end = json.JSONDecoder().raw_decode(text)
+    return _decode_json_value(value)
+
+
+def function_name(name: str) -> str:
+    """A called function's name without the ``functions.`` namespace some models add."""
+    name = name.strip()
+    if name.startswith(FUNCTION_PREFIX):
+        return name[len(FUNCTION_PREFIX) :].strip()
+    return name
+
+
+def content_tool_calls(content: str) -> list[ToolCall]:
+    """Calls written as ``<tool_call>{"name": ..., "arguments": ...}</tool_call>`` in a reply's
+    text (the Qwen and Hermes templates' format, when a server does not turn them into
+    ``tool_calls``). A block that is not such an object becomes a call without a name, which is
+    rejected with the reason."""
+    calls: list[ToolCall] = []
+    for i, block in enumerate(_TOOL_CALL_BLOCK.findall(without_thinking(content))):
+        try:
+            raw = parse_arguments(block)
+        except json.JSONDecodeError:
+            raw = None
+        if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
+            calls.append(ToolCall(id=f"content_call_{i}", name="", arguments=block))
+            continue
+        arguments = raw.get("arguments", raw.get("parameters", {}))
+        calls.append(
+            ToolCall(
+                id=f"content_call_{i}",
+                name=raw["name"],
+                arguments=arguments if isinstance(arguments, str) else json.dumps(arguments),
+            )
+        )
+    return calls
+
+
+def normalised_reply(reply: ChatReply) -> ChatReply:
+    """``reply`` with ``<tool_call>`` blocks of its text moved into ``tool_calls`` (when it has
+    none), so the conversation continues with structured calls and matching tool answers."""
+    if reply.tool_calls or not reply.content or "<tool_call>" not in reply.content.lower():
+        return reply
+    calls = content_tool_calls(reply.content)
+    if not calls:
+        return reply
+    rest = _TOOL_CALL_BLOCK.sub("", without_thinking(reply.content)).strip()
+    return replace(reply, content=rest or None, tool_calls=calls)
+
+
+@dataclass(frozen=True)
+class Describe:
+    """A ``describe_tool`` call of a known tool."""
+
+    tool: str
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """A reply that gave no proposal: what was wrong (``""`` when it only asked for tool
+    descriptions, which does not count as unusable), and the messages that answer it."""
+
+    problem: str
+    messages: list[dict[str, Any]]
+    described: list[str] = field(default_factory=list)
+
+
+def _pydantic_problems(err: ValidationError, prefix: str) -> str:
+    return "; ".join(
+        f"{'.'.join([prefix, *(str(p) for p in e['loc'])])}: {e['msg']}" for e in err.errors()
+    )
+
+
+def _listed(names: list[str]) -> str:
+    return ", ".join(f"`{n}`" for n in names)
+
+
+@dataclass(frozen=True)
+class ReplyReader:
+    """Reads the replies of one ``propose`` conversation: the catalogue the functions were
+    offered in, the tools offered, and the ids of the ledger's hypotheses (the known parents)."""
+
+    catalogue: ToolCatalogue
+    names: list[str]
+    known_ids: list[int]
+
+    def outcome(self, reply: ChatReply) -> Proposal | Stop | Rejection:
+        """The first usable call of a reply, or the answer to a reply without one."""
+        if not reply.tool_calls:
+            said = "an empty reply" if not (reply.content or "").strip() else "only text"
+            if reply.finish_reason == "length":
+                said += ", cut off at the token limit"
+            problem = f"the reply had no function call ({said})"
+            content = f"Your reply had no function call ({said}); nothing was run. {self._usage()}"
+            return Rejection(problem, [{"role": "user", "content": content}])
+        results: list[str | Describe] = []
+        for call in reply.tool_calls:
+            result = self._parse_call(call)
+            if isinstance(result, Proposal | Stop):
+                return result
+            results.append(result)
+        feedback = [
+            {
+                "role": "tool",
+                "tool_call_id": call.id,
+                "content": describe_answer(result.tool)
+                if isinstance(result, Describe)
+                else f"Rejected, nothing was run: {result}. {self._usage()}",
+            }
+            for call, result in zip(reply.tool_calls, results, strict=True)
+        ]
+        problems = [r for r in results if isinstance(r, str)]
+        described = [r.tool for r in results if isinstance(r, Describe)]
+        return Rejection(problems[0] if problems else "", feedback, described)
+
+    def _usage(self) -> str:
+        if self.catalogue == "compact":
+            return (
+                f"Reply with exactly one function call: `{PROPOSE_FUNCTION}` (with tool — one of "
+                f"{_listed(self.names)} — hypothesis, rationale, criterion, components, args), "
+                f"`{DESCRIBE_FUNCTION}` to see a tool's arguments, or `{STOP_FUNCTION}` with a "
+                "reason."
+            )
+        return (
+            f"Reply with exactly one function call: one of {_listed(self.names)} (with "
+            f"hypothesis, rationale, criterion, components, args), or `{STOP_FUNCTION}` with a "
+            "reason."
+        )
+
+    def _parse_call(self, call: ToolCall) -> Proposal | Stop | Describe | str:
+        """A Proposal, Stop or description request from one call, or what is wrong with it."""
+        offered = [*self.names, STOP_FUNCTION]
+        if self.catalogue == "compact":
+            offered = [PROPOSE_FUNCTION, DESCRIBE_FUNCTION, *offered]
+        name = function_name(call.name)
+        if not name:
+            return (
+                "the call names no function (a `<tool_call>` block must hold one JSON object "
+                '{"name": ..., "arguments": {...}})'
+            )
+        if name not in offered:
+            if self.catalogue == "compact":
+                return (
+                    f"there is no function `{name}`; the available functions are "
+                    f"`{PROPOSE_FUNCTION}`, `{DESCRIBE_FUNCTION}`, `{STOP_FUNCTION}`, and the "
+                    f"tools for `{PROPOSE_FUNCTION}` are " + _listed(self.names)
+                )
+            return f"there is no function `{name}`; the available functions are " + _listed(offered)
+        try:
+            raw = parse_arguments(call.arguments)
+        except json.JSONDecodeError as err:
+            return (
+                f"the arguments of `{name}` are not valid JSON ({err}); send exactly one "
+                "JSON object"
+            )
+        if not isinstance(raw, dict):
+            return f"the arguments of `{name}` must be a JSON object, not {type(raw).__name__}"
+        if name == STOP_FUNCTION:
+            reason = raw.get("reason")
+            if not isinstance(reason, str) or not reason.strip():
+                return f"`{STOP_FUNCTION}` needs a non-empty `reason` string"
+            return Stop(reason=reason.strip())
+        if name in (PROPOSE_FUNCTION, DESCRIBE_FUNCTION):
+            key = "tool" if name == PROPOSE_FUNCTION else "name"
+            tool = raw.pop(key, None)
+            if isinstance(tool, str):
+                tool = function_name(tool)
+            if tool not in self.names:
+                return f"`{name}` needs `{key}`: one of {_listed(self.names)} (got {tool!r})"
+            if name == DESCRIBE_FUNCTION:
+                return Describe(str(tool))
+            return self._proposal(str(tool), raw)
+        return self._proposal(name, raw)
+
+    def _proposal(self, tool_name: str, raw: dict[str, Any]) -> Proposal | str:
+        """The proposal a pre-registered call makes, or everything wrong with its shape."""
+        problems: list[str] = []
+        unknown = sorted(set(raw) - set(WRAPPER_KEYS))
+        if unknown:
+            problems.append(
+                f"unknown keys {', '.join(unknown)}: a call takes only {', '.join(WRAPPER_KEYS)} "
+                "(the tool's own arguments go inside `args`)"
+            )
+        hypothesis = raw.get("hypothesis")
+        if not isinstance(hypothesis, str) or not hypothesis.strip():
+            problems.append(
+                "no pre-registered `hypothesis`: every tool call must state one falsifiable "
+                "sentence as a non-empty string"
+            )
+        rationale = raw.get("rationale", "")
+        if not isinstance(rationale, str):
+            problems.append("`rationale` must be a string")
+        criterion: Criterion | None = None
+        raw_criterion = _decode_json_value(raw.get("criterion"))
+        if raw_criterion is None:
+            problems.append(
+                "no pre-registered `criterion`: every tool call must carry a criterion object "
+                "with metric, direction, threshold, alpha and split"
+            )
+        else:
+            try:
+                criterion = Criterion.model_validate(raw_criterion)
+            except ValidationError as err:
+                problems.append(f"invalid criterion: {_pydantic_problems(err, 'criterion')}")
+        components = raw.get("components", [])
+        if isinstance(components, str):
+            components = [c.strip() for c in components.split(",") if c.strip()]
+        if not isinstance(components, list) or not all(isinstance(c, str) for c in components):
+            problems.append("`components` must be a list of names such as 'L3.H5' or 'L4.mlp'")
+        parent = raw.get("parent_hypothesis_id")
+        if parent is not None and (isinstance(parent, bool) or parent not in self.known_ids):
+            known = ", ".join(f"H{i}" for i in self.known_ids) or "none"
+            problems.append(
+                f"`parent_hypothesis_id` {parent!r} is not a hypothesis of the ledger "
+                f"(known: {known}; use their numbers)"
+            )
+        args = _decode_json_value(raw.get("args"))
+        if args is None:
+            problems.append(
+                f"`args` is missing: put the arguments of `{tool_name}` in an `args` object "
+                "({} takes every default)"
+            )
+        elif not isinstance(args, dict):
+            problems.append(f"`args` must be a JSON object, not {type(args).__name__}")
+        if problems or criterion is None or not isinstance(args, dict):
+            return "; ".join(problems)
+        return Proposal(
+            hypothesis=str(hypothesis).strip(),
+            rationale=str(rationale).strip(),
+            tool=tool_name,
+            args=args,
+            criterion=criterion,
+            components=list(components),
+            parent_hypothesis_id=parent,
+        )

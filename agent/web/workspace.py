@@ -1,0 +1,52 @@
+"""The state behind the routes of the review workspace, and the dependency that hands it to them.
+
+One :class:`Workspace` per application (``app.state.workspace``): the store, the template
+environment, the CSRF secret and the audit jobs. A route takes it as a ``WorkspaceDep`` argument.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import Depends, HTTPException, Request
+from fastapi.responses import HTMLResponse
+
+from rankscope.agent.web.audit_jobs import AuditJobs, Auditor
+from rankscope.agent.web.links import Links
+from rankscope.agent.web.rendering import environment
+from rankscope.agent.web.security import new_secret, same
+from rankscope.experiments_db import Store
+from rankscope.experiments_db.records import InvestigationTree
+
+LINKS = Links()
+
+
+class Workspace:
+    """The state behind the routes: the store, the templates, the CSRF secret, audit jobs."""
+
+    def __init__(self, store: Store, auditor: Auditor | None = None) -> None:
+        self.store = store
+        self.env = environment()
+        self.csrf = new_secret()
+        self.audits = AuditJobs(store) if auditor is None else AuditJobs(store, auditor)
+
+    def page(self, template: str, status_code: int = 200, **context: Any) -> HTMLResponse:
+        context = {"links": LINKS, "csrf": self.csrf, "live": True, **context}
+        html = self.env.get_template(template).render(**context)
+        return HTMLResponse(html, status_code=status_code)
+
+    def check_csrf(self, token: str) -> None:
+        if not same(token, self.csrf):
+            raise HTTPException(403, "missing or wrong CSRF token: reload the page and retry")
+
+    def tree(self, investigation_id: int) -> InvestigationTree:
+        return self.store.investigation_tree(investigation_id)
+
+
+async def workspace(request: Request) -> Workspace:
+    """The workspace of the application serving ``request``."""
+    ws: Workspace = request.app.state.workspace
+    return ws
+
+
+WorkspaceDep = Annotated[Workspace, Depends(workspace)]
