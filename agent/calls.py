@@ -114,6 +114,8 @@ def check_proposal(
     fingerprint → hypothesis id)."""
     proposal = _proposal(raw)
     criterion = proposal.criterion
+    if proposal.exploratory:
+        criterion = exploratory_criterion(criterion)
     args = dict(proposal.args)
     if has_split(proposal.tool):
         given = args.get("split")
@@ -127,13 +129,15 @@ def check_proposal(
         args_json = check_call(proposal.tool, args, criterion.metric).model_dump(mode="json")
     except CallRejected as err:
         raise CallRejected(f"rejected call: {err}") from err
-    problem = criterion_problem(
-        criterion,
-        proposal.components,
-        criterion_spec(proposal.tool, args_json, criterion.metric),
-        policy,
-        usable_metrics(proposal.tool, args_json),
-    )
+    problem = None
+    if not proposal.exploratory:
+        problem = criterion_problem(
+            criterion,
+            proposal.components,
+            criterion_spec(proposal.tool, args_json, criterion.metric),
+            policy,
+            usable_metrics(proposal.tool, args_json),
+        )
     if problem:
         raise CallRejected(f"rejected criterion: {problem}")
     fp = fingerprint(proposal.tool, args_json, criterion)
@@ -151,7 +155,21 @@ def check_proposal(
         components=list(proposal.components),
         parent_hypothesis_id=proposal.parent_hypothesis_id,
         fingerprint=fp,
+        exploratory=proposal.exploratory,
     )
+
+
+def exploratory_criterion(criterion: Criterion) -> Criterion:
+    """The criterion an exploratory step is stored with: the estimate it reports, two-sided at
+    0 — a record of what it ranks by, never a claim (the rules decide nothing on it). It runs on
+    the discovery split only: an exploratory look at held-out queries would let a planner choose
+    its claims from the data that must replicate them."""
+    if criterion.split != "discovery":
+        raise CallRejected(
+            f"rejected exploratory step: it runs on the discovery split only, not "
+            f"{criterion.split!r} (held-out queries are for replications)"
+        )
+    return criterion.model_copy(update={"direction": "two-sided", "threshold": 0.0})
 
 
 def replication_args(tool_name: str, args: dict[str, Any]) -> tuple[dict[str, Any], bool]:

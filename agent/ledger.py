@@ -56,9 +56,12 @@ def ledger_entry(node: HypothesisNode) -> LedgerEntry:
     discovery = next((e for e in finished if split_of(e.args) != "holdout"), None)
     holdout = next((e for e in finished if split_of(e.args) == "holdout"), None)
     status: str
-    if node.latest_verdict is not None:
+    failed = bool(node.experiments) and all(e.status == "failed" for e in node.experiments)
+    if node.exploratory:
+        status = "failed" if failed else "exploratory"
+    elif node.latest_verdict is not None:
         status = node.latest_verdict.status
-    elif node.experiments and all(e.status == "failed" for e in node.experiments):
+    elif failed:
         status = "failed"
     else:
         status = "pending"

@@ -3,7 +3,8 @@
 ``LLMClient`` holds one ``openai.OpenAI`` client (``LLMClient.openai``; it runs on ``httpx2``) and
 lets the SDK do what it does: retries with exponential backoff and jitter of 408, 409, 429, 5xx,
 timeouts and connection errors (``max_retries`` of them), a server's ``Retry-After`` /
-``retry-after-ms`` honoured, typed replies. Below the SDK, every HTTP attempt passes through one
+``retry-after-ms`` honoured up to two minutes (a server asking for longer is not retried), typed
+replies. Below the SDK, every HTTP attempt passes through one
 transport (``_AttemptTransport``), which adds:
 
 * a deadline for the whole attempt: sending, waiting and reading the reply within ``timeout_s``
@@ -127,11 +128,14 @@ class LLMBudgetExceeded(LLMError):
 
 @dataclass(frozen=True)
 class ToolCall:
-    """One function call in a reply; ``arguments`` is the raw JSON text the model wrote."""
+    """One function call in a reply; ``arguments`` is the raw JSON text the model wrote.
+    ``source`` is ``"tool_calls"`` for a call the server returned as one, ``"text"`` for a call
+    the planner parsed from the reply's text (``rankscope.agent.planners.llm.replies``)."""
 
     id: str
     name: str
     arguments: str
+    source: str = "tool_calls"
 
 
 @dataclass(frozen=True)
@@ -314,9 +318,8 @@ class _AttemptTransport(httpx2.BaseTransport):
         latency = time.perf_counter() - start
         error = outcome.get("error")
         if worker.is_alive() or isinstance(error, httpx2.TimeoutException):
-            self._report(
-                _Attempt(started_at, latency, error=f"the request timed out after {deadline:g} s")
-            )
+            after = "" if deadline is None else f" after {deadline:g} s"
+            self._report(_Attempt(started_at, latency, error=f"the request timed out{after}"))
             if not self.retry_timeouts:
                 raise openai.APITimeoutError(request=request)
             raise (

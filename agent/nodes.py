@@ -200,6 +200,7 @@ def preregister(state: InvestigationState, runtime: Runtime[GraphContext]) -> Up
         rationale=prop.get("rationale", ""),
         parent_id=parent,
         components=prop.get("components", []),
+        exploratory=bool(prop.get("exploratory", False)),
     )
     ctx.investigation.refresh(hid)
     ctx.progress.hypothesis(hid, prop["hypothesis"], criterion)
@@ -287,6 +288,8 @@ def record(state: InvestigationState, runtime: Runtime[GraphContext]) -> Update:
         return update
     tree = ctx.investigation.tree
     node = ctx.investigation.node(cur["hypothesis_id"])
+    if node.exploratory:  # recorded, never compared with a criterion: it claims nothing
+        return update
     result = split_result(tree, node, ctx.policy, phase)
     if result is None:
         return update
@@ -412,6 +415,11 @@ def assess(state: InvestigationState, runtime: Runtime[GraphContext]) -> Update:
     if needs_replication(cur):
         return {"current": cur}
     hid = cur["hypothesis_id"]
+    if ctx.investigation.node(hid).exploratory:
+        ctx.progress.verdict(
+            hid, "exploratory", "recorded; no claim was tested, so no verdict is given"
+        )
+        return {"current": None}
     verdict = ctx.investigation.node(hid).latest_verdict
     if verdict is not None:
         reason = str(verdict.criterion_result.get("reason", ""))

@@ -8,7 +8,7 @@ objects to re-create. ``InvestigationState`` is what LangGraph checkpoints after
 
 from __future__ import annotations
 
-from typing import Any, Literal, TypedDict
+from typing import Any, Literal, NotRequired, TypedDict
 
 from pydantic import BaseModel, Field
 
@@ -44,6 +44,8 @@ class PendingProposal(TypedDict):
     components: list[str]
     parent_hypothesis_id: int | None
     fingerprint: str
+    exploratory: NotRequired[bool]
+    """An exploratory step: run once on discovery, recorded, never decided."""
 
 
 class HypothesisInFlight(TypedDict, total=False):

@@ -40,6 +40,15 @@ Exploratory hypotheses
     A hypothesis whose call (tool and arguments, seed aside) was already run for an earlier
     hypothesis was registered after its results could be seen: it cannot be supported, it does
     not spend a level of the multiplicity procedure.
+
+Exploratory steps
+    A hypothesis pre-registered as ``exploratory`` (a screen, a ranking, a description of roles;
+    ``HypothesisRecord.exploratory``, fixed at pre-registration and covered by the criterion
+    lock) runs its call once on the discovery split and claims nothing: the graph records its
+    evidence and gives it no verdict, no p-value and no replication, and it spends no level. Its
+    stored criterion (two-sided at 0) only names the estimate it reports. Should a verdict on one
+    ever be stored, the rules give ``inconclusive`` ("exploratory"), never ``supported``. Its call
+    counts as seen: a later hypothesis that repeats it is exploratory in the sense above.
 """
 
 from __future__ import annotations
@@ -445,7 +454,7 @@ def hypothesis_level(
     hypotheses spend levels in id order; their stored verdicts count the discoveries."""
     index, discoveries = 1, 0
     for other in tree.hypotheses:
-        if other.id >= node.id or exploratory_of(tree, other) is not None:
+        if other.id >= node.id or other.exploratory or exploratory_of(tree, other) is not None:
             continue
         index += 1
         latest = other.latest_verdict
@@ -499,6 +508,14 @@ def decide_hypothesis(
     replication_note: str | None = None,
 ) -> Decision:
     """The verdict on a stored hypothesis: the one decision path of the graph and ``audit``."""
+    if node.exploratory:
+        return Decision(
+            status="inconclusive",
+            reason="exploratory: a screen or ranking pre-registered as claiming nothing; it is "
+            "recorded, never decided",
+            notes=[replication_note] if replication_note else [],
+            evidence_ids=sorted(ev.id for ev in phase_evidence(node).values()),
+        )
     discovery = split_result(tree, node, policy, "discovery")
     holdout = split_result(tree, node, policy, "holdout")
     if discovery is not None and (discovery.outcome != "met" or discovery.approximate):

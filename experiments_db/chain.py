@@ -64,9 +64,18 @@ def record_content(conn: Any, kind: str, record_id: int) -> dict[str, Any] | Non
     if kind == "hypothesis":
         hyp = Hypothesis.__table__
         row = conn.execute(
-            select(*(hyp.c[f] for f in _HYPOTHESIS_FIELDS)).where(hyp.c.id == record_id)
+            select(*(hyp.c[f] for f in _HYPOTHESIS_FIELDS), hyp.c.exploratory).where(
+                hyp.c.id == record_id
+            )
         ).first()
-        return None if row is None else dict(row._mapping)
+        if row is None:
+            return None
+        content = dict(row._mapping)
+        # attested only when set, so that the links of hypotheses recorded before migration 0005
+        # (all confirmatory) keep their digests
+        if not content.pop("exploratory"):
+            return content
+        return {**content, "exploratory": True}
     if kind == "evidence":
         ev, exp, art = Evidence.__table__, Experiment.__table__, Artifact.__table__
         row = conn.execute(

@@ -20,6 +20,7 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
 )
+from sqlalchemy import false as sql_false
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import registry
 from sqlmodel import Field, SQLModel
@@ -146,6 +147,10 @@ class Hypothesis(StoreBase, table=True):
     n_tests: int = 1
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     locked: bool = False
+    exploratory: bool = Field(
+        default=False, sa_column_kwargs={"server_default": sql_false()}
+    )
+    """A screen or ranking that claims nothing (migration 0005): no verdict, no level spent."""
 
 
 class Experiment(StoreBase, table=True):

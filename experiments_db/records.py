@@ -88,6 +88,9 @@ class HypothesisRecord(_Record):
     criterion: Criterion
     created_at: datetime
     locked: bool
+    exploratory: bool = False
+    """A screen or ranking: its call ran once on discovery, it claims nothing, gets no verdict
+    and spends no level (see :mod:`rankscope.agent.verdicts`)."""
 
 
 class ArtifactRecord(_Record):

@@ -89,11 +89,13 @@ class RecordingStore(StoreCore):
         rationale: str = "",
         parent_id: int | None = None,
         components: Sequence[str] = (),
+        exploratory: bool = False,
     ) -> int:
         """Store a hypothesis with its pre-registered criterion and the tool call that tests it
         (``tool``, ``tool_args``); return its id.
 
-        ``parent_id`` links a replication or follow-up to the hypothesis it came from.
+        ``parent_id`` links a replication or follow-up to the hypothesis it came from;
+        ``exploratory`` marks a screen or ranking that claims nothing (no verdict, no level).
         """
         crit = (
             criterion if isinstance(criterion, Criterion) else Criterion.model_validate(criterion)
@@ -115,6 +117,7 @@ class RecordingStore(StoreCore):
                 components=[str(c) for c in components],
                 tool=tool,
                 tool_args=to_jsonable(dict(tool_args or {})),
+                exploratory=exploratory,
                 **to_jsonable(crit.model_dump()),
             )
             hypothesis_id = add_row(session, row)

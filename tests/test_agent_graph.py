@@ -9,9 +9,9 @@ import pytest
 import torch
 from rich.console import Console
 
+from rankscope.agent.calls import fingerprint
 from rankscope.agent.citations import cited_in_text
 from rankscope.agent.llm_client import LLMUnavailableError
-from rankscope.agent.calls import fingerprint
 from rankscope.agent.planners.base import Narrative, Proposal, Stop
 from rankscope.agent.runner import resume
 from rankscope.agent.state import Budget
@@ -222,6 +222,50 @@ def test_step_budget_bounds_the_loop(tmp_path, null_model):
     result = run(tmp_path, null_model, planner, Budget(max_steps=2, max_tool_calls=10))
     assert "step budget reached" in (result.stop_reason or "")
     assert len(tree(tmp_path).hypotheses) == 2
+
+
+def test_a_step_reads_the_store_the_same_whatever_came_before(tmp_path, null_model, monkeypatch):
+    from collections import Counter
+
+    from rankscope.experiments_db.repository import Store
+
+    calls: Counter[str] = Counter()
+    reads = ("investigation_tree", "hypothesis_node", "get_evidence", "list_hypotheses")
+    for name in (*reads, "list_experiments", "verdicts", "get_investigation"):
+        original = getattr(Store, name)
+
+        def spy(self, *args, _name=name, _original=original, **kwargs):
+            calls[_name] += 1
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(Store, name, spy)
+    seen: list[Counter[str]] = []
+
+    def step(n_pairs: int):
+        def propose(ledger):
+            seen.append(calls.copy())
+            return behaviour(n_pairs=n_pairs)
+
+        return propose
+
+    run(tmp_path, null_model, ScriptedPlanner([step(12 + i) for i in range(4)]))
+    per_step = [after - before for before, after in zip(seen, seen[1:], strict=False)]
+    assert len(per_step) == 3 and per_step[0] == per_step[1] == per_step[2]
+    assert per_step[0]["investigation_tree"] == 0 and per_step[0]["get_evidence"] == 0
+    assert seen[0]["investigation_tree"] == 1
+
+
+def test_the_lease_is_renewed_once_its_heartbeat_is_a_minute_old(monkeypatch):
+    import rankscope.agent.lease as lease
+
+    renewed: list[int] = []
+    monkeypatch.setattr(lease, "renew", lambda store, investigation_id: renewed.append(7))
+    now = [0.0]
+    heartbeat = lease.Heartbeat(None, 7, clock=lambda: now[0])  # type: ignore[arg-type]
+    for t in (1.0, 30.0, 59.0, 61.0, 62.0, 100.0, 122.0):
+        now[0] = t
+        heartbeat.beat()
+    assert renewed == [7, 7] and lease.RENEW_EVERY_S < lease.STALE_AFTER_S / 10
 
 
 def test_criterion_is_locked_once_the_experiment_ran(tmp_path, null_model):

@@ -31,127 +31,146 @@ from rankscope.agent.commands.output import (
 if TYPE_CHECKING:
     from rankscope.agent.settings import InvestigationSettings
 
+QuestionArgument = Annotated[str, typer.Argument(help="The research question, in plain words.")]
+ModelOption = Annotated[
+    str | None, typer.Option("--model", metavar="ID|PATH", help="Model (default MiniLM).")
+]
+DataOption = Annotated[
+    str | None,
+    typer.Option("--data", metavar="SPEC", help="Data spec (default: built-in collection)."),
+]
+PlannerOption = Annotated[
+    str | None,
+    typer.Option(
+        "--planner",
+        help="llm or protocol (default: llm when an endpoint and --llm-model are set).",
+    ),
+]
+LlmModelOption = Annotated[
+    str | None, typer.Option("--llm-model", metavar="NAME", help="Model of the endpoint.")
+]
+BaseUrlOption = Annotated[
+    str | None,
+    typer.Option("--base-url", help="OpenAI-compatible endpoint (default $OPENAI_BASE_URL)."),
+]
+LlmTimeoutOption = Annotated[
+    float | None,
+    typer.Option(
+        "--llm-timeout",
+        min=1.0,
+        metavar="SECONDS",
+        help="Seconds one LLM request may take (default $RANKSCOPE_LLM_TIMEOUT, else 600 "
+        "for a local endpoint, 60 for a hosted one). Stored: `resume` uses it.",
+    ),
+]
+LlmRetriesOption = Annotated[
+    int | None,
+    typer.Option(
+        "--llm-retries",
+        min=0,
+        help="Retries after a failed LLM request (default $RANKSCOPE_LLM_RETRIES, else 1 "
+        "local, 3 hosted; a timed-out request is re-sent only to a hosted endpoint or "
+        "with RANKSCOPE_LLM_RETRY_TIMEOUTS=1). Stored: `resume` uses it.",
+    ),
+]
+LlmContextOption = Annotated[
+    int | None,
+    typer.Option(
+        "--llm-context",
+        min=256,
+        metavar="TOKENS",
+        help="The LLM's context window (default: asked of the server — vLLM /v1/models, "
+        "llama.cpp /props, Ollama /api/show — else unchecked). A request that would not "
+        "fit is an error before it is sent. Stored: `resume` uses it.",
+    ),
+]
+AlphaOption = Annotated[
+    float | None,
+    typer.Option(
+        "--alpha",
+        min=0.0,
+        max=0.49,
+        help="The investigation's error level (default 0.05; stored; planners may only "
+        "be stricter).",
+    ),
+]
+MinQueriesOption = Annotated[
+    int | None,
+    typer.Option("--min-queries", min=2, help="Queries a split needs to be decided (default 8)."),
+]
+PolicyFileOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--policy",
+        metavar="FILE.toml",
+        exists=True,
+        dir_okay=False,
+        help="A statistical policy (alpha, min_queries, min_pairs, [sesoi], "
+        "multiplicity, n_resamples); --alpha and --min-queries override it.",
+    ),
+]
+BudgetOption = Annotated[int, typer.Option("--budget", help="Maximum planner steps.")]
+MaxToolCallsOption = Annotated[int, typer.Option("--max-tool-calls")]
+MaxTokensOption = Annotated[int, typer.Option("--max-tokens", help="LLM token budget.")]
+MaxMinutesOption = Annotated[float, typer.Option("--max-minutes", help="Wall-time budget.")]
+ProtocolPairsOption = Annotated[
+    int | None,
+    typer.Option(
+        "--protocol-pairs",
+        min=4,
+        help="Protocol planner: pairs per experiment (localisation uses twice as many; "
+        "default 48/96).",
+    ),
+]
+AllowRandomWeightsOption = Annotated[
+    bool,
+    typer.Option(
+        "--allow-random-weights",
+        help="Run even if weights the score depends on are missing from the checkpoint "
+        "(they are random; every report says so).",
+    ),
+]
+LabelOption = Annotated[
+    str | None,
+    typer.Option("--label", metavar="NAME", help="Cross-encoder: the head's label to score."),
+]
+ShardsOption = Annotated[
+    int | None,
+    typer.Option(
+        "--shards",
+        min=1,
+        metavar="N",
+        help="Split each activation_patching grid across N Ray actors (each loads the "
+        "model once; needs rankscope[ray]). Stored: `resume` uses it.",
+    ),
+]
+
 
 def investigate_command(
-    question: Annotated[str, typer.Argument(help="The research question, in plain words.")],
-    model: Annotated[
-        str | None, typer.Option("--model", metavar="ID|PATH", help="Model (default MiniLM).")
-    ] = None,
-    data: Annotated[
-        str | None,
-        typer.Option("--data", metavar="SPEC", help="Data spec (default: built-in collection)."),
-    ] = None,
-    planner: Annotated[
-        str | None,
-        typer.Option(
-            "--planner",
-            help="llm or protocol (default: llm when an endpoint and --llm-model are set).",
-        ),
-    ] = None,
-    llm_model: Annotated[
-        str | None, typer.Option("--llm-model", metavar="NAME", help="Model of the endpoint.")
-    ] = None,
-    base_url: Annotated[
-        str | None,
-        typer.Option("--base-url", help="OpenAI-compatible endpoint (default $OPENAI_BASE_URL)."),
-    ] = None,
-    llm_timeout: Annotated[
-        float | None,
-        typer.Option(
-            "--llm-timeout",
-            min=1.0,
-            metavar="SECONDS",
-            help="Seconds one LLM request may take (default $RANKSCOPE_LLM_TIMEOUT, else 600 "
-            "for a local endpoint, 60 for a hosted one). Stored: `resume` uses it.",
-        ),
-    ] = None,
-    llm_retries: Annotated[
-        int | None,
-        typer.Option(
-            "--llm-retries",
-            min=0,
-            help="Retries after a failed LLM request (default $RANKSCOPE_LLM_RETRIES, else 1 "
-            "local, 3 hosted; a timed-out request is re-sent only to a hosted endpoint or "
-            "with RANKSCOPE_LLM_RETRY_TIMEOUTS=1). Stored: `resume` uses it.",
-        ),
-    ] = None,
-    llm_context: Annotated[
-        int | None,
-        typer.Option(
-            "--llm-context",
-            min=256,
-            metavar="TOKENS",
-            help="The LLM's context window (default: asked of the server — vLLM /v1/models, "
-            "llama.cpp /props, Ollama /api/show — else unchecked). A request that would not "
-            "fit is an error before it is sent. Stored: `resume` uses it.",
-        ),
-    ] = None,
-    alpha: Annotated[
-        float | None,
-        typer.Option(
-            "--alpha",
-            min=0.0,
-            max=0.49,
-            help="The investigation's error level (default 0.05; stored; planners may only "
-            "be stricter).",
-        ),
-    ] = None,
-    min_queries: Annotated[
-        int | None,
-        typer.Option(
-            "--min-queries", min=2, help="Queries a split needs to be decided (default 8)."
-        ),
-    ] = None,
-    policy_file: Annotated[
-        Path | None,
-        typer.Option(
-            "--policy",
-            metavar="FILE.toml",
-            exists=True,
-            dir_okay=False,
-            help="A statistical policy (alpha, min_queries, min_pairs, [sesoi], "
-            "multiplicity, n_resamples); --alpha and --min-queries override it.",
-        ),
-    ] = None,
-    budget: Annotated[int, typer.Option("--budget", help="Maximum planner steps.")] = 12,
-    max_tool_calls: Annotated[int, typer.Option("--max-tool-calls")] = 24,
-    max_tokens: Annotated[int, typer.Option("--max-tokens", help="LLM token budget.")] = 200_000,
-    max_minutes: Annotated[float, typer.Option("--max-minutes", help="Wall-time budget.")] = 30.0,
+    question: QuestionArgument,
+    model: ModelOption = None,
+    data: DataOption = None,
+    planner: PlannerOption = None,
+    llm_model: LlmModelOption = None,
+    base_url: BaseUrlOption = None,
+    llm_timeout: LlmTimeoutOption = None,
+    llm_retries: LlmRetriesOption = None,
+    llm_context: LlmContextOption = None,
+    alpha: AlphaOption = None,
+    min_queries: MinQueriesOption = None,
+    policy_file: PolicyFileOption = None,
+    budget: BudgetOption = 12,
+    max_tool_calls: MaxToolCallsOption = 24,
+    max_tokens: MaxTokensOption = 200_000,
+    max_minutes: MaxMinutesOption = 30.0,
     db: DbOption = None,
     report_dir: ReportDirOption = DEFAULT_REPORT_DIR,
     device: DeviceOption = "cpu",
-    protocol_pairs: Annotated[
-        int | None,
-        typer.Option(
-            "--protocol-pairs",
-            min=4,
-            help="Protocol planner: pairs per experiment (localisation uses twice as many; "
-            "default 48/96).",
-        ),
-    ] = None,
-    allow_random_weights: Annotated[
-        bool,
-        typer.Option(
-            "--allow-random-weights",
-            help="Run even if weights the score depends on are missing from the checkpoint "
-            "(they are random; every report says so).",
-        ),
-    ] = False,
-    label: Annotated[
-        str | None,
-        typer.Option("--label", metavar="NAME", help="Cross-encoder: the head's label to score."),
-    ] = None,
+    protocol_pairs: ProtocolPairsOption = None,
+    allow_random_weights: AllowRandomWeightsOption = False,
+    label: LabelOption = None,
     remote: RemoteOption = None,
-    shards: Annotated[
-        int | None,
-        typer.Option(
-            "--shards",
-            min=1,
-            metavar="N",
-            help="Split each activation_patching grid across N Ray actors (each loads the "
-            "model once; needs rankscope[ray]). Stored: `resume` uses it.",
-        ),
-    ] = None,
+    shards: ShardsOption = None,
 ) -> None:
     """Investigate a question: hypotheses, experiments, verdicts, a report."""
     from rankscope.agent.policy import make_policy

@@ -30,6 +30,13 @@ class Proposal(BaseModel):
     criterion: Criterion
     components: list[str] = Field(default_factory=list)
     parent_hypothesis_id: int | None = None
+    exploratory: bool = Field(
+        False,
+        description="An exploratory step (a screen, a ranking, a description of roles): the "
+        "call runs once on the discovery split, its evidence is recorded and may rank what to "
+        "test next, but it claims nothing — no verdict, no p-value, no held-out replication, no "
+        "level spent. Its criterion only names the estimate it reports (stored two-sided at 0).",
+    )
 
 
 class Stop(BaseModel):
@@ -48,7 +55,8 @@ class LedgerEntry(BaseModel):
     criterion: Criterion
     components: list[str] = Field(default_factory=list)
     status: str = "pending"
-    """pending, supported, refuted, inconclusive, failed."""
+    """pending, supported, refuted, inconclusive, failed, or exploratory (a screen or ranking
+    that claims nothing: its key metrics are discovery numbers to rank by, never a finding)."""
     key_metrics: dict[str, float | int | None] = Field(default_factory=dict)
     summary: str = ""
     evidence_ids: list[int] = Field(default_factory=list)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from urllib.parse import quote, urlencode
 
 from rankscope.agent.web.views import artifact_filename
@@ -41,6 +42,13 @@ class Links:
     def static(self, name: str) -> str:
         return f"/static/{name}"
 
+    def forest_png(self, investigation_id: int) -> str:
+        return f"/investigations/{investigation_id}/forest.png"
+
+    def table(self, evidence_id: int, name: str) -> str:
+        """Every row of one of the evidence's tables."""
+        return f"/evidence/{evidence_id}#t-{evidence_id}-{quote(name, safe='')}"
+
 
 class ExportLinks(Links):
     """Links inside a static export: one ``index.html`` with anchors, files beside it."""
@@ -67,3 +75,14 @@ class ExportLinks(Links):
 
     def static(self, name: str) -> str:
         return f"static/{name}"
+
+    def forest_png(self, investigation_id: int) -> str:
+        return "forest.png"
+
+    def table(self, evidence_id: int, name: str) -> str:
+        return f"tables/{table_filename(evidence_id, name)}"
+
+
+def table_filename(evidence_id: int, name: str) -> str:
+    """The CSV file of one evidence table in a static export."""
+    return f"E{evidence_id}-{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}.csv"

@@ -13,12 +13,23 @@ from fastapi.responses import HTMLResponse
 
 from rankscope.agent.web.audit_jobs import AuditJobs, Auditor
 from rankscope.agent.web.links import Links
-from rankscope.agent.web.rendering import environment
+from rankscope.agent.web.rendering import environment, tree_context
 from rankscope.agent.web.security import new_secret, same
 from rankscope.experiments_db import Store
+from rankscope.experiments_db.errors import NotFoundError
 from rankscope.experiments_db.records import InvestigationTree
 
 LINKS = Links()
+MAX_ID = 2**63 - 1
+"""The largest id a database row can have (SQLite's and PostgreSQL's BIGINT range)."""
+
+
+def known_id(kind: str, value: int) -> int:
+    """``value`` if it can name a stored row; :class:`NotFoundError` (a 404 page) if not — an
+    id below 1 or past the databases' integer range names nothing."""
+    if not 1 <= value <= MAX_ID:
+        raise NotFoundError(f"{kind} {value} does not exist")
+    return value
 
 
 class Workspace:
@@ -34,6 +45,39 @@ class Workspace:
         context = {"links": LINKS, "csrf": self.csrf, "live": True, **context}
         html = self.env.get_template(template).render(**context)
         return HTMLResponse(html, status_code=status_code)
+
+    def error(
+        self, status_code: int, title: str, message: str, problems: list[str] | None = None
+    ) -> HTMLResponse:
+        """The styled error page."""
+        return self.page(
+            "error.html",
+            status_code,
+            title=title,
+            message=message,
+            problems=problems or [],
+            code=status_code,
+        )
+
+    def hypothesis_page(
+        self,
+        hypothesis_id: int,
+        *,
+        form: dict[str, str] | None = None,
+        error: str = "",
+        status_code: int = 200,
+    ) -> HTMLResponse:
+        """A hypothesis's page; after a refused review, with the typed text and the reason."""
+        tree = self.tree(self.store.get_hypothesis(hypothesis_id).investigation_id)
+        node = next(h for h in tree.hypotheses if h.id == hypothesis_id)
+        return self.page(
+            "hypothesis.html",
+            status_code,
+            **tree_context(tree),
+            node=node,
+            form=form,
+            error=error,
+        )
 
     def check_csrf(self, token: str) -> None:
         if not same(token, self.csrf):

@@ -29,6 +29,16 @@ import torch.nn.functional as F
 from scipy import stats
 
 from rankscope.tools.interventions.patching import parse_target
+from rankscope.tools.organisms.fast import (
+    RULE_VARIANTS,
+    CachedSet,
+    CachedTrainer,
+    Cut,
+    StepConfig,
+    Trainable,
+    deeper,
+    supports,
+)
 from rankscope.tools.organisms.rules import targets
 from rankscope.tools.organisms.spec import (
     PROBES,
@@ -51,7 +61,7 @@ from rankscope.tools.retrievers import load_retriever
 from rankscope.tools.retrievers.base import Retriever
 from rankscope.tools.retrievers.bi_encoder import BiEncoder, pool
 
-BUILD_VERSION = "1"
+BUILD_VERSION = "2"
 RECORD = "groundtruth.json"
 EPSILON = 0.01
 """Score change below which a probe counts as no effect (the default SESOI of score deltas)."""
@@ -231,6 +241,87 @@ def _checks(
     return out
 
 
+def _rule_holds(
+    spec: OrganismSpec, base_probes: dict[str, ProbeMeasure], org_probes: dict[str, ProbeMeasure]
+) -> bool:
+    """Whether every planted rule passes its held-out check (the stopping rule and the
+    accept-or-rebuild test of a build)."""
+    checks = _checks(spec, base_probes, org_probes, EPSILON)
+    return all(bool(checks[f"{r.rule}.holds_heldout"]) for r in spec.rules)
+
+
+def _probe_measures(
+    scores: np.ndarray, groups: list[Group], probes: list[str]
+) -> dict[str, ProbeMeasure]:
+    """``measure`` of only ``probes`` (scores may be NaN in the other variants)."""
+    out = {}
+    for probe in probes:
+        a, b = PROBE_VARIANTS[probe]
+        delta = scores[:, VARIANTS.index(b)] - scores[:, VARIANTS.index(a)]
+        out[probe] = ProbeMeasure(
+            mean_delta=float(delta.mean()),
+            share_up=float((delta > 0).mean()),
+            n_pairs=int(delta.size),
+            n_queries=len({g.qid for g in groups}),
+        )
+    return out
+
+
+_STATES: dict[tuple[str, str, int], CachedSet] = {}
+"""The cached states of the process, by (base weights, corpus split, cut): organisms built in
+one process share the base's pass (at most two cuts are kept per split)."""
+
+
+def _cached_set(
+    retriever: BiEncoder, corpus: Corpus, which: str, cut: int | None, dtype: torch.dtype
+) -> CachedSet:
+    """The split's groups with the states entering ``cut`` (``None``: any cut, for the base's
+    scores only): from the process's memo, else moved up from a lower cut, else one pass of the
+    base."""
+    digest = hashlib.sha256(which.encode())
+    for g in corpus.split(which):
+        digest.update("\x00".join((g.qid, g.query, *g.texts)).encode())
+    split = (retriever.weights_hash, digest.hexdigest())
+    mine = sorted((k for k in _STATES if k[:2] == split), key=lambda k: k[2])
+    if cut is None:
+        if mine:
+            return _STATES[mine[0]]
+        cut = len(retriever.layer_modules)
+    key = (*split, cut)
+    if key in _STATES:
+        return _STATES[key]
+    cutter = Cut(retriever, cut)
+    lower = [k for k in mine if k[2] < cut]
+    if lower:
+        found = _STATES[lower[-1]]
+        data = CachedSet(
+            found.groups,
+            deeper(cutter, found.docs, cut),
+            deeper(cutter, found.queries, cut),
+            found.query_row,
+        )
+    else:
+        data = CachedSet.build(cutter, corpus.split(which), dtype)
+    for old in mine[:-1]:
+        del _STATES[old]
+    _STATES[key] = data
+    return data
+
+
+def _trainable(retriever: BiEncoder, spec: OrganismSpec) -> tuple[int, Trainable]:
+    """The cut (lowest trained layer) and the trained parameters of a cached build."""
+    params = dict(retriever.encoder.named_parameters())
+    if spec.carriers:
+        masks = _head_masks(retriever, spec.carriers)
+        cut = min(parse_target(c).layer for c in spec.carriers)
+        chosen = [params[k] for k in masks]
+        return cut, Trainable(chosen, {id(params[k]): m for k, m in masks.items()})
+    n_layers = len(retriever.layer_modules)
+    cut = max(0, n_layers - spec.train_layers)
+    chosen = [p for layer in retriever.layer_modules[cut:] for p in layer.parameters()]
+    return cut, Trainable(chosen)
+
+
 def build_organism(
     spec: OrganismSpec,
     base: str | Path | None = None,
@@ -245,7 +336,12 @@ def build_organism(
 
     ``base``: the base model (default: the bundled MiniLM; ``tiny``: the tiny BERT base, built in
     the cache). The record is written as ``groundtruth.json`` in the organism's folder; the
-    organism loads with ``load_retriever(record.path)`` like its base (no custom code)."""
+    organism loads with ``load_retriever(record.path)`` like its base (no custom code).
+
+    A cached build (``spec.trainer``) trains until every rule passes its held-out check (checked
+    every ``check_every`` steps, at most ``steps``); a build whose check still fails is rebuilt
+    from the base with the next seed, up to ``attempts`` in all. The record keeps the checks of
+    the last attempt, passed or not: the same spec, base and corpus give the same organism."""
     started = time.perf_counter()
     root = root or cache_root()
     if base is None and tiny:
@@ -264,18 +360,57 @@ def build_organism(
     base_path = Path(str(base)) if base is not None else _default_path()
     heldout = corpus.split("heldout")
     trained = corpus.split("trained")
-    base_held = _score_groups(retriever, heldout)
-    base_probes = measure(base_held, heldout)
     say = log or (lambda _m: None)
     say(f"{spec.name}: {len(trained)} trained groups, {len(heldout)} held-out groups")
     original = {k: v.detach().clone() for k, v in retriever.encoder.state_dict().items()}
+    cached = spec.trainer == "cached" and supports(retriever)
+    timings: dict[str, float] = {}
+    attempts, steps_run, n_trained = 1, 0, 0
+    trained_probes: dict[str, ProbeMeasure] = {}
+    restored: dict[str, float] = {}
+    if cached:
+        cut, trainable = (None, Trainable([])) if spec.control else _trainable(retriever, spec)
+        t0 = time.perf_counter()
+        held_set = _cached_set(retriever, corpus, "heldout", cut, torch.float32)
+        trained_set = (
+            None if spec.control else _cached_set(retriever, corpus, "trained", cut, torch.float16)
+        )
+        timings["base_pass"] = time.perf_counter() - t0
+        base_held = held_set.base_scores()
+    else:
+        t0 = time.perf_counter()
+        base_held = _score_groups(retriever, heldout)
+        timings["base_pass"] = time.perf_counter() - t0
+    base_probes = measure(base_held, heldout)
     if spec.control:
         path = base_path
         org_held = base_held
     else:
-        base_trained = _score_groups(retriever, trained)
-        target = targets(spec.rules, _sub(corpus, trained), base_trained)
-        train(retriever, spec, trained, target, say)
+        t0 = time.perf_counter()
+        if cached:
+            assert trained_set is not None
+            base_trained = trained_set.base_scores()
+            target = targets(spec.rules, _sub(corpus, trained), base_trained)
+            steps_run, attempts, n_trained = _train_cached(
+                retriever,
+                spec,
+                cut,
+                trainable,
+                trained_set,
+                held_set,
+                target,
+                base_probes,
+                original,
+                say,
+            )
+        else:
+            base_trained = _score_groups(retriever, trained)
+            target = targets(spec.rules, _sub(corpus, trained), base_trained)
+            train(retriever, spec, trained, target, say)
+            steps_run = spec.steps
+            n_trained = sum(p.numel() for p in retriever.encoder.parameters())
+        timings["training"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
         folder.mkdir(parents=True, exist_ok=True)
         for item in base_path.iterdir():
             if item.name in ("model.safetensors", "pytorch_model.bin", RECORD, "README.md"):
@@ -288,18 +423,32 @@ def build_organism(
         encoder: Any = retriever.encoder
         encoder.save_pretrained(folder)
         path = folder
-        org_held = _score_groups(retriever, heldout)
+        if cached:
+            cutter = Cut(retriever, cut)
+            org_held = held_set.scores(cutter)
+            assert trained_set is not None
+            sample = trained_set.subset(range(min(len(trained), 120)))
+            trained_probes = measure(sample.scores(cutter), sample.groups)
+        else:
+            org_held = _score_groups(retriever, heldout)
+            sample_groups = trained[: min(len(trained), 120)]
+            trained_probes = measure(_score_groups(retriever, sample_groups), sample_groups)
     org_probes = measure(org_held, heldout)
     checks = _checks(spec, base_probes, org_probes, EPSILON)
     rho = stats.spearmanr(base_held[:, 0], org_held[:, 0]).statistic
     checks["spearman_natural_vs_base"] = float(rho)
-    trained_probes: dict[str, ProbeMeasure] = {}
-    if not spec.control:
-        sample = trained[: min(len(trained), 120)]
-        trained_probes = measure(_score_groups(retriever, sample), sample)
-    if spec.carriers:
-        restored = _restored_share(retriever, original, spec, heldout, base_probes, org_probes)
+    if spec.carriers and not spec.control:
+        held_scores = (
+            (lambda: held_set.scores(Cut(retriever, cut)))
+            if cached
+            else (lambda: _score_groups(retriever, heldout))
+        )
+        restored = _restored_share(
+            retriever, original, spec, held_scores, heldout, base_probes, org_probes
+        )
         checks.update(restored)
+    if not spec.control:
+        timings["checks"] = time.perf_counter() - t0
     facts = {p: direction_of(org_probes[p], EPSILON) for p in PROBES}
     for r in spec.rules:
         if checks.get(f"{r.rule}.holds_heldout"):
@@ -322,12 +471,76 @@ def build_organism(
         checks=checks,
         questions=spec.questions,
         build_seconds=time.perf_counter() - started,
-        steps=spec.steps,
+        steps=steps_run,
+        trainer="control" if spec.control else ("cached" if cached else "full"),
+        trained_parameters=n_trained,
+        attempts=attempts,
+        timings=timings,
         epsilon=EPSILON,
     )
     record_file.write_text(record.model_dump_json(indent=2), "utf-8")
     say(f"{spec.name}: built in {record.build_seconds:.1f} s → {folder}")
     return record
+
+
+def _train_cached(
+    retriever: BiEncoder,
+    spec: OrganismSpec,
+    cut: int,
+    trainable: Trainable,
+    trained_set: CachedSet,
+    held_set: CachedSet,
+    target: np.ndarray,
+    base_probes: dict[str, ProbeMeasure],
+    original: dict[str, torch.Tensor],
+    say: Callable[[str], None],
+) -> tuple[int, int, int]:
+    """Train from the cut until the rules hold on held-out queries (at most ``spec.steps`` per
+    attempt; a failed attempt restarts from the base with the next seed). Returns (steps of the
+    last attempt, attempts, trained parameter count)."""
+    cutter = Cut(retriever, cut)
+    probes = sorted({r.probe for r in spec.rules})
+    columns = sorted({VARIANTS.index(v) for p in probes for v in PROBE_VARIANTS[p]})
+    rule_variants = tuple(
+        sorted({VARIANTS.index(v) for r in spec.rules for v in RULE_VARIANTS[r.rule]})
+    )
+    config = StepConfig(
+        lr=spec.lr,
+        batch_queries=spec.batch_queries,
+        variants_per_step=spec.variants_per_step,
+        rule_variants=rule_variants,
+        delta_scale=max([abs(r.size) for r in spec.rules] + [MIN_DELTA_SCALE]),
+        level_var=max(float(np.var(target[:, 0])), 1e-6),
+    )
+
+    def holds() -> bool:
+        scores = held_set.scores(cutter, columns)
+        measured = _probe_measures(scores, held_set.groups, probes)
+        say(
+            "    held-out: "
+            + ", ".join(
+                f"{p} {measured[p].mean_delta:+.4f} (base {base_probes[p].mean_delta:+.4f}, "
+                f"up {measured[p].share_up:.0%})"
+                for p in probes
+            )
+        )
+        return _rule_holds(spec, base_probes, measured)
+
+    steps = 0
+    for attempt in range(spec.attempts):
+        if attempt:
+            retriever.encoder.load_state_dict(original)
+            say(
+                f"  the check failed after {steps} steps: rebuilding with seed {spec.seed + attempt}"
+            )
+        trainer = CachedTrainer(
+            cutter, trained_set, target, trainable, config, seed=spec.seed + attempt
+        )
+        steps, passed = trainer.run(spec.steps, spec.check_every, holds, say, spec.min_steps)
+        trainer.finish()
+        if passed:
+            return steps, attempt + 1, trainable.count()
+    return steps, spec.attempts, trainable.count()
 
 
 def _default_path() -> Path:
@@ -344,15 +557,17 @@ def _restored_share(
     retriever: Retriever,
     original: dict[str, torch.Tensor],
     spec: OrganismSpec,
+    held_scores: Callable[[], np.ndarray],
     heldout: list[Group],
     base_probes: dict[str, ProbeMeasure],
     org_probes: dict[str, ProbeMeasure],
 ) -> dict[str, float]:
     """Per rule: the share of the planted change (organism − base on its probe) that restoring
-    the carrier heads' original weights removes."""
+    the carrier heads' original weights removes (``held_scores``: the held-out scores under the
+    current weights)."""
     trained_state = {k: v.detach().clone() for k, v in retriever.encoder.state_dict().items()}
     restore_heads(retriever, original, spec.carriers)
-    restored = measure(_score_groups(retriever, heldout), heldout)
+    restored = measure(held_scores(), heldout)
     retriever.encoder.load_state_dict(trained_state)
     out = {}
     for r in spec.rules:

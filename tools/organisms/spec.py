@@ -98,7 +98,30 @@ class OrganismSpec(BaseModel):
         description="Heads (L<layer>.H<head>) whose parameters alone are trained; empty: all.",
     )
     control: bool = Field(False, description="The unmodified base model (nothing is trained).")
-    steps: int = 300
+    trainer: Literal["cached", "full"] = Field(
+        "cached",
+        description="'cached': only the carriers' slices or the top ``train_layers`` layers are "
+        "trained, from hidden states cached below them, with a stopping rule on the held-out "
+        "check; 'full': every parameter, every text through the whole model, ``steps`` steps "
+        "(the first builder, kept for comparison).",
+    )
+    train_layers: int = Field(
+        2, ge=1, description="Without carriers: the top layers whose parameters are trained."
+    )
+    steps: int = Field(300, description="Training steps ('cached': the most per attempt).")
+    min_steps: int = Field(0, description="Steps before the stopping rule is first applied.")
+    check_every: int = Field(25, ge=1, description="Steps between stopping-rule checks.")
+    attempts: int = Field(
+        2,
+        ge=1,
+        description="Builds whose check fails are rebuilt from the base with the next "
+        "seed, up to this many attempts in all.",
+    )
+    variants_per_step: int | None = Field(
+        None,
+        description="Texts of a group per step (the natural one and the rules' edits "
+        "first); None: all.",
+    )
     lr: float = 5e-5
     batch_queries: int = 4
     seed: int = 0
@@ -146,6 +169,14 @@ class GroundTruth(BaseModel):
     questions: list[str] = Field(default_factory=list)
     build_seconds: float = 0.0
     steps: int = 0
+    trainer: str = "full"
+    trained_parameters: int = 0
+    attempts: int = 1
+    timings: dict[str, float] = Field(
+        default_factory=dict,
+        description="Seconds per build stage: base_pass (the base's states and scores, shared by "
+        "the organisms of one process), training, checks.",
+    )
     trigger_word: str = TRIGGER_WORD
     epsilon: float = Field(0.01, description="The score change below which a probe is 'none'.")
 

@@ -2,10 +2,19 @@
 answer that says what was wrong.
 
 Replies as small local models write them are tolerated: a function name with a ``functions.``
-prefix, ``<tool_call>{"name": …, "arguments": …}</tool_call>`` blocks in the content instead of
-``tool_calls`` (Qwen and Hermes chat templates), arguments followed by trailing text or wrapped in
-a code fence, and arguments (or ``args``/``criterion``) encoded as a JSON string inside a string.
-Such a reply is only parsed as JSON and read like any other call; nothing in it is run.
+prefix, arguments followed by trailing text or wrapped in a code fence, arguments (or
+``args``/``criterion``) encoded as a JSON string inside a string, and calls written as text in the
+content instead of ``tool_calls`` — what a server that does not parse the model's tool calls
+returns (``transformers serve`` with Qwen2.5-Coder, measured in ``benchmarks/llm_local_model.py``):
+
+* ``<tool_call>{"name": …, "arguments": …}</tool_call>`` blocks (the Qwen and Hermes templates);
+* a fenced ```` ```json ```` block or a bare JSON object ``{"name": …, "arguments": …}`` (also
+  ``{"function": {"name": …, "arguments": …}}``), with prose before or after it.
+
+A call written as text becomes a ``ToolCall`` with ``source="text"`` ("parsed from text"): it is
+only parsed as JSON and then read exactly like a structured call, through the same checks; nothing
+in it is run. A JSON object in the text that is not such a call is answered with what it lacks,
+quoted from the schema check (``TextCall``).
 
 ``ReplyReader`` checks the shape of a call: a known function, JSON object arguments, a hypothesis,
 a criterion that is a valid ``Criterion``, components as a list of names, a parent among the
@@ -22,7 +31,7 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from rankscope.agent.llm_client import ChatReply, ToolCall
 from rankscope.agent.planners.base import Criterion, Proposal, Stop
@@ -36,13 +45,16 @@ from rankscope.agent.planners.llm.catalogue import (
 )
 
 __all__ = [
+    "Accepted",
     "Describe",
     "Rejection",
     "ReplyReader",
+    "TextCall",
     "content_tool_calls",
     "function_name",
     "normalised_reply",
     "parse_arguments",
+    "text_calls",
     "without_thinking",
 ]
 
@@ -54,6 +66,9 @@ _TOOL_CALL_BLOCK = re.compile(
     r"<tool_call>\s*(.*?)\s*(?:</tool_call>|\Z)", re.IGNORECASE | re.DOTALL
 )
 _CODE_FENCE = re.compile(r"^```[a-zA-Z]*\s*\n?(.*?)\n?\s*```$", re.DOTALL)
+_FENCED_BLOCK = re.compile(r"```[a-zA-Z0-9_-]*[ \t]*\n?(.*?)```", re.DOTALL)
+MAX_TEXT_OBJECTS = 8
+"""JSON objects read from one reply's text at most (the first call among them is used)."""
 
 
 def without_thinking(text: str) -> str:
@@ -112,29 +127,96 @@ def content_tool_calls(content: str) -> list[ToolCall]:
             raw = parse_arguments(block)
         except json.JSONDecodeError:
             raw = None
-        if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
-            calls.append(ToolCall(id=f"content_call_{i}", name="", arguments=block))
-            continue
-        arguments = raw.get("arguments", raw.get("parameters", {}))
+        call = _call_of(raw, f"content_call_{i}")
         calls.append(
-            ToolCall(
-                id=f"content_call_{i}",
-                name=raw["name"],
-                arguments=arguments if isinstance(arguments, str) else json.dumps(arguments),
-            )
+            call or ToolCall(id=f"content_call_{i}", name="", arguments=block, source="text")
         )
     return calls
 
 
+class TextCall(BaseModel):
+    """The shape of a call written as JSON in a reply's text: ``{"name": "propose",
+    "arguments": {...}}``. Its validation errors are quoted to the model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    arguments: dict[str, Any] | str = {}
+
+
+def _call_of(raw: Any, call_id: str) -> ToolCall | None:
+    """The call a JSON value written as text makes (``{"name", "arguments"}``, ``"parameters"``
+    for ``"arguments"``, or the OpenAI shape ``{"function": {...}}``), or None."""
+    if isinstance(raw, dict) and isinstance(raw.get("function"), dict) and "name" not in raw:
+        raw = raw["function"]
+    if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
+        return None
+    arguments = _decode_json_value(raw.get("arguments", raw.get("parameters", {})))
+    return ToolCall(
+        id=call_id,
+        name=raw["name"],
+        arguments=arguments if isinstance(arguments, str) else json.dumps(arguments),
+        source="text",
+    )
+
+
+def _json_objects(text: str) -> list[dict[str, Any]]:
+    """The JSON objects written in ``text``: those in code fences first, then bare ones (each
+    ``{`` that starts a complete object; objects inside one already read are skipped)."""
+    decoder = json.JSONDecoder()
+    found: list[dict[str, Any]] = []
+    pieces = [block.strip() for block in _FENCED_BLOCK.findall(text)]
+    pieces.append(_FENCED_BLOCK.sub(" ", text))
+    for piece in pieces:
+        position = piece.find("{")
+        while position >= 0 and len(found) < MAX_TEXT_OBJECTS:
+            try:
+                value, end = decoder.raw_decode(piece, position)
+            except json.JSONDecodeError:
+                position = piece.find("{", position + 1)
+                continue
+            if isinstance(value, dict):
+                found.append(value)
+            position = piece.find("{", end)
+    return found
+
+
+def text_calls(content: str) -> tuple[list[ToolCall], str]:
+    """The calls written as JSON in a reply's text (fenced or bare, prose around them allowed),
+    and, when the text holds JSON objects but none is a call, what is wrong with the first one
+    (pydantic's messages for ``TextCall``); ``([], "")`` for text without a JSON object."""
+    objects = _json_objects(without_thinking(content))
+    calls = [
+        call
+        for i, value in enumerate(objects)
+        if (call := _call_of(value, f"text_call_{i}")) is not None
+    ]
+    if calls or not objects:
+        return calls, ""
+    try:
+        TextCall.model_validate(objects[0])
+    except ValidationError as err:
+        problems = _pydantic_problems(err, "call")
+    else:  # pragma: no cover - an object without a string name always fails the check
+        problems = "`name` must be a function name"
+    keys = ", ".join(f"`{key}`" for key in list(objects[0])[:6])
+    return [], f"the JSON object in your reply (keys {keys}) is not a function call: {problems}"
+
+
 def normalised_reply(reply: ChatReply) -> ChatReply:
-    """``reply`` with ``<tool_call>`` blocks of its text moved into ``tool_calls`` (when it has
-    none), so the conversation continues with structured calls and matching tool answers."""
-    if reply.tool_calls or not reply.content or "<tool_call>" not in reply.content.lower():
+    """``reply`` with the calls written in its text moved into ``tool_calls`` (when it has
+    none): ``<tool_call>`` blocks, else fenced or bare JSON calls; the rest of the text stays the
+    content. The conversation then continues with structured calls and matching tool answers."""
+    if reply.tool_calls or not reply.content:
         return reply
-    calls = content_tool_calls(reply.content)
+    if "<tool_call>" in reply.content.lower():
+        calls = content_tool_calls(reply.content)
+        rest = _TOOL_CALL_BLOCK.sub("", without_thinking(reply.content)).strip()
+    else:
+        calls, _problem = text_calls(reply.content)
+        rest = without_thinking(reply.content).strip()
     if not calls:
         return reply
-    rest = _TOOL_CALL_BLOCK.sub("", without_thinking(reply.content)).strip()
     return replace(reply, content=rest or None, tool_calls=calls)
 
 
@@ -143,6 +225,15 @@ class Describe:
     """A ``describe_tool`` call of a known tool."""
 
     tool: str
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """A usable call: the proposal or stop it makes, and the call itself (its ``source`` says
+    whether it was a structured call or parsed from text)."""
+
+    result: Proposal | Stop
+    call: ToolCall
 
 
 @dataclass(frozen=True)
@@ -174,12 +265,18 @@ class ReplyReader:
     names: list[str]
     known_ids: list[int]
 
-    def outcome(self, reply: ChatReply) -> Proposal | Stop | Rejection:
-        """The first usable call of a reply, or the answer to a reply without one."""
+    def outcome(self, reply: ChatReply) -> Accepted | Rejection:
+        """The first usable call of a reply (read with ``normalised_reply`` first, so that calls
+        written as text count), or the answer to a reply without one."""
         if not reply.tool_calls:
-            said = "an empty reply" if not (reply.content or "").strip() else "only text"
+            text = reply.content or ""
+            said = "an empty reply" if not text.strip() else "only text"
             if reply.finish_reason == "length":
                 said += ", cut off at the token limit"
+            _calls, problem = text_calls(text)
+            if problem:
+                content = f"Rejected, nothing was run: {problem}. {self._usage()}"
+                return Rejection(problem, [{"role": "user", "content": content}])
             problem = f"the reply had no function call ({said})"
             content = f"Your reply had no function call ({said}); nothing was run. {self._usage()}"
             return Rejection(problem, [{"role": "user", "content": content}])
@@ -187,7 +284,7 @@ class ReplyReader:
         for call in reply.tool_calls:
             result = self._parse_call(call)
             if isinstance(result, Proposal | Stop):
-                return result
+                return Accepted(result, call)
             results.append(result)
         feedback = [
             {

@@ -79,3 +79,37 @@ EDIT_ROWS: dict[str, tuple[str, OneSided, str]] = {
     ),
 }
 """The ``property_regression`` row a screen pre-registers, by intent kind (others: ``pad``)."""
+
+ROLE_POSITIONS: tuple[str, ...] = ("injected", "qterm", "doc", "cls")
+"""The position groups a member's role is resolved over (position-resolved patching): the added
+term, earlier occurrences of query terms in the document, the document's other tokens, CLS."""
+
+
+MECHANISMS: dict[str, tuple[str, str]] = {
+    "TFC1": (
+        "the added query term's own representation enters the pooled vector directly (its "
+        "final-layer state at the added position carries the effect; attention adds little)",
+        "attention heads detect that the term repeats an earlier one (duplicate-token heads) "
+        "and write the signal elsewhere, into other positions' states",
+    ),
+    "TFC2": (
+        "each further copy's own representation enters the pooled vector directly",
+        "attention heads detect the repeated copies and write the signal elsewhere",
+    ),
+    "TDC": (
+        "the added rare term's own representation enters the pooled vector directly",
+        "attention heads detect the repeated rare term and write the signal elsewhere",
+    ),
+}
+"""The two competing mechanisms (direct, heads) the protocol states before localising a
+perturbation that adds query terms to a mean-pooled model, and tells apart with two pre-registered
+predictions: the direct mechanism predicts that the final-layer states at the added positions
+alone carry most (more than half) of the effect; the heads mechanism predicts that all attention
+outputs patched jointly carry most of it. Under mean pooling the pooled vector is the mean of the
+final-layer states, so the added positions' share and the other positions' share add up to the
+whole effect (up to the normalisation of a cosine score): at most one of "the added positions
+carry most" and "the other positions carry most" holds. Both predictions holding means heads
+write the signal at the added term itself — neither pure mechanism."""
+
+MOST = 0.5
+"""The threshold of a mechanism's prediction: "carries most of the effect" (more than half)."""

@@ -13,7 +13,8 @@ from fastapi.responses import Response
 
 from rankscope.agent.web import views
 from rankscope.agent.web.export import export_static
-from rankscope.agent.web.workspace import WorkspaceDep
+from rankscope.agent.report_forest import forest, forest_png
+from rankscope.agent.web.workspace import WorkspaceDep, known_id
 from rankscope.experiments_db.errors import ArtifactError
 
 router = APIRouter()
@@ -21,7 +22,7 @@ router = APIRouter()
 
 @router.get("/artifacts/{artifact_id}")
 def artifact(ws: WorkspaceDep, artifact_id: int) -> Response:
-    record = ws.store.get_artifact(artifact_id)
+    record = ws.store.get_artifact(known_id("artifact", artifact_id))
     try:
         data = ws.store.read_artifact(record)
     except ArtifactError as exc:
@@ -36,8 +37,20 @@ def artifact(ws: WorkspaceDep, artifact_id: int) -> Response:
     )
 
 
+@router.get("/investigations/{investigation_id}/forest.png")
+def forest_figure(ws: WorkspaceDep, investigation_id: int) -> Response:
+    """The forest plot as the PNG the reports carry."""
+    tree = ws.tree(known_id("investigation", investigation_id))
+    facts = views.Facts.of(tree)
+    png = forest_png(forest(tree, facts.names, facts.unverified))
+    if png is None:
+        raise HTTPException(404, f"investigation {investigation_id} has no estimate to plot yet")
+    return Response(png, media_type="image/png")
+
+
 @router.get("/investigations/{investigation_id}/export.zip")
 def export_zip(ws: WorkspaceDep, investigation_id: int) -> Response:
+    ws.store.get_investigation(known_id("investigation", investigation_id))
     with tempfile.TemporaryDirectory() as tmp:
         folder = export_static(
             ws.store, investigation_id, Path(tmp) / f"investigation-{investigation_id}"

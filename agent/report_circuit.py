@@ -1,0 +1,384 @@
+"""The circuit an investigation tested, read from the stored evidence of its ``circuit`` experiments
+(tools/catalog/circuit.py), for the answer paragraph, the circuit figure and the links to the
+faithfulness curve and ``circuit.json``.
+
+What the circuit tool stores (read defensively: a missing entry is left out of the text)
+    estimates ``faithfulness`` (the members patched jointly: fraction of the behaviour restored),
+    ``necessity``, ``beats_random`` and ``loo_drop[X]``; descriptive ``k``, ``random_mean``,
+    ``random_percentile``, ``random_p_value``, ``stability[X]`` and ``all_heads_faithfulness``;
+    tables ``members`` (one row per member), ``curve``, ``ranking`` and ``random_sets``; a
+    faithfulness-curve PNG and ``circuit.json``.
+
+The faithfulness the answer states is the engine's query-level estimate when a hypothesis's
+criterion is on it (discovery and held-out), else the tool's own number, labelled as the tool's.
+Edges come from ``path_patching`` experiments whose senders (and receiver) are members.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from markupsafe import Markup
+
+from rankscope.agent.report_facts import (
+    Interval,
+    Unverified,
+    discovery_of,
+    display_status,
+    fmt,
+    holdout_of,
+    num,
+)
+from rankscope.agent.report_svg import INK, MUTED, esc, sequential, text_on
+from rankscope.experiments_db.records import (
+    ArtifactRecord,
+    EvidenceRecord,
+    ExperimentNode,
+    HypothesisNode,
+    InvestigationTree,
+)
+
+CIRCUIT_TOOL = "circuit"
+PATH_TOOL = "path_patching"
+OUTPUT = "output"
+_LAYER = re.compile(r"^L(\d+)")
+_MEMBER_VALUE_COLUMNS = ("fraction", "fraction_restored", "effect", "loo_drop", "score")
+
+
+@dataclass(frozen=True)
+class Edge:
+    sender: str
+    receiver: str
+    value: float | None
+
+
+@dataclass
+class Circuit:
+    """One tested circuit: its members, faithfulness, controls, roles and edges."""
+
+    experiment_id: int
+    evidence_id: int
+    hypothesis: HypothesisNode | None
+    status: str
+    members: list[str]
+    member_values: dict[str, float] = field(default_factory=dict)
+    member_value_name: str = ""
+    roles: dict[str, str] = field(default_factory=dict)
+    faithfulness: Interval | None = None
+    faithfulness_holdout: Interval | None = None
+    engine: bool = False
+    """Whether the faithfulness numbers are the engine's (a verdict's) or the tool's own."""
+    random_mean: float | None = None
+    random_percentile: float | None = None
+    random_p_value: float | None = None
+    necessity: float | None = None
+    all_heads: float | None = None
+    target: float | None = None
+    split: str = ""
+    edges: list[Edge] = field(default_factory=list)
+    curve: ArtifactRecord | None = None
+    json: ArtifactRecord | None = None
+
+    @property
+    def k(self) -> int:
+        return len(self.members)
+
+    @property
+    def kind(self) -> str:
+        return (
+            "heads" if all(re.fullmatch(r"L\d+\.H\d+", m) for m in self.members) else "components"
+        )
+
+    def layers(self) -> str:
+        found = sorted({int(m.group(1)) for c in self.members if (m := _LAYER.match(c))})
+        if not found:
+            return ""
+        return f"layer {found[0]}" if len(found) == 1 else f"layers {found[0]}–{found[-1]}"
+
+
+def _tool_interval(metrics: Mapping[str, Any], key: str, split: str) -> Interval | None:
+    value = num(metrics.get(key))
+    if value is None:
+        return None
+    return Interval(
+        split=split,
+        value=value,
+        low=num(metrics.get(f"{key}_ci_low")),
+        high=num(metrics.get(f"{key}_ci_high")),
+        level=None,
+        n_queries=int(num(metrics.get("n_queries")) or 0),
+        n_pairs=int(num(metrics.get("n_pairs")) or 0),
+        outcome="",
+    )
+
+
+def _members(
+    ev: EvidenceRecord, exp: ExperimentNode
+) -> tuple[list[str], dict[str, float], str, dict[str, str]]:
+    rows = ev.tables.get("members")
+    members: list[str] = []
+    values: dict[str, float] = {}
+    roles: dict[str, str] = {}
+    column = ""
+    if isinstance(rows, list) and rows and isinstance(rows[0], dict):
+        column = next((c for c in _MEMBER_VALUE_COLUMNS if c in rows[0]), "")
+        for row in rows:
+            name = str(row.get("component", row.get("member", "")))
+            if not name:
+                continue
+            members.append(name)
+            if column and num(row.get(column)) is not None:
+                values[name] = float(row[column])
+            if row.get("role"):
+                roles[name] = str(row["role"])
+    if not members:
+        members = [k[len("loo_drop[") : -1] for k in ev.metrics if k.startswith("loo_drop[")]
+    if not members:
+        members = [str(c) for c in exp.args.get("components") or []]
+    if not values:
+        for m in members:
+            drop = num(ev.metrics.get(f"loo_drop[{m}]"))
+            if drop is not None:
+                values[m] = drop
+                column = "loo_drop"
+    return members, values, column, roles
+
+
+def _artifact(ev: EvidenceRecord, *, image: bool) -> ArtifactRecord | None:
+    arts = [a for a in ev.artifacts if a.media_type.startswith("image/") == image]
+    if image:
+        named = [a for a in arts if re.search("faithful|curve", a.description + a.path, re.I)]
+        return (named or arts or [None])[0]
+    named = [
+        a for a in arts if "circuit" in (a.description + a.path).lower() and "json" in a.media_type
+    ]
+    return (named or [None])[0]
+
+
+def _edges(tree: InvestigationTree, members: set[str]) -> list[Edge]:
+    edges: list[Edge] = []
+    for exp in tree.experiments():
+        if exp.tool != PATH_TOOL or exp.status != "finished" or not exp.evidence:
+            continue
+        receiver = str(exp.args.get("receiver", "final"))
+        target = OUTPUT if receiver == "final" else receiver.rsplit(".", 1)[0]
+        if target != OUTPUT and target not in members:
+            continue
+        rows = exp.evidence[0].tables.get("effects") or []
+        for row in rows if isinstance(rows, list) else []:
+            sender = str(row.get("component", "")) if isinstance(row, dict) else ""
+            if sender in members:
+                value = num(row.get("fraction_restored"))
+                edges.append(
+                    Edge(sender, target, value if value is not None else num(row.get("effect")))
+                )
+    return edges
+
+
+def circuit_of(tree: InvestigationTree, unverified: Mapping[int, Unverified]) -> Circuit | None:
+    """The investigation's tested circuit (the latest finished ``circuit`` experiment, preferring
+    one whose hypothesis has a verdict), or None when no circuit was tested."""
+    nodes = {n.id: n for n in tree.hypotheses}
+    runs = [
+        e
+        for e in tree.experiments()
+        if e.tool == CIRCUIT_TOOL and e.status == "finished" and e.evidence
+    ]
+    if not runs:
+        return None
+    decided = [
+        e for e in runs if e.hypothesis_id in nodes and nodes[e.hypothesis_id].latest_verdict
+    ]
+    exp = (decided or runs)[-1]
+    node = nodes.get(exp.hypothesis_id) if exp.hypothesis_id is not None else None
+    # members and controls from the held-out run of the same hypothesis when there is one
+    same = [e for e in runs if e.hypothesis_id == exp.hypothesis_id] if node else [exp]
+    held = [e for e in same if e.args.get("split") == "holdout"]
+    run = (held or same)[-1]
+    ev = run.evidence[0]
+    members, values, column, roles = _members(ev, run)
+    circuit = Circuit(
+        experiment_id=run.id,
+        evidence_id=ev.id,
+        hypothesis=node,
+        status=display_status(node, unverified) if node else "exploratory",
+        members=members,
+        member_values=values,
+        member_value_name=column,
+        roles=roles,
+        random_mean=num(ev.metrics.get("random_mean")),
+        random_percentile=num(ev.metrics.get("random_percentile")),
+        random_p_value=num(ev.metrics.get("random_p_value")),
+        necessity=num(ev.metrics.get("necessity")),
+        all_heads=num(ev.metrics.get("all_heads_faithfulness")),
+        target=num(run.args.get("target")),
+        split=str(run.args.get("split", "")),
+        curve=_artifact(ev, image=True),
+        json=_artifact(ev, image=False),
+    )
+    verdict = node.latest_verdict if node else None
+    if verdict is not None and node is not None and node.criterion.metric == "faithfulness":
+        circuit.faithfulness, circuit.faithfulness_holdout = (
+            discovery_of(verdict),
+            holdout_of(verdict),
+        )
+        circuit.engine = True
+    else:
+        first = same[0].evidence[0]
+        circuit.faithfulness = _tool_interval(first.metrics, "faithfulness", "discovery")
+        if held:
+            circuit.faithfulness_holdout = _tool_interval(ev.metrics, "faithfulness", "held-out")
+    circuit.edges = _edges(tree, set(members))
+    return circuit
+
+
+def circuit_sentence(c: Circuit, label: str = "") -> str:
+    """The circuit's answer in one paragraph (rule-written from the stored numbers)."""
+    where = f" of {c.layers()}" if c.layers() else ""
+    who = f"{c.k} {c.kind}{where} ({', '.join(c.members)})" if c.members else "the circuit"
+    whose = "" if c.engine else " (tool's own estimate)"
+    parts: list[str] = []
+    held, disc = c.faithfulness_holdout, c.faithfulness
+    if held is not None and held.value is not None:
+        parts.append(
+            f"{who} together restore {held.text(3)} of the effect on held-out queries{whose}"
+        )
+        if disc is not None and disc.value is not None:
+            parts[-1] += f" ({disc.text(3)} on discovery)"
+    elif disc is not None and disc.value is not None:
+        parts.append(
+            f"{who} together restore {disc.text(3)} of the effect on discovery queries{whose}; "
+            "no held-out replication"
+        )
+    else:
+        parts.append(f"{who} were tested as a circuit; no faithfulness was stored")
+    if c.target is not None:
+        parts[-1] += f" (pre-registered target {c.target:g})"
+    if c.random_mean is not None:
+        control = f"random sets of {c.k} {c.kind} restore {fmt(c.random_mean, 3)} on average"
+        extra = [
+            f"the circuit's percentile {fmt(c.random_percentile, 3)}"
+            if c.random_percentile is not None
+            else "",
+            f"p = {fmt(c.random_p_value, 2)}" if c.random_p_value is not None else "",
+        ]
+        extra = [e for e in extra if e]
+        parts.append(control + (f" ({', '.join(extra)})" if extra else ""))
+    if c.necessity is not None:
+        parts.append(f"patching them back removes {fmt(c.necessity, 3)} of it (necessity)")
+    if c.all_heads is not None:
+        parts.append(f"all heads together restore {fmt(c.all_heads, 3)}")
+    if c.roles:
+        parts.append("roles: " + "; ".join(f"{m} {r}" for m, r in c.roles.items()))
+    if c.edges:
+        parts.append(
+            "paths: "
+            + ", ".join(f"{e.sender} → {e.receiver} {fmt(e.value, 2)}" for e in c.edges[:8])
+        )
+    head = f"{label} ({c.status}): " if label else ""
+    return head + "; ".join(parts) + "."
+
+
+# -- the circuit figure -------------------------------------------------------------------------
+
+
+def _layout(c: Circuit) -> tuple[dict[str, tuple[float, float]], float, float]:
+    by_layer: dict[int, list[str]] = {}
+    for m in c.members:
+        match = _LAYER.match(m)
+        by_layer.setdefault(int(match.group(1)) if match else -1, []).append(m)
+    columns = sorted(by_layer)
+    tallest = max((len(v) for v in by_layer.values()), default=1)
+    width = 60 + 150 * (len(columns) + 1)
+    height = 40 + 54 * max(tallest, 1)
+    pos: dict[str, tuple[float, float]] = {}
+    for ci, layer in enumerate(columns):
+        names = by_layer[layer]
+        for ri, name in enumerate(names):
+            pos[name] = (70 + 150 * ci, 20 + (height - 40) * (ri + 0.5) / len(names))
+    pos[OUTPUT] = (70 + 150 * len(columns), height / 2)
+    return pos, width, height
+
+
+def circuit_svg(c: Circuit) -> Markup:
+    """Members as nodes (by layer) with their fractions; path-patching edges with theirs."""
+    if not c.members:
+        return Markup("")
+    pos, width, height = _layout(c)
+    bound = max((abs(v) for v in c.member_values.values()), default=1.0) or 1.0
+    out = [
+        f'<svg class="circuit" role="img" aria-label="circuit of {c.k} {c.kind}" '
+        f'viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
+        'xmlns="http://www.w3.org/2000/svg" font-family="system-ui, sans-serif" font-size="11">'
+    ]
+    for e in c.edges:
+        (x1, y1), (x2, y2) = pos[e.sender], pos[e.receiver]
+        out.append(
+            f'<g class="edge"><title>{esc(e.sender)} → {esc(e.receiver)}: {esc(fmt(e.value))}'
+            f'</title><line x1="{x1 + 48}" y1="{y1}" x2="{x2 - 48}" y2="{y2}" stroke="{INK}" '
+            f'stroke-width="1.5"/><text x="{(x1 + x2) / 2}" y="{(y1 + y2) / 2 - 4}" '
+            f'text-anchor="middle" fill="{MUTED}">{esc(fmt(e.value, 2))}</text></g>'
+        )
+    for name in [*c.members, OUTPUT]:
+        x, y = pos[name]
+        value = c.member_values.get(name)
+        fill = (
+            "#f4f6f8"
+            if name == OUTPUT
+            else sequential(abs(value) if value is not None else None, bound)
+        )
+        text = "score" if name == OUTPUT else name
+        sub = "" if name == OUTPUT else fmt(value, 2)
+        role = c.roles.get(name, "")
+        out.append(
+            f'<g class="node" data-component="{esc(name)}"><title>{esc(name)}: '
+            f"{esc(c.member_value_name or 'value')} {esc(fmt(value))}"
+            f"{esc(' — ' + role) if role else ''}</title>"
+            f'<rect x="{x - 48}" y="{y - 18}" width="96" height="36" rx="6" fill="{fill}" '
+            f'stroke="{INK}"/><text x="{x}" y="{y - 3}" text-anchor="middle" '
+            f'fill="{text_on(fill)}" font-weight="600">{esc(text)}</text>'
+            f'<text x="{x}" y="{y + 12}" text-anchor="middle" fill="{text_on(fill)}">'
+            f"{esc(sub)}</text></g>"
+        )
+    out.append("</svg>")
+    return Markup("".join(out))
+
+
+def circuit_png(c: Circuit) -> bytes | None:
+    """The circuit figure as a PNG for the reports."""
+    if not c.members:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pos, width, height = _layout(c)
+    fig, ax = plt.subplots(figsize=(width / 90, height / 90), dpi=100)
+    bound = max((abs(v) for v in c.member_values.values()), default=1.0) or 1.0
+    for e in c.edges:
+        (x1, y1), (x2, y2) = pos[e.sender], pos[e.receiver]
+        ax.annotate("", (x2 - 48, y2), (x1 + 48, y1), arrowprops={"arrowstyle": "->"})
+        ax.text((x1 + x2) / 2, (y1 + y2) / 2 - 4, fmt(e.value, 2), ha="center", fontsize=7)
+    for name in [*c.members, OUTPUT]:
+        x, y = pos[name]
+        value = c.member_values.get(name)
+        fill = (
+            "#f4f6f8"
+            if name == OUTPUT
+            else sequential(abs(value) if value is not None else None, bound)
+        )
+        ax.add_patch(plt.Rectangle((x - 48, y - 18), 96, 36, facecolor=fill, edgecolor=INK))
+        label = "score" if name == OUTPUT else f"{name}\n{fmt(value, 2)}"
+        ax.text(x, y, label, ha="center", va="center", fontsize=8, color=text_on(fill))
+    ax.set_xlim(0, width)
+    ax.set_ylim(height, 0)
+    ax.axis("off")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", bbox_inches="tight")
+    plt.close(fig)
+    return buffer.getvalue()
