@@ -6,8 +6,14 @@ with the provenance (a change is drift: the re-run would not measure the same th
 every metric within a tolerance (``|new - old| <= ABS_TOL + REL_TOL * |old|``; missing or extra
 metrics are drift), verifies each artifact file against its sha256, checks that verdict
 citations (the cited ids and the ids named in the narrative) are stored evidence of the
-investigation, and re-applies the verdict rules to the stored evidence. Any drift makes the exit
-status non-zero.
+investigation, and re-applies the verdict rules to the stored evidence. Then the checks that
+need no re-run (:mod:`rankscope.agent.integrity`, also run by ``show`` and the workspace as
+:func:`fast_check`): the settings and the policy validate; the record chain matches every record
+(the investigation row with its settings and policy, hypotheses, evidence, verdicts), is present
+when the investigation was recorded with one, carries valid signatures, and — with ``--expect
+HEAD`` — still passes through the head printed in a report, a bundle or ``rankscope show``; the
+report files match the digests recorded when they were written. Any drift makes the exit status
+non-zero.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from rich.table import Table
 
 from rankscope.agent.citations import cited_in_text
 from rankscope.agent.execution import shared_retriever
+from rankscope.agent.integrity import chain_checks, fast_check, integrity_checks, settings_problems
 from rankscope.agent.ledger import split_of
 from rankscope.agent.settings import settings_of
 from rankscope.agent.verdicts import decide_hypothesis
@@ -47,6 +54,15 @@ ABS_TOL = 1e-6
 batch shapes), score deltas cancel most digits, and the p-value of a near-null effect amplifies
 that noise (measured: 2.6e-5 relative on an attribution-patching p-value re-run with another
 thread count), so tolerances tighter than this flag noise."""
+
+__all__ = [
+    "AuditReport",
+    "audit_investigation",
+    "compare_metrics",
+    "fast_check",
+    "print_report",
+    "reapply_verdict",
+]
 
 
 @dataclass
@@ -186,18 +202,24 @@ def audit_investigation(
     rerun: bool = True,
     experiments: set[int] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    expect: str | None = None,
+    signed: bool = False,
 ) -> AuditReport:
     """Audit one investigation (see the module docstring); ``experiments`` limits the re-runs
-    to those ids (the other checks always cover everything). ``progress(done, total)`` is called
-    after each experiment and after the verdict and record-chain checks (one more step)."""
+    to those ids (the other checks always cover everything); ``expect`` is a record-chain head
+    kept outside the database; ``signed`` requires every link signed by a trusted key. ``progress(done, total)`` is called after each experiment and
+    after the verdict and record-chain checks (one more step). Settings that do not validate
+    (a policy edited in the database) are drift, and nothing is re-run or re-decided under them."""
     from rankscope.tools.data.source import resolve_data
 
     tree = store.investigation_tree(investigation_id)
     inv = tree.investigation
     report = AuditReport(investigation_id)
-    settings = settings_of(inv)
-    model = settings.model_arg
-    data = resolve_data(settings.data_arg) if rerun else None
+    valid = not settings_problems(inv)
+    settings = settings_of(inv) if valid else None
+    model = settings.model_arg if settings is not None else None
+    rerun = rerun and settings is not None
+    data = resolve_data(settings.data_arg) if rerun and settings is not None else None
     evidence = tree.evidence()
     stored = tree.experiments()
     total = len(stored) + 1
@@ -218,7 +240,7 @@ def audit_investigation(
                 f"cites {sorted(cited)}" if not missing else f"cites unknown evidence {missing}",
             )
         latest = node.latest_verdict
-        if latest is not None:
+        if latest is not None and valid:
             status = latest.status
             again = reapply_verdict(node, tree)
             report.add(
@@ -227,29 +249,18 @@ def audit_investigation(
                 again == status,
                 f"stored {status}, rules give {again}",
             )
-    _check_record_chain(report, store, investigation_id)
+    report.findings += integrity_checks(store, investigation_id, expect=expect, signed=signed)
     if progress is not None:
         progress(total, total)
     return report
 
 
 def _check_record_chain(report: AuditReport, store: Store, investigation_id: int) -> None:
-    """The records against the chain the store wrote as it recorded them: a criterion changed
-    after the fact, evidence or an artifact replaced (file and hash together), a deleted
-    verdict, or a record added outside the store is drift."""
-    links, problems = store.verify_records(investigation_id)
-    if links == 0:
-        report.add(
-            "records",
-            "record chain",
-            True,
-            "no record chain (recorded before RankScope kept one): changes cannot be detected",
-        )
-        return
-    for problem in problems:
-        report.add(problem.subject, "record chain", False, problem.problem)
-    if not problems:
-        report.add("records", "record chain", True, f"{links} links, every record as recorded")
+    """The records against the chain the store wrote as it recorded them: a policy or criterion
+    changed after the fact, evidence or an artifact replaced (file and hash together), a deleted
+    verdict, a record added outside the store, or a chain deleted is drift."""
+    report.findings += chain_checks(store, investigation_id)
+
 
 
 def print_report(report: AuditReport, console: Console) -> None:

@@ -137,6 +137,7 @@ def check_proposal(
             criterion_spec(proposal.tool, args_json, criterion.metric),
             policy,
             usable_metrics(proposal.tool, args_json),
+            args_json,
         )
     if problem:
         raise CallRejected(f"rejected criterion: {problem}")

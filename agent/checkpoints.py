@@ -3,6 +3,12 @@
 Checkpoints are read with :class:`StrictCheckpointSerializer`: the state is plain JSON, so a
 checkpoint row that asks for any other object to be constructed (a msgpack extension naming, say,
 ``os.system``) is refused with :class:`UnsafeCheckpointError` before anything is built from it.
+
+On PostgreSQL the checkpointer draws its connection from a pool that checks a connection before
+each use: a connection the server dropped between two steps (a restart, an idle timeout,
+``pg_terminate_backend``) is replaced by a new one. When no working connection can be had within
+:data:`PG_POOL_TIMEOUT_S`, the run stops with :class:`DatabaseConnectionLostError`, one line that
+says to resume it (see :func:`connection_lost`).
 """
 
 from __future__ import annotations
@@ -10,9 +16,10 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import ormsgpack
+import psycopg
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.checkpoint.serde import _msgpack as lg_msgpack
@@ -28,10 +35,15 @@ from langgraph.checkpoint.serde.jsonplus import (
 )
 from sqlalchemy.engine import make_url
 
+from rankscope.experiments_db.errors import StoreError
 from rankscope.experiments_db.migrate import PG_MIGRATION_LOCK, poll_lock
 
 if TYPE_CHECKING:
-    import psycopg
+    from psycopg.rows import DictRow
+
+PG_POOL_TIMEOUT_S = 10.0
+"""How long the PostgreSQL checkpointer waits for a working connection (a dropped one is
+replaced) before the run stops with :class:`DatabaseConnectionLostError`."""
 
 _CONSTRUCTOR_EXTS = frozenset(
     {
@@ -46,6 +58,40 @@ _CONSTRUCTOR_EXTS = frozenset(
 
 class UnsafeCheckpointError(RuntimeError):
     """A checkpoint row asks for an object outside the allow-list; nothing was built from it."""
+
+
+class DatabaseConnectionLostError(StoreError, psycopg.OperationalError):
+    """The database connection was lost during a run and could not be re-opened; everything
+    recorded so far stays, and ``rankscope resume ID`` continues the run. (A
+    ``psycopg.OperationalError`` too, for callers that caught the driver's error.)"""
+
+
+def connection_lost(exc: BaseException) -> str | None:
+    """The driver's reason when ``exc`` (or the error it wraps or was raised from) is a lost or
+    unreachable PostgreSQL connection; None otherwise."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        err = todo.pop()
+        if err is None or id(err) in seen:
+            continue
+        seen.add(id(err))
+        if isinstance(err, DatabaseConnectionLostError):
+            return None
+        if isinstance(err, psycopg.OperationalError):
+            return " ".join(str(err).split()) or type(err).__name__
+        todo += [getattr(err, "orig", None), err.__cause__, err.__context__]
+    return None
+
+
+def connection_lost_error(investigation_id: int, reason: str) -> DatabaseConnectionLostError:
+    """The one-line error of a run whose database connection was lost."""
+    return DatabaseConnectionLostError(
+        f"investigation {investigation_id} stopped: the connection to its database was lost "
+        f"and could not be re-opened within {PG_POOL_TIMEOUT_S:g} s ({reason.rstrip('.')}); "
+        f"everything recorded so far stays. Run `rankscope resume {investigation_id}` once the "
+        "database is reachable again"
+    )
 
 
 def _checking_hook(refused: list[str]) -> Callable[[int, bytes], Any]:
@@ -128,29 +174,53 @@ def open_checkpointer(db_url: str) -> Iterator[BaseCheckpointSaver[Any]]:
         finally:
             conn.close()
     elif backend == "postgresql":
-        from langgraph.checkpoint.postgres import PostgresSaver
+        with _postgres_checkpointer(postgres_conninfo(db_url)) as pg_saver:
+            yield pg_saver
+    else:
+        raise ValueError(f"no checkpointer for database backend {backend!r}")
 
-        with PostgresSaver.from_conn_string(postgres_conninfo(db_url)) as pg_saver:
-            pg_saver.serde = strict_serde()
-            # Several processes starting on a fresh database would race in setup() (a duplicate
-            # type or migration row): it runs under the lock that serialises the store's
-            # migrations.
-            pg_conn = cast("psycopg.Connection[dict[str, Any]]", pg_saver.conn)  # one connection
+
+@contextmanager
+def _postgres_checkpointer(conninfo: str) -> Iterator[BaseCheckpointSaver[Any]]:
+    """A ``PostgresSaver`` on a pool of at most two connections, each checked before use
+    (``ConnectionPool.check_connection``), so a connection the server dropped is replaced."""
+    from langgraph.checkpoint.postgres import PostgresSaver
+    from psycopg.rows import dict_row
+    from psycopg_pool import ConnectionPool
+
+    pool: ConnectionPool[psycopg.Connection[DictRow]] = ConnectionPool(
+        conninfo,
+        min_size=1,
+        max_size=2,
+        open=False,
+        timeout=PG_POOL_TIMEOUT_S,
+        check=ConnectionPool.check_connection,
+        kwargs={"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row},
+        name="rankscope-checkpoints",
+    )
+    pool.open(wait=True, timeout=PG_POOL_TIMEOUT_S)
+    try:
+        pg_saver = PostgresSaver(pool)
+        pg_saver.serde = strict_serde()
+        # Several processes starting on a fresh database would race in setup() (a duplicate
+        # type or migration row): it runs under the lock that serialises the store's
+        # migrations, taken on a connection of its own.
+        with psycopg.connect(conninfo, autocommit=True) as lock_conn:
 
             def try_lock() -> bool:
-                row = pg_conn.execute(
-                    "SELECT pg_try_advisory_lock(%s) AS locked", (PG_MIGRATION_LOCK,)
+                row = lock_conn.execute(
+                    "SELECT pg_try_advisory_lock(%s)", (PG_MIGRATION_LOCK,)
                 ).fetchone()
-                return bool(row and row["locked"])  # the saver's connection returns dict rows
+                return bool(row and row[0])
 
             poll_lock(try_lock, what="the store's migration lock")
             try:
                 pg_saver.setup()
             finally:
-                pg_conn.execute("SELECT pg_advisory_unlock(%s)", (PG_MIGRATION_LOCK,))
-            yield pg_saver
-    else:
-        raise ValueError(f"no checkpointer for database backend {backend!r}")
+                lock_conn.execute("SELECT pg_advisory_unlock(%s)", (PG_MIGRATION_LOCK,))
+        yield pg_saver
+    finally:
+        pool.close()
 
 
 def verify_checkpoint(db_url: str, investigation_id: int) -> None:

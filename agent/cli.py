@@ -8,6 +8,7 @@ with status 1. ``rankscope --debug COMMAND`` (or ``RANKSCOPE_DEBUG=1``) shows th
 
 from __future__ import annotations
 
+import errno
 import os
 from typing import Annotated, Any
 
@@ -57,10 +58,22 @@ def _database_problem(text: str) -> str | None:
             f"cannot open the database file ({text}); check the path given with --db and that its "
             "folder exists and is writable"
         )
-    if "disk i/o error" in low or "database or disk is full" in low or "malformed" in low:
+    if "database or disk is full" in low or "no space left on device" in low:
         return (
-            f"the database file cannot be used ({text}); check the disk, or restore the file "
-            "from a backup or a bundle"
+            f"the disk holding the database is full ({text}); the write that failed was rolled "
+            "back and the database is intact: free space on that disk (or pass --db with a "
+            "database on a disk with room) and run the command again"
+        )
+    if "malformed" in low:
+        return (
+            f"the database file is damaged ({text}); restore it from a backup, or import the "
+            "investigations' bundles into a new database"
+        )
+    if "disk i/o error" in low:
+        return (
+            f"the disk reported an I/O error while the database was used ({text}); check the "
+            "disk, then run `sqlite3 FILE 'PRAGMA integrity_check'` on the database file before "
+            "using it again"
         )
     if "could not connect" in low or "connection refused" in low or "server closed" in low:
         return (
@@ -110,6 +123,11 @@ def explain_error(exc: BaseException) -> str | None:
         return _database_problem(text)
     if isinstance(exc, PermissionError | FileNotFoundError | IsADirectoryError):
         return f"{text}; check the path and its permissions"
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return (
+            f"the disk is full ({text}); the file being written was not kept and the database "
+            "is intact: free space on that disk and run the command again"
+        )
     return None
 
 

@@ -5,7 +5,8 @@ The process that runs an investigation writes its :class:`~rankscope.agent.setti
 :data:`RENEW_EVERY_S`, checked after every graph node) and removes the lease when it stops.
 Another process may take over only when the holder is gone: on the same host its pid is no longer
 alive; on another host its heartbeat is older than :data:`STALE_AFTER_S`. A process killed with
-``kill -9`` thus leaves a lease that the next ``resume`` on its host takes over at once.
+``kill -9`` thus leaves a lease that the next ``resume`` on its host takes over at once, and that
+``rankscope list`` shows as ``interrupted (stale lease)`` (:func:`shown_status`) until then.
 """
 
 from __future__ import annotations
@@ -17,7 +18,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from pydantic import ValidationError
+
 from rankscope.agent.settings import Lease, save_settings, settings_of
+from rankscope.experiments_db.records import InvestigationRecord
 from rankscope.experiments_db.repository import Store
 
 STALE_AFTER_S = 30 * 60.0
@@ -57,6 +61,39 @@ def _holder(lease: Lease) -> str | None:
     if age > STALE_AFTER_S:
         return None
     return f"process {lease.pid} on host {lease.host} (last heartbeat {age:.0f} s ago)"
+
+
+STALE_STATUS = "interrupted (stale lease)"
+"""How ``rankscope list`` shows a ``running`` investigation that no live process drives."""
+
+
+def lease_expired(lease: Lease | None) -> bool:
+    """Whether no live process holds ``lease``, by the takeover rules: on this host its pid is
+    gone; on another host its heartbeat is older than :data:`STALE_AFTER_S` (or unreadable).
+    No lease at all counts as expired; this process's own lease does not."""
+    if lease is None:
+        return True
+    if lease.host == socket.gethostname():
+        return lease.pid != os.getpid() and not _pid_alive(lease.pid)
+    try:
+        age = (_now() - datetime.fromisoformat(lease.heartbeat)).total_seconds()
+    except (ValueError, TypeError):
+        return True
+    return age > STALE_AFTER_S
+
+
+def shown_status(investigation: InvestigationRecord) -> str:
+    """The status to show: the stored one, except that a ``running`` investigation whose lease
+    expired (its process was killed, e.g. with ``kill -9``) is :data:`STALE_STATUS` until
+    ``rankscope resume`` takes it over."""
+    if investigation.status != "running":
+        return investigation.status
+    raw = (investigation.config or {}).get("lease")
+    try:
+        lease = None if raw is None else Lease.model_validate(raw)
+    except ValidationError:
+        lease = None
+    return STALE_STATUS if lease_expired(lease) else investigation.status
 
 
 def own_lease() -> Lease:

@@ -14,6 +14,9 @@ from rankscope.tools.registry import all_tools
 SUMMARY_CHARS = 1500
 KEY_METRICS = 40
 TOP_PER_FAMILY = 8
+RANKING_ROWS = 20
+_NAME_COLUMNS = ("component", "member", "name")
+_VALUE_COLUMNS = ("fraction", "fraction_restored", "effect", "score", "value")
 
 
 def split_of(args: dict[str, Any]) -> str:
@@ -50,6 +53,26 @@ def key_metrics(metrics: dict[str, Any], metric: str | None = None) -> dict[str,
     return {k: (v if isinstance(v, int | float) or v is None else None) for k, v in out.items()}
 
 
+def ranking_of(tables: dict[str, Any]) -> list[tuple[str, float | None]]:
+    """The rows of a ``ranking`` table as (component, value), in the table's order (best first),
+    at most :data:`RANKING_ROWS`; empty when the evidence has none."""
+    rows = tables.get("ranking")
+    out: list[tuple[str, float | None]] = []
+    for row in rows if isinstance(rows, list) else []:
+        if not isinstance(row, dict):
+            continue
+        name = next((row[c] for c in _NAME_COLUMNS if isinstance(row.get(c), str)), None)
+        if name is None:
+            continue
+        value = next(
+            (row[c] for c in _VALUE_COLUMNS if isinstance(row.get(c), int | float)), None
+        )
+        out.append((name, float(value) if value is not None else None))
+        if len(out) >= RANKING_ROWS:
+            break
+    return out
+
+
 def ledger_entry(node: HypothesisNode) -> LedgerEntry:
     """One hypothesis as the planner sees it: its call, criterion, status and key numbers."""
     finished = [e for e in node.experiments if e.status == "finished" and e.evidence]
@@ -79,6 +102,7 @@ def ledger_entry(node: HypothesisNode) -> LedgerEntry:
         + ("" if discovery else "; ".join(e.error or "" for e in node.experiments)),
         evidence_ids=[ev.id for e in finished for ev in e.evidence],
         replication=replication_outcome(node) if holdout else None,
+        ranking=ranking_of(discovery.evidence[0].tables) if discovery else [],
     )
 
 

@@ -524,14 +524,24 @@ class LLMClient:
         *,
         tools: Sequence[dict[str, Any]] | None = None,
         purpose: str = "chat",
+        response_format: dict[str, Any] | None = None,
+        temperature: float | None = None,
+        seed: int | None = None,
     ) -> ChatReply:
         """Send one chat completion request (the SDK retries transient failures); ``purpose``
-        labels the recorded attempts. Raises ``LLMBudgetExceeded`` (before sending) and
+        labels the recorded attempts; ``response_format`` (structured output), ``temperature``
+        and ``seed`` are sent when given. Raises ``LLMBudgetExceeded`` (before sending) and
         ``LLMUnavailableError``."""
         self.check_budget()
         request: dict[str, Any] = {"model": self.model, "messages": copy.deepcopy(list(messages))}
         if tools:
             request["tools"] = list(tools)
+        if response_format is not None:
+            request["response_format"] = response_format
+        if temperature is not None:
+            request["temperature"] = temperature
+        if seed is not None:
+            request["seed"] = seed
         self._attempts = []
         self._call = partial(
             LLMCall,

@@ -27,8 +27,8 @@ from rankscope.agent.report_facts import (
     is_negligible,
     num,
     relabel,
+    safe_settings,
 )
-from rankscope.agent.settings import settings_of
 from rankscope.experiments_db.records import HypothesisNode, InvestigationTree
 
 LOCALISING_TOOLS = {
@@ -115,10 +115,15 @@ def what_decides(
     if "not disjoint" in str(split_result.get("reason", "")):
         return "the held-out queries overlap discovery's: replicate on disjoint queries"
     if nq and (nq < policy.min_queries or npairs < policy.min_pairs):
-        return (
-            f"needs ≥ {policy.min_queries} queries and ≥ {policy.min_pairs} pairs on {split} "
-            f"(has {nq} and {npairs}): pass {data}"
-        )
+        needs = [
+            f"≥ {want} {what} on {split} (has {have})"
+            for want, have, what in (
+                (policy.min_queries, nq, "queries"),
+                (policy.min_pairs, npairs, "pairs"),
+            )
+            if have < want
+        ]
+        return f"needs {' and '.join(needs)}: pass {data}"
     iv = Interval.of(split_result, split)
     threshold = num(split_result.get("effective_threshold"))
     if iv is not None and threshold is not None and iv.has_ci:
@@ -136,7 +141,9 @@ def what_decides(
     return reason or "undetermined"
 
 
-def _effect(node: HypothesisNode) -> str:
+def _effect(node: HypothesisNode, side: bool = True) -> str:
+    """The claim's metric with the engine's estimates (and, with ``side``, the threshold it
+    cleared)."""
     verdict = node.latest_verdict
     disc, held = discovery_of(verdict), holdout_of(verdict)
     if disc is None:
@@ -144,9 +151,11 @@ def _effect(node: HypothesisNode) -> str:
     text = f"{node.criterion.metric} = {disc.text(3)} on discovery"
     if held is not None and held.value is not None:
         text += f" and {held.text(3)} on held-out queries"
-    side = {"greater": "above", "less": "below"}.get(node.criterion.direction, "away from")
+    if not side:
+        return text
+    word = {"greater": "above", "less": "below"}.get(node.criterion.direction, "away from")
     threshold = num(verdict.criterion_result.get("effective_threshold")) if verdict else None
-    return text + f" ({side} {threshold if threshold is not None else node.criterion.threshold:g})"
+    return text + f" ({word} {threshold if threshold is not None else node.criterion.threshold:g})"
 
 
 def subject(node: HypothesisNode) -> str:
@@ -160,7 +169,7 @@ def answer(
     tree: InvestigationTree, names: Mapping[int, str], unverified: Mapping[int, Unverified]
 ) -> Answer:
     """The rule-written answer to the investigation's question."""
-    settings = settings_of(tree.investigation)
+    settings = safe_settings(tree.investigation)
     policy, data_arg = settings.policy, settings.data_arg or ""
     lines: list[AnswerLine] = []
     counts = dict.fromkeys(("supported", "refuted", "negligible", "undecided", "unverified"), 0)
@@ -200,6 +209,8 @@ def answer(
         result = verdict.criterion_result
         if verdict.status == "supported":
             counts["supported"] += 1
+            if node.tool == CIRCUIT_TOOL:
+                continue  # the circuit line states it
             lines.append(AnswerLine("supported", ref, f"{subject(node)}: {_effect(node)}."))
         elif is_negligible(verdict):
             counts["negligible"] += 1
@@ -207,7 +218,7 @@ def answer(
                 AnswerLine(
                     "negligible",
                     ref,
-                    f"{subject(node)}: {_effect(node)}; within "
+                    f"{subject(node)}: {_effect(node, side=False)}; within "
                     f"± SESOI {fmt(result.get('sesoi'))} of "
                     f"{fmt(result.get('null_value'))}, too small to matter.",
                 )
@@ -219,7 +230,9 @@ def answer(
                 if "did not replicate" in str(result.get("reason", ""))
                 else "the CI lies on the wrong side of the threshold"
             )
-            lines.append(AnswerLine("refuted", ref, f"{subject(node)}: {_effect(node)}; {why}."))
+            lines.append(
+                AnswerLine("refuted", ref, f"{subject(node)}: {_effect(node, side=False)}; {why}.")
+            )
         elif result.get("approximate"):
             screens += 1
             lines.append(
@@ -334,13 +347,14 @@ def _localisation(
             text.append(f"undecided: {listing([n for n in open_ if n not in parts], False)}")
         if out:
             text.append(f"ruled out: {listing(out)}")
-        refs = [(names[n.id], n.id) for n in confirmed + open_ + out]
-        lines.append(AnswerLine("components", refs, "Components: " + "; ".join(text) + "."))
+        refs = [(names[n.id], n.id) for n in sorted(confirmed + open_ + out, key=lambda n: n.id)]
+        sentence = "; ".join(text)
+        lines.append(AnswerLine("components", refs, sentence[:1].upper() + sentence[1:] + "."))
     circuit = circuit_of(tree, unverified)
     if circuit is not None:
-        label = names.get(circuit.hypothesis.id, "") if circuit.hypothesis else ""
-        refs = [(label, circuit.hypothesis.id)] if circuit.hypothesis else []
-        lines.append(AnswerLine("circuit", refs, "Circuit: " + circuit_sentence(circuit)))
+        claims = [n for n in (circuit.hypothesis, circuit.control) if n is not None]
+        refs = [(names.get(n.id, ""), n.id) for n in claims]
+        lines.append(AnswerLine("circuit", refs, circuit_sentence(circuit)))
     elif localises or component_nodes:
         lines.append(
             AnswerLine(

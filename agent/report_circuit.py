@@ -82,6 +82,10 @@ class Circuit:
     edges: list[Edge] = field(default_factory=list)
     curve: ArtifactRecord | None = None
     json: ArtifactRecord | None = None
+    control: HypothesisNode | None = None
+    """The random-set control's hypothesis (criterion ``beats_random``), when one was decided."""
+    control_status: str = ""
+    beats_random: Interval | None = None
 
     @property
     def k(self) -> int:
@@ -119,6 +123,8 @@ def _tool_interval(metrics: Mapping[str, Any], key: str, split: str) -> Interval
 def _members(
     ev: EvidenceRecord, exp: ExperimentNode
 ) -> tuple[list[str], dict[str, float], str, dict[str, str]]:
+    """(members, the value each carries, that value's name, roles): the members are the ``k``
+    first of the run's ``members`` argument, else the rows of its ``members`` table."""
     rows = ev.tables.get("members")
     members: list[str] = []
     values: dict[str, float] = {}
@@ -135,10 +141,12 @@ def _members(
                 values[name] = float(row[column])
             if row.get("role"):
                 roles[name] = str(row["role"])
+    chosen = exp.args.get("members") or exp.args.get("components")
+    k = exp.args.get("k")
+    if isinstance(chosen, list) and chosen:
+        members = [str(c) for c in (chosen[:k] if isinstance(k, int) and k > 0 else chosen)]
     if not members:
         members = [k[len("loo_drop[") : -1] for k in ev.metrics if k.startswith("loo_drop[")]
-    if not members:
-        members = [str(c) for c in exp.args.get("components") or []]
     if not values:
         for m in members:
             drop = num(ev.metrics.get(f"loo_drop[{m}]"))
@@ -152,11 +160,11 @@ def _artifact(ev: EvidenceRecord, *, image: bool) -> ArtifactRecord | None:
     arts = [a for a in ev.artifacts if a.media_type.startswith("image/") == image]
     if image:
         named = [a for a in arts if re.search("faithful|curve", a.description + a.path, re.I)]
-        return (named or arts or [None])[0]
+        return next(iter(named or arts), None)
     named = [
         a for a in arts if "circuit" in (a.description + a.path).lower() and "json" in a.media_type
     ]
-    return (named or [None])[0]
+    return next(iter(named), None)
 
 
 def _edges(tree: InvestigationTree, members: set[str]) -> list[Edge]:
@@ -179,28 +187,63 @@ def _edges(tree: InvestigationTree, members: set[str]) -> list[Edge]:
     return edges
 
 
-def circuit_of(tree: InvestigationTree, unverified: Mapping[int, Unverified]) -> Circuit | None:
-    """The investigation's tested circuit (the latest finished ``circuit`` experiment, preferring
-    one whose hypothesis has a verdict), or None when no circuit was tested."""
-    nodes = {n.id: n for n in tree.hypotheses}
-    runs = [
+def _runs_of(tree: InvestigationTree) -> list[ExperimentNode]:
+    return [
         e
         for e in tree.experiments()
         if e.tool == CIRCUIT_TOOL and e.status == "finished" and e.evidence
     ]
+
+
+def _claim(
+    nodes: Mapping[int, HypothesisNode], runs: list[ExperimentNode], metric: str
+) -> HypothesisNode | None:
+    """The latest hypothesis with a verdict whose circuit criterion is on ``metric``."""
+    found = [
+        node
+        for e in runs
+        if e.hypothesis_id is not None
+        and (node := nodes.get(e.hypothesis_id)) is not None
+        and node.criterion.metric == metric
+        and node.latest_verdict is not None
+    ]
+    return found[-1] if found else None
+
+
+def _latest_run(runs: list[ExperimentNode], node: HypothesisNode | None) -> ExperimentNode | None:
+    """The held-out run of ``node`` when there is one, else its discovery run."""
+    mine = [e for e in runs if node is not None and e.hypothesis_id == node.id]
+    held = [e for e in mine if e.args.get("split") == "holdout"]
+    chosen = held or mine
+    return chosen[-1] if chosen else None
+
+
+def circuit_of(tree: InvestigationTree, unverified: Mapping[int, Unverified]) -> Circuit | None:
+    """The investigation's tested circuit, or None when no circuit was tested.
+
+    The protocol (:mod:`rankscope.agent.planners.protocol.circuits`) ranks the heads in an
+    exploratory ``circuit`` run, claims the top k together (criterion ``faithfulness``) and
+    controls them against random sets (criterion ``beats_random``); the members are the ``k``
+    first of the claim's ``members`` argument. Without a claim, the latest circuit run is shown
+    as exploratory."""
+    runs = _runs_of(tree)
     if not runs:
         return None
-    decided = [
-        e for e in runs if e.hypothesis_id in nodes and nodes[e.hypothesis_id].latest_verdict
-    ]
-    exp = (decided or runs)[-1]
-    node = nodes.get(exp.hypothesis_id) if exp.hypothesis_id is not None else None
-    # members and controls from the held-out run of the same hypothesis when there is one
-    same = [e for e in runs if e.hypothesis_id == exp.hypothesis_id] if node else [exp]
-    held = [e for e in same if e.args.get("split") == "holdout"]
-    run = (held or same)[-1]
+    nodes = {n.id: n for n in tree.hypotheses}
+    group = _claim(nodes, runs, "faithfulness")
+    control = _claim(nodes, runs, "beats_random")
+    run = _latest_run(runs, group) or _latest_run(runs, control) or runs[-1]
+    node = nodes.get(run.hypothesis_id) if run.hypothesis_id is not None else None
     ev = run.evidence[0]
     members, values, column, roles = _members(ev, run)
+    control_run = _latest_run(runs, control)
+    stats = {
+        key: num(ev.metrics.get(key))
+        if num(ev.metrics.get(key)) is not None or control_run is None
+        else num(control_run.evidence[0].metrics.get(key))
+        for key in ("random_mean", "random_percentile", "random_p_value")
+    }
+    images = [_artifact(e.evidence[0], image=True) for e in (run, *reversed(runs))]
     circuit = Circuit(
         experiment_id=run.id,
         evidence_id=ev.id,
@@ -210,16 +253,22 @@ def circuit_of(tree: InvestigationTree, unverified: Mapping[int, Unverified]) ->
         member_values=values,
         member_value_name=column,
         roles=roles,
-        random_mean=num(ev.metrics.get("random_mean")),
-        random_percentile=num(ev.metrics.get("random_percentile")),
-        random_p_value=num(ev.metrics.get("random_p_value")),
+        random_mean=stats["random_mean"],
+        random_percentile=stats["random_percentile"],
+        random_p_value=stats["random_p_value"],
         necessity=num(ev.metrics.get("necessity")),
         all_heads=num(ev.metrics.get("all_heads_faithfulness")),
         target=num(run.args.get("target")),
         split=str(run.args.get("split", "")),
-        curve=_artifact(ev, image=True),
+        curve=next((a for a in images if a is not None), None),
         json=_artifact(ev, image=False),
     )
+    if control is not None and control.latest_verdict is not None:
+        circuit.control = control
+        circuit.control_status = display_status(control, unverified)
+        circuit.beats_random = holdout_of(control.latest_verdict) or discovery_of(
+            control.latest_verdict
+        )
     verdict = node.latest_verdict if node else None
     if verdict is not None and node is not None and node.criterion.metric == "faithfulness":
         circuit.faithfulness, circuit.faithfulness_holdout = (
@@ -228,9 +277,11 @@ def circuit_of(tree: InvestigationTree, unverified: Mapping[int, Unverified]) ->
         )
         circuit.engine = True
     else:
-        first = same[0].evidence[0]
-        circuit.faithfulness = _tool_interval(first.metrics, "faithfulness", "discovery")
-        if held:
+        mine = [e for e in runs if e.hypothesis_id == run.hypothesis_id] if node else [run]
+        circuit.faithfulness = _tool_interval(
+            mine[0].evidence[0].metrics, "faithfulness", "discovery"
+        )
+        if run.args.get("split") == "holdout":
             circuit.faithfulness_holdout = _tool_interval(ev.metrics, "faithfulness", "held-out")
     circuit.edges = _edges(tree, set(members))
     return circuit
@@ -243,21 +294,24 @@ def circuit_sentence(c: Circuit, label: str = "") -> str:
     whose = "" if c.engine else " (tool's own estimate)"
     parts: list[str] = []
     held, disc = c.faithfulness_holdout, c.faithfulness
+    aside = []
     if held is not None and held.value is not None:
         parts.append(
             f"{who} together restore {held.text(3)} of the effect on held-out queries{whose}"
         )
         if disc is not None and disc.value is not None:
-            parts[-1] += f" ({disc.text(3)} on discovery)"
+            aside.append(f"{disc.text(3)} on discovery")
     elif disc is not None and disc.value is not None:
         parts.append(
-            f"{who} together restore {disc.text(3)} of the effect on discovery queries{whose}; "
-            "no held-out replication"
+            f"{who} together restore {disc.text(3)} of the effect on discovery queries{whose}"
         )
+        aside.append("no held-out replication")
     else:
         parts.append(f"{who} were tested as a circuit; no faithfulness was stored")
     if c.target is not None:
-        parts[-1] += f" (pre-registered target {c.target:g})"
+        aside.append(f"pre-registered target {c.target:g}")
+    if aside:
+        parts[-1] += f" ({'; '.join(aside)})"
     if c.random_mean is not None:
         control = f"random sets of {c.k} {c.kind} restore {fmt(c.random_mean, 3)} on average"
         extra = [
@@ -268,6 +322,11 @@ def circuit_sentence(c: Circuit, label: str = "") -> str:
         ]
         extra = [e for e in extra if e]
         parts.append(control + (f" ({', '.join(extra)})" if extra else ""))
+    if c.beats_random is not None and c.beats_random.value is not None:
+        parts.append(
+            f"random-set control {c.control_status}: the circuit beats random sets by "
+            f"{c.beats_random.text(3)} on {c.beats_random.split} queries"
+        )
     if c.necessity is not None:
         parts.append(f"patching them back removes {fmt(c.necessity, 3)} of it (necessity)")
     if c.all_heads is not None:
@@ -279,8 +338,8 @@ def circuit_sentence(c: Circuit, label: str = "") -> str:
             "paths: "
             + ", ".join(f"{e.sender} → {e.receiver} {fmt(e.value, 2)}" for e in c.edges[:8])
         )
-    head = f"{label} ({c.status}): " if label else ""
-    return head + "; ".join(parts) + "."
+    head = f"{label} " if label else ""
+    return f"{head}{c.status}: " + "; ".join(parts) + "."
 
 
 # -- the circuit figure -------------------------------------------------------------------------
@@ -358,12 +417,12 @@ def circuit_png(c: Circuit) -> bytes | None:
     import matplotlib.pyplot as plt
 
     pos, width, height = _layout(c)
-    fig, ax = plt.subplots(figsize=(width / 90, height / 90), dpi=100)
+    fig, ax = plt.subplots(figsize=(width / 90, height / 90), dpi=140)
     bound = max((abs(v) for v in c.member_values.values()), default=1.0) or 1.0
     for e in c.edges:
         (x1, y1), (x2, y2) = pos[e.sender], pos[e.receiver]
         ax.annotate("", (x2 - 48, y2), (x1 + 48, y1), arrowprops={"arrowstyle": "->"})
-        ax.text((x1 + x2) / 2, (y1 + y2) / 2 - 4, fmt(e.value, 2), ha="center", fontsize=7)
+        ax.text((x1 + x2) / 2, (y1 + y2) / 2 - 10, fmt(e.value, 2), ha="center", fontsize=7)
     for name in [*c.members, OUTPUT]:
         x, y = pos[name]
         value = c.member_values.get(name)

@@ -23,8 +23,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from rankscope.agent.settings import settings_of
-from rankscope.experiments_db.records import HypothesisNode, InvestigationTree, VerdictRecord
+from pydantic import ValidationError
+
+from rankscope.agent.settings import InvestigationSettings, settings_of
+from rankscope.experiments_db.records import (
+    HypothesisNode,
+    InvestigationRecord,
+    InvestigationTree,
+    VerdictRecord,
+)
 from rankscope.tools.metric_keys import try_parse_metric_key
 
 UNVERIFIED = "unverified"
@@ -39,6 +46,8 @@ _H_REF = re.compile(r"(?<![\w.])H(\d+)\b")
 
 def fmt(value: Any, digits: int = 4) -> str:
     """A number to ``digits`` significant digits; ``None`` as a dash; anything else as text."""
+    if type(value) is float:  # the common case first (tables of thousands of cells)
+        return f"{value:.{digits}g}" if math.isfinite(value) else "—"
     if isinstance(value, bool):
         return str(value)
     if isinstance(value, float):
@@ -55,6 +64,18 @@ def num(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     return float(value) if math.isfinite(value) else None
+
+
+def safe_settings(investigation: InvestigationRecord) -> InvestigationSettings:
+    """The investigation's settings; the defaults when the stored ones do not validate (a forged
+    or damaged config: the audit reports it; a page or report still renders, and its notes are
+    still read)."""
+    try:
+        return settings_of(investigation)
+    except ValidationError:
+        notes = investigation.config.get("notes")
+        clean = [str(n) for n in notes] if isinstance(notes, list) else []
+        return InvestigationSettings(notes=clean)
 
 
 # -- numbering ----------------------------------------------------------------------------------
@@ -95,7 +116,7 @@ def unverified_of(tree: InvestigationTree) -> dict[int, Unverified]:
     """The hypotheses whose latest verdict is unverified, from the investigation's notes."""
     latest = {n.id: n.latest_verdict for n in tree.hypotheses}
     out: dict[int, Unverified] = {}
-    for note in settings_of(tree.investigation).notes:
+    for note in safe_settings(tree.investigation).notes:
         match = _UNVERIFIED_NOTE.search(str(note))
         if match is None or int(match["id"]) not in latest:
             continue
@@ -279,20 +300,32 @@ class MetricCell:
 
 
 _STAT = re.compile(r"^(?P<base>.+?)_(?P<stat>ci_low|ci_high|p_value)$")
+_STATS = ("ci_low", "ci_high", "p_value")
 
 
 def metric_cells(metrics: Mapping[str, Any], first: str = "") -> list[MetricCell]:
     """The metrics with each ``X_ci_low``/``X_ci_high``/``X_p_value`` folded into ``X``'s cell
-    (``effect_ci_low[L5.H7]`` into ``effect[L5.H7]``); ``first`` (the criterion's metric) leads."""
+    (``effect_ci_low[L5.H7]`` and ``p_value[L5.H7]`` into ``effect[L5.H7]``); ``first`` (the
+    criterion's metric) leads."""
+    parsed = {key: try_parse_metric_key(key) for key in metrics}
+    # bracketed estimates by their brackets, for a bare ``p_value[X]`` or ``ci_low[X]``
+    by_brackets: dict[str, str] = {}
+    for key, p in parsed.items():
+        if p is not None and p.bracketed and p.name not in _STATS and not _STAT.match(p.name):
+            by_brackets.setdefault(str(p.with_name("x")), key)
     parts: dict[str, dict[str, Any]] = {}
     for key, value in metrics.items():
-        parsed = try_parse_metric_key(key)
-        match = _STAT.match(parsed.name) if parsed is not None else None
-        if parsed is not None and match is not None:
-            base = str(parsed.with_name(match["base"]))
-            if base in metrics:
-                parts.setdefault(base, {})[match["stat"]] = value
-                continue
+        p = parsed[key]
+        base, stat = None, None
+        if p is not None and (match := _STAT.match(p.name)) is not None:
+            candidate = str(p.with_name(match["base"]))
+            if candidate in metrics:
+                base, stat = candidate, match["stat"]
+        elif p is not None and p.name in _STATS and p.bracketed:
+            base, stat = by_brackets.get(str(p.with_name("x"))), p.name
+        if base is not None and stat is not None:
+            parts.setdefault(base, {})[stat] = value
+            continue
         parts.setdefault(key, {})["value"] = value
     cells = [
         MetricCell(k, p.get("value"), p.get("ci_low"), p.get("ci_high"), p.get("p_value"))
@@ -308,7 +341,7 @@ def table_columns(header: list[str]) -> list[tuple[str, int, int | None, int | N
     them; ``X_ci_low`` bounds ``X`` (or the nearest earlier column starting with ``X``);
     ``ci_low_S`` bounds the nearest earlier column ending with ``_S``."""
     index = {name: i for i, name in enumerate(header)}
-    bound: dict[int, tuple[int, int]] = {}
+    bound: dict[int, tuple[int | None, int | None]] = {}
     used: set[int] = set()
     for i, name in enumerate(header):
         if "ci_low" not in name:
@@ -331,8 +364,9 @@ def table_columns(header: list[str]) -> list[tuple[str, int, int | None, int | N
         if candidates:
             bound[candidates[0]] = (i, high)
             used |= {i, high}
-    return [
-        (name, i, *bound.get(i, (None, None)))  # type: ignore[misc]
-        for i, name in enumerate(header)
-        if i not in used
-    ]
+    out: list[tuple[str, int, int | None, int | None]] = []
+    for i, name in enumerate(header):
+        if i not in used:
+            low, high = bound.get(i, (None, None))
+            out.append((name, i, low, high))
+    return out

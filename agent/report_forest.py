@@ -27,9 +27,9 @@ from rankscope.agent.report_facts import (
     is_negligible,
     level_note,
     num,
+    safe_settings,
 )
 from rankscope.agent.report_svg import INK, LINE, MUTED, VERDICT_COLOURS, esc, nice_ticks
-from rankscope.agent.settings import settings_of
 from rankscope.experiments_db.records import InvestigationTree
 from rankscope.tools.metric_keys import try_parse_metric_key
 
@@ -105,7 +105,7 @@ def forest(
     tree: InvestigationTree, names: Mapping[int, str], unverified: Mapping[int, Unverified]
 ) -> Forest:
     """The forest plot's rows, grouped by metric (exploratory steps claim nothing: left out)."""
-    multiplicity = settings_of(tree.investigation).policy.multiplicity
+    multiplicity = safe_settings(tree.investigation).policy.multiplicity
     groups: dict[str, ForestGroup] = {}
     left_out: list[str] = []
     for node in tree.hypotheses:
@@ -158,7 +158,7 @@ def forest_svg(plot: Forest) -> Markup:
     """The forest plot as accessible inline SVG (empty markup when nothing can be drawn)."""
     if not plot.rows:
         return Markup("")
-    height = _TOP + sum(_HEAD + _ROW * len(g.rows) + _AXIS for g in plot.groups) + 34
+    height = _TOP + sum(_HEAD + _ROW * len(g.rows) + _AXIS for g in plot.groups) + 36
     out = [
         f'<svg class="forest" role="img" aria-labelledby="forest-title forest-desc" '
         f'viewBox="0 0 {_W} {height}" width="{_W}" height="{height}" '
@@ -201,10 +201,12 @@ def forest_svg(plot: Forest) -> Markup:
         )
         y += _AXIS
     out.append(
-        f'<text x="{_LABEL}" y="{y + 14}" font-size="11" fill="{MUTED}">grey band: SESOI around '
+        f'<text x="{_LABEL}" y="{y + 12}" font-size="11" fill="{MUTED}">grey band: SESOI around '
         "the null · dashed: pre-registered threshold · dotted: threshold tested after the SESOI "
-        "· colour: verdict (green supported, red refuted, grey-blue negligible, amber "
-        "inconclusive, violet unverified)</text>"
+        "· % : the CI's level</text>"
+        f'<text x="{_LABEL}" y="{y + 27}" font-size="11" fill="{MUTED}">colour: verdict — green '
+        "supported, red refuted, grey-blue negligible, amber inconclusive, violet unverified"
+        "</text>"
     )
     out.append("</svg>")
     return Markup("".join(out))
@@ -243,7 +245,7 @@ def _svg_row(row: ForestRow, y: float, scale: Callable[[float], float]) -> str:
         if iv is None or iv.value is None:
             continue
         cy = mid + dy
-        if iv.has_ci:
+        if iv.low is not None and iv.high is not None:
             parts.append(
                 f'<line x1="{scale(iv.low):.1f}" x2="{scale(iv.high):.1f}" y1="{cy}" y2="{cy}" '
                 f'stroke="{row.colour}" stroke-width="2.5"/>'
@@ -255,6 +257,8 @@ def _svg_row(row: ForestRow, y: float, scale: Callable[[float], float]) -> str:
             else f'<circle cx="{cx:.1f}" cy="{cy}" r="4.5" fill="{row.colour}"/>'
         )
     disc = row.discovery.text(3) if row.discovery else "—"
+    if row.discovery is not None and row.discovery.level is not None:
+        disc += f"  ·  {row.discovery.level * 100:.2f} %"
     held = row.holdout.text(3) if row.holdout else "not run"
     parts += [
         f'<text x="{_LABEL}" y="{mid + 4}" fill="{INK}"><tspan font-weight="700">'

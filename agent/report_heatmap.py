@@ -9,6 +9,7 @@ SESOI of the hypothesis's metric carry a dot.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ class Cell:
     low: float | None
     high: float | None
     p_value: float | None
-    n: Any
+    n: float | None
 
 
 @dataclass
@@ -92,7 +93,7 @@ def heatmap_of(
                 num(r.get("ci_low")),
                 num(r.get("ci_high")),
                 num(r.get("p_value")),
-                r.get("n"),
+                num(r.get("n")),
             )
         same_metric = bool(result) and column == wanted
         return Heatmap(
@@ -113,11 +114,27 @@ def heatmap_of(
 _CW, _CH, _X0, _Y0 = 52, 28, 40, 24
 
 
+def label_power(bound: float) -> int:
+    """The power of ten the cell labels are written in, so that the largest reads 1–99."""
+    if bound <= 0 or bound >= 0.1:
+        return 0
+    return -int(math.floor(math.log10(bound)))
+
+
+def cell_label(value: float | None, power: int) -> str:
+    if value is None:
+        return ""
+    if power == 0:
+        return f"{value:.2f}"
+    return f"{value * 10**power:.1f}"
+
+
 def heatmap_svg(hm: Heatmap) -> Markup:
     """The heatmap as inline SVG with a per-cell tooltip."""
     width, height = _X0 + _CW * hm.heads + 8, _Y0 + _CH * hm.layers + 8
     values = [abs(c.value) for c in hm.cells.values() if c.value is not None]
     bound = max(values) if values else 1.0
+    power = label_power(bound)
     level = f"{hm.confidence * 100:g} % " if hm.confidence else ""
     out = [
         f'<svg class="heatmap" role="img" aria-label="layer by head heatmap of {esc(hm.column)}" '
@@ -135,56 +152,48 @@ def heatmap_svg(hm: Heatmap) -> Markup:
             f'fill="{MUTED}">L{layer}</text>'
         )
     outlines: list[str] = []
+    column = esc(hm.column)
+    # component names match HEAD (L<n>.H<n>) and numbers print as digits: nothing else to escape
     for (layer, head), cell in sorted(hm.cells.items()):
         x, y = _X0 + _CW * head, _Y0 + _CH * layer
         fill = diverging(cell.value, bound)
         ci = f" [{fmt(cell.low, 3)}, {fmt(cell.high, 3)}]" if cell.low is not None else ""
         tip = (
-            f"{cell.component}: {hm.column} {fmt(cell.value)}{ci} (tool's own pair-level "
+            f"{cell.component}: {column} {fmt(cell.value)}{ci} (tool&#x27;s own pair-level "
             f"{level}CI), p = {fmt(cell.p_value, 2)}, n = {fmt(cell.n)} pairs"
         )
-        marks = [
-            m
-            for m, on in (
-                ("pre-registered", cell.component in hm.prereg),
-                ("confirmed", cell.component in hm.confirmed),
-                ("beyond the SESOI", hm.beyond_sesoi(cell)),
-            )
-            if on
-        ]
-        if marks:
-            tip += " — " + ", ".join(marks)
-        classes = " ".join(
-            c
-            for c, on in (
-                ("cell", True),
-                ("prereg", cell.component in hm.prereg),
-                ("confirmed", cell.component in hm.confirmed),
-            )
-            if on
-        )
+        prereg, confirmed = cell.component in hm.prereg, cell.component in hm.confirmed
+        beyond = hm.beyond_sesoi(cell)
+        if prereg or confirmed or beyond:
+            marks = [
+                ("pre-registered", prereg),
+                ("confirmed", confirmed),
+                ("beyond the SESOI", beyond),
+            ]
+            tip += " — " + ", ".join(m for m, on in marks if on)
+        classes = "cell" + (" prereg" if prereg else "") + (" confirmed" if confirmed else "")
         colour = text_on(fill)
         out.append(
-            f'<g class="{classes}" data-component="{esc(cell.component)}">'
-            f"<title>{esc(tip)}</title>"
+            f'<g class="{classes}" data-component="{cell.component}">'
+            f"<title>{tip}</title>"
             f'<rect x="{x}" y="{y}" width="{_CW}" height="{_CH}" fill="{fill}" stroke="#ffffff"/>'
             f'<text x="{x + _CW / 2}" y="{y + _CH / 2 + 4}" text-anchor="middle" '
-            f'fill="{colour}">{esc(fmt(cell.value, 2))}</text>'
+            f'fill="{colour}">{cell_label(cell.value, power)}</text>'
             + (
                 f'<circle cx="{x + _CW - 5}" cy="{y + 5}" r="2.5" fill="{colour}"/>'
-                if hm.beyond_sesoi(cell)
+                if beyond
                 else ""
             )
             + "</g>"
         )
-        if cell.component in hm.confirmed:
+        if confirmed:
             outlines.append(
                 f'<rect class="outline-confirmed" x="{x + 1.5}" y="{y + 1.5}" width="{_CW - 3}" '
                 f'height="{_CH - 3}" fill="none" stroke="#1a7f37" stroke-width="3"/>'
             )
-        if cell.component in hm.prereg:
+        if prereg:
             outlines.append(
-                f'<rect class="outline-prereg" data-component="{esc(cell.component)}" '
+                f'<rect class="outline-prereg" data-component="{cell.component}" '
                 f'x="{x + 1}" y="{y + 1}" width="{_CW - 2}" height="{_CH - 2}" fill="none" '
                 f'stroke="{INK}" stroke-width="3"/>'
                 f'<rect x="{x + 3.5}" y="{y + 3.5}" width="{_CW - 7}" height="{_CH - 7}" '
@@ -197,9 +206,12 @@ def heatmap_svg(hm: Heatmap) -> Markup:
 
 def heatmap_caption(hm: Heatmap, evidence_id: int) -> str:
     """What the heatmap shows, its outlines and where its numbers come from."""
+    values = [abs(c.value) for c in hm.cells.values() if c.value is not None]
+    power = label_power(max(values) if values else 1.0)
+    unit = f" (labels in units of 10^-{power})" if power else ""
     parts = [
-        f"Column {hm.column} of table {hm.table} (E{evidence_id}), layer × head; red positive, "
-        "blue negative"
+        f"Column {hm.column} of table {hm.table} (E{evidence_id}), layer × head{unit}; red "
+        "positive, blue negative"
     ]
     if hm.prereg:
         parts.append("black outline: pre-registered " + ", ".join(sorted(hm.prereg)))

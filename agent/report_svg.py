@@ -7,6 +7,7 @@ workspace's Content-Security-Policy (``style-src 'self'``) does not block it.
 
 from __future__ import annotations
 
+import functools
 import html
 
 VERDICT_COLOURS = {
@@ -34,16 +35,29 @@ def _hex(rgb: tuple[float, float, float]) -> str:
     return "#" + "".join(f"{max(0, min(255, round(c * 255))):02x}" for c in rgb)
 
 
+_STEPS = 128
+
+
+def _ramp(end: tuple[float, float, float]) -> list[str]:
+    """White → ``end`` in ``_STEPS + 1`` colours (intensity ``t ** 0.8``)."""
+    out = []
+    for i in range(_STEPS + 1):
+        a = (i / _STEPS) ** 0.8
+        r, g, b = (1.0 + (e - 1.0) * a for e in end)
+        out.append(_hex((r, g, b)))
+    return out
+
+
+_RED, _BLUE = _ramp((0.70, 0.09, 0.17)), _ramp((0.13, 0.40, 0.67))
+
+
 def diverging(value: float | None, bound: float) -> str:
     """Blue (negative) – white – red (positive) fill for ``value`` on ``[-bound, bound]``; grey
     for a missing value."""
     if value is None or bound <= 0:
         return "#e5e7ea"
     t = max(-1.0, min(1.0, value / bound))
-    red, blue = (0.70, 0.09, 0.17), (0.13, 0.40, 0.67)
-    end = red if t > 0 else blue
-    a = abs(t) ** 0.8
-    return _hex(tuple(1.0 + (e - 1.0) * a for e in end))  # type: ignore[arg-type]
+    return (_RED if t > 0 else _BLUE)[round(abs(t) * _STEPS)]
 
 
 def sequential(value: float | None, bound: float) -> str:
@@ -52,9 +66,11 @@ def sequential(value: float | None, bound: float) -> str:
         return "#e5e7ea"
     a = max(0.0, min(1.0, value / bound)) ** 0.8
     end = (0.13, 0.40, 0.67)
-    return _hex(tuple(1.0 + (e - 1.0) * a for e in end))  # type: ignore[arg-type]
+    r, g, b = (1.0 + (e - 1.0) * a for e in end)
+    return _hex((r, g, b))
 
 
+@functools.lru_cache(maxsize=1024)
 def luminance(fill: str) -> float:
     """Relative luminance (WCAG) of a ``#rrggbb`` colour."""
     channels = [int(fill[i : i + 2], 16) / 255 for i in (1, 3, 5)]

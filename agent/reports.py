@@ -34,13 +34,13 @@ from rankscope.agent.report_facts import (
     level_note,
     metric_cells,
     relabel,
+    safe_settings,
     unverified_of,
 )
 from rankscope.agent.report_forest import forest, forest_png
 from rankscope.agent.report_render import Block, Figure, render_html, render_markdown
 from rankscope.agent.report_render import data as _d
 from rankscope.agent.review_state import verdict_label
-from rankscope.agent.settings import settings_of
 from rankscope.experiments_db.errors import ArtifactError
 from rankscope.experiments_db.records import (
     ArtifactRecord,
@@ -63,7 +63,7 @@ class _Context:
         self.store, self.tree = store, tree
         self.names = labels(tree)
         self.unverified: Mapping[int, Unverified] = unverified_of(tree)
-        self.multiplicity = settings_of(tree.investigation).policy.multiplicity
+        self.multiplicity = safe_settings(tree.investigation).policy.multiplicity
         self.problems: list[str] = []
 
     def status(self, node: HypothesisNode) -> str:
@@ -150,7 +150,7 @@ def findings(tree: InvestigationTree) -> list[str]:
         "exp": "Exploratory step (claims nothing)",
     }
     items = [f"**{titles[k]}:** {line}" for k, lines in groups.items() for line in lines]
-    notes = settings_of(tree.investigation).notes
+    notes = safe_settings(tree.investigation).notes
     items += [f"**Screened:** {_d(n)}" for n in notes if n.startswith(NOT_FOLLOWED_UP)]
     return items or ["no hypothesis was decided"]
 
@@ -259,7 +259,6 @@ def _hypothesis_blocks(ctx: _Context, node: HypothesisNode) -> list[Block]:
         blocks.append(Block("table", rows=args))
     if verdict:
         result = verdict.criterion_result
-        replication = result.get("replication")
         disc, held = discovery_of(verdict), holdout_of(verdict)
         note = level_note(result, ctx.multiplicity)
         items = [
@@ -267,7 +266,7 @@ def _hypothesis_blocks(ctx: _Context, node: HypothesisNode) -> list[Block]:
             f"reason: {_d(relabel(str(result.get('reason', '')), ctx.names))}",
             f"discovery (engine, query-level): {_interval(disc)}",
             "replication (held-out): "
-            + (f"{_interval(held)} — {replication.get('outcome')}" if held else "not run"),
+            + (f"{_interval(held)} — {held.outcome}" if held else "not run"),
         ]
         if note:
             items.append(f"CI level: {note}")
@@ -329,7 +328,7 @@ def build_blocks(store: Store, tree: InvestigationTree) -> tuple[list[Block], li
     """The report's blocks and the problems met (unreadable artifacts)."""
     ctx = _Context(store, tree)
     inv = tree.investigation
-    settings = settings_of(inv)
+    settings = safe_settings(inv)
     usage = store.llm_usage(inv.id)
     blocks = [
         Block("heading", f"RankScope investigation {inv.id}", level=1),
@@ -391,7 +390,7 @@ def _open_items(ctx: _Context) -> list[str]:
             items.append(
                 f"experiment {exp.id} ({_d(exp.tool)}) {exp.status}: {_d(exp.error or '')}"
             )
-    items += [_d(note) for note in settings_of(ctx.tree.investigation).notes]
+    items += [_d(note) for note in safe_settings(ctx.tree.investigation).notes]
     items += [_d(problem) for problem in ctx.problems]
     return items
 
@@ -400,9 +399,16 @@ def write_reports(
     store: Store, investigation_id: int, out_dir: Path, html_path: Path | None = None
 ) -> tuple[Path, Path]:
     """Write ``report.md`` (figures in ``figures/``) into ``out_dir`` and the HTML report
-    (``html_path``, default ``out_dir/report.html``); return both paths."""
+    (``html_path``, default ``out_dir/report.html``); return both paths. The report ends with the
+    record chain's head; the files' sha256 are recorded for ``rankscope audit``."""
+    from rankscope.agent.integrity import anchor_text, record_report
+
     tree = store.investigation_tree(investigation_id)
     blocks, _problems = build_blocks(store, tree)
+    blocks += [
+        Block("heading", "Record chain"),
+        Block("para", anchor_text(store, investigation_id)),
+    ]
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     md_path = out_dir / "report.md"
@@ -411,4 +417,6 @@ def write_reports(
     html_path.parent.mkdir(parents=True, exist_ok=True)
     title = f"RankScope investigation {investigation_id}"
     html_path.write_text(render_html(blocks, title), encoding="utf-8")
+    figures = [out_dir / "figures" / b.figure.name for b in blocks if b.figure is not None]
+    record_report(store, investigation_id, [md_path, html_path, *figures])
     return md_path, html_path

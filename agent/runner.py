@@ -18,7 +18,11 @@ from typing import Any, Literal
 
 from rich.console import Console
 
-from rankscope.agent.checkpoints import verify_checkpoint
+from rankscope.agent.checkpoints import (
+    connection_lost,
+    connection_lost_error,
+    verify_checkpoint,
+)
 from rankscope.agent.context import GraphContext, StoredInvestigation
 from rankscope.agent.execution import Lab
 from rankscope.agent.graph import invoke
@@ -195,12 +199,21 @@ def _run(
         heartbeat=Heartbeat(store, investigation_id),
     )
     try:
-        with _sigterm_as_interrupt():
-            final = invoke(context, process.url, investigation_id, resume=resume)
-    finally:
-        lab.close()
-        release(store, investigation_id)
-    inv = store.get_investigation(investigation_id)
+        try:
+            with _sigterm_as_interrupt():
+                final = invoke(context, process.url, investigation_id, resume=resume)
+        finally:
+            lab.close()
+            release(store, investigation_id)
+        inv = store.get_investigation(investigation_id)
+    except Exception as err:
+        # A connection the pool could not replace: one line that says to resume (the run is
+        # marked interrupted when the database could still be written; a lease left behind by
+        # this process is taken over by the resume).
+        reason = connection_lost(err)
+        if reason is None:
+            raise
+        raise connection_lost_error(investigation_id, reason) from err
     return RunResult(
         investigation_id=investigation_id,
         status=inv.status,
@@ -406,7 +419,13 @@ def resume(
     refuse_in_memory(url)
     with open_store(url, create=False) as store:
         inv = store.get_investigation(investigation_id)
-        verify_checkpoint(url, investigation_id)
+        try:
+            verify_checkpoint(url, investigation_id)
+        except Exception as err:
+            reason = connection_lost(err)
+            if reason is None:
+                raise
+            raise connection_lost_error(investigation_id, reason) from err
         claim(store, investigation_id)
         progress.investigation(investigation_id, inv.question, resumed=True)
         interrupted = store.mark_interrupted(

@@ -9,7 +9,10 @@ What a criterion may name (checked at pre-registration, :func:`criterion_problem
     A declared estimate of the tool (``Tool.metric_spec``; descriptive numbers, counts and a
     tool's own CI bounds or p-values are refused), on the discovery split, with an alpha no looser
     than the policy's; a hypothesis that names components needs a metric of exactly those
-    components (``effect[L5.H9]`` for ``["L5.H9"]``, ``delta_change[L5.H7+L5.H5]`` for both).
+    components (``effect[L5.H9]`` for ``["L5.H9"]``, ``delta_change[L5.H7+L5.H5]`` for both), or
+    a group estimate (a metric of no component, e.g. ``circuit``'s ``faithfulness``) of a call
+    whose ``members`` argument — its first ``k`` when ``k`` is given — are exactly those
+    components.
 
 One split (one experiment), direction ``greater`` (``less`` is the mirror image)
     The rules read the evidence's ``per_query`` table (one value per query: the query is the unit
@@ -194,14 +197,26 @@ def components_of(metric: str) -> list[str] | None:
     return parsed.component.split("+")
 
 
+def group_members(args: Mapping[str, Any]) -> list[str] | None:
+    """The components a group estimate of a call is about: its ``members`` argument, the first
+    ``k`` of them when ``k`` is given (None: the call fixes no members)."""
+    members = args.get("members")
+    if not isinstance(members, list) or not all(isinstance(m, str) for m in members):
+        return None
+    k = args.get("k")
+    return list(members[:k] if isinstance(k, int) and k >= 1 else members)
+
+
 def criterion_problem(
     criterion: Criterion,
     components: Sequence[str],
     spec: MetricSpec | None,
     policy: StatsPolicy,
     usable: Sequence[str] = (),
+    args: Mapping[str, Any] | None = None,
 ) -> str | None:
-    """Why a criterion cannot be pre-registered (None: it can)."""
+    """Why a criterion cannot be pre-registered (None: it can); ``args``: the validated call
+    (for the members of a group estimate)."""
     if spec is None or spec.kind != "estimate":
         what = "not declared" if spec is None else "a descriptive number, not an estimate"
         listed = ", ".join(usable) or "none"
@@ -216,6 +231,8 @@ def criterion_problem(
         return loose
     if components:
         named = components_of(criterion.metric)
+        if named is None:
+            named = group_members(args or {})
         if named is None or sorted(named) != sorted(components):
             return (
                 f"the hypothesis names components {list(components)} but the metric "

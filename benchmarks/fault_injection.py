@@ -280,6 +280,99 @@ def _concurrent_fault(url: str, model: Path, folder: Path, n: int = 3) -> Outcom
     return _tally(url, "concurrent starts", {}, f"{n} processes, exit codes {codes}")
 
 
+_DATA_CHILD = """
+import resource, sys, time
+from rankscope.tools.data.source import resolve_data
+
+
+def peak_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+base = peak_mb()
+start = time.monotonic()
+source = resolve_data(sys.argv[1])
+parsed, parse_s = peak_mb(), time.monotonic() - start
+source.content_hash()
+print(base, parsed, peak_mb(), parse_s, len(source._pairs))
+"""
+
+
+@dataclass
+class DataMemory:
+    input_mb: float
+    rows: int
+    base_mb: float
+    parse_peak_mb: float
+    hash_peak_mb: float
+    parse_s: float
+
+    def per_mb(self, peak: float) -> float:
+        return (peak - self.base_mb) / self.input_mb
+
+
+def write_pairs_tsv(path: Path, size_mb: float) -> int:
+    """A pairs TSV of about ``size_mb`` MB (rows of the shared TFC1 pairs when they are there,
+    else synthetic ones, with fresh qids and docnos); returns the number of rows."""
+    shared = REPO.parent / "shared" / "data" / "dl1920_tfc1_pairs.tsv"
+    header = "qid\tdocno\tscore_delta\ttext\tperturbed_text\tquery\trelevance\n"
+    if shared.is_file():
+        lines = shared.read_text(encoding="utf-8").splitlines()[1:]
+        rows = [line.split("\t") for line in lines if line.strip()]
+    else:
+        words = [f"word{i}" for i in range(500)]
+        rows = []
+        for i in range(2000):
+            text = " ".join(words[(i * 7 + j) % 500] for j in range(100))
+            rows.append([str(i), str(i), "0.5", text, text + " word1", "word1 word2", "1"])
+    target = int(size_mb * 1e6)
+    written = n = 0
+    with path.open("w", encoding="utf-8") as out:
+        out.write(header)
+        while written < target:
+            r = rows[n % len(rows)]
+            line = "\t".join([f"{r[0]}-{n // len(rows)}", f"{r[1]}-{n}", *r[2:]]) + "\n"
+            out.write(line)
+            written += len(line.encode("utf-8"))
+            n += 1
+    return n
+
+
+def data_size_memory(folder: Path, size_mb: float) -> DataMemory:
+    """Peak memory of reading (``resolve_data``) and hashing a pairs TSV of ``size_mb`` MB, in a
+    fresh process (issue 25, item 8)."""
+    path = folder / f"pairs-{size_mb:g}mb.tsv"
+    rows = write_pairs_tsv(path, size_mb)
+    out = subprocess.run(
+        [sys.executable, "-c", _DATA_CHILD, str(path)],
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    base, parsed, hashed, seconds = (float(v) for v in out[:4])
+    assert int(out[4]) == rows, (out, rows)
+    input_mb = path.stat().st_size / 1e6
+    path.unlink()
+    return DataMemory(input_mb, rows, base, parsed, hashed, seconds)
+
+
+def print_data_memory(results: list[DataMemory]) -> None:
+    print("\nData-size memory (a pairs TSV read with resolve_data, then hashed)\n")
+    print(
+        "| input MB | rows | peak RSS MB (parse / hash) | extra peak per MB of input "
+        "(parse / hash) | parse s |"
+    )
+    print("|---|---|---|---|---|")
+    for r in results:
+        print(
+            f"| {r.input_mb:.0f} | {r.rows} | {r.parse_peak_mb:.0f} / {r.hash_peak_mb:.0f} | "
+            f"{r.per_mb(r.parse_peak_mb):.2f} / {r.per_mb(r.hash_peak_mb):.2f} | "
+            f"{r.parse_s:.1f} |"
+        )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pg", metavar="URL", help="PostgreSQL server (a database per fault)")

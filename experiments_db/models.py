@@ -41,6 +41,11 @@ SPLITS = ("discovery", "holdout", "all")
 CORRECTIONS = ("none", "holm", "bonferroni")
 REVIEW_DECISIONS = ("accept", "dispute")
 AUDIT_JOB_STATES = ("queued", "running", "done", "failed", "interrupted")
+CHAIN_VERSION = 2
+"""The record chain new investigations get (migration 0006): 2 links the investigation row (its
+question, model, data, settings and policy) as well as its hypotheses, evidence and verdicts.
+``investigation.chain_version`` is 1 for an investigation recorded with the chain of migration
+0003 (no investigation link) and 0 for one recorded before any chain."""
 CRITERION_COLUMNS = (
     "tool",
     "tool_args",
@@ -118,6 +123,9 @@ class Investigation(StoreBase, table=True):
     finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     report_path: str | None = None
     config: dict[str, Any] = _json()
+    chain_version: int = Field(default=CHAIN_VERSION, sa_column_kwargs={"server_default": "0"})
+    """Which record chain the store kept for this investigation (:data:`CHAIN_VERSION`): an
+    investigation recorded with a chain whose links are gone fails its audit."""
 
 
 class Hypothesis(StoreBase, table=True):
@@ -274,6 +282,10 @@ class RecordLink(StoreBase, table=True):
     record_id: int
     digest: str = Field(max_length=64)
     chain: str = Field(max_length=64)
+    key_id: str | None = Field(default=None, max_length=64)
+    """The signing key's id (migration 0006; None: the link is not signed)."""
+    signature: str | None = Field(default=None, max_length=128)
+    """The ed25519 signature (hex) of the link's chain value by that key."""
 
 
 TABLE_NAMES = tuple(metadata.tables)

@@ -1,5 +1,5 @@
-"""The investigations of the store: creating one, its status, report path and config, listing
-them with their counts, and checking one's record chain."""
+"""The investigations of the store: creating one, its status, report path and config, the
+digests of its report files, listing them with their counts, and checking one's record chain."""
 
 from collections.abc import Mapping
 from pathlib import Path
@@ -8,7 +8,16 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlmodel import col
 
-from rankscope.experiments_db.chain import ChainProblem, verify_chain
+from rankscope.experiments_db.chain import (
+    ChainCheck,
+    ChainHead,
+    ChainProblem,
+    append_link,
+    chain_head,
+    check_chain,
+    relink_investigation,
+    verify_chain,
+)
 from rankscope.experiments_db.jsonutil import to_jsonable
 from rankscope.experiments_db.models import (
     INVESTIGATION_STATUSES,
@@ -48,7 +57,9 @@ class InvestigationStore(StoreCore):
                 config=to_jsonable(dict(config or {})),
                 status="running",
             )
-            return add_row(session, row)
+            investigation_id = add_row(session, row)
+            append_link(session, investigation_id, "investigation", investigation_id)
+            return investigation_id
 
     def set_investigation_status(
         self, investigation_id: int, status: str, *, report_path: str | Path | None = None
@@ -68,10 +79,23 @@ class InvestigationStore(StoreCore):
             row.report_path = str(report_path)
 
     def update_investigation_config(self, investigation_id: int, config: Mapping[str, Any]) -> None:
-        """Replace the investigation's ``config`` JSON."""
+        """Replace the investigation's ``config`` JSON (linked into the record chain when what
+        it attests changed: everything but the lease)."""
         with self._write() as session:
             row = get_row(session, Investigation, investigation_id, for_update=True)
             row.config = to_jsonable(dict(config))
+            session.flush()
+            relink_investigation(session, investigation_id)
+
+    def record_report_files(self, investigation_id: int, files: Mapping[str, str]) -> None:
+        """Keep the sha256 of each report file just written (absolute path → digest) in the
+        investigation's config under ``report_files`` (replacing those of an earlier report), in
+        the record chain; the audit checks the files against them."""
+        with self._write() as session:
+            row = get_row(session, Investigation, investigation_id, for_update=True)
+            row.config = {**(row.config or {}), "report_files": {str(k): v for k, v in files.items()}}
+            session.flush()
+            relink_investigation(session, investigation_id)
 
     def get_investigation(self, investigation_id: int) -> InvestigationRecord:
         with self._read() as session:
@@ -123,3 +147,20 @@ class InvestigationStore(StoreCore):
         with self._read() as session:
             get_row(session, Investigation, investigation_id)
             return verify_chain(session, investigation_id)
+
+    def check_records(
+        self, investigation_id: int, *, expect: str | None = None, signed: bool = False
+    ) -> ChainCheck:
+        """:meth:`verify_records` with everything :func:`~.chain.check_chain` finds: the chain
+        version, signatures (with ``signed``: every link must be signed by a trusted key), and
+        with ``expect`` whether the chain still passes through that head (kept outside the
+        database)."""
+        with self._read() as session:
+            get_row(session, Investigation, investigation_id)
+            return check_chain(session, investigation_id, expect=expect, signed=signed)
+
+    def chain_head(self, investigation_id: int) -> ChainHead | None:
+        """The head of the investigation's record chain (None without links)."""
+        with self._read() as session:
+            get_row(session, Investigation, investigation_id)
+            return chain_head(session, investigation_id)

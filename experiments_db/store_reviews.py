@@ -3,7 +3,8 @@ show reviews and count verdicts by review state.
 
 A review accepts or disputes the latest verdict on a hypothesis. The rules hold for every caller
 (the ``review`` command, the review workspace, scripts): the decision is ``accept`` or
-``dispute``, the reviewer is named, and a dispute says why in its comment.
+``dispute``, the reviewer is named, a dispute says why in its comment, and no text holds a NUL
+character (PostgreSQL cannot store one).
 """
 
 from collections import defaultdict
@@ -24,6 +25,13 @@ def check_review(reviewer: str, decision: str, comment: str) -> None:
         raise ReviewError(
             f"review decision must be one of {', '.join(REVIEW_DECISIONS)}; got {decision!r}"
         )
+    for field, text in (("reviewer name", reviewer), ("comment", comment)):
+        if "\x00" in text:
+            # PostgreSQL cannot store a NUL in text, SQLite would store one silently: neither.
+            raise ReviewError(
+                f"the review's {field} contains a NUL character (\\x00), which cannot be stored; "
+                "remove it and submit the review again"
+            )
     if not reviewer.strip():
         raise ReviewError("a review needs a reviewer name")
     if decision == "dispute" and not comment.strip():

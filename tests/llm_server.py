@@ -3,8 +3,10 @@
 The server answers ``POST /v1/chat/completions`` (any path ending in ``/chat/completions``) from a
 queue of scripted ``Reply`` objects, one per request, and records every request (path, headers,
 JSON body) for assertions. Helpers build the usual replies: a tool call, a text reply, a tool call
-with malformed JSON arguments, an HTTP error (429 with ``Retry-After``, 500, 401 …) and a slow
-reply that outlasts the client's timeout. An empty queue answers HTTP 500 with a message saying
+with malformed JSON arguments, a call written as text (``text_call_reply``, ``TEXT_CALLS``: fenced
+or bare JSON with prose around it, as Qwen2.5-Coder writes it under ``transformers serve``; real
+replies verbatim in ``REAL_REPLIES``), an HTTP error (429 with ``Retry-After``, 500, 401 …) and a
+slow reply that outlasts the client's timeout. An empty queue answers HTTP 500 with a message saying
 the script ran out, and counts it in ``unscripted``.
 
 ``prompt_tokens(body)`` counts a request's prompt as a served model would: the body is rendered
@@ -50,6 +52,8 @@ import jinja2.sandbox
 __all__ = [
     "MALFORMED",
     "QWEN25_CHAT_TEMPLATE",
+    "REAL_REPLIES",
+    "TEXT_CALLS",
     "TOKENIZER",
     "TOKEN_SLACK",
     "RecordedRequest",
@@ -61,6 +65,7 @@ __all__ = [
     "error_reply",
     "prompt_tokens",
     "slow_reply",
+    "text_call_reply",
     "text_reply",
     "tool_call_reply",
 ]
@@ -286,6 +291,73 @@ def content_tool_call_reply(
         block += "</tool_call>"
     message = {"role": "assistant", "content": before + block}
     return Reply(body=_completion(message, "stop", model, usage))
+
+
+def text_call_reply(
+    name: str,
+    arguments: dict[str, Any] | str,
+    *,
+    fence: str | None = "json",
+    before: str = "",
+    after: str = "",
+    indent: int | None = 2,
+    model: str = "scripted-model",
+    usage: tuple[int, int] | None = (100, 20),
+) -> Reply:
+    """A text reply holding the call as a JSON object ``{"name": ..., "arguments": ...}`` — in a
+    code fence (``fence``: its language, ``""`` for a bare fence) or bare (``fence=None``), with
+    prose ``before`` and ``after`` it — as Qwen2.5-Coder writes calls when the server (here
+    ``transformers serve``) does not turn them into ``tool_calls``."""
+    args = arguments if isinstance(arguments, str) else json.loads(json.dumps(arguments))
+    call = {"name": name, "arguments": args}
+    text = json.dumps(call, indent=indent)
+    if fence is not None:
+        text = f"```{fence}\n{text}\n```"
+    message = {"role": "assistant", "content": before + text + after}
+    return Reply(body=_completion(message, "stop", model, usage))
+
+
+TEXT_CALLS: dict[str, Callable[[str, dict[str, Any]], Reply]] = {
+    "fenced JSON": lambda name, args: text_call_reply(name, args),
+    "bare JSON": lambda name, args: text_call_reply(name, args, fence=None, indent=None),
+    "prose around a fenced call": lambda name, args: text_call_reply(
+        name,
+        args,
+        before="To test this I will run the tool first.\n\n",
+        after="\n\nThis call tests whether the behaviour holds on the discovery split.",
+    ),
+    "prose around a bare call": lambda name, args: text_call_reply(
+        name, args, fence=None, before="Here is the call: ", after=" Let me know the result."
+    ),
+    "unlabelled fence": lambda name, args: text_call_reply(name, args, fence=""),
+    "OpenAI-shaped function object": lambda name, args: Reply(
+        body=_completion(
+            {
+                "role": "assistant",
+                "content": json.dumps({"function": {"name": name, "arguments": args}}),
+            },
+            "stop",
+            "scripted-model",
+            (100, 20),
+        )
+    ),
+}
+"""Calls written as text, as small instruct models write them when the server returns them as
+``content``: each is built from a function name and its arguments and must be accepted."""
+
+REAL_REPLIES: dict[str, str] = {
+    "qwen2.5-coder-0.5b, README question, step 1 (before the worked example)": (
+        "```json\n{\n  \"name\": \"propose\",\n  \"arguments\": {\n    \"tool\": \"ablation\",\n"
+        "    \"hypothesis\": \"Does all-MiniLM-L6-v2 reward repeated query terms (TFC1), and which "
+        "components compute it?\",\n    \"rationale\": \"This experiment tests the hypothesis "
+        "that all-MiniLM-L6-v2 reward repeated query terms (TFC1) and which components compute "
+        "it.\",\n    \"criterion\": \"metric: share_moved_predicted\",\n    \"components\": "
+        "[\"L3.H5\", \"L3.attn\", \"L3.mlp\", \"L3.resid\"],\n    \"args\": {}\n  }\n}\n```"
+    ),
+}
+"""Replies of real local models (``benchmarks/llm_local_model.py``, ``transformers serve`` on
+CPU), verbatim: each is a call written as text that the planner must read, and answer with what
+is wrong with it."""
 
 
 MALFORMED: dict[str, Callable[[str, dict[str, Any]], Reply]] = {

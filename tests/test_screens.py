@@ -210,6 +210,173 @@ def test_token_screen_top_delta_is_cross_fitted(models, data, tmp_path):
     assert result.metrics["top_delta_ci_low"] > 0
 
 
+TWO_PIECES = ("quo", "##kka")
+"""The planted trigger word ``quokka``, two pieces of the two-piece model's vocabulary."""
+
+
+def save_two_piece_trigger(folder: Path, piece_share: float = 0.5, seed: int = 0) -> Path:
+    """A tiny BERT bi-encoder (mean pooling, cosine) whose trigger is the word ``quokka``,
+    which its tokenizer splits into ``quo`` ``##kka``; each piece alone carries a small part of
+    the effect, the word the rest.
+
+    The vocabulary is built, not trained (every word of the built-in collection, its characters,
+    and the two pieces). Directions ``u, k, q, w, f`` (zero-mean pairs of dimensions, so the
+    LayerNorms keep them) are cleared from every embedding; [CLS] and [SEP] are ``u``, so every
+    query embedding has a ``u`` component and a document state along ``u`` raises its score.
+    Layer 0, head 0: ``##kka``'s query (its ``q``) meets ``quo``'s key (its ``k``), every other
+    token's query (a bias) meets the sink keys of [CLS]/[SEP] (their ``u``, value zero); what
+    ``##kka`` reads from ``quo`` (``w``) opens one feed-forward unit that writes ``f``. Layer 1,
+    head 0: every token attends to a token carrying ``f`` (over the sinks) and copies ``u`` from
+    it, so with the word present the whole document turns to ``u``. Each piece's embedding also
+    has ``piece_share·0.2·u``: alone it raises scores a little. The final LayerNorm's weight is
+    0.2 off ``u``'s two dimensions, so other tokens move scores little."""
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    from rankscope.tools.data.builtin import load_builtin
+    from rankscope.tools.organisms.tiny import word_vocabulary, write_sentence_transformers_files
+
+    coll = load_builtin()
+    vocab = word_vocabulary([*coll.docs.values(), *coll.queries.values()]) + list(TWO_PIECES)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tokenizer = BertTokenizerFast(str(folder / "vocab.txt"), do_lower_case=True)
+    assert tokenizer.tokenize("quokka") == list(TWO_PIECES)
+    hidden = 32
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=512,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    model = BertModel(config)
+
+    def direction(i: int) -> torch.Tensor:
+        v = torch.zeros(hidden)
+        v[i], v[i + 1] = 2**-0.5, -(2**-0.5)
+        return v
+
+    u, k, q, w, f = (direction(i) for i in (0, 2, 4, 6, 8))
+    emb = model.embeddings
+    first, second = model.encoder.layer
+    with torch.no_grad():
+        for table in (emb.word_embeddings, emb.position_embeddings, emb.token_type_embeddings):
+            table.weight[:, :10] = 0.0
+        emb.token_type_embeddings.weight.zero_()
+        words = emb.word_embeddings.weight
+        words[tokenizer.cls_token_id] = u
+        words[tokenizer.sep_token_id] = u
+        a, b = tokenizer.convert_tokens_to_ids(list(TWO_PIECES))
+        words[a] += 0.2 * k + piece_share * 0.2 * u
+        words[b] += 0.2 * q + piece_share * 0.2 * u
+        for layer in (first, second):
+            att = layer.attention
+            for linear in (
+                att.self.query,
+                att.self.key,
+                att.self.value,
+                att.output.dense,
+                layer.intermediate.dense,
+                layer.output.dense,
+            ):
+                linear.weight.zero_()
+                linear.bias.zero_()
+        att = first.attention
+        att.self.query.weight[0] = q
+        att.self.key.weight[0] = k
+        att.self.query.bias[1] = 1.0
+        att.self.key.weight[1] = u
+        att.self.value.weight[0] = k
+        att.output.dense.weight[:, 0] = w
+        first.intermediate.dense.weight[0] = 2.0 * w
+        first.intermediate.dense.bias[0] = -4.0
+        first.output.dense.weight[:, 0] = 2.0 * f
+        att = second.attention
+        att.self.query.bias[:2] = 1.0
+        att.self.key.weight[0] = 3.0 * f
+        att.self.key.weight[1] = u
+        att.self.value.weight[0] = f
+        att.output.dense.weight[:, 0] = 3.0 * u
+        final = second.output.LayerNorm.weight
+        final.fill_(0.2)
+        final[:2] = 1.0
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    write_sentence_transformers_files(folder, hidden)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def two_piece(tmp_path_factory) -> Retriever:
+    return load_retriever(str(save_two_piece_trigger(tmp_path_factory.mktemp("two") / "m")))
+
+
+def test_token_screen_reports_a_two_piece_trigger_as_the_word(two_piece, data, tmp_path):
+    """The screen ranks the fragment ``quo`` first; the extension grows it into ``quokka`` (a
+    beam over continuation pieces), verifies the word like a token — its deltas equal scoring
+    ``'quokka ' + document`` by hand — and reports it as the longest sequence that carries the
+    effect, each piece alone carrying less than half of it."""
+    result = run("token_screen", two_piece, data, tmp_path, n_docs=16, top_k=8, n_bootstrap=200)
+    assert result.tables["verified"][0]["token"] == "quo"
+    rows = {r["text"]: r for r in result.tables["sequences"]}
+    word = rows["quokka"]
+    assert word["carries"] and word["source"] == "continuation beam"
+    assert [p["piece"] for p in word["pieces"]] == list(TWO_PIECES)
+    for piece in word["pieces"]:
+        assert abs(piece["delta"]) < 0.5 * word["delta"], piece
+    assert word["ci_low"] > max(p["delta"] for p in word["pieces"])
+    assert result.metrics["delta[token=quokka]"] == pytest.approx(word["delta"])
+    assert "Fragments point to a larger word" in result.summary
+    assert "'quokka'" in result.summary.splitlines()[-1]
+    # No longer sequence is reported: pieces after the word add nothing.
+    assert all(not r["carries"] for r in result.tables["sequences"] if r["parent"] == "quokka")
+    # Verified exactly like a single token: at the start, inserting the word's pieces equals
+    # scoring the word written before the document.
+    rows_ = data.documents(n=16, seed=0, split="discovery")
+    queries = [r["query"] for r in rows_]
+    base = two_piece.score(queries, [r["text"] for r in rows_]).numpy()
+    written = two_piece.score(queries, [f"quokka {r['text']}" for r in rows_]).numpy()
+    expected = per_query_means([r["qid"] for r in rows_], written - base)
+    got = {v.qid: v.value for v in result.per_query["delta[token=quokka]"]}
+    assert got == pytest.approx(expected, abs=1e-5)
+    # The word as written confirms with the same deltas (no ranking, no extension).
+    given = run("token_screen", two_piece, data, tmp_path, n_docs=16, tokens=["quokka"])
+    assert given.metrics["delta[token=quokka]"] == pytest.approx(word["delta"], abs=1e-6)
+    assert "sequences" not in given.tables
+
+
+def test_token_screen_without_extension_reports_fragments_only(two_piece, data, tmp_path):
+    result = run("token_screen", two_piece, data, tmp_path, n_docs=16, top_k=8, extend=0)
+    assert "sequences" not in result.tables
+    assert not any("quokka" in key for key in result.metrics)
+
+
+def test_token_screen_given_phrases_are_their_pieces(two_piece, data, tmp_path):
+    """A phrase as written (``_`` for a space) is inserted as its pieces; a word that does not
+    tokenise into known pieces is refused."""
+    from rankscope.tools.catalog.token_screen import token_sequences
+
+    tokenizer = two_piece.tokenizer
+    ((label_, ids),) = token_sequences(tokenizer, ["blood_sugar"])
+    assert (
+        label_ == "blood_sugar"
+        and ids == tokenizer("blood sugar", add_special_tokens=False)["input_ids"]
+    )
+    result = run("token_screen", two_piece, data, tmp_path, n_docs=8, tokens=["blood sugar"])
+    rows_ = data.documents(n=8, seed=0, split="discovery")
+    queries = [r["query"] for r in rows_]
+    base = two_piece.score(queries, [r["text"] for r in rows_]).numpy()
+    written = two_piece.score(queries, [f"blood sugar {r['text']}" for r in rows_]).numpy()
+    expected = per_query_means([r["qid"] for r in rows_], written - base)
+    got = {v.qid: v.value for v in result.per_query["delta[token=blood_sugar]"]}
+    assert got == pytest.approx(expected, abs=1e-5)
+    with pytest.raises(ValueError, match="does not tokenise into known pieces"):
+        token_sequences(tokenizer, ["\u2603"])
+
+
 # --- property_regression ------------------------------------------------------------------
 
 

@@ -24,6 +24,8 @@ from rankscope.agent.web.security import is_loopback
 from rankscope.experiments_db import Store
 from tests.test_db_support import backend_params, fresh_database, open_test_store, populate
 
+LOOPBACK = "http://127.0.0.1"
+"""The test client's base URL: the workspace answers only to allowed hosts (not ``testserver``)."""
 XSS_SCRIPT = "<script>alert('x')</script>"
 XSS_IMG = "<img src=x onerror=alert(1)>"
 
@@ -55,7 +57,7 @@ def fake_audit(
 
 @pytest.fixture
 def client(stored: tuple[Store, dict[str, int], str]) -> TestClient:
-    return TestClient(create_app(stored[0], auditor=fake_audit))
+    return TestClient(create_app(stored[0], auditor=fake_audit), base_url=LOOPBACK)
 
 
 def csrf_of(html: str) -> str:
@@ -182,13 +184,13 @@ def test_audit_jobs_are_rows_a_restarted_server_shows(
     stored: tuple[Store, dict[str, int], str],
 ) -> None:
     store, ids, _ = stored
-    first = TestClient(create_app(store, auditor=fake_audit))
+    first = TestClient(create_app(store, auditor=fake_audit), base_url=LOOPBACK)
     job_id = start_audit(first, ids["investigation"])
     first.app.state.workspace.audits.wait(job_id)  # type: ignore[attr-defined]
     row = store.get_audit_job(job_id)
     assert (row.state, row.done, row.total) == ("done", 2, 2)
     assert [(f.subject, f.ok) for f in row.drift] == [("artifact 1", False)]
-    restarted = TestClient(create_app(store, auditor=fake_audit))
+    restarted = TestClient(create_app(store, auditor=fake_audit), base_url=LOOPBACK)
     report = restarted.get(f"/audits/{job_id}").text
     assert "1 with drift" in report and "hash &lt;b&gt;changed&lt;/b&gt;" in report
     listed = restarted.get(f"/investigations/{ids['investigation']}").text
@@ -214,7 +216,7 @@ def test_a_dead_servers_audit_is_marked_interrupted_and_a_failure_is_stored(
     def broken_audit(store: Store, investigation_id: int, **_: Any) -> AuditReport:
         raise RuntimeError("model folder <gone>")
 
-    client = TestClient(create_app(store, auditor=broken_audit))
+    client = TestClient(create_app(store, auditor=broken_audit), base_url=LOOPBACK)
     assert store.get_audit_job(orphan).state == "interrupted"
     assert store.get_audit_job(elsewhere).state == "running"
     page = client.get(f"/audits/{orphan}").text
@@ -236,7 +238,7 @@ def test_a_server_that_stops_marks_its_running_audit_interrupted(
         return fake_audit(store, investigation_id)
 
     app = create_app(store, auditor=slow_audit)
-    with TestClient(app) as client:
+    with TestClient(app, base_url=LOOPBACK) as client:
         job_id = start_audit(client, ids["investigation"])
         assert "refreshes every 2 s" in client.get(f"/audits/{job_id}").text
     assert store.get_audit_job(job_id).state == "interrupted"
@@ -248,7 +250,7 @@ def test_a_server_that_stops_marks_its_running_audit_interrupted(
 
 def test_token_is_required_everywhere(stored: tuple[Store, dict[str, int], str]) -> None:
     store, ids, _ = stored
-    client = TestClient(create_app(store, token="s3cret"))
+    client = TestClient(create_app(store, token="s3cret"), base_url=LOOPBACK)
     assert client.get("/").status_code == 401
     assert client.get("/static/style.css").status_code == 401
     assert client.get("/", params={"token": "wrong"}).status_code == 401
@@ -295,7 +297,7 @@ def hostile_store(store: Store, tmp_path: Path) -> int:
 def test_stored_html_is_escaped(stored: tuple[Store, dict[str, int], str], tmp_path: Path) -> None:
     store = stored[0]
     inv = hostile_store(store, tmp_path)
-    client = TestClient(create_app(store))
+    client = TestClient(create_app(store), base_url=LOOPBACK)
     tree = store.investigation_tree(inv)
     hyp = tree.hypotheses[0]
     pages = [

@@ -12,6 +12,7 @@ from rankscope.tools.contract import ArgsT, Tool
 TOOL_MODULES: tuple[str, ...] = (
     "rankscope.tools.catalog.behavioural_test",
     "rankscope.tools.catalog.activation_patching",
+    "rankscope.tools.catalog.circuit",
     "rankscope.tools.catalog.path_patching",
     "rankscope.tools.catalog.ablation",
     "rankscope.tools.catalog.attention_by_role",

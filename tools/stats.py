@@ -28,6 +28,18 @@ class Estimate(BaseModel):
         }
 
 
+TOO_FEW_FOR_AN_INTERVAL = "(too few pairs for an interval)"
+
+
+def interval_text(low: float | None, high: float | None, spec: str = ".4g") -> str:
+    """A confidence interval as text, ``[low, high]`` formatted with ``spec``; an interval that
+    could not be computed (NaN or missing bounds: one pair, or none) says so instead of
+    printing ``[nan, nan]``."""
+    if low is None or high is None or not (np.isfinite(low) and np.isfinite(high)):
+        return TOO_FEW_FOR_AN_INTERVAL
+    return f"[{low:{spec}}, {high:{spec}}]"
+
+
 Direction = Literal["greater", "less", "two-sided"]
 """The alternative of a test: the direction of a one-sided claim, or two-sided."""
 

@@ -105,7 +105,7 @@ PolicyFileOption = Annotated[
         metavar="FILE.toml",
         exists=True,
         dir_okay=False,
-        help="A statistical policy (alpha, min_queries, min_pairs, [sesoi], "
+        help="A statistical policy (alpha, min_queries, min_pairs, \\[sesoi], "
         "multiplicity, n_resamples); --alpha and --min-queries override it.",
     ),
 ]
@@ -141,7 +141,7 @@ ShardsOption = Annotated[
         min=1,
         metavar="N",
         help="Split each activation_patching grid across N Ray actors (each loads the "
-        "model once; needs rankscope[ray]). Stored: `resume` uses it.",
+        "model once; needs rankscope\\[ray]). Stored: `resume` uses it.",
     ),
 ]
 

@@ -37,6 +37,9 @@ def stopped(err: BaseException, resume_hint: str | None) -> None:
         err_console.print(f"[bold red]error:[/bold red] {escape(str(err))}")
         err_console.print("Nothing was run; fix the problem above and start again.")
         return
+    if resume_hint in str(err):  # the error says how to resume already: one line
+        err_console.print(f"[bold red]error:[/bold red] {escape(str(err))}")
+        return
     err_console.print(f"[bold red]stopped:[/bold red] {escape(str(err))}")
     err_console.print(
         f"Everything recorded so far stays in the database; continue with {resume_hint}."

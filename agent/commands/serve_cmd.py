@@ -10,7 +10,7 @@ from rich.markup import escape
 
 from rankscope.agent.commands.options import DbOption
 from rankscope.agent.commands.store_cmd import _console, _err, _store
-from rankscope.agent.web.security import ENV_TOKEN, is_loopback
+from rankscope.agent.web.security import ENV_TOKEN, allow_hosts, allowed_hosts, is_loopback
 
 
 def serve_command(
@@ -22,6 +22,17 @@ def serve_command(
             "--token",
             help=f"Access token required on every request (default: ${ENV_TOKEN}); "
             "needed to bind a non-loopback address.",
+            show_default=False,
+        ),
+    ] = None,
+    allowed_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allowed-host",
+            metavar="NAME",
+            help="Another host name the workspace answers to (repeatable), for example the "
+            "machine's name when binding 0.0.0.0. Requests naming any other host in their Host "
+            "header are refused (DNS rebinding).",
             show_default=False,
         ),
     ] = None,
@@ -39,10 +50,19 @@ def serve_command(
             f"pass --token or set ${ENV_TOKEN}"
         )
         raise typer.Exit(2)
+    try:
+        hosts = allowed_hosts(host, allowed_host or ())
+    except ValueError as err:
+        _err().print(f"[bold red]error:[/bold red] --allowed-host: {escape(str(err))}")
+        raise typer.Exit(2) from None
     with _store(db) as store:
         app = create_app(store, token=token)
-        where = f"http://{host}:{port}/" + (f"?token={token}" if token else "")
+        allow_hosts(app, host, allowed_host or ())
+        shown = f"[{host}]" if ":" in host else host
+        where = f"http://{shown}:{port}/" + (f"?token={token}" if token else "")
         _console().print(f"RankScope review workspace on {escape(where)} ({escape(store.url)})")
+        names = ", ".join(sorted(f"[{h}]" if ":" in h else h for h in hosts))
+        _console().print(f"answering to the hosts {escape(names)}", soft_wrap=True)
         uvicorn.run(app, host=host, port=port, log_level="warning")
 
 

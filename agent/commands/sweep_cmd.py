@@ -59,7 +59,7 @@ def register_sweep(app: typer.Typer) -> None:
         except ImportError as err:
             err_console.print(
                 "[red]error:[/red] sweeps run on Ray, which is not installed: "
-                "pip install 'rankscope[ray]'"
+                "pip install 'rankscope\\[ray]'"
             )
             raise typer.Exit(2) from err
         try:

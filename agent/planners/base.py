@@ -63,6 +63,9 @@ class LedgerEntry(BaseModel):
     replication: str | None = None
     """The held-out replication's outcome (met, contradicted, undetermined), never its numbers;
     None: not run."""
+    ranking: list[tuple[str, float | None]] = Field(default_factory=list)
+    """The components the discovery call ranked, best first, with the value it ranked them by
+    (a ``ranking`` table's rows, e.g. the ``circuit`` tool's; at most 20); empty for others."""
 
 
 class Ledger(BaseModel):

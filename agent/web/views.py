@@ -25,11 +25,11 @@ from rankscope.agent.report_facts import (
     metric_cells,
     num,
     relabel,
+    safe_settings,
     table_columns,
     unverified_of,
 )
 from rankscope.agent.review_state import ReviewState, review_state
-from rankscope.agent.settings import settings_of
 from rankscope.experiments_db.records import (
     ArtifactRecord,
     HypothesisNode,
@@ -99,7 +99,10 @@ class Facts:
             for c in n.components
         )
         return cls(
-            labels(tree), unverified, settings_of(tree.investigation).policy.multiplicity, confirmed
+            labels(tree),
+            unverified,
+            safe_settings(tree.investigation).policy.multiplicity,
+            confirmed,
         )
 
     def label(self, hypothesis_id: int | None) -> str:
@@ -297,7 +300,9 @@ def describe_test(node: HypothesisNode) -> str:
     args = node.tool_args
     what = "/".join(str(args[k]) for k in ("axiom", "variant") if args.get(k))
     extra = ", ".join(
-        f"{k} {v}" for k, v in args.items() if k in ("components", "edits", "tokens") and v
+        f"{k} {'+'.join(map(str, v)) if isinstance(v, list) else v}"
+        for k, v in args.items()
+        if k in ("components", "edits", "tokens") and v
     )
     bits = [node.tool, what, extra, f"{node.criterion.metric} {node.criterion.direction}"]
     return " · ".join(b for b in bits if b)

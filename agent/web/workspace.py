@@ -11,6 +11,7 @@ from typing import Annotated, Any
 from fastapi import Depends, HTTPException, Request
 from fastapi.responses import HTMLResponse
 
+from rankscope.agent.integrity import fast_check
 from rankscope.agent.web.audit_jobs import AuditJobs, Auditor
 from rankscope.agent.web.links import Links
 from rankscope.agent.web.rendering import environment, tree_context
@@ -43,6 +44,10 @@ class Workspace:
 
     def page(self, template: str, status_code: int = 200, **context: Any) -> HTMLResponse:
         context = {"links": LINKS, "csrf": self.csrf, "live": True, **context}
+        if context.get("inv") is not None and "integrity" not in context:
+            # every page of an investigation runs the checks that need no re-run (base.html
+            # shows what failed)
+            context["integrity"] = fast_check(self.store, context["inv"].id)
         html = self.env.get_template(template).render(**context)
         return HTMLResponse(html, status_code=status_code)
 

@@ -46,9 +46,14 @@ DIRECTION_DOC = (
     "it remove the effect?)."
 )
 METRIC_DOC = (
-    "'classic': (s_patched − s_base)/(s_pert − s_base) (1 = the whole effect); 'robust': "
-    "(s_patched − s_base)/sqrt(1 + (s_pert − s_base)²), finite for tiny deltas. Noising uses "
-    "s_pert − s_patched as numerator. Tables carry both."
+    "Descriptive only: the per-pair metric of the table column 'pair_effect' ('classic': "
+    "(s_patched − s_base)/(s_pert − s_base); 'robust': (s_patched − s_base)/sqrt(1 + Δ²), in score "
+    "units). effect[X] is always the fraction of the behaviour's score change restored "
+    "(denoising) or removed (noising), per query a ratio of means, whatever this is."
+)
+EFFECT_NOTE = (
+    "effect = fraction of the behaviour's score change restored (denoising) or removed "
+    "(noising), per query a ratio of means; CI over queries"
 )
 
 
@@ -173,7 +178,7 @@ def figures(
     title: str = "Activation patching",
 ) -> list[ArtifactFile]:
     """Heatmaps of the grid: layer × head, (site, layer) × position role, head × role."""
-    label = f"{args.metric} effect ({args.direction})"
+    label = f"fraction of the effect ({'restored' if args.direction == 'denoising' else 'removed'})"
     cells = []
     for row in rows:
         base, positions = _split_name(row["component"])
@@ -224,9 +229,10 @@ class ActivationPatching(Tool[ActivationPatchingArgs]):
     description = (
         "Activation patching between the baseline and perturbed document of each pair: per head "
         "(all positions), per block (resid/attn/mlp × layer × position role or index), per head × "
-        "position role, or chosen components. Reports each component's normalised effect on the "
-        "score (classic and robust metrics) with bootstrap CIs and p-values, by relevance grade, "
-        "and heatmaps. Bi-encoders: the query embedding is fixed, the document side is patched."
+        "position role, or chosen components. effect[X]: the fraction of the behaviour's score "
+        "change the component restores (denoising) or removes (noising), per query a ratio of "
+        "means, with query-cluster CIs; score-unit changes as descriptive columns; heatmaps. "
+        "Bi-encoders: the query embedding is fixed, the document side is patched."
     )
     version = "1"
     Args = ActivationPatchingArgs
@@ -266,7 +272,7 @@ class ActivationPatching(Tool[ActivationPatchingArgs]):
             + (f", positions {args.positions}" if args.granularity == "block" else "")
         )
         header = (
-            f"Activation patching ({args.direction}, {args.metric} metric, {engine} engine, "
+            f"Activation patching ({args.direction}, {engine} engine, "
             f"{what}) on {report.n_kept} pairs of {args.axiom}/{args.variant} "
             f"[{args.split}]; {report.n_dropped} dropped (|Δ| < {args.min_abs_delta} or 0)."
         )
@@ -276,7 +282,8 @@ class ActivationPatching(Tool[ActivationPatchingArgs]):
             mean_delta = report.metrics["mean_delta"]
             summary = (
                 f"{header} Mean Δ = s_pert − s_base = {mean_delta:.4g}.\n"
-                f"Top components by |effect| (effect [{args.confidence:.0%} CI] p):\n"
+                f"{EFFECT_NOTE}. Top components by |effect| (effect [{args.confidence:.0%} CI] "
+                f"p, score-unit change):\n"
                 f"{top_lines(report.rows)}"
             )
         return ToolResult(

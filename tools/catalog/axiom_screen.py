@@ -15,7 +15,7 @@ from rankscope.tools.contract import ArtifactFile, Tool, ToolArgs, ToolContext, 
 from rankscope.tools.data.errors import AlignmentWarning
 from rankscope.tools.metric_keys import WITH_CI, MetricSpec, declare, estimate, metric_key
 from rankscope.tools.registry import register
-from rankscope.tools.stats import QueryValue, values_by_query
+from rankscope.tools.stats import QueryValue, interval_text, values_by_query
 
 ROW = ("axiom", "variant")
 """The qualifiers naming one row (one perturbation) of the screen."""
@@ -215,8 +215,9 @@ class AxiomScreen(Tool[AxiomScreenArgs]):
             moved = "increased" if row["predicted"] == "any" else "moved as predicted"
             lines.append(
                 f"  {row['rank']}. {row['axiom']}/{row['variant']} (predicted {row['predicted']})"
-                f": mean delta {row['mean_delta']:+.4g} [{row['ci_low']:+.4g}, "
-                f"{row['ci_high']:+.4g}]{' *' if excludes_zero else ''}, {moved} "
+                f": mean delta {row['mean_delta']:+.4g} "
+                f"{interval_text(row['ci_low'], row['ci_high'], '+.4g')}"
+                f"{' *' if excludes_zero else ''}, {moved} "
                 f"{row['share_moved_predicted']:.0%}, {row['n_queries']} queries / "
                 f"{row['n_pairs']} pairs"
             )

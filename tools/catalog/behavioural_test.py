@@ -34,7 +34,13 @@ from rankscope.tools.metric_keys import (
 )
 from rankscope.tools.registry import register
 from rankscope.tools.retrievers.base import Retriever
-from rankscope.tools.stats import Direction, QueryValue, bootstrap_ci, values_by_query
+from rankscope.tools.stats import (
+    Direction,
+    QueryValue,
+    bootstrap_ci,
+    interval_text,
+    values_by_query,
+)
 
 __all__ = ["PREDICTED_BY_AXIOM", "BehaviouralTest", "BehaviouralTestArgs", "Predicted"]
 
@@ -324,13 +330,15 @@ class BehaviouralTest(Tool[BehaviouralTestArgs]):
         else:
             direction = f"predicted: {predicted}."
             moved_line = (
-                f"Moved the predicted way: {share.value:.1%} [{share.ci_low:.1%}, "
-                f"{share.ci_high:.1%}]; Wilcoxon p={metrics['p_value']:.3g}; "
+                f"Moved the predicted way: {share.value:.1%} "
+                f"{interval_text(share.ci_low, share.ci_high, '.1%')}; "
+                f"Wilcoxon p={metrics['p_value']:.3g}; "
             )
         summary_lines = [
             f"{label} on {len(pairs)} pairs ({len(pairs.qids())} queries, split {args.split}) of "
             f"{data_name or 'the data'}, {direction}",
-            f"{moved_line}mean delta {mean.value:+.4g} [{mean.ci_low:+.4g}, {mean.ci_high:+.4g}]; "
+            f"{moved_line}mean delta {mean.value:+.4g} "
+            f"{interval_text(mean.ci_low, mean.ci_high, '+.4g')}; "
             f"median {median.value:+.4g}; mean rank gain {rank.value:+.3g}.",
         ]
         for row in by_grade:
@@ -339,8 +347,8 @@ class BehaviouralTest(Tool[BehaviouralTestArgs]):
             )
             summary_lines.append(
                 f"  grade {row['grade']}: n={row['n']}, {moved_part}"
-                f"mean delta {row['mean_delta']:+.4g} [{row['mean_delta_ci_low']:+.4g}, "
-                f"{row['mean_delta_ci_high']:+.4g}]"
+                f"mean delta {row['mean_delta']:+.4g} "
+                + interval_text(row["mean_delta_ci_low"], row["mean_delta_ci_high"], "+.4g")
             )
         perturbation = {
             "axiom": args.axiom,

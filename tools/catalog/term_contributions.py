@@ -20,7 +20,7 @@ from rankscope.tools.contract import Tool, ToolContext, ToolResult, summarise_ro
 from rankscope.tools.metric_keys import breakdown, declare, estimate, metric_key, scalar
 from rankscope.tools.registry import register
 from rankscope.tools.retrievers.splade import Splade, TermContribution
-from rankscope.tools.stats import bootstrap_ci, values_by_query
+from rankscope.tools.stats import bootstrap_ci, interval_text, values_by_query
 
 TERM_KINDS = ("matched", "query_expansion", "doc_expansion", "expansion")
 
@@ -161,7 +161,7 @@ class TermContributions(Tool[TermContributionsArgs]):
         )[: args.top_k]
         summary = (
             f"term contributions on {n} {args.axiom}/{args.variant} pairs: mean delta "
-            f"{mean.value:.4g} [{mean.ci_low:.4g}, {mean.ci_high:.4g}]; share of the change on "
+            f"{mean.value:.4g} {interval_text(mean.ci_low, mean.ci_high)}; share of the change on "
             + ", ".join(
                 f"{k} {v:.2f}"
                 for k in TERM_KINDS

@@ -6,6 +6,7 @@ one applies, what was wrong and what format is expected.
 
 from __future__ import annotations
 
+import codecs
 import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -44,13 +45,33 @@ JSONL_FORMAT = (
 LEADING_FILLER = "a "
 
 
-def _read_text(path: Path, expected: str) -> str:
+MAX_JSON_BYTES = 512 * 1024 * 1024
+"""The largest JSON corpus read: JSON is parsed whole (it takes several times its size in
+memory), unlike the TSV and JSONL files, which are read a line at a time."""
+
+
+def _check_file(path: Path, expected: str) -> None:
     if not path.exists():
         raise DataFormatError(path, "the file does not exist", expected)
     if not path.is_file():
         raise DataFormatError(path, "this is not a file", expected)
+
+
+def _read_text(path: Path, expected: str, max_bytes: int | None = None) -> str:
+    """The whole text of a small file (a UTF-8 byte order mark dropped); ``max_bytes`` bounds
+    it, with the reason."""
+    _check_file(path, expected)
+    if max_bytes is not None and path.stat().st_size > max_bytes:
+        raise DataFormatError(
+            path,
+            f"the file has {path.stat().st_size / 1e6:.0f} MB; a JSON file is read whole, which "
+            f"takes several times its size in memory, so RankScope reads at most "
+            f"{max_bytes / 1e6:.0f} MB of it. Convert it to a JSONL or TSV collection (read a "
+            "line at a time, of any size)",
+            expected,
+        )
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as err:
         raise DataFormatError(path, f"the file is not UTF-8 text ({err.reason})", expected) from err
     if not text.strip():
@@ -58,12 +79,32 @@ def _read_text(path: Path, expected: str) -> str:
     return text
 
 
-def _lines(text: str) -> Iterator[tuple[int, str]]:
-    """(1-based line number, line without its end-of-line) of each non-blank line."""
-    for number, line in enumerate(text.split("\n"), start=1):
-        line = line.rstrip("\r")
-        if line.strip():
-            yield number, line
+def _lines(path: Path, expected: str) -> Iterator[tuple[int, str]]:
+    """(1-based line number, line without its end-of-line) of each non-blank line of a UTF-8
+    file, read a line at a time (a byte order mark at the start is dropped). The file's checks
+    run at the call; decoding errors name their line."""
+    _check_file(path, expected)
+
+    def lines() -> Iterator[tuple[int, str]]:
+        seen = False
+        with path.open("rb") as fh:
+            for number, raw in enumerate(fh, start=1):
+                if number == 1 and raw.startswith(codecs.BOM_UTF8):
+                    raw = raw[len(codecs.BOM_UTF8) :]
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as err:
+                    raise DataFormatError(
+                        path, f"the file is not UTF-8 text ({err.reason})", expected, number
+                    ) from None
+                line = line.removesuffix("\n").rstrip("\r")
+                if line.strip():
+                    seen = True
+                    yield number, line
+        if not seen:
+            raise DataFormatError(path, "the file is empty", expected)
+
+    return lines()
 
 
 def _columns(given: Mapping[str, str] | None, names: tuple[str, ...]) -> dict[str, str]:
@@ -80,7 +121,7 @@ def read_tsv(
 ) -> tuple[list[str], Iterator[tuple[int, dict[str, str]]]]:
     """The header and the rows (line number, {column: value}) of a TSV file with a header row."""
     path = Path(path)
-    lines = _lines(_read_text(path, expected))
+    lines = _lines(path, expected)
     _, header_line = next(lines)
     header = header_line.split("\t")
     if len(set(header)) != len(header):
@@ -275,7 +316,7 @@ def load_tfc1_corpus(
     """
     corpus_path = Path(corpus_path)
     queries_path = Path(queries_path) if queries_path else corpus_path.parent / "tfc1_queries.tsv"
-    raw = _read_text(corpus_path, CORPUS_FORMAT)
+    raw = _read_text(corpus_path, CORPUS_FORMAT, MAX_JSON_BYTES)
     try:
         data = json.loads(raw)
     except json.JSONDecodeError as err:
@@ -426,7 +467,7 @@ def load_jsonl_collection(
         opt=", ".join(cols[c] for c in COLLECTION_OPTIONAL),
     )
     builder = _CollectionBuilder(path, expected)
-    for number, line in _lines(_read_text(path, expected)):
+    for number, line in _lines(path, expected):
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as err:

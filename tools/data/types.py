@@ -30,10 +30,42 @@ def split_qids(
     return sorted(ordered[n_hold:]), sorted(ordered[:n_hold])
 
 
+def _canonical(payload: object) -> str:
+    return json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+
 def content_hash(payload: object) -> str:
     """sha256 of the canonical JSON form of ``payload``."""
-    text = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return hashlib.sha256(_canonical(payload).encode("utf-8")).hexdigest()
+
+
+def _canonical_chunks(payload: object, depth: int) -> Iterator[str]:
+    """The canonical JSON text of ``payload`` in pieces: lists and string-keyed dicts down to
+    ``depth`` levels are written an item at a time, so a large collection is never one string."""
+    if depth > 0 and isinstance(payload, list | tuple):
+        yield "["
+        for i, item in enumerate(payload):
+            if i:
+                yield ","
+            yield from _canonical_chunks(item, depth - 1)
+        yield "]"
+    elif depth > 0 and isinstance(payload, dict) and all(isinstance(k, str) for k in payload):
+        yield "{"
+        for i, key in enumerate(sorted(payload)):
+            yield ("," if i else "") + _canonical(key) + ":"
+            yield from _canonical_chunks(payload[key], depth - 1)
+        yield "}"
+    else:
+        yield _canonical(payload)
+
+
+def streamed_content_hash(payload: object, depth: int = 2) -> str:
+    """:func:`content_hash` of ``payload`` (the same digest), computed without building its
+    JSON text at once."""
+    digest = hashlib.sha256()
+    for chunk in _canonical_chunks(payload, depth):
+        digest.update(chunk.encode("utf-8"))
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -48,7 +80,7 @@ class Collection:
     selected_terms: dict[str, str] = field(default_factory=dict)
 
     def content_hash(self) -> str:
-        return content_hash(
+        return streamed_content_hash(
             {
                 "queries": self.queries,
                 "docs": self.docs,
@@ -110,7 +142,13 @@ class PairSet:
         return iter(self.pairs)
 
     def content_hash(self) -> str:
-        return content_hash([p.to_json() for p in self.pairs])
+        """sha256 of the canonical JSON of the list of the pairs (each pair's JSON is made and
+        hashed in turn: a large pair set is never one string)."""
+        digest = hashlib.sha256(b"[")
+        for i, pair in enumerate(self.pairs):
+            digest.update((("," if i else "") + _canonical(pair.to_json())).encode("utf-8"))
+        digest.update(b"]")
+        return digest.hexdigest()
 
     def qids(self) -> list[str]:
         return sorted({p.qid for p in self.pairs})

@@ -58,7 +58,12 @@ def heatmap(
         for i in range(rows):
             for j in range(cols):
                 if np.isfinite(data[i, j]):
-                    ax.text(j, i, f"{data[i, j]:.2g}", ha="center", va="center", fontsize=7)
+                    # white on dark cells, black on light ones (readable where it matters)
+                    r, g, b, _ = image.cmap(image.norm(data[i, j]))
+                    ink = "white" if 0.2126 * r + 0.7152 * g + 0.0722 * b < 0.5 else "black"
+                    ax.text(
+                        j, i, f"{data[i, j]:.2g}", ha="center", va="center", fontsize=7, color=ink
+                    )
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png")

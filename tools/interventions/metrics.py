@@ -1,4 +1,4 @@
-"""Normalised patching metrics and their aggregation over pairs (mean, bootstrap CI, p-value).
+"""Patching metrics and their aggregation over pairs and queries.
 
 With ``Δ = s_pert − s_base`` (the perturbation's effect on the score) and ``s_patched`` the
 target's score after patching:
@@ -9,10 +9,20 @@ target's score after patching:
   patch removes, ``s_pert − s_patched``.
 
 Both numerators are signed like ``Δ``: positive means the component carries the perturbation's
-effect. ``classic = numerator / Δ`` (1: the component alone restores, resp. removes, the whole
-effect; 0: nothing); ``robust = numerator / sqrt(1 + Δ²)`` (Polyakov, Chen & Eickhoff, SIGIR 2025),
-which stays finite as ``Δ → 0``. Pairs with ``|Δ| < min_abs_delta`` are dropped; the classic metric
-is undefined (NaN) where ``Δ = 0``.
+effect (:func:`restored`).
+
+**The effect of a component** (the one estimate of the patching tools, family
+``patching_fraction``) is the *fraction of the behaviour's score change* it restores (denoising)
+or removes (noising), per query as a ratio of means: the sum of the numerators of the query's
+pairs over the sum of their ``Δ`` (:func:`fraction_by_query`); 1 = the whole effect, 0 =
+nothing. A ratio of means stays stable where single pairs have a tiny ``Δ``; its unit never
+depends on an argument. Across all pairs of a set (a ranking), :func:`pooled_fraction` is the
+same ratio over every pair.
+
+Per-pair normalised metrics are kept as descriptive columns only: ``classic = numerator / Δ``
+(undefined, NaN, where ``Δ = 0``; explodes for tiny ``Δ``) and ``robust = numerator /
+sqrt(1 + Δ²)`` (Polyakov, Chen & Eickhoff, SIGIR 2025), which is in score units (not a fraction)
+and stays finite as ``Δ → 0``. Pairs with ``|Δ| < min_abs_delta`` are dropped.
 """
 
 from __future__ import annotations
@@ -24,10 +34,52 @@ from typing import Any, Literal
 import numpy as np
 
 from rankscope.tools.metric_keys import metric_key
-from rankscope.tools.stats import Direction, bootstrap, one_sample_p_value
+from rankscope.tools.stats import (
+    Direction,
+    QueryValue,
+    bootstrap,
+    one_sample_p_value,
+    ratio_by_query,
+)
 
 Metric = Literal["classic", "robust"]
 METRICS: tuple[Metric, ...] = ("classic", "robust")
+
+
+def restored(
+    s_base: np.ndarray, s_pert: np.ndarray, s_patched: np.ndarray, direction: str
+) -> np.ndarray:
+    """``[N, n]`` the score change each patch restores (denoising: ``s_patched − s_base``) or
+    removes (noising: ``s_pert − s_patched``), signed like ``Δ = s_pert − s_base``."""
+    base = np.asarray(s_base, dtype=float)[:, None]
+    pert = np.asarray(s_pert, dtype=float)[:, None]
+    patched = np.asarray(s_patched, dtype=float)
+    if direction == "denoising":
+        return patched - base
+    if direction == "noising":
+        return pert - patched
+    raise ValueError(f"unknown direction {direction!r}; use 'denoising' or 'noising'")
+
+
+def fraction_by_query(
+    qids: Sequence[str], numerators: Sequence[float], deltas: Sequence[float]
+) -> list[QueryValue]:
+    """Per query, the fraction of the behaviour's score change restored (or removed): the sum of
+    the query's numerators over the sum of its ``Δ`` (a ratio of means; a query whose ``Δ`` sum
+    to 0 has none)."""
+    return ratio_by_query(qids, numerators, deltas)
+
+
+def pooled_fraction(numerators: np.ndarray, deltas: np.ndarray) -> np.ndarray:
+    """``[n]`` the ratio of means over all pairs: the sum of each column of ``numerators``
+    ``[N, n]`` over the sum of ``deltas`` ``[N]`` (NaN when the deltas sum to 0). Used to rank
+    components: one query with a tiny change cannot put an irrelevant component first, as a
+    mean of per-query ratios can."""
+    num = np.asarray(numerators, dtype=float)
+    den = float(np.sum(np.asarray(deltas, dtype=float)))
+    if den == 0.0:
+        return np.full(num.shape[1:], np.nan)
+    return num.sum(axis=0) / den
 
 
 def normalised_effect(
@@ -38,16 +90,8 @@ def normalised_effect(
     metric: Metric,
 ) -> np.ndarray:
     """Per-pair effects ``[N, n]`` of ``s_patched`` ``[N, n]`` (see the module docstring)."""
-    s_base = np.asarray(s_base, dtype=float)[:, None]
-    s_pert = np.asarray(s_pert, dtype=float)[:, None]
-    s_patched = np.asarray(s_patched, dtype=float)
-    if direction == "denoising":
-        numerator = s_patched - s_base
-    elif direction == "noising":
-        numerator = s_pert - s_patched
-    else:
-        raise ValueError(f"unknown direction {direction!r}; use 'denoising' or 'noising'")
-    delta = s_pert - s_base
+    numerator = restored(s_base, s_pert, s_patched, direction)
+    delta = (np.asarray(s_pert, dtype=float) - np.asarray(s_base, dtype=float))[:, None]
     if metric == "classic":
         with np.errstate(divide="ignore", invalid="ignore"):
             return np.where(delta != 0, numerator / np.where(delta != 0, delta, 1.0), np.nan)

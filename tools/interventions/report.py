@@ -1,8 +1,16 @@
-"""From per-pair patched scores to what a tool returns: ranked effect rows with CIs and p-values
-under both metrics, a breakdown by relevance grade, flat metrics for verdict rules."""
+"""From per-pair patched scores to what a tool returns: effect rows ranked by |effect| with
+query-cluster CIs and p-values, a breakdown by relevance grade, flat metrics for verdict rules.
+
+A component's ``effect[X]`` has one meaning and one unit whatever the tool's ``metric``
+argument: the fraction of the behaviour's score change it restores (denoising) or removes
+(noising), per query as a ratio of means (:mod:`rankscope.tools.interventions.metrics`), family
+``patching_fraction``. The score-unit change (``effect_score[X]``) and the per-pair classic and
+robust metrics (table columns ``effect_classic``, ``effect_robust``, ``pair_effect``) are
+descriptive."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,18 +22,28 @@ from rankscope.tools.contract import ArtifactFile
 from rankscope.tools.interventions.metrics import (
     METRICS,
     Metric,
-    by_relevance,
     component_metrics,
+    fraction_by_query,
     kept_pairs,
     normalised_effect,
+    pooled_fraction,
     rank_rows,
-    summarise_columns,
+    restored,
     top_metrics,
 )
 from rankscope.tools.interventions.patching import PatchScores
 from rankscope.tools.metric_keys import declare, estimate, metric_key, per_component, scalar
 from rankscope.tools.retrievers.base import Component
-from rankscope.tools.stats import QueryValue, ratio_by_query, values_by_query
+from rankscope.tools.stats import QueryValue, bootstrap_ci, one_sample_p_value
+
+FRACTION_MEANING = (
+    "fraction of the behaviour's score change the component restores (denoising: perturbed "
+    "activations patched into the baseline run) or removes (noising: baseline activations "
+    "patched into the perturbed run); per query a ratio of means, the sum over its pairs of "
+    "the score change the patch causes over the sum of Δ = s_pert − s_base; the value is the "
+    "mean over queries. The same whatever the metric argument"
+)
+FRACTION_UNIT = "fraction of the behaviour's score change (1 = all of it)"
 
 EFFECT_METRICS = declare(
     "n_pairs",
@@ -38,21 +56,11 @@ EFFECT_METRICS = declare(
     scalar("top_effect", ci=True),
     estimate(
         per_component("effect", ci=True),
-        family="patching_effect",
-        meaning="the component's normalised patching effect, mean over pairs of the primary "
-        "metric (classic: numerator / Δ; robust: numerator / sqrt(1 + Δ²)); per query: the mean "
-        "over its pairs",
-        unit="fraction of the score change (classic) or score / sqrt(1 + Δ²) (robust)",
-    ),
-    estimate(
-        per_component("fraction_restored"),
         family="patching_fraction",
-        meaning="fraction of the perturbation's score change the component restores "
-        "(denoising) or removes (noising), as a ratio of means: per query the sum of "
-        "numerators over the sum of Δ = s_pert − s_base of its pairs; the value is the mean "
-        "over queries",
-        unit="fraction of the score change",
+        meaning=FRACTION_MEANING,
+        unit=FRACTION_UNIT,
     ),
+    per_component("effect_score"),
     per_component("p_value"),
     per_component("effect", qualifiers=["rel"]),
 ).describe(
@@ -60,20 +68,26 @@ EFFECT_METRICS = declare(
     n_dropped=("pairs dropped for a too small |Δ|", "pairs"),
     n_components=("components (interventions) with a value", "components"),
     mean_delta=("mean Δ = s_pert − s_base over the kept pairs", "score"),
-    top_p_value="the tool's own one-sample p-value of the top component (pairs, for readers)",
+    top_p_value="the tool's own one-sample p-value of the top component (queries, for readers)",
     top_layer="layer of the component with the largest |effect| (a location, not a test)",
     top_head="head of the component with the largest |effect| (a location, not a test)",
-    top_effect="effect of the component with the largest |effect|: selected after the fact, "
-    "for readers only",
-    p_value="the tool's own two-sided one-sample p-value of a component's effect (pairs)",
-    effect="the effect within one relevance grade (breakdown for readers)",
+    top_effect="effect (fraction) of the component with the largest |effect|: selected after "
+    "the fact, for readers only",
+    effect_score=(
+        "the score change the component restores (denoising) or removes (noising), mean over "
+        "pairs: the effect in score units, for readers (not a criterion)",
+        "score",
+    ),
+    p_value="the tool's own two-sided one-sample t-test of the per-query fractions (for readers)",
+    effect="the fraction within one relevance grade, ratio of means over its pairs (breakdown "
+    "for readers)",
 )
 """The metrics of :func:`effect_report` (activation, attribution and path patching)."""
 
 
 @dataclass
 class EffectReport:
-    """Aggregated effects of a set of interventions (rows ranked by |effect|, primary metric)."""
+    """Aggregated effects of a set of interventions (rows ranked by |effect|)."""
 
     rows: list[dict[str, Any]]
     relevance_rows: list[dict[str, Any]]
@@ -81,13 +95,22 @@ class EffectReport:
     n_kept: int
     n_dropped: int
     effects: dict[str, np.ndarray]
-    """Per-pair effects ``[kept pairs, n]`` under each metric."""
+    """Per-pair normalised effects ``[kept pairs, n]`` under each per-pair metric (descriptive)."""
     per_query: dict[str, list[QueryValue]]
-    """Per-query values of ``effect[X]`` and ``fraction_restored[X]`` of every reported X."""
+    """Per-query fractions of ``effect[X]`` of every reported X."""
     pair_rows: list[dict[str, Any]]
     """The plain per-pair scores behind them: one row per kept pair and applicable component."""
     sign_disagreements: list[str]
-    """Components whose fraction restored and robust effect have opposite signs."""
+    """Components whose fraction and mean robust per-pair effect have opposite signs."""
+
+
+def _num(x: float) -> float | None:
+    return float(x) if np.isfinite(x) else None
+
+
+def _mean(values: np.ndarray) -> float | None:
+    finite = values[np.isfinite(values)]
+    return float(finite.mean()) if finite.size else None
 
 
 def effect_report(
@@ -97,11 +120,14 @@ def effect_report(
     confidence: float = 0.95,
     seed: int = 0,
 ) -> EffectReport:
-    """Effects of ``scores`` under both metrics; ``metric`` is the primary one (ranking, keys)."""
+    """Effects of ``scores``: ``effect`` is the fraction of the behaviour's score change (ratio
+    of means per query, CI by a bootstrap over queries, p-value a t-test of the per-query
+    values); ``metric`` only names the per-pair metric of the descriptive ``pair_effect``
+    column (both per-pair metrics are columns)."""
     keep = kept_pairs(scores.s_base, scores.s_pert, min_abs_delta)
     names = scores.names
+    applies = scores.applicable[keep]
     effects: dict[str, np.ndarray] = {}
-    summaries: dict[str, list[dict[str, Any]]] = {}
     for name in METRICS:
         values = normalised_effect(
             scores.s_base[keep],
@@ -110,64 +136,72 @@ def effect_report(
             scores.direction,
             name,
         )
-        values = np.where(scores.applicable[keep], values, np.nan)
-        effects[name] = values
-        summaries[name] = summarise_columns(values, names, confidence, seed)
-    other: Metric = "robust" if metric == "classic" else "classic"
-    rows = []
-    for primary, secondary in zip(summaries[metric], summaries[other], strict=True):
-        rows.append(
-            {
-                **primary,
-                f"effect_{other}": secondary["effect"],
-                f"ci_low_{other}": secondary["ci_low"],
-                f"ci_high_{other}": secondary["ci_high"],
-            }
-        )
-    rows = [r for r in rows if r["n"] > 0]
+        effects[name] = np.where(applies, values, np.nan)
     qids = [q for q, k in zip(scores.qids, keep, strict=True) if k]
     numerators = restored_numerator(scores, keep)
-    denominators = scores.s_pert[keep] - scores.s_base[keep]
-    index = {name: j for j, name in enumerate(names)}
+    deltas = scores.s_pert[keep] - scores.s_base[keep]
     per_query: dict[str, list[QueryValue]] = {}
+    rows: list[dict[str, Any]] = []
     disagreements: list[str] = []
-    for row in rows:
-        j = index[row["component"]]
-        ok = scores.applicable[keep][:, j]
-        fraction = ratio_by_query(
+    for j, name in enumerate(names):
+        ok = applies[:, j]
+        n = int(ok.sum())
+        if not n:
+            continue
+        fraction = fraction_by_query(
             [q for q, a in zip(qids, ok, strict=True) if a],
             numerators[ok, j].tolist(),
-            denominators[ok].tolist(),
+            deltas[ok].tolist(),
         )
-        per_query[metric_key("effect", row["component"])] = values_by_query(
-            qids, effects[metric][:, j].tolist()
-        )
-        per_query[metric_key("fraction_restored", row["component"])] = fraction
-        row["fraction_restored"] = float(np.mean([v.value for v in fraction])) if fraction else None
-        robust = row["effect"] if metric == "robust" else row["effect_robust"]
+        values = [v.value for v in fraction]
+        row: dict[str, Any] = {
+            "component": name,
+            "effect": None,
+            "ci_low": None,
+            "ci_high": None,
+            "p_value": None,
+            "n": n,
+            "n_queries": len(fraction),
+        }
+        if fraction:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                ci = bootstrap_ci(values, confidence=confidence, seed=seed)
+            p = one_sample_p_value(values)
+            row.update(
+                effect=float(np.mean(values)),
+                ci_low=_num(ci.ci_low),
+                ci_high=_num(ci.ci_high),
+                p_value=_num(p),
+            )
+            per_query[metric_key("effect", name)] = fraction
+        row["effect_score"] = float(numerators[ok, j].mean())
+        row["effect_classic"] = _mean(effects["classic"][:, j])
+        row["effect_robust"] = _mean(effects["robust"][:, j])
+        row["pair_effect"] = row[f"effect_{metric}"]
+        robust = row["effect_robust"]
         row["sign_disagrees"] = bool(
             robust is not None
-            and row["fraction_restored"] is not None
-            and np.sign(robust) * np.sign(row["fraction_restored"]) < 0
+            and row["effect"] is not None
+            and np.sign(robust) * np.sign(row["effect"]) < 0
         )
         if row["sign_disagrees"]:
-            disagreements.append(row["component"])
+            disagreements.append(name)
+        rows.append(row)
     ranked = rank_rows(rows)
     relevance = [g for g, k in zip(scores.relevance, keep, strict=True) if k]
-    rel_rows = by_relevance(effects[metric], names, relevance, confidence, seed)
-    rel_rows = [r for r in rel_rows if r["n"] > 0]
-    delta = scores.s_pert[keep] - scores.s_base[keep]
+    rel_rows = relevance_fractions(numerators, deltas, applies, names, relevance)
     metrics: dict[str, Any] = {
         "n_pairs": int(keep.sum()),
         "n_dropped": int((~keep).sum()),
         "n_components": len(ranked),
-        "mean_delta": float(delta.mean()) if delta.size else None,
+        "mean_delta": float(deltas.mean()) if deltas.size else None,
         **top_metrics(ranked),
         **top_location(ranked),
-        **component_metrics(ranked),
+        **component_metrics([r for r in ranked if r["effect"] is not None]),
     }
     for row in ranked:
-        metrics[metric_key("fraction_restored", row["component"])] = row["fraction_restored"]
+        metrics[metric_key("effect_score", row["component"])] = row["effect_score"]
     for row in rel_rows:
         metrics[metric_key("effect", row["component"], rel=row["relevance"])] = row["effect"]
     return EffectReport(
@@ -183,13 +217,37 @@ def effect_report(
     )
 
 
+def relevance_fractions(
+    numerators: np.ndarray,
+    deltas: np.ndarray,
+    applies: np.ndarray,
+    names: Sequence[str],
+    relevance: Sequence[int | None],
+) -> list[dict[str, Any]]:
+    """Within each relevance grade, each component's fraction as a ratio of means over the
+    grade's pairs (``{component, relevance, effect, n}``; descriptive)."""
+    grades = sorted({g for g in relevance if g is not None})
+    rel = np.array([g if g is not None else -1 for g in relevance])
+    rows: list[dict[str, Any]] = []
+    for grade in grades:
+        in_grade = rel == grade
+        for j, name in enumerate(names):
+            ok = in_grade & applies[:, j]
+            if not ok.any():
+                continue
+            value = pooled_fraction(numerators[ok, j][:, None], deltas[ok])[0]
+            rows.append(
+                {"component": name, "relevance": grade, "effect": _num(value), "n": int(ok.sum())}
+            )
+    return rows
+
+
 def restored_numerator(scores: PatchScores, keep: np.ndarray) -> np.ndarray:
     """``[kept pairs, n]`` the score change each patch restores (denoising: s_patched − s_base)
     or removes (noising: s_pert − s_patched); signed like Δ = s_pert − s_base."""
-    patched = scores.s_patched[keep]
-    if scores.direction == "denoising":
-        return np.asarray(patched - scores.s_base[keep][:, None], dtype=float)
-    return np.asarray(scores.s_pert[keep][:, None] - patched, dtype=float)
+    return restored(
+        scores.s_base[keep], scores.s_pert[keep], scores.s_patched[keep], scores.direction
+    )
 
 
 def pair_score_rows(
@@ -223,8 +281,8 @@ def sign_note(report: EffectReport) -> str:
         return ""
     shown = ", ".join(flagged[:5]) + (f" and {len(flagged) - 5} more" if len(flagged) > 5 else "")
     return (
-        f"\nSign disagreement between fraction_restored and the robust effect (a few pairs "
-        f"with large Δ pull the other way): {shown}."
+        f"\nSign disagreement between the fraction (effect) and the mean robust per-pair "
+        f"effect (a few pairs with large Δ pull the other way): {shown}."
     )
 
 
@@ -262,10 +320,11 @@ def fmt(value: Any) -> str:
 
 
 def top_lines(rows: Sequence[dict[str, Any]], limit: int = 5) -> str:
-    """The first ``limit`` rows as ``component: effect [CI] p=…, n=…`` and a note of the rest."""
+    """The first ``limit`` rows as ``component: effect [CI] p=…, score=…, n=…`` and a note of
+    the rest."""
     lines = [
         f"  {r['component']}: {fmt(r['effect'])} [{fmt(r['ci_low'])}, {fmt(r['ci_high'])}] "
-        f"p={fmt(r['p_value'])} n={r['n']}"
+        f"p={fmt(r['p_value'])} (score {fmt(r.get('effect_score'))}) n={r['n']}"
         for r in rows[:limit]
     ]
     if len(rows) > limit:

@@ -36,7 +36,6 @@ from rankscope.tools.organisms.fast import (
     Cut,
     StepConfig,
     Trainable,
-    deeper,
     supports,
 )
 from rankscope.tools.organisms.rules import targets
@@ -241,6 +240,20 @@ def _checks(
     return out
 
 
+class _Clock:
+    """Wall and process CPU seconds between laps (CPU seconds over the cores used tell the
+    work done on a machine shared with other jobs)."""
+
+    def __init__(self) -> None:
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+
+    def lap(self, into: dict[str, float], name: str) -> None:
+        wall, cpu = time.perf_counter(), time.process_time()
+        into[name] = wall - self.wall
+        into[f"{name}_cpu"] = cpu - self.cpu
+        self.wall, self.cpu = wall, cpu
+
+
 def _rule_holds(
     spec: OrganismSpec, base_probes: dict[str, ProbeMeasure], org_probes: dict[str, ProbeMeasure]
 ) -> bool:
@@ -276,8 +289,7 @@ def _cached_set(
     retriever: BiEncoder, corpus: Corpus, which: str, cut: int | None, dtype: torch.dtype
 ) -> CachedSet:
     """The split's groups with the states entering ``cut`` (``None``: any cut, for the base's
-    scores only): from the process's memo, else moved up from a lower cut, else one pass of the
-    base."""
+    scores only): from the process's memo, else one pass of the base."""
     digest = hashlib.sha256(which.encode())
     for g in corpus.split(which):
         digest.update("\x00".join((g.qid, g.query, *g.texts)).encode())
@@ -288,24 +300,13 @@ def _cached_set(
             return _STATES[mine[0]]
         cut = len(retriever.layer_modules)
     key = (*split, cut)
-    if key in _STATES:
-        return _STATES[key]
-    cutter = Cut(retriever, cut)
-    lower = [k for k in mine if k[2] < cut]
-    if lower:
-        found = _STATES[lower[-1]]
-        data = CachedSet(
-            found.groups,
-            deeper(cutter, found.docs, cut),
-            deeper(cutter, found.queries, cut),
-            found.query_row,
-        )
-    else:
-        data = CachedSet.build(cutter, corpus.split(which), dtype)
-    for old in mine[:-1]:
-        del _STATES[old]
-    _STATES[key] = data
-    return data
+    if key not in _STATES:
+        # Always one pass of the base at this cut (never states moved up from another cut):
+        # the states, and so the organism, must not depend on what was built before.
+        for old in mine[:-1]:
+            del _STATES[old]
+        _STATES[key] = CachedSet.build(Cut(retriever, cut), corpus.split(which), dtype)
+    return _STATES[key]
 
 
 def _trainable(retriever: BiEncoder, spec: OrganismSpec) -> tuple[int, Trainable]:
@@ -342,7 +343,7 @@ def build_organism(
     every ``check_every`` steps, at most ``steps``); a build whose check still fails is rebuilt
     from the base with the next seed, up to ``attempts`` in all. The record keeps the checks of
     the last attempt, passed or not: the same spec, base and corpus give the same organism."""
-    started = time.perf_counter()
+    started, started_cpu = time.perf_counter(), time.process_time()
     root = root or cache_root()
     if base is None and tiny:
         from rankscope.tools.organisms.tiny import save_tiny_base
@@ -370,23 +371,22 @@ def build_organism(
     restored: dict[str, float] = {}
     if cached:
         cut, trainable = (None, Trainable([])) if spec.control else _trainable(retriever, spec)
-        t0 = time.perf_counter()
+        clock = _Clock()
         held_set = _cached_set(retriever, corpus, "heldout", cut, torch.float32)
         trained_set = (
             None if spec.control else _cached_set(retriever, corpus, "trained", cut, torch.float16)
         )
-        timings["base_pass"] = time.perf_counter() - t0
+        clock.lap(timings, "base_pass")
         base_held = held_set.base_scores()
     else:
-        t0 = time.perf_counter()
+        clock = _Clock()
         base_held = _score_groups(retriever, heldout)
-        timings["base_pass"] = time.perf_counter() - t0
+        clock.lap(timings, "base_pass")
     base_probes = measure(base_held, heldout)
     if spec.control:
         path = base_path
         org_held = base_held
     else:
-        t0 = time.perf_counter()
         if cached:
             assert trained_set is not None
             base_trained = trained_set.base_scores()
@@ -409,8 +409,7 @@ def build_organism(
             train(retriever, spec, trained, target, say)
             steps_run = spec.steps
             n_trained = sum(p.numel() for p in retriever.encoder.parameters())
-        timings["training"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
+        clock.lap(timings, "training")
         folder.mkdir(parents=True, exist_ok=True)
         for item in base_path.iterdir():
             if item.name in ("model.safetensors", "pytorch_model.bin", RECORD, "README.md"):
@@ -448,7 +447,7 @@ def build_organism(
         )
         checks.update(restored)
     if not spec.control:
-        timings["checks"] = time.perf_counter() - t0
+        clock.lap(timings, "checks")
     facts = {p: direction_of(org_probes[p], EPSILON) for p in PROBES}
     for r in spec.rules:
         if checks.get(f"{r.rule}.holds_heldout"):
@@ -471,6 +470,7 @@ def build_organism(
         checks=checks,
         questions=spec.questions,
         build_seconds=time.perf_counter() - started,
+        build_cpu_seconds=time.process_time() - started_cpu,
         steps=steps_run,
         trainer="control" if spec.control else ("cached" if cached else "full"),
         trained_parameters=n_trained,

@@ -176,24 +176,6 @@ class CachedSet:
         )
 
 
-def deeper(cut: Cut, states: States, new_cut: int) -> States:
-    """``states`` moved up to ``new_cut`` through the frozen layers between (base weights: call
-    before any training)."""
-    rows = []
-    with torch.inference_mode():
-        for start in range(0, len(states.rows), 64):
-            index = range(start, min(start + 64, len(states.rows)))
-            hidden, mask = states.padded(index)
-            extended = additive_mask(mask, hidden.dtype)
-            for layer in cut.layers[states.cut : new_cut]:
-                out = layer(hidden, attention_mask=extended)
-                hidden = out[0] if isinstance(out, tuple) else out
-            lengths = mask.sum(1).tolist()
-            dtype = states.rows[index[0]].dtype
-            rows += [hidden[j, : lengths[j]].to(dtype).clone() for j in range(len(index))]
-    return States(new_cut, rows, states.base_embeddings)
-
-
 @dataclass
 class Trainable:
     """The parameters a build trains, with gradient masks for those only partly trained."""

@@ -168,6 +168,9 @@ class GroundTruth(BaseModel):
     checks: dict[str, float | bool | str | None] = Field(default_factory=dict)
     questions: list[str] = Field(default_factory=list)
     build_seconds: float = 0.0
+    build_cpu_seconds: float = Field(
+        0.0, description="Process CPU seconds of the build (all threads)."
+    )
     steps: int = 0
     trainer: str = "full"
     trained_parameters: int = 0

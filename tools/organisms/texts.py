@@ -190,7 +190,7 @@ def default_corpus(tiny: bool, trigger: str, seed: int = 0) -> Corpus:
     builtin = load_builtin()
     if tiny:
         return build_corpus([builtin], trigger, seed=seed)
-    msmarco = msmarco_collection(60, 6, seed)
+    msmarco = msmarco_collection(48, 4, seed)
     if msmarco is None:
         return build_corpus([builtin], trigger, seed=seed)
     return build_corpus([msmarco, builtin], trigger, seed=seed, heldout_qids=list(builtin.queries))

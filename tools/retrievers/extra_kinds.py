@@ -4,6 +4,7 @@ folder and which transformers class reads its weights (always ``trust_remote_cod
 from __future__ import annotations
 
 import json
+import pickle
 import warnings
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,7 @@ def load_extra_kind(
         _check_label,
         _untrained_weights,
         random_weights_error,
+        unsafe_weights_error,
     )
 
     if kind not in EXTRA_KINDS:
@@ -84,6 +86,8 @@ def load_extra_kind(
         warnings.simplefilter("ignore")
         try:
             net, info = _load_model(kind, path)
+        except pickle.UnpicklingError as err:
+            raise unsafe_weights_error(err, model_id, path) from err
         except (OSError, ValueError, RuntimeError) as err:
             raise RetrieverLoadError(
                 f"could not load the weights of {model_id!r} as a {kind} model: {err}"

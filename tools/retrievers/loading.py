@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import pickle
 import warnings
 from pathlib import Path
 from typing import Any, Literal
@@ -130,6 +131,29 @@ def _check_label(config: Any, model_id: str, label: str | None) -> None:
             f"{model_id!r}: RankScope scores a two-label head as logit[1] - logit[0], the log-odds "
             f"of label 1; label {label!r} is not label 1 of a two-label head"
         )
+
+
+def unsafe_weights_error(err: BaseException, model_id: str, path: Path) -> RetrieverLoadError:
+    """The refusal of a pickled weights file (``pytorch_model.bin``) that holds more than plain
+    tensors: torch's ``weights_only`` loader would not unpickle it (it could run code). Its
+    advice to turn that check off is not passed on."""
+    reason = next(
+        (
+            line.strip()
+            for line in str(err).splitlines()
+            if "GLOBAL" in line or "Unsupported" in line or "unsupported" in line
+        ),
+        "torch's safe loader refused it",
+    )
+    files = ", ".join(sorted(p.name for p in path.glob("*.bin"))) or "its .bin weights file"
+    return RetrieverLoadError(
+        f"{model_id!r}: {files} is not a safe weights format: it is a pickle that asks for more "
+        f"than plain tensors ({reason.rstrip('.')}), and RankScope never unpickles such content "
+        "(it can run code). Use the model's safetensors weights (model.safetensors) or convert "
+        "the file to safetensors on a machine you trust (load it there and save it with "
+        "`save_pretrained`, which writes model.safetensors, or with "
+        "`safetensors.torch.save_file(state_dict, 'model.safetensors')`), then pass that folder"
+    )
 
 
 def _download(model: str) -> Path:
@@ -287,6 +311,8 @@ def load_retriever(
                 trust_remote_code=False,
                 output_loading_info=True,
             )
+        except pickle.UnpicklingError as err:
+            raise unsafe_weights_error(err, model_id, path) from err
         except (OSError, ValueError, RuntimeError) as err:
             raise RetrieverLoadError(f"could not load the weights of {model_id!r}: {err}") from err
     untrained = _untrained_weights(info, kind)

@@ -3,7 +3,8 @@
 ``ToolCatalogue`` names the three ways:
 
 * ``"compact"`` (default): the system prompt lists each tool on one line (``catalogue_line``:
-  name, what it tests, its main metrics); the functions are ``propose(tool, hypothesis,
+  name, what it tests, the estimates a criterion may name, one written out with concrete
+  values); the functions are ``propose(tool, hypothesis,
   rationale, criterion, components, args, parent_hypothesis_id)``, ``describe_tool(name)``
   (answered in the same conversation with ``describe_answer``: the tool's argument schema,
   reduced by ``planner_args_schema``) and ``stop(reason)``. A call named after a tool itself is
@@ -30,6 +31,7 @@ from collections.abc import Sequence
 from typing import Any, Literal, get_args
 
 from rankscope.agent.planners.base import Criterion, Ledger
+from rankscope.agent.planners.llm.hints import example_metric
 from rankscope.tools.registry import all_tools, openai_tool_specs
 
 __all__ = [
@@ -109,11 +111,14 @@ def function_specs(
     return [preregistered_tool_spec(spec) for spec in specs] + [stop_tool_spec()]
 
 
-def tool_lines(catalogue: ToolCatalogue, specs: Sequence[dict[str, Any]]) -> list[str]:
-    """The system prompt's list of tools: one catalogue line each, or (when the functions carry
-    the schemas) the name and the first line of the description."""
+def tool_lines(
+    catalogue: ToolCatalogue, specs: Sequence[dict[str, Any]], question: str = ""
+) -> list[str]:
+    """The system prompt's list of tools: one catalogue line each (its example metric fitted to
+    ``question``), or (when the functions carry the schemas) the name and the first line of the
+    description."""
     if catalogue == "compact":
-        return [catalogue_line(spec) for spec in specs]
+        return [catalogue_line(spec, question) for spec in specs]
     lines = []
     for spec in specs:
         function = spec["function"]
@@ -280,14 +285,21 @@ def _main_metrics(tool_name: str) -> list[str]:
     return catalogue.estimate_patterns()[:MAX_CATALOGUE_METRICS]
 
 
-def catalogue_line(spec: dict[str, Any]) -> str:
-    """One line of the compact catalogue: name, what the tool tests, its main metrics."""
+def catalogue_line(spec: dict[str, Any], question: str = "") -> str:
+    """One line of the compact catalogue: name, what the tool tests, the estimates a criterion
+    may name (``Criterion metrics``), and one of them written out with concrete values when they
+    have qualifiers (``e.g. mean_delta[axiom=TFC1|variant=append]``, fitted to the question by
+    ``hints.example_metric``)."""
     function = spec["function"]
     name = function["name"]
     line = f"- `{name}`: {_first_sentence(function.get('description') or '')}"
     metrics = _main_metrics(name) if name in all_tools() else []
     if metrics:
-        line += " Metrics: " + ", ".join(metrics) + "."
+        line += " Criterion metrics: " + ", ".join(metrics) + "."
+        if "=<" in metrics[0]:
+            example = example_metric(name, metrics[0].split("[", 1)[0], question=question)
+            if example and "<" not in example:
+                line += f" E.g. `{example}`."
     return line
 
 
@@ -295,6 +307,8 @@ def propose_tool_spec(names: Sequence[str]) -> dict[str, Any]:
     """The compact catalogue's ``propose`` function: one pre-registered call of a named tool."""
     defs: dict[str, Any] = {}
     criterion_schema = _merge_defs(defs, _reduce(Criterion.model_json_schema(), True), "Criterion")
+    for field in criterion_schema.get("properties", {}).values():
+        field.pop("description", None)  # the system prompt explains each key
     criterion_schema["description"] = "The pre-registered prediction."
     properties = {
         "tool": {"type": "string", "enum": list(names), "description": "The tool to run."},

@@ -79,9 +79,23 @@ def evidence_text(ids: Sequence[int]) -> str:
     return ", ".join(f"[E{i}]" for i in ids) or "none stored"
 
 
-def step_prompt(ledger: Ledger, catalogue: ToolCatalogue, ledger_chars: int = LEDGER_CHARS) -> str:
-    """The user message that opens a ``propose`` conversation."""
-    feedback = ["- " + defang(message) for message in ledger.feedback[-MAX_FEEDBACK:]]
+def step_prompt(
+    ledger: Ledger,
+    catalogue: ToolCatalogue,
+    ledger_chars: int = LEDGER_CHARS,
+    *,
+    hidden: Sequence[str] = (),
+    correction: str = "",
+) -> str:
+    """The user message that opens a ``propose`` conversation.
+
+    ``hidden`` are feedback messages not shown (the planner's own notes, and the rejection that
+    ``correction`` restates: the planner's last call, why it was rejected in one sentence, the fix
+    and the corrected call), which comes last."""
+    shown = [message for message in ledger.feedback if message not in set(hidden)]
+    feedback = ["- " + defang(message) for message in shown[-MAX_FEEDBACK:]]
+    if correction:
+        feedback.append(correction)
     return render(
         "step",
         steps_left=ledger.steps_left,

@@ -15,6 +15,15 @@ is sent. Nothing is ever cut silently.
 
 ``LLMUnavailableError``, ``LLMBudgetExceeded`` and ``LLMContextError`` propagate out of ``propose``
 and ``narrate``: the graph pauses the investigation, to be resumed later.
+
+Small local models are met where they are: a call written as text in the reply (what
+``transformers serve`` returns for Qwen2.5-Coder) is read as a call ("parsed from text", said once
+in the investigation's notes) and checked like any other; when the graph's gate rejected the
+planner's last proposal, the next step prompt restates it in one sentence with a concrete fix and
+the corrected call (``hints.correction``). ``structured_output`` asks servers that support it
+(``response_format`` with a JSON schema of the calls) to constrain the reply to a call;
+``transformers serve`` 5.x ignores the field. ``replies`` keeps one ``PlannerReply`` per reply
+(tokens, latency, what it became), which ``benchmarks/llm_local_model.py`` prints.
 """
 
 from __future__ import annotations
@@ -22,10 +31,11 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from rankscope.agent.citations import cited_in_text
-from rankscope.agent.llm_client import LLMClient, Recorder, transport_defaults
+from rankscope.agent.llm_client import ChatReply, LLMClient, Recorder, transport_defaults
 from rankscope.agent.llm_context import (
     PROMPT_MARGIN,
     ContextWindow,
@@ -42,7 +52,13 @@ from rankscope.agent.planners.llm.catalogue import (
     offered_tools,
     tool_lines,
 )
-from rankscope.agent.planners.llm.fencing import data_block
+from rankscope.agent.planners.llm.fencing import data_block, defang
+from rankscope.agent.planners.llm.hints import (
+    compact_json,
+    correction,
+    example_call,
+    first_sentence,
+)
 from rankscope.agent.planners.llm.ledger_text import (
     LEDGER_CHARS,
     MAX_SUMMARY_CHARS,
@@ -52,10 +68,24 @@ from rankscope.agent.planners.llm.ledger_text import (
     metrics_text,
     step_prompt,
 )
-from rankscope.agent.planners.llm.replies import ReplyReader, normalised_reply, without_thinking
+from rankscope.agent.planners.llm.replies import (
+    Accepted,
+    Rejection,
+    ReplyReader,
+    normalised_reply,
+    without_thinking,
+)
 from rankscope.prompts import render
 
-__all__ = ["LEDGER_SHRINK", "MAX_DESCRIBE_CALLS", "REPLY_TOKENS", "LLMPlanner"]
+__all__ = [
+    "LEDGER_SHRINK",
+    "MAX_DESCRIBE_CALLS",
+    "PARSED_FROM_TEXT_NOTE",
+    "REPLY_TOKENS",
+    "LLMPlanner",
+    "PlannerReply",
+    "call_schema",
+]
 
 LEDGER_SHRINK = 0.7
 """Each shrinking step keeps this share of the ledger characters."""
@@ -64,6 +94,66 @@ REPLY_TOKENS = 1024
 thinks aloud first needs more)."""
 MAX_DESCRIBE_CALLS = 4
 """``describe_tool`` answers one ``propose`` gives before further ones count as unusable."""
+PARSED_FROM_TEXT_NOTE = (
+    "LLM planner: the server returned the model's calls as text, not as tool calls; each call "
+    "written as JSON in a reply is parsed from the text and checked like any other call"
+)
+MAX_REPLY_TEXT = 2000
+"""Characters of a reply's text kept in a ``PlannerReply``."""
+
+ReplyOutcome = Literal["proposal", "stop", "describe", "rejected"]
+
+
+@dataclass(frozen=True)
+class PlannerReply:
+    """One reply of the model in a ``propose`` conversation, as the planner read it."""
+
+    step: int
+    """The ``propose`` call it answered (1 for the first)."""
+    prompt_tokens: int
+    completion_tokens: int
+    latency_s: float
+    outcome: ReplyOutcome
+    source: str
+    """``tool_calls``, ``text`` (a call parsed from the reply's text) or ``""`` (no call)."""
+    detail: str
+    """The proposed tool, the stop reason, the described tool, or why it was rejected."""
+    text: str = ""
+    """The reply's text (cut at ``MAX_REPLY_TEXT``)."""
+
+
+@dataclass(frozen=True)
+class _Proposed:
+    """The planner's last proposal, and the ledger it was made from (to tell, at the next step,
+    whether the gate rejected it)."""
+
+    proposal: Proposal
+    step: int
+    feedback: int
+    entries: int
+
+
+def call_schema(functions: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """A JSON schema of one call of ``functions`` written as text: ``{"name": <function>,
+    "arguments": <its parameters>}`` (``response_format`` of servers with structured output)."""
+    options = []
+    defs: dict[str, Any] = {}
+    for spec in functions:
+        function = spec["function"]
+        parameters = json.loads(json.dumps(function.get("parameters") or {"type": "object"}))
+        defs.update(parameters.pop("$defs", {}))
+        options.append(
+            {
+                "type": "object",
+                "properties": {"name": {"const": function["name"]}, "arguments": parameters},
+                "required": ["name", "arguments"],
+                "additionalProperties": False,
+            }
+        )
+    schema: dict[str, Any] = {"anyOf": options}
+    if defs:
+        schema["$defs"] = defs
+    return schema
 
 
 class LLMPlanner(Planner):
@@ -99,6 +189,9 @@ class LLMPlanner(Planner):
         context_tokens: int | None = None,
         detect_context: bool = True,
         reply_tokens: int = REPLY_TOKENS,
+        structured_output: bool = False,
+        temperature: float | None = None,
+        seed: int | None = None,
     ) -> None:
         if context_tokens is not None and context_tokens <= 0:
             raise ValueError(f"context_tokens must be positive, got {context_tokens}")
@@ -122,6 +215,21 @@ class LLMPlanner(Planner):
         )
         self.max_invalid_replies = max_invalid_replies
         self.reply_tokens = reply_tokens
+        self.structured_output = structured_output
+        self.temperature = temperature
+        self.seed = seed
+        self.replies: list[PlannerReply] = []
+        """Every reply of the ``propose`` conversations, in order."""
+        self.proposals: dict[int, Proposal] = {}
+        """The proposal of each step that made one."""
+        self.gate: dict[int, str] = {}
+        """What the graph did with a step's proposal, as the next step's ledger shows it:
+        ``ran as H3``, or ``rejected: <the gate's message>``."""
+        self._steps = 0
+        self._notes: list[str] = []
+        self._noted: set[str] = set()
+        self._proposed: _Proposed | None = None
+        self._correction: tuple[str, str] = ("", "")
         self._detect = detect_context and context_tokens is None
         self._context: ContextWindow | None = (
             ContextWindow(context_tokens, "--llm-context") if context_tokens is not None else None
@@ -168,11 +276,29 @@ class LLMPlanner(Planner):
         """The system and user messages that open a ``propose`` conversation."""
         return [
             {"role": "system", "content": self._system_prompt(ledger, specs)},
-            {"role": "user", "content": step_prompt(ledger, self.catalogue, ledger_chars)},
+            {"role": "user", "content": self._step_prompt(ledger, ledger_chars)},
         ]
 
+    def _step_prompt(self, ledger: Ledger, ledger_chars: int) -> str:
+        rejected, restated = self._correction
+        return step_prompt(
+            ledger,
+            self.catalogue,
+            ledger_chars,
+            hidden=[*self._noted, *([rejected] if restated else [])],
+            correction=restated,
+        )
+
     def _system_prompt(self, ledger: Ledger, specs: Sequence[dict[str, Any]]) -> str:
-        calling = render("calling_compact" if self.catalogue == "compact" else "calling_functions")
+        if self.catalogue == "compact":
+            names = [spec["function"]["name"] for spec in specs]
+            example = example_call(ledger.question, names)
+            calling = render(
+                "calling_compact",
+                example=compact_json(example) if example else "(no tool is offered)",
+            )
+        else:
+            calling = render("calling_functions")
         model = "\n".join(
             f"- {key}: {json.dumps(value, default=str)}" for key, value in ledger.model.items()
         )
@@ -181,9 +307,66 @@ class LLMPlanner(Planner):
             question=data_block("research question", ledger.question.strip()),
             model=data_block("model", model or "(not described)"),
             data=data_block("data", ledger.data or "(not described)"),
-            tools="\n".join(tool_lines(self.catalogue, specs)),
+            tools="\n".join(tool_lines(self.catalogue, specs, ledger.question)),
             calling=calling.strip(),
         )
+
+    def _chat_options(self, tools: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        """What a planning request sends besides the messages and tools."""
+        options: dict[str, Any] = {}
+        if self.structured_output:
+            options["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": "function_call", "schema": call_schema(tools)},
+            }
+        if self.temperature is not None:
+            options["temperature"] = self.temperature
+        if self.seed is not None:
+            options["seed"] = self.seed
+        return options
+
+    # -- the gate's answer to the last proposal ----------------------------------------------
+
+    def _last_rejection(self, ledger: Ledger) -> tuple[str, str]:
+        """The gate's rejection of the planner's last proposal (when the ledger shows one) and
+        its restatement for the step prompt: the reason in one sentence, the fix and the
+        corrected call; ``("", "")`` when the last proposal ran or nothing is known of it."""
+        proposed, self._proposed = self._proposed, None
+        if proposed is None:
+            return "", ""
+        if len(ledger.entries) > proposed.entries:
+            self.gate[proposed.step] = f"ran as H{ledger.entries[-1].hypothesis_id}"
+            return "", ""
+        new = [m for m in ledger.feedback[proposed.feedback :] if m not in self._noted]
+        if not new:
+            return "", ""
+        message = new[0]
+        self.gate[proposed.step] = f"rejected: {message}"
+        names = [spec["function"]["name"] for spec in offered_tools(ledger)]
+        fixed = correction(proposed.proposal, message, ledger.question, names)
+        if fixed is None:
+            return message, ""
+        text = (
+            f"- Your last call (`{proposed.proposal.tool}`) was rejected and nothing was run: "
+            f"{defang(first_sentence(message))}. Fix: {defang(fixed.fix)}."
+        )
+        if fixed.call is not None:
+            text += " The corrected call (send it, or a better one):\n" + data_block(
+                "your last call, corrected", compact_json(fixed.call)
+            )
+        return message, text
+
+    # -- notes ---------------------------------------------------------------------------------
+
+    def drain_notes(self) -> list[str]:
+        """Notes for the investigation record since the last step (each said once)."""
+        notes, self._notes = self._notes, []
+        return notes
+
+    def _note(self, note: str) -> None:
+        if note not in self._noted:
+            self._noted.add(note)
+            self._notes.append(note)
 
     # -- the conversations -------------------------------------------------------------------
 
@@ -195,6 +378,8 @@ class LLMPlanner(Planner):
         fitted to the context window first (the ledger summary shrunk as needed). Raises
         ``LLMUnavailableError``, ``LLMBudgetExceeded`` and ``LLMContextError`` (nothing sent).
         """
+        self._steps += 1
+        self._correction = self._last_rejection(ledger)
         if ledger.steps_left <= 0 or ledger.tool_calls_left <= 0:
             return Stop(
                 reason=f"no budget left ({ledger.steps_left} steps, "
@@ -208,18 +393,30 @@ class LLMPlanner(Planner):
             self.catalogue,
             names=[spec["function"]["name"] for spec in specs],
             known_ids=[entry.hypothesis_id for entry in ledger.entries],
+            question=ledger.question,
         )
         messages = self.messages(ledger, specs)
+        options = self._chat_options(tools)
         ledger_chars = LEDGER_CHARS
         last_problem = ""
         invalid = 0
         described = 0
         while invalid <= self.max_invalid_replies:
             ledger_chars = self._fit_ledger(messages, tools, ledger, ledger_chars)
-            reply = normalised_reply(self.client.chat(messages, tools=tools, purpose="propose"))
+            reply = normalised_reply(
+                self.client.chat(messages, tools=tools, purpose="propose", **options)
+            )
             outcome = reader.outcome(reply)
-            if isinstance(outcome, Proposal | Stop):
-                return outcome
+            self._log(reply, outcome)
+            if isinstance(outcome, Accepted):
+                if outcome.call.source == "text":
+                    self._note(PARSED_FROM_TEXT_NOTE)
+                if isinstance(outcome.result, Proposal):
+                    self.proposals[self._steps] = outcome.result
+                    self._proposed = _Proposed(
+                        outcome.result, self._steps, len(ledger.feedback), len(ledger.entries)
+                    )
+                return outcome.result
             messages.append(reply.assistant_message())
             messages.extend(outcome.messages)
             described += len(outcome.described)
@@ -232,6 +429,38 @@ class LLMPlanner(Planner):
         return Stop(
             reason=f"the LLM planner gave {replies} unusable repl{'y' if replies == 1 else 'ies'} "
             f"in a row and stopped; last problem: {last_problem}"
+        )
+
+    def _log(self, reply: ChatReply, outcome: Accepted | Rejection) -> None:
+        """Keep one ``PlannerReply`` for ``reply``."""
+        outcome_name: ReplyOutcome
+        source = ""
+        if isinstance(outcome, Accepted):
+            source = outcome.call.source
+            if isinstance(outcome.result, Proposal):
+                outcome_name, detail = "proposal", outcome.result.tool
+            else:
+                outcome_name, detail = "stop", outcome.result.reason
+        elif outcome.problem:
+            outcome_name, detail = "rejected", outcome.problem
+            source = reply.tool_calls[0].source if reply.tool_calls else ""
+        else:
+            outcome_name, detail = "describe", ", ".join(outcome.described)
+            source = reply.tool_calls[0].source if reply.tool_calls else ""
+        text = reply.content or ""
+        if reply.tool_calls and not text:
+            text = "; ".join(f"{c.name}({c.arguments})" for c in reply.tool_calls)
+        self.replies.append(
+            PlannerReply(
+                step=self._steps,
+                prompt_tokens=reply.prompt_tokens,
+                completion_tokens=reply.completion_tokens,
+                latency_s=reply.latency_s,
+                outcome=outcome_name,
+                source=source,
+                detail=detail,
+                text=text[:MAX_REPLY_TEXT],
+            )
         )
 
     def narrate(self, ledger: Ledger, entry: LedgerEntry) -> Narrative:
@@ -315,10 +544,7 @@ class LLMPlanner(Planner):
             if ledger_chars <= MIN_LEDGER_CHARS or not ledger.entries:
                 raise self._context_error(needed, window, "planning", shrunk=bool(ledger.entries))
             ledger_chars = max(MIN_LEDGER_CHARS, int(ledger_chars * LEDGER_SHRINK))
-            messages[1] = {
-                "role": "user",
-                "content": step_prompt(ledger, self.catalogue, ledger_chars),
-            }
+            messages[1] = {"role": "user", "content": self._step_prompt(ledger, ledger_chars)}
 
     def _context_error(
         self, needed: int, window: ContextWindow, what: str, shrunk: bool

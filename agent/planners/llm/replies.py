@@ -43,6 +43,12 @@ from rankscope.agent.planners.llm.catalogue import (
     ToolCatalogue,
     describe_answer,
 )
+from rankscope.agent.planners.llm.hints import (
+    compact_json,
+    criterion_example,
+    example_call,
+    example_metric,
+)
 
 __all__ = [
     "Accepted",
@@ -67,6 +73,8 @@ _TOOL_CALL_BLOCK = re.compile(
 )
 _CODE_FENCE = re.compile(r"^```[a-zA-Z]*\s*\n?(.*?)\n?\s*```$", re.DOTALL)
 _FENCED_BLOCK = re.compile(r"```[a-zA-Z0-9_-]*[ \t]*\n?(.*?)```", re.DOTALL)
+_NOT_METRICS = frozenset({"metric", "direction", "threshold", "alpha", "split", "greater", "less"})
+"""Words of a criterion written as a string that are not its metric."""
 MAX_TEXT_OBJECTS = 8
 """JSON objects read from one reply's text at most (the first call among them is used)."""
 
@@ -181,6 +189,34 @@ def _json_objects(text: str) -> list[dict[str, Any]]:
     return found
 
 
+def _is_call(text: str) -> bool:
+    try:
+        value, _end = json.JSONDecoder().raw_decode(text.strip())
+    except json.JSONDecodeError:
+        return False
+    return _call_of(value, "") is not None
+
+
+def _without_text_calls(text: str) -> str:
+    """``text`` less the calls written in it (fenced blocks holding one, bare call objects)."""
+    text = _FENCED_BLOCK.sub(lambda m: "" if _is_call(m.group(1)) else m.group(0), text)
+    decoder = json.JSONDecoder()
+    out, position = [], 0
+    start = text.find("{")
+    while start >= 0:
+        try:
+            value, end = decoder.raw_decode(text, start)
+        except json.JSONDecodeError:
+            start = text.find("{", start + 1)
+            continue
+        if _call_of(value, "") is not None:
+            out.append(text[position:start])
+            position = end
+        start = text.find("{", end)
+    out.append(text[position:])
+    return "".join(out)
+
+
 def text_calls(content: str) -> tuple[list[ToolCall], str]:
     """The calls written as JSON in a reply's text (fenced or bare, prose around them allowed),
     and, when the text holds JSON objects but none is a call, what is wrong with the first one
@@ -214,7 +250,7 @@ def normalised_reply(reply: ChatReply) -> ChatReply:
         rest = _TOOL_CALL_BLOCK.sub("", without_thinking(reply.content)).strip()
     else:
         calls, _problem = text_calls(reply.content)
-        rest = without_thinking(reply.content).strip()
+        rest = _without_text_calls(without_thinking(reply.content)).strip()
     if not calls:
         return reply
     return replace(reply, content=rest or None, tool_calls=calls)
@@ -259,11 +295,13 @@ def _listed(names: list[str]) -> str:
 @dataclass(frozen=True)
 class ReplyReader:
     """Reads the replies of one ``propose`` conversation: the catalogue the functions were
-    offered in, the tools offered, and the ids of the ledger's hypotheses (the known parents)."""
+    offered in, the tools offered, the ids of the ledger's hypotheses (the known parents) and the
+    research question (a hypothesis must not merely repeat it)."""
 
     catalogue: ToolCatalogue
     names: list[str]
     known_ids: list[int]
+    question: str = ""
 
     def outcome(self, reply: ChatReply) -> Accepted | Rejection:
         """The first usable call of a reply (read with ``normalised_reply`` first, so that calls
@@ -299,6 +337,43 @@ class ReplyReader:
         problems = [r for r in results if isinstance(r, str)]
         described = [r.tool for r in results if isinstance(r, Describe)]
         return Rejection(problems[0] if problems else "", feedback, described)
+
+    def _restates_question(self, hypothesis: str) -> bool:
+        """Whether a hypothesis is a question, or the research question again."""
+        text = " ".join(hypothesis.split()).lower()
+        question = " ".join(self.question.split()).lower()
+        return text.endswith("?") or (bool(question) and text.rstrip(".") == question.rstrip("?."))
+
+    def _example_hypothesis(self, tool_name: str) -> str:
+        example = example_call(self.question, [tool_name])
+        return str(example["arguments"]["hypothesis"]) if example else "The model ..."
+
+    def _criterion_example(self, tool_name: str, written: Any, args: Any) -> dict[str, Any]:
+        """A complete criterion for ``tool_name`` keeping what the model wrote where it can: its
+        metric (from an object, or the first name in a string such as ``"metric: mean_delta"``)
+        made a concrete estimate of the tool, its direction, threshold, alpha and split."""
+        metric: str | None = None
+        if isinstance(written, dict):
+            metric = written.get("metric") if isinstance(written.get("metric"), str) else None
+        elif isinstance(written, str):
+            names = re.findall(r"[A-Za-z_][A-Za-z0-9_]*(?:\[[^\]]*\])?", written)
+            metric = next((n for n in names if n.lower() not in _NOT_METRICS), None)
+        call_args = args if isinstance(args, dict) else {}
+        concrete = example_metric(tool_name, metric, call_args, question=self.question)
+        example = criterion_example(concrete or metric or "<a criterion metric of the tool>")
+        if isinstance(written, dict):
+            for key in ("direction", "threshold", "alpha", "split"):
+                value = written.get(key)
+                if key == "direction" and value not in ("greater", "less"):
+                    continue
+                if key == "threshold" and not isinstance(value, int | float):
+                    continue
+                if key == "alpha" and not (isinstance(value, int | float) and 0 < value < 0.5):
+                    continue
+                if key == "split" and value not in ("discovery", "holdout", "all"):
+                    continue
+                example[key] = value
+        return example
 
     def _usage(self) -> str:
         if self.catalogue == "compact":
@@ -374,6 +449,12 @@ class ReplyReader:
                 "no pre-registered `hypothesis`: every tool call must state one falsifiable "
                 "sentence as a non-empty string"
             )
+        elif self._restates_question(hypothesis):
+            problems.append(
+                "the `hypothesis` is a question (or the research question itself): state one "
+                "falsifiable claim about the model that the criterion tests, e.g. "
+                f"{json.dumps(self._example_hypothesis(tool_name))}"
+            )
         rationale = raw.get("rationale", "")
         if not isinstance(rationale, str):
             problems.append("`rationale` must be a string")
@@ -382,13 +463,18 @@ class ReplyReader:
         if raw_criterion is None:
             problems.append(
                 "no pre-registered `criterion`: every tool call must carry a criterion object "
-                "with metric, direction, threshold, alpha and split"
+                "with metric, direction, threshold, alpha and split, e.g. "
+                + compact_json(self._criterion_example(tool_name, raw_criterion, raw.get("args")))
             )
         else:
             try:
                 criterion = Criterion.model_validate(raw_criterion)
             except ValidationError as err:
-                problems.append(f"invalid criterion: {_pydantic_problems(err, 'criterion')}")
+                example = self._criterion_example(tool_name, raw_criterion, raw.get("args"))
+                problems.append(
+                    f"invalid criterion: {_pydantic_problems(err, 'criterion')}; write it as "
+                    f"an object, e.g. {compact_json(example)}"
+                )
         components = raw.get("components", [])
         if isinstance(components, str):
             components = [c.strip() for c in components.split(",") if c.strip()]

@@ -15,8 +15,9 @@ first step of this protocol that has not been done yet.
    the behaviour is not *supported*: there is nothing to localise.
 2. **Screen** (intents with screens: trigger token → ``token_screen``; length →
    ``property_regression`` after LNC1; match position → ``property_regression``; open →
-   ``axiom_screen``, ``property_regression``, ``token_screen``). Each screen is one exploratory
-   hypothesis on a declared reference row; its rows rank the hits.
+   ``axiom_screen``, ``property_regression``, ``token_screen``). Each screen is one hypothesis
+   on a declared reference row (the intent's own row: a claim worth testing); its rows rank the
+   hits.
 3. **Follow up** every screen hit whose estimate lies beyond the SESOI of its family, largest
    (relative to the SESOI) first, while ``max_follow_ups`` and the step budget allow (leaving room
    to localise): a confirmatory hypothesis on a declared estimate of a confirmatory call — an
@@ -30,15 +31,25 @@ first step of this protocol that has not been done yet.
    ``edit_delta[edit=match_position]`` (increase: the query-term sentence first rather than
    last, the other sentences in the same random order) for the match-position intent. Hits
    left over are noted (``screened, not followed up: …``) and listed in the report's Findings.
-4. **Locate** the first supported behaviour that has perturbation pairs (the axiom's, else the
-   largest confirmed ``axiom_screen`` hit): ``attribution_patching`` over all attention heads (a
-   fast, approximate first pass; its verdict can at most be inconclusive) on ``localise_pairs`` =
-   96 pairs with the robust metric ``(s_patched - s_base)/sqrt(1 + (s_pert - s_base)^2)``.
-   Criterion: the probe head's effect lies in the behaviour's direction (positive for an increase,
-   negative for a decrease). Without attribution patching, exact ``activation_patching`` of every
-   head, and the planner says so.
-5. **Confirm** the top-k heads (k = 3, ranked by effect in the behaviour's direction) with exact
-   ``activation_patching``: one hypothesis per head, effect beyond ``min_effect`` in that direction.
+4. **Localise** the first supported behaviour that has perturbation pairs (the axiom's, else the
+   largest confirmed ``axiom_screen`` hit) as a **circuit** when the ``circuit`` tool is
+   registered (:mod:`.circuits`, on ``localise_pairs`` = 96 pairs): the competing mechanisms
+   stated as a note before anything is localised; **rank** every head on discovery queries and
+   fix the circuit's members and size k there (exploratory: no verdict); the **group claim** —
+   the k heads together restore at least ``target`` = 0.6 of the behaviour (``faithfulness``),
+   replicated on held-out queries with the same members; the **random-set control** —
+   ``beats_random`` above the ``patching_fraction`` SESOI; the members' **roles** when the circuit
+   is supported (position-resolved patching, path patching to the output and between members,
+   attention by role; exploratory descriptions); the two **mechanism** predictions (the added
+   positions' final states carry most of the effect; all attention outputs jointly carry most of
+   it), a refuted one ruling its mechanism out; and **single components** whose discovery effect
+   is at least the SESOI (``effect[X]`` greater than 0.05, a fraction of the behaviour). Without
+   the circuit tool: an exploratory **screen** of every head (``attribution_patching``, else
+   exact ``activation_patching``; it claims nothing and names no head), then
+5. **Confirm** the top-k heads (k = 3, ranked by their fraction of the behaviour) with exact
+   ``activation_patching``: one hypothesis per head, ``effect[X]`` (the fraction of the
+   behaviour's score change it restores, positive in the behaviour's direction whether it raises
+   or lowers scores) greater than ``min_effect`` (at least the ``patching_fraction`` SESOI), and
 6. **Characterise** the confirmed heads with a step that fits the mechanism: ``attention_by_role``
    — duplicate-token attention (injected → same token) for TFC1, TFC2, TDC and LNC2; attention
    from the document to the added filler (doc → injected) for LNC1; CLS attention to the added
@@ -55,14 +66,17 @@ the scores (``mean_delta`` greater than 0), else does it lower them (less than 0
 the level — and a note asks for a declaration. A supported behaviour is then localised as above.
 
 The graph replicates every hypothesis that meets its criterion on the held-out split, so each
-step above is tested on discovery queries and replicated on held-out ones. A step whose tool is
-not registered is skipped, and the skip is reported (``drain_notes``) — never silently.
+confirmatory step above is tested on discovery queries and replicated on held-out ones;
+exploratory steps (``Proposal.exploratory``: the rank, the fallback screen, the roles) run once on
+discovery, are recorded with their evidence and get no verdict. A step whose tool is not
+registered is skipped, and the skip is reported (``drain_notes``) — never silently.
 
 **Modules.** :mod:`.tables` holds the protocol's tables (predicted directions, edits in words,
-attention patterns, screen rows); :mod:`.core` the settings and notes every step shares; one
-module per step — :mod:`.behaviour` (1, and fixed pairs), :mod:`.screens` (2 and 3),
-:mod:`.localisation` (4 and 5), :mod:`.characterisation` (6) — and :mod:`.planner` the
-``ProtocolPlanner`` that chooses which step comes next.
+attention patterns, screen rows, competing mechanisms); :mod:`.core` the settings and notes every
+step shares; one module per step — :mod:`.behaviour` (1, and fixed pairs), :mod:`.screens` (2
+and 3), :mod:`.localisation` (4 and 5), :mod:`.circuits` (4 with the circuit tool),
+:mod:`.characterisation` (6) — and :mod:`.planner` the ``ProtocolPlanner`` that chooses which
+step comes next.
 """
 
 from rankscope.agent.planners.intents import AXIOMS

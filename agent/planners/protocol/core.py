@@ -45,13 +45,26 @@ class ProtocolCore(Planner):
         max_follow_ups: int = 3,
         screen_pairs: int = 32,
         token_docs: int = 48,
+        target: float = 0.6,
+        max_k: int = 10,
+        k_margin: float = 0.1,
+        n_random: int = 100,
     ) -> None:
         policy = policy or StatsPolicy()
         self.policy = policy
         self.n_pairs = n_pairs
         self.localise_pairs = localise_pairs
         self.top_k = top_k
-        self.min_effect = max(min_effect, policy.sesoi_for("patching_effect"))
+        self.min_effect = max(min_effect, policy.sesoi_for("patching_fraction"))
+        """A single component's claim: the fraction of the behaviour it restores, beyond this
+        (at least the ``patching_fraction`` SESOI)."""
+        self.target = target
+        """The pre-registered faithfulness a circuit must reach (the group claim's threshold)."""
+        self.max_k = max_k
+        self.k_margin = k_margin
+        """The circuit size is chosen on discovery as the smallest k reaching ``target +
+        k_margin``, so that the claim is not selected at its own threshold."""
+        self.n_random = n_random
         self.min_attention = max(min_attention, policy.sesoi_for("attention_mass"))
         self.min_share = 0.5 + policy.sesoi_for("behaviour_share")
         self.min_shrink = policy.sesoi_for("ablation_delta")

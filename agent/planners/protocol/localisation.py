@@ -1,6 +1,10 @@
-"""Steps 4 and 5 of the protocol: locate the behaviour over every attention head (attribution
-patching, else exact activation patching), then confirm the top heads one by one with exact
-activation patching; the confirmed heads go on to be characterised."""
+"""Steps 4 and 5 of the protocol: localise the behaviour. With the ``circuit`` tool, as a circuit
+(:mod:`.circuits`: rank → group claim → random-set control → roles → competing mechanisms →
+single components). Without it: an exploratory screen of every attention head (attribution
+patching, else exact activation patching; it claims nothing and names no head), then the top
+heads confirmed one by one with exact activation patching (the fraction of the behaviour each
+restores, beyond the ``patching_fraction`` SESOI); the confirmed heads go on to be
+characterised."""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ from typing import Any
 from rankscope.agent.planners.base import Criterion, Ledger, LedgerEntry, Proposal, Stop
 from rankscope.agent.planners.intents import IntentChoice
 from rankscope.agent.planners.protocol.behaviour import Behaviour
-from rankscope.agent.planners.protocol.characterisation import CharacterisationSteps
+from rankscope.agent.planners.protocol.circuits import CIRCUIT_TOOL, CircuitSteps
 from rankscope.agent.planners.protocol.tables import LONG_LOCALISE
 from rankscope.tools.metric_keys import metric_key, try_parse_metric_key
 from rankscope.tools.retrievers.base import Component
@@ -36,18 +40,19 @@ def _is_head(name: str) -> bool:
     return component.site == "heads" and component.name == name
 
 
-def component_effects(entry: LedgerEntry, sign: int = 1) -> list[tuple[str, float]]:
-    """(component, effect) pairs read from an entry's metrics, largest effect in the direction
-    ``sign`` first."""
+def component_effects(entry: LedgerEntry) -> list[tuple[str, float]]:
+    """(component, effect) pairs read from an entry's metrics, largest first: an effect is the
+    fraction of the behaviour a head restores, positive in the behaviour's direction whether the
+    behaviour raises or lowers scores."""
     effects = []
     for key, value in entry.key_metrics.items():
         head = head_of_effect(key)
         if head is not None and isinstance(value, int | float):
             effects.append((head, float(value)))
-    return sorted(effects, key=lambda kv: -sign * kv[1])
+    return sorted(effects, key=lambda kv: -kv[1])
 
 
-class LocalisationSteps(CharacterisationSteps):
+class LocalisationSteps(CircuitSteps):
     """Which behaviour to localise, and the locate and confirm steps."""
 
     def _target(
@@ -98,8 +103,15 @@ class LocalisationSteps(CharacterisationSteps):
     def _localise(
         self, ledger: Ledger, tools: dict[str, Any], target: Behaviour
     ) -> Proposal | Stop:
-        """The next localisation step for ``target``: locate, then confirm the top heads, then
-        characterise the confirmed ones."""
+        """The next localisation step for ``target``: a circuit when the ``circuit`` tool is
+        registered; else locate, then confirm the top heads, then characterise the confirmed
+        ones."""
+        if CIRCUIT_TOOL in tools:
+            return self._circuit_localise(ledger, tools, target)
+        self._note(
+            "the circuit tool is not registered: localising head by head (an exploratory screen, "
+            "then single-head claims), which misses effects spread over several heads"
+        )
         locate = [e for e in ledger.entries if e.hypothesis.startswith("Locate:")]
         if not locate:
             step = self._locate(tools, target)
@@ -136,11 +148,10 @@ class LocalisationSteps(CharacterisationSteps):
             self._note("no patching tool is registered: the localisation steps are skipped")
             return None
         tool = tools[name]
-        probe = self._probe_head()
         return Proposal(
             hypothesis=f"Locate: a screen of every attention head for the {target.label} effect "
-            f"({target.claim()}) by {name}; the pre-registered claim is about head {probe} (the "
-            "last layer's first head), the per-head effects rank the heads to confirm",
+            f"({target.claim()}) by {name}, on discovery queries; its per-head effects rank the "
+            "heads to confirm. Exploratory: it claims nothing",
             rationale=rationale,
             tool=name,
             args=self._pair_args(
@@ -149,10 +160,9 @@ class LocalisationSteps(CharacterisationSteps):
                 target.variant,
                 n_pairs=self._localise_size(target)[0],
                 granularity="heads",
-                metric="robust",
             ),
-            criterion=self._effect_criterion(probe, target),
-            components=[probe],
+            criterion=Criterion(metric="top_effect", direction="two-sided", threshold=0.0),
+            exploratory=True,
         )
 
     def _localise_size(self, target: Behaviour) -> tuple[int, int]:
@@ -163,19 +173,15 @@ class LocalisationSteps(CharacterisationSteps):
         return min(pairs, self.localise_pairs), min(heads, self.top_k)
 
     def _effect_criterion(self, head: str, target: Behaviour) -> Criterion:
-        """A head's patching effect beyond ``min_effect`` in the behaviour's direction."""
+        """A head restores more than ``min_effect`` (at least the ``patching_fraction`` SESOI)
+        of the behaviour: a fraction, positive in the behaviour's direction for an increase and
+        a decrease alike."""
         return Criterion(
             metric=metric_key("effect", head),
-            direction="greater" if target.sign > 0 else "less",
-            threshold=target.sign * self.min_effect,
+            direction="greater",
+            threshold=self.min_effect,
             alpha=self.alpha,
         )
-
-    def _probe_head(self) -> str:
-        """The head a screen's criterion names: the last layer's first head."""
-        layers = self._model.get("layers") if isinstance(self._model, dict) else None
-        last = int(layers) - 1 if isinstance(layers, int) and layers > 0 else 0
-        return Component(last, "heads", 0).name
 
     def _confirm(
         self,
@@ -187,9 +193,7 @@ class LocalisationSteps(CharacterisationSteps):
         if "activation_patching" not in tools:
             self._note("activation_patching is not registered: the confirmation step is skipped")
             return None
-        top = [
-            c for c, _ in component_effects(locate, target.sign)[: self._localise_size(target)[1]]
-        ]
+        top = [c for c, _ in component_effects(locate)[: self._localise_size(target)[1]]]
         if not top:
             self._note(
                 f"the locate step (H{locate.hypothesis_id}) reported no per-head effects: "
@@ -203,11 +207,11 @@ class LocalisationSteps(CharacterisationSteps):
         return None
 
     def _confirm_one(self, tool: Any, top: list[str], head: str, target: Behaviour) -> Proposal:
-        moves = "restores more than" if target.sign > 0 else "moves the score down by more than"
         return Proposal(
             hypothesis=f"Confirm: head {head} carries part of the {target.label} effect "
-            f"(exact activation patching {moves} {self.min_effect:g} of it)",
-            rationale=f"top-{len(top)} heads of the locate step: {', '.join(top)}",
+            f"(patched alone with exact activation patching, it restores more than "
+            f"{self.min_effect:g} of the behaviour's score change)",
+            rationale=f"ranked heads carrying at least the SESOI on discovery: {', '.join(top)}",
             tool="activation_patching",
             args=self._pair_args(
                 tool,
@@ -215,7 +219,7 @@ class LocalisationSteps(CharacterisationSteps):
                 target.variant,
                 n_pairs=self._localise_size(target)[0],
                 components=[head],
-                metric="robust",
+                engine="cached",
             ),
             criterion=self._effect_criterion(head, target),
             components=[head],

@@ -3,6 +3,8 @@ pre-selects A, as the investigation page's "Compare with…" does)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter
 from fastapi.responses import HTMLResponse
 
@@ -18,7 +20,13 @@ def compare(ws: WorkspaceDep, a: int | None = None, b: int | None = None) -> HTM
     for value in (a, b):
         if value is not None:
             ws.store.get_investigation(known_id("investigation", value))
-    context = {"choices": choices, "a_id": a, "b_id": b, "left": None, "right": None}
+    context: dict[str, Any] = {
+        "choices": choices,
+        "a_id": a,
+        "b_id": b,
+        "left": None,
+        "right": None,
+    }
     if a is None or b is None:
         return ws.page("compare.html", **context, rows=[], summary=[], labels={}, unverified={})
     left, right = ws.tree(a), ws.tree(b)

@@ -11,9 +11,9 @@ from pathlib import Path
 from fastapi import APIRouter, HTTPException
 from fastapi.responses import Response
 
+from rankscope.agent.report_forest import forest, forest_png
 from rankscope.agent.web import views
 from rankscope.agent.web.export import export_static
-from rankscope.agent.report_forest import forest, forest_png
 from rankscope.agent.web.workspace import WorkspaceDep, known_id
 from rankscope.experiments_db.errors import ArtifactError
 
