@@ -262,7 +262,6 @@ def _check_record_chain(report: AuditReport, store: Store, investigation_id: int
     report.findings += chain_checks(store, investigation_id)
 
 
-
 def print_report(report: AuditReport, console: Console) -> None:
     table = Table(title=f"Audit of investigation {report.investigation_id}")
     table.add_column("subject")

@@ -158,8 +158,10 @@ def _report_checks(investigation: InvestigationRecord) -> list[AuditCheck]:
     for name, recorded in sorted(files.items()):
         path = Path(name)
         actual = file_digest(path)
-        subject = f"report file {path.name}" if path.parent.name != "figures" else (
-            f"report figure {path.name}"
+        subject = (
+            f"report file {path.name}"
+            if path.parent.name != "figures"
+            else (f"report figure {path.name}")
         )
         if actual is None:
             checks.append(
@@ -183,7 +185,9 @@ def _report_checks(investigation: InvestigationRecord) -> list[AuditCheck]:
             )
         else:
             checks.append(
-                AuditCheck(subject=subject, check="report digest", ok=True, detail=actual[:12] + "…")
+                AuditCheck(
+                    subject=subject, check="report digest", ok=True, detail=actual[:12] + "…"
+                )
             )
     return checks
 
@@ -238,8 +242,10 @@ def chain_checks(
             )
         )
     if check.anchor:
-        out.append(AuditCheck(subject="records", check="expected head", ok=True, detail=check.anchor))
-    signed = ", ".join(
+        out.append(
+            AuditCheck(subject="records", check="expected head", ok=True, detail=check.anchor)
+        )
+    signers = ", ".join(
         f"key {k} ({n} links{', not trusted here: not checked' if k in check.unverifiable else ''})"
         for k, n in sorted(check.signed_by.items())
     )
@@ -248,8 +254,8 @@ def chain_checks(
             subject="records",
             check="signatures",
             ok=True,
-            detail=(f"signed by {signed}" if signed else "not signed")
-            + (f"; {check.unsigned} links unsigned" if signed and check.unsigned else ""),
+            detail=(f"signed by {signers}" if signers else "not signed")
+            + (f"; {check.unsigned} links unsigned" if signers and check.unsigned else ""),
         )
     )
     return out
@@ -259,9 +265,7 @@ def fast_check(store: Store, investigation_id: int) -> list[str]:
     """The problems of the checks that need no re-run (empty: none found), one line each, for
     ``rankscope show`` and the review workspace to mark a failing investigation with."""
     return [
-        f"{c.subject}: {c.detail}"
-        for c in integrity_checks(store, investigation_id)
-        if not c.ok
+        f"{c.subject}: {c.detail}" for c in integrity_checks(store, investigation_id) if not c.ok
     ]
 
 

@@ -15,10 +15,19 @@ Default SESOIs, per family (the ``family`` a tool declares on an estimate), and 
     score_delta       0.01  mean change of a cosine / dot score: one hundredth is around the
                           smallest score gap that reorders neighbours in a top-10 of a dense
                           retriever; smaller changes are within rounding of the ranking.
-    patching_fraction 0.05  the fraction of the total effect a component restores: below 5 % a
-                          component is not a meaningful carrier of the behaviour.
-    patching_effect   0.005 a patching effect in score units (per-pair robust metric): about half
-                          the score SESOI, since one component carries a part of the effect.
+    patching_fraction 0.05  the fraction of the behaviour's score change a component (or a set
+                          of components, a circuit) restores or removes when patched, per query
+                          a ratio of means: the unit of effect[X] of the patching tools and of
+                          the circuit tool's faithfulness, necessity, beats_random and loo_drop.
+                          Below 5 % a component is not a meaningful carrier of the behaviour:
+                          5 % is each one's share when the effect is spread evenly over 20
+                          components (MiniLM has 72 heads); a finer share names no carrier.
+                          The same bound serves a set (a circuit beats random sets by at least
+                          it) and a member (leaving it out loses at least it).
+    patching_effect   0.005 a patching effect in score units: about half the score SESOI, since
+                          one component carries a part of the effect. No tool declares an
+                          estimate of this family any more (score-unit effects are descriptive,
+                          e.g. effect_score[X]); kept for stored policies and older evidence.
     ablation_delta    0.005 the change of the behaviour's score delta when components are ablated,
                           in score units, for the same reason.
     attention_mass    0.05  a share of attention mass: 5 % of a head's attention over the uniform

@@ -207,13 +207,16 @@ def answer(
             )
             continue
         result = verdict.criterion_result
+        circuit_claim = node.tool == CIRCUIT_TOOL and verdict.status in ("supported", "refuted")
         if verdict.status == "supported":
             counts["supported"] += 1
-            if node.tool == CIRCUIT_TOOL:
+            if circuit_claim:
                 continue  # the circuit line states it
             lines.append(AnswerLine("supported", ref, f"{subject(node)}: {_effect(node)}."))
         elif is_negligible(verdict):
             counts["negligible"] += 1
+            if circuit_claim:
+                continue
             lines.append(
                 AnswerLine(
                     "negligible",
@@ -225,6 +228,8 @@ def answer(
             )
         elif verdict.status == "refuted":
             counts["refuted"] += 1
+            if circuit_claim:
+                continue
             why = (
                 "did not replicate on held-out queries"
                 if "did not replicate" in str(result.get("reason", ""))

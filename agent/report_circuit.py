@@ -31,6 +31,7 @@ from rankscope.agent.report_facts import (
     display_status,
     fmt,
     holdout_of,
+    is_negligible,
     num,
 )
 from rankscope.agent.report_svg import INK, MUTED, esc, sequential, text_on
@@ -47,6 +48,8 @@ PATH_TOOL = "path_patching"
 OUTPUT = "output"
 _LAYER = re.compile(r"^L(\d+)")
 _MEMBER_VALUE_COLUMNS = ("fraction", "fraction_restored", "effect", "loo_drop", "score")
+AS_FAITHFUL_MARGIN = 0.05
+"""Another set within this of the circuit's faithfulness is as faithful (the tool's margin)."""
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,10 @@ class Circuit:
     """The random-set control's hypothesis (criterion ``beats_random``), when one was decided."""
     control_status: str = ""
     beats_random: Interval | None = None
+    stability: dict[str, float] = field(default_factory=dict)
+    """How often each member was selected over bootstrap resamples of the ranking's queries."""
+    alternative: float | None = None
+    """The faithfulness of the best other set of the same size (the tool's)."""
 
     @property
     def k(self) -> int:
@@ -147,6 +154,7 @@ def _members(
         members = [str(c) for c in (chosen[:k] if isinstance(k, int) and k > 0 else chosen)]
     if not members:
         members = [k[len("loo_drop[") : -1] for k in ev.metrics if k.startswith("loo_drop[")]
+    values = {m: v for m, v in values.items() if m in members}
     if not values:
         for m in members:
             drop = num(ev.metrics.get(f"loo_drop[{m}]"))
@@ -185,6 +193,14 @@ def _edges(tree: InvestigationTree, members: set[str]) -> list[Edge]:
                     Edge(sender, target, value if value is not None else num(row.get("effect")))
                 )
     return edges
+
+
+def _status(node: HypothesisNode | None, unverified: Mapping[int, Unverified]) -> str:
+    if node is None:
+        return "exploratory"
+    if node.id not in unverified and is_negligible(node.latest_verdict):
+        return "negligible"
+    return display_status(node, unverified)
 
 
 def _runs_of(tree: InvestigationTree) -> list[ExperimentNode]:
@@ -248,7 +264,7 @@ def circuit_of(tree: InvestigationTree, unverified: Mapping[int, Unverified]) ->
         experiment_id=run.id,
         evidence_id=ev.id,
         hypothesis=node,
-        status=display_status(node, unverified) if node else "exploratory",
+        status=_status(node, unverified),
         members=members,
         member_values=values,
         member_value_name=column,
@@ -259,13 +275,14 @@ def circuit_of(tree: InvestigationTree, unverified: Mapping[int, Unverified]) ->
         necessity=num(ev.metrics.get("necessity")),
         all_heads=num(ev.metrics.get("all_heads_faithfulness")),
         target=num(run.args.get("target")),
+        alternative=num(ev.metrics.get("alternative_faithfulness")),
         split=str(run.args.get("split", "")),
         curve=next((a for a in images if a is not None), None),
         json=_artifact(ev, image=False),
     )
     if control is not None and control.latest_verdict is not None:
         circuit.control = control
-        circuit.control_status = display_status(control, unverified)
+        circuit.control_status = _status(control, unverified)
         circuit.beats_random = holdout_of(control.latest_verdict) or discovery_of(
             control.latest_verdict
         )
@@ -283,8 +300,39 @@ def circuit_of(tree: InvestigationTree, unverified: Mapping[int, Unverified]) ->
         )
         if run.args.get("split") == "holdout":
             circuit.faithfulness_holdout = _tool_interval(ev.metrics, "faithfulness", "held-out")
+    _from_ranking(circuit, runs)
     circuit.edges = _edges(tree, set(members))
     return circuit
+
+
+def _from_ranking(circuit: Circuit, runs: list[ExperimentNode]) -> None:
+    """What the ranking run (members=None) knows of the members: each one's own fraction (when
+    the claim run, given its members, has none), its selection stability, and the best other set
+    of the same size."""
+    for run in reversed(runs):
+        if run.args.get("members"):
+            continue
+        ev = run.evidence[0]
+        rows = ev.tables.get("ranking")
+        fractions = {
+            str(r.get("component")): num(r.get("fraction"))
+            for r in (rows if isinstance(rows, list) else [])
+            if isinstance(r, dict)
+        }
+        own = circuit.member_value_name not in ("", "loo_drop") and circuit.member_values
+        if not own and any(fractions.get(m) is not None for m in circuit.members):
+            circuit.member_values = {
+                m: v for m in circuit.members if (v := fractions.get(m)) is not None
+            }
+            circuit.member_value_name = "fraction restored alone"
+        circuit.stability = {
+            m: v
+            for m in circuit.members
+            if (v := num(ev.metrics.get(f"stability[{m}]"))) is not None
+        }
+        if circuit.alternative is None:
+            circuit.alternative = num(ev.metrics.get("alternative_faithfulness"))
+        return
 
 
 def circuit_sentence(c: Circuit, label: str = "") -> str:
@@ -329,6 +377,23 @@ def circuit_sentence(c: Circuit, label: str = "") -> str:
         )
     if c.necessity is not None:
         parts.append(f"patching them back removes {fmt(c.necessity, 3)} of it (necessity)")
+    best = held if held is not None and held.value is not None else disc
+    if (
+        c.alternative is not None
+        and best is not None
+        and best.value is not None
+        and c.alternative >= best.value - AS_FAITHFUL_MARGIN
+    ):
+        parts.append(
+            f"another set of {c.k} restores {fmt(c.alternative, 3)}: this circuit is one of "
+            "several equally good explanations"
+        )
+    if c.stability:
+        parts.append(
+            "selected in "
+            + ", ".join(f"{m} {v:.0%}" for m, v in c.stability.items())
+            + " of resampled rankings"
+        )
     if c.all_heads is not None:
         parts.append(f"all heads together restore {fmt(c.all_heads, 3)}")
     if c.roles:

@@ -22,7 +22,9 @@ from rankscope.agent.report_svg import INK, MUTED, diverging, esc, text_on
 from rankscope.experiments_db.records import EvidenceRecord
 
 HEAD = re.compile(r"^L(\d+)\.H(\d+)$")
-MIN_CELLS = 2
+MIN_CELLS = 4
+VALUE_COLUMNS = ("effect", "fraction", "fraction_restored")
+"""The column drawn when the hypothesis's metric names none of the table's (in this order)."""
 
 
 @dataclass(frozen=True)
@@ -77,7 +79,10 @@ def heatmap_of(
         if len(heads) < MIN_CELLS:
             continue
         wanted = metric.split("[", 1)[0]
-        column = wanted if wanted in rows[0] else "effect" if "effect" in rows[0] else ""
+        candidates = [wanted, *VALUE_COLUMNS]
+        column = next(
+            (c for c in candidates if c and any(num(r.get(c)) is not None for r in heads)), ""
+        )
         if not column:
             continue
         cells: dict[tuple[int, int], Cell] = {}

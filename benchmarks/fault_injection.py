@@ -4,9 +4,14 @@ starts, each on a fresh database (PostgreSQL when ``--pg URL`` is given, else SQ
 For each fault the script reports: runs completed (after the recovery a user would do, such as
 ``rankscope resume``), rows left ``running``, and records lost (hypotheses, evidence and verdicts
 stored before the fault that are gone or changed afterwards, by the record chain). The last two
-must be 0; the exit status is 1 otherwise.
+must be 0; the exit status is 1 otherwise. With ``--pg`` it also ends the PostgreSQL backends of a
+run between two of its steps (issue 25, item 9: the run must go on).
+
+Then the data-size memory case (issue 25, item 8): a pairs TSV of each ``--data-mb`` size is read
+(``resolve_data``) and hashed in a fresh process, and the peak memory per MB of input is printed.
 
     python benchmarks/fault_injection.py [--pg postgresql+psycopg://postgres@127.0.0.1:5432/test]
+        [--data-mb 20 200]
 
 Runs a tiny random BERT on CPU with a scripted planner (no network); about a minute.
 """
@@ -280,6 +285,93 @@ def _concurrent_fault(url: str, model: Path, folder: Path, n: int = 3) -> Outcom
     return _tally(url, "concurrent starts", {}, f"{n} processes, exit codes {codes}")
 
 
+_PG_KILL_CHILD = """
+import io, sys, time
+from pathlib import Path
+from rich.console import Console
+from rankscope.agent.runner import investigate
+from rankscope.agent.settings import InvestigationSettings
+from rankscope.agent.state import Budget
+from tests.agent_support import ScriptedPlanner, behaviour
+
+url, model, ready, go = sys.argv[1], sys.argv[2], Path(sys.argv[3]), Path(sys.argv[4])
+
+
+def pause(ledger):
+    ready.write_text("x")
+    while not go.exists():
+        time.sleep(0.1)
+    return behaviour()
+
+
+investigate(
+    "fault injection: PostgreSQL backend killed",
+    InvestigationSettings(model_arg=model, budget=Budget(max_steps=4, max_tool_calls=4)),
+    db=url,
+    report_dir=ready.parent / "reports",
+    console=Console(file=io.StringIO()),
+    quiet=True,
+    planner_factory=lambda: ScriptedPlanner([behaviour(), pause]),
+)
+"""
+
+
+def _terminate_backends(url: str) -> int:
+    """``pg_terminate_backend`` every connection to the database of ``url`` but this one."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    with psycopg.connect(
+        parsed.set(drivername="postgresql").render_as_string(hide_password=False),
+        autocommit=True,
+    ) as conn:
+        row = conn.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = %s AND pid <> pg_backend_pid()",
+            (parsed.database,),
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def _pg_backend_kill_fault(url: str, model: Path, folder: Path) -> Outcome:
+    """PostgreSQL only (issue 25, item 9): while a run waits between two steps, every server
+    backend of its database is ended with ``pg_terminate_backend`` (the store's and the
+    checkpointer's connections); the run then goes on. Reported: how it ended, its last line
+    on stderr, and the resume a user would do if it did not finish."""
+    from rankscope.experiments_db import open_store
+
+    ready, go = folder / "ready-pgkill", folder / "go-pgkill"
+    child = subprocess.Popen(
+        [sys.executable, "-c", _PG_KILL_CHILD, url, str(model), str(ready), str(go)],
+        cwd=REPO,
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        _wait_ready(child, ready)
+        before = _snapshot(url)
+        killed = _terminate_backends(url)
+        go.write_text("x")
+        code = child.wait(timeout=300)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    err = child.stderr.read().decode() if child.stderr else ""
+    last = next((line for line in reversed(err.splitlines()) if line.strip()), "")
+    with open_store(url, create=False) as store:
+        after_fault = store.get_investigation(1).status
+    note = f"{killed} backends ended; exit {code}, {after_fault}"
+    if "Traceback" in err:
+        note += f", traceback ending {last[:100]!r}"
+    elif last:
+        note += f", said {last[:100]!r}"
+    if after_fault != "finished":
+        note += f"; resume: {_resume(url, 1, folder)}"
+    return _tally(url, "PG backend kill", before, note)
+
+
 _DATA_CHILD = """
 import resource, sys, time
 from rankscope.tools.data.source import resolve_data
@@ -373,9 +465,106 @@ def print_data_memory(results: list[DataMemory]) -> None:
         )
 
 
+_IMPORT_CHILD = """
+import resource, sys
+from pathlib import Path
+from rankscope.experiments_db import import_bundle, open_store
+from rankscope.experiments_db.errors import StoreError
+
+url, bundle = sys.argv[1], Path(sys.argv[2])
+with open_store(url) as store:
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    try:
+        import_bundle(store, bundle)
+        outcome = "imported"
+    except StoreError as err:
+        outcome = "refused: " + " ".join(str(err).split())[:100]
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rows = len(store.list_investigations())
+print(base, peak, rows, outcome, sep="\\t")
+"""
+
+
+@dataclass
+class ImportMemory:
+    zip_mb: float
+    manifest_mb: float
+    base_mb: float
+    peak_mb: float
+    rows: int
+    outcome: str
+
+
+def write_manifest_bomb(path: Path, manifest_mb: int) -> None:
+    """A zip of a few MB (about 3 for 600) whose ``bundle.json`` unpacks to ``manifest_mb`` MB
+    (written in chunks: the benchmark itself never holds it)."""
+    import random
+    import zipfile
+
+    head = b'{"format": "rankscope-investigation-bundle", "version": 1, "pad": "'
+    rng = random.Random(0)
+    with (
+        zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf,
+        zf.open("bundle.json", "w", force_zip64=True) as member,
+    ):
+        member.write(head)
+        for _ in range(manifest_mb):
+            noise = rng.randbytes(4 << 10).hex().encode()  # 8 KiB that barely compress
+            member.write(noise + b" " * ((1 << 20) - len(noise)))
+        member.write(b'"}')
+
+
+def import_memory(folder: Path, manifest_mb: int = 600) -> ImportMemory:
+    """Issue 25, item 7: the peak RSS of ``import_bundle`` on a small zip holding a huge
+    ``bundle.json``, in a fresh process on a fresh SQLite store (rows left must be 0)."""
+    bomb = folder / f"manifest-{manifest_mb}mb.zip"
+    write_manifest_bomb(bomb, manifest_mb)
+    child = subprocess.run(
+        [sys.executable, "-c", _IMPORT_CHILD, f"sqlite:///{folder / 'import.db'}", str(bomb)],
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    if child.returncode != 0:
+        tail = (child.stderr.strip().splitlines() or ["?"])[-1]
+        return ImportMemory(bomb.stat().st_size / 1e6, manifest_mb, 0, 0, -1, f"crashed: {tail}")
+    base, peak, rows, outcome = child.stdout.strip().splitlines()[-1].split("\t")
+    return ImportMemory(
+        bomb.stat().st_size / 1e6, manifest_mb, float(base), float(peak), int(rows), outcome
+    )
+
+
+def print_import_memory(result: ImportMemory) -> None:
+    print("\nBundle import memory (a small zip, a huge bundle.json)\n")
+    print("| zip MB | bundle.json MB | RSS before MB | peak RSS MB | rows left | outcome |")
+    print("|---|---|---|---|---|---|")
+    r = result
+    print(
+        f"| {r.zip_mb:.1f} | {r.manifest_mb:.0f} | {r.base_mb:.0f} | {r.peak_mb:.0f} | {r.rows} "
+        f"| {r.outcome} |"
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pg", metavar="URL", help="PostgreSQL server (a database per fault)")
+    parser.add_argument(
+        "--data-mb",
+        type=float,
+        nargs="*",
+        default=[20.0, 200.0],
+        metavar="MB",
+        help="sizes of the pairs TSVs of the data-size memory case (none: skip it)",
+    )
+    parser.add_argument(
+        "--import-mb",
+        type=int,
+        default=600,
+        metavar="MB",
+        help="bundle.json size of the import memory case (0: skip it)",
+    )
     args = parser.parse_args()
     import torch
 
@@ -392,6 +581,11 @@ def main() -> int:
             ("lock held", lambda u: _lock_fault(u, model, folder)),
             ("server drip", lambda u: _drip_fault(u, model, folder)),
             ("concurrent starts", lambda u: _concurrent_fault(u, model, folder)),
+            *(
+                [("PG backend kill", lambda u: _pg_backend_kill_fault(u, model, folder))]
+                if args.pg
+                else []
+            ),
         ):
             with _fresh_db(args.pg, folder) as url:
                 try:
@@ -404,6 +598,16 @@ def main() -> int:
     print("|---|---|---|---|---|---|")
     for r in results:
         print(f"| {r.fault} | {r.runs} | {r.completed} | {r.running} | {r.lost} | {r.note} |")
+    if args.data_mb:
+        with tempfile.TemporaryDirectory(prefix="rankscope-data-") as tmp:
+            print_data_memory([data_size_memory(Path(tmp), mb) for mb in args.data_mb])
+    imported = None
+    if args.import_mb:
+        with tempfile.TemporaryDirectory(prefix="rankscope-import-") as tmp:
+            imported = import_memory(Path(tmp), args.import_mb)
+        print_import_memory(imported)
+    if imported is not None and imported.rows != 0:
+        return 1
     return 0 if all(r.running == 0 and r.lost == 0 for r in results) else 1
 
 

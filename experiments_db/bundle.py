@@ -176,12 +176,13 @@ class _Bundle:
                     )
                 yield chunk
 
-    def read(self, name: str, limit: int) -> bytes:
-        """A member's bytes (at most ``limit`` of them, else a :class:`BundleError`)."""
+    def read(self, name: str, limit: int) -> bytearray:
+        """A member's bytes (at most ``limit`` of them, else a :class:`BundleError`), in one
+        buffer that is never copied."""
         buffer = bytearray()
         for chunk in self.chunks(name, limit):
             buffer += chunk
-        return bytes(buffer)
+        return buffer
 
 
 @contextmanager
@@ -443,8 +444,8 @@ def import_bundle(
             manifest = _manifest(bundle, max_manifest_bytes)
             tree = _tree_of(path, manifest)
             problems = tree_problems(tree, store.artifacts)
-            if not problems and validate is not None:
-                problems = validate(tree)
+            if validate is not None:
+                problems += validate(tree)
             if problems:
                 raise BundleError(
                     f"{path} is not a consistent investigation bundle; nothing was imported:\n"

@@ -22,6 +22,7 @@ detect is written down in ``docs/threat_model.md``.
 
 import hashlib
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -49,7 +50,6 @@ _INVESTIGATION_FIELDS = (
     "llm_model",
     "budget",
     "config",
-    "chain_version",
 )
 _UNATTESTED_CONFIG = frozenset({"lease"})
 """Config keys outside the chain: the lease's heartbeat changes every minute of a run."""
@@ -87,36 +87,59 @@ def _chained(previous: str, kind: str, record_id: int, digest: str) -> str:
 def record_content(conn: Any, kind: str, record_id: int) -> dict[str, Any] | None:
     """The content of a record that its link attests, read through ``conn`` (a connection or
     session); ``None`` when the record does not exist."""
+    return record_contents(conn, kind, [record_id]).get(record_id)
+
+
+_BATCH = 500
+"""Ids per ``IN (...)`` of :func:`record_contents` (well below any driver's parameter limit)."""
+
+
+def record_contents(conn: Any, kind: str, record_ids: Iterable[int]) -> dict[int, dict[str, Any]]:
+    """:func:`record_content` of many records of one kind, a few queries in all (the records
+    that do not exist are absent)."""
+    ids = sorted(set(record_ids))
+    out: dict[int, dict[str, Any]] = {}
+    for i in range(0, len(ids), _BATCH):
+        out.update(_contents(conn, kind, ids[i : i + _BATCH]))
+    return out
+
+
+def _contents(conn: Any, kind: str, ids: list[int]) -> dict[int, dict[str, Any]]:
     if kind == "investigation":
         inv = Investigation.__table__
-        row = conn.execute(
-            select(*(inv.c[f] for f in _INVESTIGATION_FIELDS)).where(inv.c.id == record_id)
-        ).first()
-        if row is None:
-            return None
-        content = dict(row._mapping)
-        config = content["config"] if isinstance(content["config"], dict) else {}
-        content["config"] = {k: v for k, v in config.items() if k not in _UNATTESTED_CONFIG}
-        return content
+        rows = conn.execute(
+            select(inv.c.id, *(inv.c[f] for f in _INVESTIGATION_FIELDS)).where(inv.c.id.in_(ids))
+        ).all()
+        out = {}
+        for row in rows:
+            content = dict(row._mapping)
+            del content["id"]
+            config = content["config"] if isinstance(content["config"], dict) else {}
+            content["config"] = {k: v for k, v in config.items() if k not in _UNATTESTED_CONFIG}
+            out[int(row.id)] = content
+        return out
     if kind == "hypothesis":
         hyp = Hypothesis.__table__
-        row = conn.execute(
-            select(*(hyp.c[f] for f in _HYPOTHESIS_FIELDS), hyp.c.exploratory).where(
-                hyp.c.id == record_id
+        rows = conn.execute(
+            select(hyp.c.id, *(hyp.c[f] for f in _HYPOTHESIS_FIELDS), hyp.c.exploratory).where(
+                hyp.c.id.in_(ids)
             )
-        ).first()
-        if row is None:
-            return None
-        content = dict(row._mapping)
-        # attested only when set, so that the links of hypotheses recorded before migration 0005
-        # (all confirmatory) keep their digests
-        if not content.pop("exploratory"):
-            return content
-        return {**content, "exploratory": True}
+        ).all()
+        out = {}
+        for row in rows:
+            content = dict(row._mapping)
+            del content["id"]
+            # attested only when set, so that the links of hypotheses recorded before migration
+            # 0005 (all confirmatory) keep their digests
+            if content.pop("exploratory"):
+                content["exploratory"] = True
+            out[int(row.id)] = content
+        return out
     if kind == "evidence":
         ev, exp, art = Evidence.__table__, Experiment.__table__, Artifact.__table__
-        row = conn.execute(
+        rows = conn.execute(
             select(
+                ev.c.id,
                 ev.c.experiment_id,
                 ev.c.metrics,
                 ev.c.summary,
@@ -130,29 +153,44 @@ def record_content(conn: Any, kind: str, record_id: int) -> dict[str, Any] | Non
                 exp.c.seed,
             )
             .join(exp, exp.c.id == ev.c.experiment_id)
-            .where(ev.c.id == record_id)
-        ).first()
-        if row is None:
-            return None
-        artifacts = conn.execute(
-            select(art.c.sha256, art.c.path, art.c.size, art.c.media_type)
-            .where(art.c.evidence_id == record_id)
-            .order_by(art.c.id)
+            .where(ev.c.id.in_(ids))
         ).all()
-        return {**dict(row._mapping), "artifacts": [list(a) for a in artifacts]}
+        artifacts: dict[int, list[list[Any]]] = {}
+        for a in conn.execute(
+            select(art.c.evidence_id, art.c.sha256, art.c.path, art.c.size, art.c.media_type)
+            .where(art.c.evidence_id.in_(ids))
+            .order_by(art.c.id)
+        ).all():
+            artifacts.setdefault(int(a.evidence_id), []).append(list(a)[1:])
+        out = {}
+        for row in rows:
+            content = dict(row._mapping)
+            del content["id"]
+            out[int(row.id)] = {**content, "artifacts": artifacts.get(int(row.id), [])}
+        return out
     if kind == "verdict":
         ver = Verdict.__table__
-        row = conn.execute(
-            select(*(ver.c[f] for f in _VERDICT_FIELDS)).where(ver.c.id == record_id)
-        ).first()
-        return None if row is None else dict(row._mapping)
+        rows = conn.execute(
+            select(ver.c.id, *(ver.c[f] for f in _VERDICT_FIELDS)).where(ver.c.id.in_(ids))
+        ).all()
+        out = {}
+        for row in rows:
+            content = dict(row._mapping)
+            del content["id"]
+            out[int(row.id)] = content
+        return out
     raise ValueError(f"unknown record kind {kind!r}; known: {', '.join(LINK_KINDS)}")
 
 
 def append_link(conn: Any, investigation_id: int, kind: LinkKind, record_id: int) -> None:
     """Append the link of a record just written, inside the writer's transaction (signed when
-    the user has a signing key)."""
-    link = RecordLink.__table__
+    the user has a signing key). On PostgreSQL the investigation row is locked first (``FOR NO
+    KEY UPDATE``, which inserts of its hypotheses and experiments do not wait for), so that two
+    writers never take the same position in the chain."""
+    inv, link = Investigation.__table__, RecordLink.__table__
+    conn.execute(
+        select(inv.c.id).where(inv.c.id == investigation_id).with_for_update(key_share=True)
+    )
     last = conn.execute(
         select(link.c.seq, link.c.chain)
         .where(link.c.investigation_id == investigation_id)
@@ -349,8 +387,12 @@ def check_chain(
             signed_before = int(row.seq)
         previous = row.chain
         latest[(row.kind, row.record_id)] = row.digest
+    contents = {
+        kind: record_contents(conn, kind, [i for k, i in latest if k == kind])
+        for kind in {k for k, _ in latest}
+    }
     for (kind, record_id), digest in latest.items():
-        content = record_content(conn, kind, record_id)
+        content = contents[kind].get(record_id)
         if content is None:
             problems.append(ChainProblem(f"{kind} {record_id}", "recorded, then deleted"))
         elif _digest(content) != digest:
@@ -429,7 +471,9 @@ def _check_anchor(check: ChainCheck, links: list[Any], expect: str) -> None:
         )
         return
     before = {(r.kind, r.record_id) for r in links[: at + 1]}
-    again = sorted({f"{r.kind} {r.record_id}" for r in links[at + 1 :] if (r.kind, r.record_id) in before})
+    again = sorted(
+        {f"{r.kind} {r.record_id}" for r in links[at + 1 :] if (r.kind, r.record_id) in before}
+    )
     after = len(links) - at - 1
     check.anchor = f"the expected head is link {at} of {len(links)}" + (
         f"; {after} link(s) recorded after it" + (f" (again: {', '.join(again)})" if again else "")

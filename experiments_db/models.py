@@ -155,9 +155,7 @@ class Hypothesis(StoreBase, table=True):
     n_tests: int = 1
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     locked: bool = False
-    exploratory: bool = Field(
-        default=False, sa_column_kwargs={"server_default": sql_false()}
-    )
+    exploratory: bool = Field(default=False, sa_column_kwargs={"server_default": sql_false()})
     """A screen or ranking that claims nothing (migration 0005): no verdict, no level spent."""
 
 

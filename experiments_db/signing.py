@@ -70,7 +70,9 @@ class Signer:
     def public_pem(self) -> str:
         return (
             self.key.public_key()
-            .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+            .public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
             .decode()
         )
 
@@ -131,7 +133,9 @@ def trusted_keys() -> dict[str, Ed25519PublicKey]:
     return keys
 
 
-def verifies(public: Ed25519PublicKey, signature: str, investigation_id: int, seq: int, chain: str) -> bool:
+def verifies(
+    public: Ed25519PublicKey, signature: str, investigation_id: int, seq: int, chain: str
+) -> bool:
     """Whether ``signature`` (hex) is ``public``'s signature of the link."""
     try:
         public.verify(bytes.fromhex(signature), message(investigation_id, seq, chain))

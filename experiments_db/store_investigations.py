@@ -93,7 +93,10 @@ class InvestigationStore(StoreCore):
         the record chain; the audit checks the files against them."""
         with self._write() as session:
             row = get_row(session, Investigation, investigation_id, for_update=True)
-            row.config = {**(row.config or {}), "report_files": {str(k): v for k, v in files.items()}}
+            row.config = {
+                **(row.config or {}),
+                "report_files": {str(k): v for k, v in files.items()},
+            }
             session.flush()
             relink_investigation(session, investigation_id)
 

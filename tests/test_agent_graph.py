@@ -282,6 +282,7 @@ def test_criterion_is_locked_once_the_experiment_ran(tmp_path, null_model):
 CATALOGUE_RUNS: dict[str, list[dict]] = {
     "behavioural_test": [{"n_pairs": 8, "n_bootstrap": 200}],
     "activation_patching": [{"n_pairs": 8, "components": ["L0.H1", "L1.H2"], "joint": True}],
+    "circuit": [{"n_pairs": 8, "max_k": 3, "n_random_curve": 2, "n_stability": 5}],
     "attribution_patching": [{"n_pairs": 8}],
     "path_patching": [{"n_pairs": 8, "senders": ["L0.H1", "L0.H2"], "joint": True}],
     "ablation": [{"n_pairs": 8, "components": ["L0.H1", "L1.H2"]}],

@@ -113,10 +113,7 @@ class Reference:
             return fn
 
         patched = self.score(self.target, [(self.dense[i], swap(i)) for i in heads])
-        if self.direction == "denoising":
-            num = patched - self.s_base
-        else:
-            num = self.s_pert - patched
+        num = patched - self.s_base if self.direction == "denoising" else self.s_pert - patched
         sums: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
         deltas = (self.s_pert - self.s_base).tolist()
         for pair, n, delta in zip(self.pairs, num.tolist(), deltas, strict=True):

@@ -122,7 +122,8 @@ def test_counts_locations_and_own_statistics_are_descriptive(runs):
     patching = runs["activation_patching"][0][0]
     args = runs["activation_patching"][0][1]
     assert patching.metric_spec(args, "effect_ci_low[L0.H1]").kind == "descriptive"
-    assert patching.metric_spec(args, "fraction_restored[L0.H1]").family == "patching_fraction"
+    assert patching.metric_spec(args, "effect[L0.H1]").family == "patching_fraction"
+    assert patching.metric_spec(args, "effect_score[L0.H1]").kind == "descriptive"
     attribution, attribution_args = runs["attribution_patching"][0][:2]
     assert attribution.metric_spec(attribution_args, "effect[L0.H1]").approximate
     behaviour, behaviour_args = runs["behavioural_test"][0][:2]
@@ -163,34 +164,33 @@ def test_behavioural_test_per_query_values_by_hand(runs, retrievers, tmp_path):
     )
 
 
-def test_activation_patching_fraction_restored_by_hand(runs):
+def test_activation_patching_effect_is_the_fraction_by_hand(runs):
     """Per query: the sum over its pairs of (s_patched − s_base) over the sum of Δ, from the
-    plain per-pair scores the tool stores."""
+    plain per-pair scores the tool stores; the score-unit change is the mean numerator."""
     tool, args, result = runs["activation_patching"][0]
     rows = result.tables["pair_scores"]
     assert rows, "no per-pair scores stored"
     num: dict[tuple[str, str], float] = defaultdict(float)
     den: dict[tuple[str, str], float] = defaultdict(float)
-    effect: dict[tuple[str, str], list[float]] = defaultdict(list)
+    score: dict[str, list[float]] = defaultdict(list)
     for row in rows:
         cell = (row["component"], row["qid"])
-        delta = row["s_pert"] - row["s_base"]
         num[cell] += row["s_patched"] - row["s_base"]
-        den[cell] += delta
-        effect[cell].append((row["s_patched"] - row["s_base"]) / delta)  # classic, denoising
+        den[cell] += row["s_pert"] - row["s_base"]
+        score[row["component"]].append(row["s_patched"] - row["s_base"])
     components = {row["component"] for row in rows}
     assert "L0.H1+L1.H2" in components
     for component in components:
-        got = {v.qid: v for v in result.per_query[f"fraction_restored[{component}]"]}
+        got = {v.qid: v for v in result.per_query[f"effect[{component}]"]}
         expected = {q: num[(c, q)] / den[(c, q)] for c, q in num if c == component}
         assert got.keys() == expected.keys()
         for qid, value in expected.items():
             assert got[qid].value == pytest.approx(value, rel=1e-6, abs=1e-9)
-        per_query_effect = {v.qid: v.value for v in result.per_query[f"effect[{component}]"]}
-        for qid in expected:
-            assert per_query_effect[qid] == pytest.approx(np.mean(effect[(component, qid)]))
-        assert result.metrics[f"fraction_restored[{component}]"] == pytest.approx(
+        assert result.metrics[f"effect[{component}]"] == pytest.approx(
             np.mean(list(expected.values()))
+        )
+        assert result.metrics[f"effect_score[{component}]"] == pytest.approx(
+            np.mean(score[component])
         )
     assert all("sign_disagrees" in row for row in result.tables["effects"])
 
@@ -217,7 +217,7 @@ def test_sign_disagreement_is_flagged_in_the_summary():
     report = effect_report(scores, "classic")
     assert report.sign_disagreements == ["L0.H1"]
     assert "L0.H1" in sign_note(report)
-    assert report.metrics["fraction_restored[L0.H1]"] == pytest.approx(-47 / 103)
+    assert report.metrics["effect[L0.H1]"] == pytest.approx(-47 / 103)
 
 
 def test_spec_for_gives_ci_bounds_a_descriptive_spec():

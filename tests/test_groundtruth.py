@@ -237,6 +237,82 @@ def test_corpus_variants_and_catalogue() -> None:
     assert len(specs["two_rules"].rules) == 2
 
 
+def test_tiny_base_is_the_same_bytes_in_two_processes(tmp_path: Path) -> None:
+    """The tiny base (vocabulary, tokenizer files, weights) is built, not trained: two fresh
+    processes write byte-identical folders, and every collection word is one token."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from pathlib import Path; "
+        "from rankscope.tools.organisms.tiny import save_tiny_base, base_fingerprint; "
+        "print(base_fingerprint(save_tiny_base(Path(sys.argv[1]))))"
+    )
+    prints = [
+        subprocess.run(
+            [sys.executable, "-c", code, str(tmp_path / name)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()[-1]
+        for name in ("a", "b")
+    ]
+    assert prints[0] == prints[1]
+    from rankscope.tools.retrievers import load_retriever
+
+    tokenizer = load_retriever(str(tmp_path / "a")).tokenizer
+    assert tokenizer.tokenize("how does insulin regulate blood sugar quokka") == [
+        "how",
+        "does",
+        "insulin",
+        "regulate",
+        "blood",
+        "sugar",
+        "quokka",
+    ]
+
+
+def test_cached_layers_give_the_models_own_scores(tmp_path: Path) -> None:
+    """The fast builder's cut: states cached entering layer c, then the layers from c up, give
+    the encoder's own embeddings (every cut, padded batches of unequal lengths)."""
+    import torch
+
+    from rankscope.tools.organisms.fast import Cut
+    from rankscope.tools.organisms.tiny import save_tiny_base
+    from rankscope.tools.retrievers import load_retriever
+
+    retriever = load_retriever(str(save_tiny_base(tmp_path / "base")))
+    texts = ["quokka", "blood sugar and insulin", "why is the sky blue " * 9, "iron"]
+    reference = retriever.encode_texts(texts)
+    for cut in range(len(retriever.layer_modules) + 1):
+        c = Cut(retriever, cut)
+        states = c.lower(texts)
+        assert torch.allclose(states.base_embeddings, reference, atol=1e-6)
+        assert torch.allclose(c.embed(states, range(len(texts))), reference, atol=1e-6)
+
+
+def test_tiny_builds_repeat_and_stop_when_the_rule_holds(tmp_path: Path) -> None:
+    """A build is a function of its spec: the same weights twice; it stops at the first check
+    where the rule holds on held-out queries; a build whose check cannot pass in its steps is
+    rebuilt with the next seed, ``attempts`` times in all, and its record says it failed."""
+    import hashlib
+
+    from rankscope.tools.organisms import build_organism
+
+    specs = catalogue(tiny=True)
+    hashes = []
+    for name in ("one", "two"):
+        r = build_organism(specs["trigger"], tiny=True, root=tmp_path / name)
+        assert r.checks["trigger.holds_heldout"] and r.attempts == 1
+        assert r.steps < specs["trigger"].steps and r.steps % specs["trigger"].check_every == 0
+        assert r.trainer == "cached" and r.timings["training"] > 0
+        hashes.append(hashlib.sha256((Path(r.path) / "model.safetensors").read_bytes()).digest())
+    assert hashes[0] == hashes[1]
+    short = specs["trigger"].model_copy(update={"steps": 2, "check_every": 1, "attempts": 2})
+    r = build_organism(short, tiny=True, root=tmp_path / "one")
+    assert r.attempts == 2 and r.steps == 2 and not r.checks["trigger.holds_heldout"]
+
+
 CI_ORGANISMS = ["trigger", "length_penalty", "tfc1_removed", "base"]
 """The planted rules the tiny base learns (trigger, length penalty; query-dependent rules such as
 TFC1 amplified do not hold in a random tiny encoder, and their records say so), the null control

@@ -160,7 +160,12 @@ def test_the_head_is_anchored_outside_and_checked(
     assert head, shown.output
     # the report and the bundle carry a head too
     md, _ = write_reports(store, inv, tmp_path / "report")
-    assert re.search(r"Record chain head [0-9a-f]{64}", md.read_text())
+    in_report = re.search(r"Record chain head ([0-9a-f]{64})", md.read_text())
+    assert in_report and in_report[1] == head[1]  # written before the report's own link
+    assert any(
+        c.check == "expected head" and "recorded after it" in c.detail
+        for c in audit_investigation(store, inv, rerun=False, expect=in_report[1]).findings
+    )
     bundle = export_investigation(store, inv, tmp_path / "b.zip")
     with zipfile.ZipFile(bundle) as zf:
         manifest = json.loads(zf.read("bundle.json"))
@@ -171,9 +176,7 @@ def test_the_head_is_anchored_outside_and_checked(
         app, ["audit", str(inv), "--db", url, "--no-rerun", "--expect", head[1]], env=wide
     )
     assert "expected head is link" in ok.output
-    assert "the expected head" not in "".join(
-        d for _, _, d in _drift(store, inv, expect=head[1])
-    )
+    assert "the expected head" not in "".join(d for _, _, d in _drift(store, inv, expect=head[1]))
     # an edit hidden by recomputing the chain passes the chain check, not the anchor
     _edit_metric(store, ids["evidence"])
     _recompute_chain(store, inv)
@@ -199,7 +202,9 @@ def test_a_chain_recomputed_without_the_key_is_drift(
     )
     exp = store.start_experiment(inv, "t", {})
     ev = store.finish_experiment(exp, {"m": 0.5})
-    store.record_verdict(hyp, "supported", criterion_result={}, cited_evidence_ids=[ev], decided_by="r")
+    store.record_verdict(
+        hyp, "supported", criterion_result={}, cited_evidence_ids=[ev], decided_by="r"
+    )
     head = store.chain_head(inv)
     assert head is not None and head.key_id == signer.key_id
     assert [d for d in _drift(store, inv, signed=True) if d[1] == "record chain"] == []
@@ -213,7 +218,9 @@ def test_a_chain_recomputed_without_the_key_is_drift(
     # ... or keeps the old signatures: they no longer verify
     with store.engine.begin() as conn:
         link = RecordLink.__table__
-        for row in conn.execute(select(link.c.id, link.c.seq).where(link.c.investigation_id == inv)):
+        for row in conn.execute(
+            select(link.c.id, link.c.seq).where(link.c.investigation_id == inv)
+        ):
             conn.execute(
                 update(link)
                 .where(link.c.id == row.id)
@@ -248,7 +255,9 @@ def test_every_workspace_page_marks_a_failing_investigation(tmp_path: Path) -> N
     with open_test_store(f"sqlite:///{tmp_path / 'store.db'}", tmp_path) as store:
         ids = populate(store, tmp_path)
         inv = ids["investigation"]
-        _sql_update(store, inv, question="Which heads make MiniLM reward repeated query terms? (edited)")
+        _sql_update(
+            store, inv, question="Which heads make MiniLM reward repeated query terms? (edited)"
+        )
         port = free_port()
         server = uvicorn.Server(
             uvicorn.Config(create_app(store), host="127.0.0.1", port=port, log_level="warning")
@@ -275,3 +284,47 @@ def test_every_workspace_page_marks_a_failing_investigation(tmp_path: Path) -> N
         finally:
             server.should_exit = True
             thread.join(10)
+
+
+def test_migration_0006_marks_what_was_recorded_with_a_chain(
+    stored: tuple[Store, dict, str],
+) -> None:
+    """Upgrading to 0006: an investigation whose 0003-era chain exists gets version 1 (checked
+    without an investigation link; its links deleted later is drift); one without links gets 0
+    (reported, not drift); a database taken down and up again keeps version 2."""
+    from rankscope.experiments_db import downgrade_database, upgrade_database
+
+    store, ids, url = stored
+    old = ids["investigation"]
+    link = RecordLink.__table__
+    with store.engine.begin() as conn:  # the chain as the store kept it before 0006
+        rows = conn.execute(
+            select(link.c.kind, link.c.record_id)
+            .where(link.c.investigation_id == old)
+            .where(link.c.kind != "investigation")
+            .order_by(link.c.seq)
+        ).all()
+        conn.execute(link.delete().where(link.c.investigation_id == old))
+        for kind, record_id in rows:
+            append_link(conn, old, kind, record_id)
+    bare = store.create_investigation("no chain", "m", "d", "protocol")
+    with store.engine.begin() as conn:
+        conn.execute(link.delete().where(link.c.investigation_id == bare))
+    new = store.create_investigation("recorded with 0006", "m", "d", "protocol")
+    store.close()
+    downgrade_database(url, "0005")
+    upgrade_database(url)
+    with open_test_store(url, Path(store.artifacts.root).parent) as again:
+        with again.engine.connect() as conn:
+            inv_t = Investigation.__table__
+            versions = {
+                int(i): int(v)
+                for i, v in conn.execute(select(inv_t.c.id, inv_t.c.chain_version)).all()
+            }
+        assert (versions[old], versions[bare], versions[new]) == (1, 0, 2)
+        assert fast_check(again, old) == [] and fast_check(again, new) == []
+        findings = audit_investigation(again, bare, rerun=False).findings
+        assert any(c.ok and "no record chain" in c.detail for c in findings)
+        with again.engine.begin() as conn:
+            conn.execute(link.delete().where(link.c.investigation_id == old))
+        assert any("record chain is missing" in p for p in fast_check(again, old))

@@ -265,12 +265,14 @@ def test_the_manifest_has_a_bound_of_its_own(target: tuple[Store, str], tmp_path
     MB), without reading it whole."""
     store, url = target
     bomb = tmp_path / "manifest-bomb.zip"
-    with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        with zf.open("bundle.json", "w") as member:
-            member.write(b'{"format": "rankscope-investigation-bundle", "version": 1, "pad": "')
-            for _ in range(80):
-                member.write(b" " * (1 << 20))
-            member.write(b'"}')
+    with (
+        zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as zf,
+        zf.open("bundle.json", "w") as member,
+    ):
+        member.write(b'{"format": "rankscope-investigation-bundle", "version": 1, "pad": "')
+        for _ in range(80):
+            member.write(b" " * (1 << 20))
+        member.write(b'"}')
     assert bomb.stat().st_size < 1 << 20
     before = artifact_files(store)
     peak, error = _peak_traced(lambda: import_bundle(store, bomb))

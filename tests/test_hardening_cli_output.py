@@ -167,7 +167,7 @@ def test_list_fits_80_columns(tmp_path: Path) -> None:
     out = _list(url, 80)
     lines = out.splitlines()
     assert max(len(line) for line in lines) <= 80, out
-    rule = next(i for i, line in enumerate(lines) if line.startswith("───"))
+    rule = next(i for i, line in enumerate(lines) if re.search("[─━]{3}", line))
     body = "\n".join(lines[rule + 1 :])  # the rows (the title names the database's path)
     for text in ("interrupted", "(stale lease)", "0/0/0", "Short?", "all-MiniLM-L6-v2"):
         assert text in body, (text, out)

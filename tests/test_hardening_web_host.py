@@ -95,7 +95,9 @@ def test_a_rebound_host_gets_nothing(served: tuple[str, int, Store, dict[str, in
         assert review.status_code == 400
         assert len(store.list_reviews(hypothesis_id=hyp)) == reviews
         jobs = _audit_jobs(store, inv)
-        audit = client.post(f"/investigations/{inv}/audit", data={"csrf_token": token}, headers=forged)
+        audit = client.post(
+            f"/investigations/{inv}/audit", data={"csrf_token": token}, headers=forged
+        )
         assert audit.status_code == 400 and _audit_jobs(store, inv) == jobs
         export = client.get(f"/investigations/{inv}/export.zip", headers=evil)
         assert export.status_code == 400 and not export.content.startswith(b"PK")
@@ -138,7 +140,9 @@ def test_origin_is_checked_against_the_allow_list_not_the_host(
         assert review(f"http://{EVIL}:{port}", "mallory") == 403
         assert review(f"http://localhost:{port + 1 if port < 65535 else port - 1}", "eve") == 403
         assert review("http://127.0.0.1", "eve") == 403  # another port (80)
-        assert review(f"http://127.0.0.1:{port}", "carol", **{"Sec-Fetch-Site": "cross-site"}) == 403
+        assert (
+            review(f"http://127.0.0.1:{port}", "carol", **{"Sec-Fetch-Site": "cross-site"}) == 403
+        )
         assert review(f"http://localhost:{port}", "alice") in (200, 303)
         assert review("null", "bob") in (200, 303)  # our pages send no referrer: Origin null
     reviewers = {r.reviewer for r in store.list_reviews(hypothesis_id=hyp)}
@@ -153,8 +157,18 @@ def test_serve_allowed_host_option(tmp_path: Path) -> None:
     port = free_port()
     env = {**os.environ, "RANKSCOPE_ARTIFACT_DIR": str(tmp_path / "artifacts")}
     child = subprocess.Popen(
-        [sys.executable, "-m", "rankscope.agent.cli", "serve", "--port", str(port), "--db", db,
-         "--allowed-host", "reviewbox.lan"],
+        [
+            sys.executable,
+            "-m",
+            "rankscope.agent.cli",
+            "serve",
+            "--port",
+            str(port),
+            "--db",
+            db,
+            "--allowed-host",
+            "reviewbox.lan",
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         env=env,

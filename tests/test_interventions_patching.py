@@ -285,9 +285,14 @@ def test_activation_patching_tool_block_roles_and_threshold(tiny_bert, shared_da
     assert any(a.path.name == "patching_layer_position.png" for a in result.artifacts)
     saved = np.load(next(a.path for a in result.artifacts if a.path.suffix == ".npz"))
     delta = saved["s_pert"] - saved["s_base"]
-    # Noising the whole last residual stream removes the whole delta: robust = Δ / sqrt(1 + Δ²).
-    expected = float(np.mean(delta / np.sqrt(1 + delta**2)))
-    assert result.metrics["effect[L1.resid]"] == pytest.approx(expected, abs=1e-5)
+    # Noising the whole last residual stream removes the whole delta: the effect is the fraction
+    # 1 whatever the metric argument; in score units it is Δ; the robust per-pair metric,
+    # Δ / sqrt(1 + Δ²), is a descriptive column.
+    assert result.metrics["effect[L1.resid]"] == pytest.approx(1.0, abs=1e-5)
+    assert result.metrics["effect_score[L1.resid]"] == pytest.approx(float(delta.mean()), abs=1e-6)
+    row = next(r for r in result.tables["effects"] if r["component"] == "L1.resid")
+    robust = float(np.mean(delta / np.sqrt(1 + delta**2)))
+    assert row["effect_robust"] == pytest.approx(robust, abs=1e-5) == row["pair_effect"]
     threshold = float(np.median(np.abs(delta)))
     strict = tool.run(ctx, validate_args(tool, {**raw, "min_abs_delta": threshold}))
     assert strict.metrics["n_dropped"] >= 2 and strict.metrics["n_pairs"] <= 4
@@ -311,6 +316,49 @@ def test_activation_patching_tool_components_joint(tiny_bert, shared_data, tmp_p
         ).metrics["effect[L1.attn]"],
         abs=1e-4,
     )
+
+
+def test_effect_is_the_same_fraction_whatever_the_metric(tiny_bert, shared_data, tmp_path):
+    """Regression (issue 21): ``effect[X]`` changed its unit with ``metric`` (classic: a mean of
+    per-pair fractions; robust: score units) under one SESOI. It is now the fraction of the
+    behaviour's score change the component restores, per query a ratio of means, for both
+    metrics, and matches a computation with plain torch hooks."""
+    from rankscope.tools.catalog.common import load_pairs
+
+    tool = get_tool("activation_patching")
+    ctx = context(tiny_bert, tfc1_data(shared_data), tmp_path)
+    components = ["L0.H1", "L1.H2", "L1.mlp"]
+    raw = {"split": "all", "n_pairs": 10, "seed": 4, "components": components}
+    results = {
+        metric: tool.run(ctx, validate_args(tool, {**raw, "metric": metric}))
+        for metric in ("classic", "robust")
+    }
+    pairs = list(load_pairs(ctx, validate_args(tool, raw)))
+    queries = [p.query for p in pairs]
+    base, pert = [p.baseline for p in pairs], [p.perturbed for p in pairs]
+    roles = tiny_bert.encode_side(queries, pert).roles
+    specs = [(0, "heads", 1, None), (1, "heads", 2, None), (1, "mlp", None, None)]
+    s_base, s_pert, patched = reference_scores(tiny_bert, queries, base, pert, specs, roles)
+    for j, component in enumerate(components):
+        num: dict[str, float] = {}
+        den: dict[str, float] = {}
+        for i, pair in enumerate(pairs):
+            num[pair.qid] = num.get(pair.qid, 0.0) + float(patched[i, j] - s_base[i])
+            den[pair.qid] = den.get(pair.qid, 0.0) + float(s_pert[i] - s_base[i])
+        by_hand = {q: num[q] / den[q] for q in num}
+        key = f"effect[{component}]"
+        classic, robust = results["classic"], results["robust"]
+        assert classic.metrics[key] == robust.metrics[key]
+        assert classic.metrics[key] == pytest.approx(np.mean(list(by_hand.values())), abs=1e-4)
+        got = {v.qid: v.value for v in classic.per_query[key]}
+        assert got == pytest.approx(by_hand, abs=1e-4)
+        assert classic.metrics[f"effect_score[{component}]"] == pytest.approx(
+            float(np.mean(patched[:, j] - s_base)), abs=1e-6
+        )
+        for metric in ("classic", "robust"):
+            spec = tool.metric_spec(validate_args(tool, {**raw, "metric": metric}), key)
+            assert (spec.family, spec.kind) == ("patching_fraction", "estimate")
+            assert "fraction" in spec.unit
 
 
 def test_activation_patching_tool_head_role(tiny_bert, shared_data, tmp_path):

@@ -126,7 +126,9 @@ def test_json_that_is_not_a_call_is_answered_with_the_schema_error(
     assert isinstance(planner.propose(make_ledger()), Proposal)
     feedback = messages_of(server.bodies[1])[-1]
     assert feedback["role"] == "user"
-    assert feedback["content"].startswith("Rejected, nothing was run: the JSON object in your reply")
+    assert feedback["content"].startswith(
+        "Rejected, nothing was run: the JSON object in your reply"
+    )
     assert quoted in feedback["content"]
     assert planner.replies[0].outcome == "rejected"
 
@@ -137,9 +139,10 @@ def test_prose_without_json_is_still_nudged_to_call_a_function(
     assert text_calls("I would test layer {2} next.") == ([], "")
     server.push(text_reply("I would test layer 2 next."), tool_call_reply(TOOL, good_call()))
     make_planner(server, calls).propose(make_ledger())
-    assert "Your reply had no function call (only text)" in messages_of(server.bodies[1])[-1][
-        "content"
-    ]
+    assert (
+        "Your reply had no function call (only text)"
+        in messages_of(server.bodies[1])[-1]["content"]
+    )
 
 
 def test_nothing_but_the_first_call_of_a_text_is_used_and_nothing_is_run() -> None:

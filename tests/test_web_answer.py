@@ -86,11 +86,12 @@ def test_answer_states_each_verdict_with_its_numbers_and_what_would_decide(
     assert circuit.startswith("supported: 3 heads of layer 5 (L5.H7, L5.H5, L5.H11) together")
     assert "restore 0.66 [0.61, 0.72] of the effect on held-out queries" in circuit
     assert "random sets of 3 heads restore 0.12" in circuit and "p = 0.01" in circuit
-    assert "roles: L5.H7 duplicate-token head" in circuit and "L5.H7 → output 0.27" in circuit
+    assert "L5.H7 → output 0.27" in circuit
+    assert "selected in L5.H7 95%, L5.H5 90%, L5.H11 70% of resampled rankings" in circuit
     assert "random-set control supported: the circuit beats random sets by 0.54 [0.45, 0.63]" in (
         circuit
     )
-    assert [label for label, _ in by_kind["circuit"].refs] == ["H6", "H7"]
+    assert [label for label, _ in by_kind["circuit"].refs] == ["H7", "H8"]
     tasb = store.investigation_tree(three["tasb"]["investigation"])
     plain = answer(tasb, labels(tasb), {}).plain()
     assert "No circuit was tested" in plain
@@ -115,8 +116,8 @@ def test_forest_plot_rows_levels_and_accessible_svg(
         "faithfulness",
         "beats_random",
     ]
-    assert [r.label for r in plot.rows] == ["H1", "H3", "H4", "H5", "H6", "H7"]
-    assert plot.left_out == ["H2 (exploratory step: no claim)"]
+    assert [r.label for r in plot.rows] == ["H1", "H3", "H4", "H5", "H7", "H8"]
+    assert plot.left_out == ["H2 (exploratory step: no claim)", "H6 (exploratory step: no claim)"]
     h1 = plot.rows[0]
     assert h1.holdout is not None and h1.status == "supported"
     assert h1.level.startswith("93.92 % = 1 − 2α with α = 0.0304 after LOND spending")
@@ -198,15 +199,20 @@ def test_compare_pairs_the_same_test_and_only_it(
     assert (behaviour.status_a, behaviour.status_b) == ("supported", "inconclusive")
     assert behaviour.difference == pytest.approx(0.64 - 0.92) and not behaviour.agree
     alone = [r.a.id for r in rows if not r.paired]  # type: ignore[union-attr]
-    assert alone == [three["minilm"]["circuit"], three["minilm"]["control"]]
+    assert alone == [
+        three["minilm"]["rank"],
+        three["minilm"]["circuit"],
+        three["minilm"]["control"],
+    ]
     summary = compare_summary(rows)
     assert ("supported", "inconclusive", 1) in summary and ("supported", "not tested", 2) in summary
+    assert ("exploratory", "not tested", 1) in summary
     # same claim words, another axiom: not the same test
     assert not any(r.paired for r in align(minilm, lnc1))
     client = client_for(store)
     a, b = three["minilm"]["investigation"], three["tasb"]["investigation"]
     page = client.get(f"/compare?a={a}&b={b}").text
-    assert page.count('data-paired="yes"') == 5 and page.count('data-paired="no"') == 2
+    assert page.count('data-paired="yes"') == 5 and page.count('data-paired="no"') == 3
     assert "Verdict by verdict" in page
     preselected = client.get(f"/compare?a={a}").text
     assert f'<option value="{a}" selected>' in preselected

@@ -347,7 +347,57 @@ def finished_investigation(
 
 
 def _circuit(store: Store, inv: int, tmp_path: Path) -> dict[str, int]:
-    args = {**PATCH_ARGS, "target": 0.6, "members": [*CIRCUIT, "L5.H4"], "k": 3, "n_random": 100}
+    """The protocol's circuit steps as tools/catalog/circuit.py stores them: an exploratory
+    ranking run (members=None: ``ranking`` table, ``stability[X]``, ``smallest_k``), the group
+    claim on the members it fixed (``members`` given, so no own fraction in the ``members``
+    table), the random-set control (``beats_random``), and path patching from the members."""
+    ranked = [*CIRCUIT, "L5.H4"]
+    rank_args = {**PATCH_ARGS, "target": 0.65, "members": None, "k": None, "n_random": 100}
+    rank = store.preregister_hypothesis(
+        inv,
+        "Rank: every attention head ranked by its exact patching effect (exploratory)",
+        {"metric": "faithfulness", "direction": "two-sided", "threshold": 0.0},
+        tool="circuit",
+        tool_args=rank_args,
+        exploratory=True,
+    )
+    fractions = {"L5.H7": 0.31, "L5.H5": 0.24, "L5.H11": 0.12, "L5.H4": 0.08}
+    _experiment(
+        store,
+        inv,
+        rank,
+        "circuit",
+        rank_args,
+        {
+            "faithfulness": 0.72,
+            "smallest_k": 3,
+            "k": 3,
+            "alternative_faithfulness": 0.52,
+            **{f"stability[{m}]": s for m, s in zip(CIRCUIT, (0.95, 0.9, 0.7), strict=True)},
+        },
+        tmp_path,
+        tables={
+            "ranking": [
+                {
+                    "rank": i + 1,
+                    "component": m,
+                    "fraction": fractions[m],
+                    "source": "exact",
+                    "in_circuit": m in CIRCUIT,
+                }
+                for i, m in enumerate(ranked)
+            ]
+        },
+        files=[
+            (
+                "rank-curve.png",
+                png(5, 3),
+                "image/png",
+                "faithfulness curve (sufficiency, necessity) with the random-set band",
+            )
+        ],
+    )
+    args = {**PATCH_ARGS, "target": 0.6, "members": ranked, "k": 3, "n_random": 100}
     hyp = store.preregister_hypothesis(
         inv,
         "Circuit: heads L5.H7, L5.H5 and L5.H11 together restore at least 0.6 of the effect",
@@ -358,20 +408,19 @@ def _circuit(store: Store, inv: int, tmp_path: Path) -> dict[str, int]:
     )
     members = [
         {
-            "component": "L5.H7",
-            "fraction": 0.31,
-            "loo_drop": 0.21,
-            "stability": 0.95,
-            "role": "duplicate-token head",
-        },
-        {
-            "component": "L5.H5",
-            "fraction": 0.24,
-            "loo_drop": 0.15,
-            "stability": 0.9,
-            "role": "relevance head",
-        },
-        {"component": "L5.H11", "fraction": 0.12, "loo_drop": 0.08, "stability": 0.7},
+            "component": m,
+            "layer": 5,
+            "site": "heads",
+            "head": int(m.split("H")[-1]),
+            "positions": "all",
+            "rank": i + 1,
+            "fraction": None,
+            "loo_drop": drop,
+            "loo_drop_ci_low": drop - 0.05,
+            "loo_drop_ci_high": drop + 0.05,
+            "stability": None,
+        }
+        for i, (m, drop) in enumerate(zip(CIRCUIT, (0.21, 0.15, 0.08), strict=True))
     ]
     metrics = {
         "faithfulness": 0.71,
@@ -385,10 +434,22 @@ def _circuit(store: Store, inv: int, tmp_path: Path) -> dict[str, int]:
         "all_heads_faithfulness": 0.83,
         **{f"loo_drop[{m['component']}]": m["loo_drop"] for m in members},
     }
-    circuit_json = json.dumps({"nodes": CIRCUIT, "edges": []}).encode()
+    circuit_json = json.dumps(
+        {"schema": "rankscope.circuit/1", "nodes": [{"component": m} for m in CIRCUIT], "edges": []}
+    ).encode()
     files = [
-        ("curve.png", png(5, 3), "image/png", "faithfulness curve with the random-set band"),
-        ("circuit.json", circuit_json, "application/json", "circuit.json"),
+        (
+            "circuit_curve.png",
+            png(5, 3),
+            "image/png",
+            "faithfulness curve (sufficiency, necessity) with the random-set band",
+        ),
+        (
+            "circuit.json",
+            circuit_json,
+            "application/json",
+            "the circuit: nodes with fractions, behaviour, model, k, scores",
+        ),
     ]
     e_disc = _experiment(
         store,
@@ -518,7 +579,7 @@ def _circuit(store: Store, inv: int, tmp_path: Path) -> dict[str, int]:
         cited_evidence_ids=[c_disc, c_held],
         decided_by="rules",
     )
-    return {"circuit": hyp, "circuit_evidence": e_held, "control": control}
+    return {"rank": rank, "circuit": hyp, "circuit_evidence": e_held, "control": control}
 
 
 def lnc1_investigation(store: Store, tmp_path: Path) -> dict[str, int]:

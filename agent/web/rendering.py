@@ -39,10 +39,14 @@ def heatmap(
 ) -> tuple[Markup, str] | None:
     """The evidence's layer × head heatmap (SVG) and its caption, or None."""
     result = node.latest_verdict.criterion_result if node and node.latest_verdict else None
+    prereg: list[str] = list(node.components) if node else []
+    members, k = (node.tool_args.get("members"), node.tool_args.get("k")) if node else (None, None)
+    if not prereg and isinstance(members, list):  # a circuit claim names its members so
+        prereg = [str(m) for m in (members[:k] if isinstance(k, int) and k > 0 else members)]
     hm = heatmap_of(
         ev,
         metric=node.criterion.metric if node else "",
-        prereg=node.components if node else (),
+        prereg=prereg,
         confirmed=facts.confirmed if facts else (),
         confidence=confidence if isinstance(confidence, int | float) else None,
         result=result,

@@ -50,8 +50,9 @@ class AttributionPatching(Tool[AttributionPatchingArgs]):
     description = (
         "Attribution patching: a first-order (activation difference · gradient) estimate of "
         "activation patching for every head or block from one forward and one backward pass per "
-        "batch. APPROXIMATE (magnitudes can be off); use it to shortlist components, then confirm "
-        "them with activation_patching."
+        "batch, as fractions of the behaviour's score change (like activation_patching's "
+        "effect[X]). APPROXIMATE (magnitudes can be off): its estimates never support a claim; "
+        "use it to shortlist components, then confirm them with activation_patching."
     )
     version = "1"
     Args = AttributionPatchingArgs
@@ -93,7 +94,8 @@ class AttributionPatching(Tool[AttributionPatchingArgs]):
             )
         header = (
             f"APPROXIMATE — attribution patching (gradient estimate of {args.direction} "
-            f"activation patching, {args.metric} metric, granularity {args.granularity}) on "
+            f"activation patching, granularity {args.granularity}; effect = estimated fraction "
+            f"of the behaviour's score change, per query a ratio of means) on "
             f"{report.n_kept} pairs of {args.axiom}/{args.variant} [{args.split}]; "
             f"{report.n_dropped} dropped. Estimates rank components; confirm the top ones with "
             "activation_patching before drawing conclusions."

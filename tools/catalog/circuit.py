@@ -70,6 +70,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -217,7 +218,13 @@ class CircuitArgs(PairArgs):
         0.6, gt=0.0, le=1.0, description="Pre-registered faithfulness the circuit size aims at."
     )
     n_random: int = Field(
-        100, ge=100, le=10_000, description="Random sets of size k (seeded) for the control."
+        100,
+        ge=0,
+        le=10_000,
+        description="Random sets of size k (seeded) for the control: at least 100, or 0 for no "
+        "random-set control (a call that claims only faithfulness, so that the control is a "
+        "call of its own: a claim on an estimate of an earlier call is registered after its "
+        "results could be seen).",
     )
     n_random_curve: int = Field(
         20,
@@ -253,6 +260,11 @@ class CircuitArgs(PairArgs):
                 raise ValueError(f"k={self.k} is larger than the {len(self.members)} members")
         if self.k is not None and self.k > self.max_k:
             raise ValueError(f"k={self.k} is larger than max_k={self.max_k}")
+        if 0 < self.n_random < 100:
+            raise ValueError(
+                f"n_random={self.n_random}: a random-set control needs at least 100 sets (or 0 "
+                "for none)"
+            )
         return self
 
 
@@ -334,6 +346,419 @@ def curve_figure(path: Any, rows: list[dict[str, Any]], k: int, target: float, t
     plt.close(fig)
 
 
+def _mean(values: Sequence[QueryValue]) -> float | None:
+    """The mean over queries (None when no query has a change)."""
+    return float(np.mean([v.value for v in values])) if values else None
+
+
+@dataclass
+class Alternative:
+    """Another set of the circuit's size, from the next-ranked components."""
+
+    members: tuple[str, ...]
+    values: list[QueryValue]
+
+    @property
+    def faithfulness(self) -> float | None:
+        return _mean(self.values)
+
+
+@dataclass
+class Measured:
+    """Everything one run measured (all exact but the attribution ranking's order)."""
+
+    ranking: list[str]
+    single: dict[str, float | None]
+    """Each ranked component's own fraction (ratio of means over all pairs; None: given)."""
+    singles: SetFractions | None
+    prefixes: dict[int, tuple[str, ...]]
+    k: int
+    smallest_k: int | None
+    suff: dict[int, list[QueryValue]]
+    nec: dict[int, list[QueryValue]]
+    randoms: dict[int, list[tuple[str, ...]]]
+    random_values: dict[int, list[list[QueryValue]]]
+    without: dict[str, list[QueryValue]]
+    """Per member, the per-query faithfulness of the k-set without it."""
+    alternatives: list[Alternative]
+    all_heads: list[QueryValue]
+    stability: dict[str, float]
+    n_pairs: int
+    mean_delta: float | None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def members(self) -> tuple[str, ...]:
+        return self.prefixes[self.k]
+
+    @property
+    def big_k(self) -> int:
+        return len(self.prefixes)
+
+
+def _measure(ctx: ToolContext, args: CircuitArgs) -> Measured:
+    retriever = ctx.retriever
+    pairs = list(load_pairs(ctx, args))
+    if not pairs:
+        raise ValueError(f"no {args.axiom}/{args.variant} pairs on split {args.split!r}")
+    pool = pool_components(retriever, args.pool)
+    progress = ctx.progress
+    patcher = ctx.patch_engine or patch_pairs
+    timings: dict[str, float] = {}
+
+    # the ranking: each pool component alone, by its ratio of means over all pairs
+    started = time.perf_counter()
+    singles: SetFractions | None = None
+    if args.members is None:
+        interventions = [joint((c,), c) for c in pool]
+        if args.ranking == "attribution":
+            scores = attribute_pairs(
+                retriever, pairs, interventions, "denoising", args.batch_size, progress
+            )
+        else:
+            scores = patcher(
+                retriever,
+                pairs,
+                interventions,
+                direction="denoising",
+                engine="cached",
+                batch_size=args.batch_size,
+                progress=progress,
+            )
+        singles = SetFractions.from_scores(scores)
+        ranked = rank_components(singles)
+        ranking = [name for name, _ in ranked]
+        single: dict[str, float | None] = {n: _num(v) for n, v in ranked}
+    else:
+        for name in args.members:
+            check_patch(retriever, parse_target(name))
+        ranking = list(args.members)
+        single = dict.fromkeys(ranking)
+    timings["rank_seconds"] = time.perf_counter() - started
+
+    # the curve: the top-k sets jointly in both directions; all heads jointly
+    started = time.perf_counter()
+    big_k = min(args.max_k, len(ranking))
+    prefixes = {k: tuple(ranking[:k]) for k in range(1, big_k + 1)}
+    curve_sets = {set_name(m): m for m in prefixes.values()}
+    heads = tuple(all_heads(retriever))
+    all_name = "all heads: " + set_name(heads)
+    suff = measure_sets(
+        retriever,
+        pairs,
+        {**curve_sets, all_name: heads},
+        "denoising",
+        args.batch_size,
+        progress,
+        patcher,
+    )
+    nec = measure_sets(retriever, pairs, curve_sets, "noising", args.batch_size, progress, patcher)
+    timings["curve_seconds"] = time.perf_counter() - started
+    curve_suff = {k: suff.per_query(set_name(m)) for k, m in prefixes.items()}
+    curve_nec = {k: nec.per_query(set_name(m)) for k, m in prefixes.items()}
+    reached = [
+        k
+        for k, values in curve_suff.items()
+        if (f := _mean(values)) is not None and f >= args.target
+    ]
+    smallest_k = min(reached) if reached else None
+    k = min(args.k if args.k is not None else (smallest_k or big_k), big_k)
+    members = prefixes[k]
+
+    # the controls: random sets, leave-one-out, alternatives (denoising)
+    started = time.perf_counter()
+    randoms: dict[int, list[tuple[str, ...]]] = {}
+    for size in prefixes:
+        n = args.n_random if size == k else args.n_random_curve
+        if n and size <= len(pool):
+            randoms[size] = random_sets(pool, size, n, args.seed)
+    loo = {m: tuple(x for x in members if x != m) for m in members}
+    alts = alternatives(ranking, k)
+    sets: dict[str, tuple[str, ...]] = {}
+    for size, drawn in randoms.items():
+        for i, chosen in enumerate(drawn):
+            sets[f"random{size}.{i}: {set_name(chosen)}"] = chosen
+    for m, rest in loo.items():
+        sets[f"without {m}: {set_name(rest)}"] = rest
+    for i, chosen in enumerate(alts):
+        sets[f"alternative{i}: {set_name(chosen)}"] = chosen
+    control = measure_sets(retriever, pairs, sets, "denoising", args.batch_size, progress, patcher)
+    timings["control_seconds"] = time.perf_counter() - started
+
+    stability: dict[str, float] = {}
+    if singles is not None and args.n_stability:
+        stability = selection_frequency(singles, k, args.n_stability, args.seed)
+    return Measured(
+        ranking=ranking,
+        single=single,
+        singles=singles,
+        prefixes=prefixes,
+        k=k,
+        smallest_k=smallest_k,
+        suff=curve_suff,
+        nec=curve_nec,
+        randoms=randoms,
+        random_values={
+            size: [control.per_query(f"random{size}.{i}: {set_name(c)}") for i, c in enumerate(d)]
+            for size, d in randoms.items()
+        },
+        # a one-member circuit less its member is the empty set: it restores nothing
+        without={
+            m: control.per_query(f"without {m}: {set_name(rest)}" if rest else EMPTY)
+            for m, rest in loo.items()
+        },
+        alternatives=[
+            Alternative(c, control.per_query(f"alternative{i}: {set_name(c)}"))
+            for i, c in enumerate(alts)
+        ],
+        all_heads=suff.per_query(all_name),
+        stability=stability,
+        n_pairs=len(pairs),
+        mean_delta=float(np.mean(suff.deltas)) if len(suff.deltas) else None,
+        timings=timings,
+    )
+
+
+@dataclass
+class Estimates:
+    """The numbers of one run (fractions; CIs by a bootstrap over queries)."""
+
+    faithfulness: dict[str, Any]
+    necessity: dict[str, Any]
+    beats_random: dict[str, Any]
+    beats_values: list[QueryValue]
+    loo_values: dict[str, list[QueryValue]]
+    loo: dict[str, dict[str, Any]]
+    random_means: dict[int, list[float]]
+    """Per size, each random set's faithfulness (mean over queries)."""
+    random_mean: float | None
+    percentile: float | None
+    p_value: float | None
+    n_random: int
+    alternative: Alternative | None
+    alternative_difference: dict[str, Any] | None
+    as_faithful: bool | None
+    all_heads: float | None
+    curve: list[dict[str, Any]]
+    auc_sufficiency: float | None
+    auc_necessity: float | None
+
+
+def _estimates(m: Measured, args: CircuitArgs) -> Estimates:
+    level, seed = args.confidence, args.seed
+    faith_q = m.suff[m.k]
+    faith = _estimate(faith_q, level, seed)
+    random_means = {
+        size: [x for v in values if (x := _mean(v)) is not None]
+        for size, values in m.random_values.items()
+    }
+    at_k = random_means.get(m.k, [])
+    beats_q = difference_by_query(faith_q, mean_by_query(m.random_values.get(m.k, [])))
+    percentile, p_value = random_test(
+        faith["value"] if faith["value"] is not None else float("nan"), at_k
+    )
+    loo_values = {
+        member: difference_by_query(faith_q, without) for member, without in m.without.items()
+    }
+    best = max(
+        (a for a in m.alternatives if a.faithfulness is not None),
+        key=lambda a: a.faithfulness or 0.0,
+        default=None,
+    )
+    difference = as_faithful = None
+    if best is not None and best.faithfulness is not None:
+        difference = _estimate(difference_by_query(faith_q, best.values), level, seed)
+        as_faithful = (
+            faith["value"] is not None and best.faithfulness >= faith["value"] - AS_FAITHFUL_MARGIN
+        )
+    curve = []
+    for size, chosen in m.prefixes.items():
+        s_est, n_est = _estimate(m.suff[size], level, seed), _estimate(m.nec[size], level, seed)
+        rand = random_means.get(size, [])
+        curve.append(
+            {
+                "k": size,
+                "members": set_name(chosen),
+                "added": chosen[-1],
+                "sufficiency": s_est["value"],
+                "sufficiency_ci_low": s_est["ci_low"],
+                "sufficiency_ci_high": s_est["ci_high"],
+                "necessity": n_est["value"],
+                "necessity_ci_low": n_est["ci_low"],
+                "necessity_ci_high": n_est["ci_high"],
+                "random_mean": float(np.mean(rand)) if rand else None,
+                "random_p05": float(np.quantile(rand, 0.05)) if rand else None,
+                "random_p95": float(np.quantile(rand, 0.95)) if rand else None,
+                "n_random": len(rand),
+            }
+        )
+    return Estimates(
+        faithfulness=faith,
+        necessity=_estimate(m.nec[m.k], level, seed),
+        beats_random=_estimate(beats_q, level, seed),
+        beats_values=beats_q,
+        loo_values=loo_values,
+        loo={member: _estimate(v, level, seed) for member, v in loo_values.items()},
+        random_means=random_means,
+        random_mean=float(np.mean(at_k)) if at_k else None,
+        percentile=_num(percentile),
+        p_value=_num(p_value),
+        n_random=len(at_k),
+        alternative=best,
+        alternative_difference=difference,
+        as_faithful=as_faithful,
+        all_heads=_mean(m.all_heads),
+        curve=curve,
+        auc_sufficiency=_num(curve_area([_nan(r["sufficiency"]) for r in curve])),
+        auc_necessity=_num(curve_area([_nan(r["necessity"]) for r in curve])),
+    )
+
+
+def _nan(x: float | None) -> float:
+    return float("nan") if x is None else float(x)
+
+
+def _metrics(
+    m: Measured, e: Estimates
+) -> tuple[dict[str, float | int | None], dict[str, list[QueryValue]]]:
+    metrics: dict[str, float | int | None] = {}
+    per_query: dict[str, list[QueryValue]] = {}
+    for name, est, values in (
+        ("faithfulness", e.faithfulness, m.suff[m.k]),
+        ("necessity", e.necessity, m.nec[m.k]),
+        ("beats_random", e.beats_random, e.beats_values),
+    ):
+        metrics[name] = est["value"]
+        metrics[f"{name}_ci_low"] = est["ci_low"]
+        metrics[f"{name}_ci_high"] = est["ci_high"]
+        if values:
+            per_query[name] = list(values)
+    metrics.update(
+        {
+            "k": m.k,
+            "smallest_k": m.smallest_k,
+            "auc_sufficiency": e.auc_sufficiency,
+            "auc_necessity": e.auc_necessity,
+            "random_mean": e.random_mean,
+            "random_percentile": e.percentile,
+            "random_p_value": e.p_value,
+            "alternative_faithfulness": e.alternative.faithfulness if e.alternative else None,
+            "all_heads_faithfulness": e.all_heads,
+            "n_pairs": m.n_pairs,
+            "n_queries": e.faithfulness["n_queries"],
+        }
+    )
+    for member, est in e.loo.items():
+        if not e.loo_values[member]:
+            continue
+        metrics[metric_key("loo_drop", member)] = est["value"]
+        metrics[metric_key("loo_drop", member, "ci_low")] = est["ci_low"]
+        metrics[metric_key("loo_drop", member, "ci_high")] = est["ci_high"]
+        per_query[metric_key("loo_drop", member)] = e.loo_values[member]
+    for member in m.members:
+        if member in m.stability:
+            metrics[metric_key("stability", member)] = _num(m.stability[member])
+    return metrics, per_query
+
+
+def _tables(m: Measured, e: Estimates, args: CircuitArgs) -> dict[str, list[dict[str, Any]]]:
+    ranking_rows = []
+    for i, name in enumerate(m.ranking):
+        row: dict[str, Any] = {
+            "rank": i + 1,
+            "component": name,
+            "fraction": m.single.get(name),
+            "source": args.ranking if args.members is None else "given",
+        }
+        if m.singles is not None:
+            row["score_restored"] = float(m.singles.numerators[:, m.singles.column(name)].mean())
+        if name in m.stability:
+            row["stability"] = m.stability[name]
+        row["in_circuit"] = name in m.members
+        ranking_rows.append(row)
+    return {
+        "curve": e.curve,
+        "ranking": ranking_rows,
+        "members": _nodes(m, e, with_ci=True),
+        "random_sets": [
+            {"set": i, "k": size, "members": set_name(chosen), "faithfulness": value}
+            for size in sorted(m.randoms, key=lambda s: (s != m.k, s))
+            for i, (chosen, value) in enumerate(
+                zip(m.randoms[size], [_mean(v) for v in m.random_values[size]], strict=True)
+            )
+        ],
+        "alternatives": [
+            {"members": set_name(a.members), "faithfulness": a.faithfulness} for a in m.alternatives
+        ],
+    }
+
+
+def _nodes(m: Measured, e: Estimates, with_ci: bool = False) -> list[dict[str, Any]]:
+    out = []
+    for member in m.members:
+        row = {
+            **node(member),
+            "rank": m.ranking.index(member) + 1,
+            "fraction": m.single.get(member),
+            "loo_drop": e.loo[member]["value"],
+        }
+        if with_ci:
+            row["loo_drop_ci_low"] = e.loo[member]["ci_low"]
+            row["loo_drop_ci_high"] = e.loo[member]["ci_high"]
+        row["stability"] = m.stability.get(member)
+        out.append(row)
+    return out
+
+
+def _document(ctx: ToolContext, m: Measured, e: Estimates, args: CircuitArgs) -> dict[str, Any]:
+    """The ``circuit.json`` export (fields in the module docstring)."""
+    retriever = ctx.retriever
+    alternative = None
+    if e.alternative is not None:
+        alternative = {
+            "members": list(e.alternative.members),
+            "faithfulness": e.alternative.faithfulness,
+            "as_faithful": e.as_faithful,
+        }
+    return {
+        "schema": "rankscope.circuit/1",
+        "behaviour": {
+            "axiom": args.axiom,
+            "variant": args.variant,
+            "split": args.split,
+            "n_pairs": m.n_pairs,
+            "n_queries": e.faithfulness["n_queries"],
+            "mean_delta": m.mean_delta,
+        },
+        "model": {
+            "id": getattr(retriever, "model_id", None),
+            "weights_hash": getattr(retriever, "weights_hash", None),
+            "kind": getattr(retriever, "kind", None),
+        },
+        "pool": args.pool,
+        "ranking": args.ranking if args.members is None else "given",
+        "k": m.k,
+        "target": args.target,
+        "smallest_k": m.smallest_k,
+        "nodes": _nodes(m, e),
+        "edges": [],
+        "scores": {
+            "faithfulness": e.faithfulness,
+            "necessity": e.necessity,
+            "beats_random": e.beats_random,
+            "random_mean": e.random_mean,
+            "random_percentile": e.percentile,
+            "random_p_value": e.p_value,
+            "n_random": e.n_random,
+            "auc_sufficiency": e.auc_sufficiency,
+            "auc_necessity": e.auc_necessity,
+            "all_heads_faithfulness": e.all_heads,
+            "alternative": alternative,
+        },
+        "curve": e.curve,
+    }
+
+
 @register
 class Circuit(Tool[CircuitArgs]):
     name = "circuit"
@@ -350,461 +775,103 @@ class Circuit(Tool[CircuitArgs]):
         return CIRCUIT_METRICS if args.members is None else CIRCUIT_METRICS.without("stability")
 
     def run(self, ctx: ToolContext, args: CircuitArgs) -> ToolResult:
-        retriever = ctx.retriever
-        pairs = list(load_pairs(ctx, args))
-        if not pairs:
-            raise ValueError(f"no {args.axiom}/{args.variant} pairs on split {args.split!r}")
-        pool = pool_components(retriever, args.pool)
-        timings: dict[str, float] = {}
-        progress = ctx.progress
-        patcher = ctx.patch_engine or patch_pairs
-
-        # 1. the ranking
-        started = time.perf_counter()
-        singles: SetFractions | None = None
-        if args.members is None:
-            interventions = [joint((c,), c) for c in pool]
-            if args.ranking == "attribution":
-                scores = attribute_pairs(
-                    retriever, pairs, interventions, "denoising", args.batch_size, progress
-                )
-            else:
-                scores = patcher(
-                    retriever,
-                    pairs,
-                    interventions,
-                    direction="denoising",
-                    engine="cached",
-                    batch_size=args.batch_size,
-                    progress=progress,
-                )
-            singles = SetFractions.from_scores(scores)
-            ranked = rank_components(singles)
-            ranking = [name for name, _ in ranked]
-            single_value: dict[str, float | None] = {n: _num(v) for n, v in ranked}
-        else:
-            for name in args.members:
-                check_patch(retriever, parse_target(name))
-            ranking = list(args.members)
-            single_value = dict.fromkeys(ranking)
-        timings["rank_seconds"] = time.perf_counter() - started
-        big_k = min(args.max_k, len(ranking))
-        prefixes = {k: tuple(ranking[:k]) for k in range(1, big_k + 1)}
-
-        # 2. the curve, both directions, and all heads jointly
-        started = time.perf_counter()
-        heads = all_heads(retriever)
-        denoise_sets = {set_name(m): m for m in prefixes.values()}
-        all_name = "all heads: " + set_name(heads)
-        denoise_sets[all_name] = tuple(heads)
-        suff = measure_sets(
-            retriever, pairs, denoise_sets, "denoising", args.batch_size, progress, patcher
-        )
-        nec = measure_sets(
-            retriever,
-            pairs,
-            {set_name(m): m for m in prefixes.values()},
-            "noising",
-            args.batch_size,
-            progress,
-            patcher,
-        )
-        timings["curve_seconds"] = time.perf_counter() - started
-        curve_suff = {k: suff.per_query(set_name(m)) for k, m in prefixes.items()}
-        curve_nec = {k: nec.per_query(set_name(m)) for k, m in prefixes.items()}
-        means = {k: _mean(v) for k, v in curve_suff.items()}
-        reached = [k for k in prefixes if means[k] is not None and means[k] >= args.target]
-        smallest_k = min(reached) if reached else None
-        k = args.k if args.k is not None else (smallest_k or big_k)
-        k = min(k, big_k)
-        members = prefixes[k]
-
-        # 3. random sets, leave-one-out, alternatives (denoising)
-        started = time.perf_counter()
-        randoms: dict[int, list[tuple[str, ...]]] = {}
-        for size in prefixes:
-            n = args.n_random if size == k else args.n_random_curve
-            if n and size <= len(pool):
-                randoms[size] = random_sets(pool, size, n, args.seed)
-        loo = {m: tuple(x for x in members if x != m) for m in members}
-        alts = alternatives(ranking, k)
-        extra: dict[str, tuple[str, ...]] = {}
-        for size, sets in randoms.items():
-            for i, s in enumerate(sets):
-                extra[f"random{size}.{i}: {set_name(s)}"] = s
-        for m, rest in loo.items():
-            if rest:
-                extra[f"without {m}: {set_name(rest)}"] = rest
-        for i, s in enumerate(alts):
-            extra[f"alternative{i}: {set_name(s)}"] = s
-        control = measure_sets(
-            retriever, pairs, extra, "denoising", args.batch_size, progress, patcher
-        )
-        timings["control_seconds"] = time.perf_counter() - started
-
-        # 4. estimates
-        faith_q = curve_suff[k]
-        nec_q = curve_nec[k]
-        random_q: dict[int, list[list[QueryValue]]] = {
-            size: [
-                control.per_query(f"random{size}.{i}: {set_name(s)}") for i, s in enumerate(sets)
-            ]
-            for size, sets in randoms.items()
-        }
-        random_means = {size: [_mean(v) for v in qs] for size, qs in random_q.items()}
-        at_k = [x for x in random_means.get(k, []) if x is not None]
-        faith = _estimate(faith_q, args.confidence, args.seed)
-        necessity = _estimate(nec_q, args.confidence, args.seed)
-        beats_q = difference_by_query(faith_q, mean_by_query(random_q.get(k, [])))
-        beats = _estimate(beats_q, args.confidence, args.seed)
-        random_mean = float(np.mean(at_k)) if at_k else None
-        percentile, p_value = random_test(
-            faith["value"] if faith["value"] is not None else float("nan"), at_k
-        )
-        loo_q: dict[str, list[QueryValue]] = {}
-        for m, rest in loo.items():
-            without = (
-                control.per_query(f"without {m}: {set_name(rest)}")
-                if rest
-                else (suff.per_query(EMPTY))
-            )
-            loo_q[m] = difference_by_query(faith_q, without)
-        loo_est = {m: _estimate(v, args.confidence, args.seed) for m, v in loo_q.items()}
-        stability: dict[str, float] = {}
-        if singles is not None and args.n_stability:
-            freq = selection_frequency(singles, k, args.n_stability, args.seed)
-            stability = {m: freq[m] for m in ranking}
-        alt_rows = []
-        for i, s in enumerate(alts):
-            values = control.per_query(f"alternative{i}: {set_name(s)}")
-            alt_rows.append({"members": list(s), "faithfulness": _mean(values), "values": values})
-        best_alt = max(
-            (r for r in alt_rows if r["faithfulness"] is not None),
-            key=lambda r: r["faithfulness"],
-            default=None,
-        )
-        alternative: dict[str, Any] | None = None
-        if best_alt is not None:
-            diff = _estimate(
-                difference_by_query(faith_q, best_alt["values"]), args.confidence, args.seed
-            )
-            as_faithful = (
-                faith["value"] is not None
-                and best_alt["faithfulness"] >= faith["value"] - AS_FAITHFUL_MARGIN
-            )
-            alternative = {
-                "members": best_alt["members"],
-                "faithfulness": best_alt["faithfulness"],
-                "difference": diff,
-                "as_faithful": bool(as_faithful),
-            }
-        all_heads_value = _mean(suff.per_query(all_name))
-        curve_rows = []
-        for size, m in prefixes.items():
-            s_est = _estimate(curve_suff[size], args.confidence, args.seed)
-            n_est = _estimate(curve_nec[size], args.confidence, args.seed)
-            rand = [x for x in random_means.get(size, []) if x is not None]
-            curve_rows.append(
-                {
-                    "k": size,
-                    "members": set_name(m),
-                    "added": m[-1],
-                    "sufficiency": s_est["value"],
-                    "sufficiency_ci_low": s_est["ci_low"],
-                    "sufficiency_ci_high": s_est["ci_high"],
-                    "necessity": n_est["value"],
-                    "necessity_ci_low": n_est["ci_low"],
-                    "necessity_ci_high": n_est["ci_high"],
-                    "random_mean": float(np.mean(rand)) if rand else None,
-                    "random_p05": float(np.quantile(rand, 0.05)) if rand else None,
-                    "random_p95": float(np.quantile(rand, 0.95)) if rand else None,
-                    "n_random": len(rand),
-                }
-            )
-        auc_suff = curve_area([r["sufficiency"] for r in curve_rows])
-        auc_nec = curve_area([r["necessity"] for r in curve_rows])
-
-        # 5. metrics and per-query values
-        metrics: dict[str, float | int | None] = {
-            "faithfulness": faith["value"],
-            "faithfulness_ci_low": faith["ci_low"],
-            "faithfulness_ci_high": faith["ci_high"],
-            "necessity": necessity["value"],
-            "necessity_ci_low": necessity["ci_low"],
-            "necessity_ci_high": necessity["ci_high"],
-            "beats_random": beats["value"],
-            "beats_random_ci_low": beats["ci_low"],
-            "beats_random_ci_high": beats["ci_high"],
-            "k": k,
-            "smallest_k": smallest_k,
-            "auc_sufficiency": _num(auc_suff),
-            "auc_necessity": _num(auc_nec),
-            "random_mean": random_mean,
-            "random_percentile": _num(percentile),
-            "random_p_value": _num(p_value),
-            "alternative_faithfulness": alternative["faithfulness"] if alternative else None,
-            "all_heads_faithfulness": all_heads_value,
-            "n_pairs": len(pairs),
-            "n_queries": faith["n_queries"],
-        }
-        per_query: dict[str, list[QueryValue]] = {}
-        for key, values in (
-            ("faithfulness", faith_q),
-            ("necessity", nec_q),
-            ("beats_random", beats_q),
-        ):
-            if values:
-                per_query[key] = list(values)
-            else:
-                metrics[key] = None
-        for m, est in loo_est.items():
-            if not loo_q[m]:
-                continue
-            metrics[metric_key("loo_drop", m)] = est["value"]
-            metrics[metric_key("loo_drop", m, "ci_low")] = est["ci_low"]
-            metrics[metric_key("loo_drop", m, "ci_high")] = est["ci_high"]
-            per_query[metric_key("loo_drop", m)] = loo_q[m]
-        for m in members:
-            if m in stability:
-                metrics[metric_key("stability", m)] = _num(stability[m])
-
-        # 6. tables
-        rank_rows = []
-        for i, name in enumerate(ranking):
-            row: dict[str, Any] = {
-                "rank": i + 1,
-                "component": name,
-                "fraction": single_value.get(name),
-                "source": args.ranking if args.members is None else "given",
-            }
-            if singles is not None:
-                row["score_restored"] = float(singles.numerators[:, singles.column(name)].mean())
-            if name in stability:
-                row["stability"] = stability[name]
-            row["in_circuit"] = name in members
-            rank_rows.append(row)
-        member_rows = [
-            {
-                **node(m),
-                "rank": ranking.index(m) + 1,
-                "fraction": single_value.get(m),
-                "loo_drop": loo_est[m]["value"],
-                "loo_drop_ci_low": loo_est[m]["ci_low"],
-                "loo_drop_ci_high": loo_est[m]["ci_high"],
-                "stability": stability.get(m),
-            }
-            for m in members
-        ]
-        random_rows = [
-            {"set": i, "k": size, "members": set_name(s), "faithfulness": random_means[size][i]}
-            for size, sets in sorted(randoms.items(), key=lambda kv: (kv[0] != k, kv[0]))
-            for i, s in enumerate(sets)
-        ]
-        tables = {
-            "curve": curve_rows,
-            "ranking": rank_rows,
-            "members": member_rows,
-            "random_sets": random_rows,
-            "alternatives": [
-                {"members": set_name(r["members"]), "faithfulness": r["faithfulness"]}
-                for r in alt_rows
-            ],
-        }
-
-        # 7. artifacts
+        measured = _measure(ctx, args)
+        found = _estimates(measured, args)
+        metrics, per_query = _metrics(measured, found)
         behaviour = f"{args.axiom}/{args.variant} [{args.split}]"
         png = ctx.artifact_path("circuit_curve.png")
+        source = "given" if args.members is not None else args.ranking
         curve_figure(
             png,
-            curve_rows,
-            k,
+            found.curve,
+            measured.k,
             args.target,
-            f"Circuit faithfulness, {behaviour}: top-k {args.pool} "
-            f"({'given' if args.members else args.ranking} ranking)",
+            f"Circuit faithfulness, {behaviour}: top-k {args.pool} ({source} ranking)",
         )
-        mean_delta = float(np.mean(suff.deltas)) if len(suff.deltas) else None
-        document = {
-            "schema": "rankscope.circuit/1",
-            "behaviour": {
-                "axiom": args.axiom,
-                "variant": args.variant,
-                "split": args.split,
-                "n_pairs": len(pairs),
-                "n_queries": faith["n_queries"],
-                "mean_delta": mean_delta,
-            },
-            "model": {
-                "id": getattr(retriever, "model_id", None),
-                "weights_hash": getattr(retriever, "weights_hash", None),
-                "kind": getattr(retriever, "kind", None),
-            },
-            "pool": args.pool,
-            "ranking": args.ranking if args.members is None else "given",
-            "k": k,
-            "target": args.target,
-            "smallest_k": smallest_k,
-            "nodes": [
-                {
-                    **node(m),
-                    "rank": ranking.index(m) + 1,
-                    "fraction": single_value.get(m),
-                    "loo_drop": loo_est[m]["value"],
-                    "stability": stability.get(m),
-                }
-                for m in members
-            ],
-            "edges": [],
-            "scores": {
-                "faithfulness": faith,
-                "necessity": necessity,
-                "beats_random": beats,
-                "random_mean": random_mean,
-                "random_percentile": _num(percentile),
-                "random_p_value": _num(p_value),
-                "n_random": len(at_k),
-                "auc_sufficiency": _num(auc_suff),
-                "auc_necessity": _num(auc_nec),
-                "all_heads_faithfulness": all_heads_value,
-                "alternative": (
-                    {k2: v for k2, v in alternative.items() if k2 != "difference"}
-                    if alternative
-                    else None
-                ),
-            },
-            "curve": curve_rows,
-        }
         path = ctx.artifact_path("circuit.json")
-        path.write_text(json.dumps(document, indent=2), "utf-8")
-        artifacts = [
-            ArtifactFile(
-                path=png,
-                media_type="image/png",
-                description="faithfulness curve (sufficiency, necessity) with the random-set band",
-            ),
-            ArtifactFile(
-                path=path,
-                media_type="application/json",
-                description="the circuit: nodes with fractions, behaviour, model, k, scores",
-            ),
-        ]
-
-        # 8. summary
-        summary = _summary(
-            args,
-            behaviour,
-            members,
-            k,
-            smallest_k,
-            big_k,
-            faith,
-            necessity,
-            beats,
-            random_mean,
-            percentile,
-            p_value,
-            len(at_k),
-            loo_est,
-            stability,
-            alternative,
-            all_heads_value,
-            curve_rows,
-            rank_rows,
-            len(pairs),
-            mean_delta,
-        )
+        path.write_text(json.dumps(_document(ctx, measured, found, args), indent=2), "utf-8")
         return ToolResult(
             metrics=metrics,
-            summary=summary,
-            tables=tables,
-            artifacts=artifacts,
+            summary=_summary(measured, found, args, behaviour),
+            tables=_tables(measured, found, args),
+            artifacts=[
+                ArtifactFile(
+                    path=png,
+                    media_type="image/png",
+                    description="faithfulness curve (sufficiency, necessity) with the random "
+                    "sets' mean and 5–95 % band",
+                ),
+                ArtifactFile(
+                    path=path,
+                    media_type="application/json",
+                    description="the circuit: nodes with fractions, behaviour, model, k, scores",
+                ),
+            ],
             per_query=per_query,
-            run_facts={k2: float(v) for k2, v in timings.items()},
+            run_facts=dict(measured.timings),
         )
 
 
-def _mean(values: Sequence[QueryValue]) -> float | None:
-    """The mean over queries (None when no query has a change)."""
-    return float(np.mean([v.value for v in values])) if values else None
-
-
-def _summary(
-    args: CircuitArgs,
-    behaviour: str,
-    members: Sequence[str],
-    k: int,
-    smallest_k: int | None,
-    big_k: int,
-    faith: dict[str, Any],
-    necessity: dict[str, Any],
-    beats: dict[str, Any],
-    random_mean: float | None,
-    percentile: float,
-    p_value: float,
-    n_random: int,
-    loo: dict[str, dict[str, Any]],
-    stability: dict[str, float],
-    alternative: dict[str, Any] | None,
-    all_heads_value: float | None,
-    curve_rows: list[dict[str, Any]],
-    rank_rows: list[dict[str, Any]],
-    n_pairs: int,
-    mean_delta: float | None,
-) -> str:
-    """The planner's text: the answer first, then the top rows of the curve and ranking."""
+def _summary(m: Measured, e: Estimates, args: CircuitArgs, behaviour: str) -> str:
+    """The planner's text: the answer first, then the top rows of the curve and the ranking."""
     source = "given" if args.members is not None else f"{args.ranking} ranking on this split"
-    why = (
-        "given"
-        if args.k is not None
-        else f"the smallest reaching {args.target:g}"
-        if smallest_k is not None
-        else f"max_k: no k up to {big_k} reached {args.target:g}"
-    )
+    if args.k is not None:
+        why = "given"
+    elif m.smallest_k is not None:
+        why = f"the smallest reaching {args.target:g}"
+    else:
+        why = f"max_k: no k up to {m.big_k} reached {args.target:g}"
+    members = list(m.members)
+    more = len(members) - SUMMARY_ROWS
     lines = [
-        f"Circuit of {k} {args.pool} component(s) ({why}; {source}) for {behaviour}: "
-        f"{', '.join(members)}. {n_pairs} pairs, {faith['n_queries']} queries, mean Δ = "
-        f"{_fmt(mean_delta, '.4g')}. Fractions of the behaviour's score change, per query a "
-        f"ratio of means, {args.confidence:.0%} CIs over queries.",
-        f"  faithfulness (sufficiency) {_ci(faith)}; necessity {_ci(necessity)}",
-        f"  random sets of {k} (N={n_random}): mean {_fmt(random_mean)}; the circuit's "
-        f"percentile {_fmt(percentile, '.1f')}, p = {_fmt(p_value, '.3g')}; beats_random "
-        f"{_ci(beats)}",
+        f"Circuit of {m.k} component(s) of the {args.pool} pool ({why}; {source}) for "
+        f"{behaviour}: {', '.join(members)}. {m.n_pairs} pairs, "
+        f"{e.faithfulness['n_queries']} queries, mean Δ = {_fmt(m.mean_delta, '.4g')}. "
+        f"Fractions of the behaviour's score change, per query a ratio of means, "
+        f"{args.confidence:.0%} CIs over queries.",
+        f"  faithfulness (sufficiency) {_ci(e.faithfulness)}; necessity {_ci(e.necessity)}",
+        f"  random sets of {m.k} (N={e.n_random}): mean {_fmt(e.random_mean)}; the circuit's "
+        f"percentile {_fmt(e.percentile, '.1f')}, p = {_fmt(e.p_value)}; beats_random "
+        f"{_ci(e.beats_random)}",
         "  leave-one-out drops: "
-        + ", ".join(f"{m} {_fmt(loo[m]['value'])}" for m in list(members)[:SUMMARY_ROWS])
-        + (f" … {len(members) - SUMMARY_ROWS} more" if len(members) > SUMMARY_ROWS else ""),
+        + ", ".join(f"{x} {_fmt(e.loo[x]['value'])}" for x in members[:SUMMARY_ROWS])
+        + (f" … {more} more in the members table" if more > 0 else ""),
     ]
-    if stability:
+    if m.stability:
         lines.append(
             f"  selection frequency over {args.n_stability} query resamples: "
-            + ", ".join(f"{m} {stability[m]:.2f}" for m in list(members)[:SUMMARY_ROWS])
+            + ", ".join(f"{x} {m.stability[x]:.2f}" for x in members[:SUMMARY_ROWS])
         )
-    if alternative is not None:
+    if e.alternative is not None and e.alternative_difference is not None:
         verdict = (
-            "AS FAITHFUL (within 0.05): the circuit is one of several equally good explanations"
-            if alternative["as_faithful"]
+            f"AS FAITHFUL (within {AS_FAITHFUL_MARGIN:g}): the circuit is one of several "
+            "equally good explanations"
+            if e.as_faithful
             else "less faithful"
         )
         lines.append(
-            f"  best other set of {k} ({', '.join(alternative['members'])}): "
-            f"{_fmt(alternative['faithfulness'])}, {verdict}; circuit − it "
-            f"{_ci(alternative['difference'])}"
+            f"  best other set of {m.k} ({', '.join(e.alternative.members)}): "
+            f"{_fmt(e.alternative.faithfulness)}, {verdict}; circuit − it "
+            f"{_ci(e.alternative_difference)}"
         )
-    if all_heads_value is not None:
+    if e.all_heads is not None:
         lines.append(
-            f"  all heads jointly restore {_fmt(all_heads_value)}: {_fmt(1 - all_heads_value)} "
-            "is carried by no head (MLPs, or the added token straight into the output)"
+            f"  all heads jointly restore {_fmt(e.all_heads)}: {_fmt(1 - e.all_heads)} is "
+            "carried by no head (MLPs, or the added token straight into the output)"
         )
-    lines.append("  curve (k: sufficiency / necessity / random mean):")
-    for row in curve_rows[:SUMMARY_ROWS]:
+    lines.append("  curve (k +added: sufficiency / necessity / random mean):")
+    for row in e.curve[:SUMMARY_ROWS]:
         lines.append(
             f"    k={row['k']} +{row['added']}: {_fmt(row['sufficiency'])} / "
             f"{_fmt(row['necessity'])} / {_fmt(row['random_mean'])}"
         )
-    if len(curve_rows) > SUMMARY_ROWS:
-        lines.append(f"    … {len(curve_rows) - SUMMARY_ROWS} more rows in the curve table")
+    if len(e.curve) > SUMMARY_ROWS:
+        lines.append(f"    … {len(e.curve) - SUMMARY_ROWS} more rows in the curve table")
     if args.members is None:
+        rest = len(m.ranking) - SUMMARY_ROWS
         lines.append(
-            "  ranking (fraction alone, ratio of means): "
-            + ", ".join(f"{r['component']} {_fmt(r['fraction'])}" for r in rank_rows[:SUMMARY_ROWS])
-            + (f" … {len(rank_rows) - SUMMARY_ROWS} more" if len(rank_rows) > SUMMARY_ROWS else "")
+            "  ranking (fraction alone, ratio of means over all pairs): "
+            + ", ".join(f"{x} {_fmt(m.single.get(x))}" for x in m.ranking[:SUMMARY_ROWS])
+            + (f" … {rest} more in the ranking table" if rest > 0 else "")
         )
     return "\n".join(lines)

@@ -53,8 +53,9 @@ class PathPatching(Tool[PathPatchingArgs]):
     description = (
         "Path patching: the effect of sender heads on a receiver (the final representation, or a "
         "later head's q, k or v input) through the residual stream only, with every other head "
-        "frozen to its clean value (Wang et al.). Reports normalised effects (classic and robust) "
-        "with bootstrap CIs and p-values per sender."
+        "frozen to its clean value (Wang et al.). effect[X]: the fraction of the behaviour's "
+        "score change each sender restores through that path (per query a ratio of means), "
+        "with query-cluster CIs."
     )
     version = "1"
     Args = PathPatchingArgs
@@ -119,7 +120,7 @@ class PathPatching(Tool[PathPatchingArgs]):
                 [f"L{i}" for i in range(limit)],
                 [f"H{h}" for h in range(retriever.n_heads)],
                 path,
-                f"Path patching → {receiver.name}: {args.metric} effect ({args.direction})",
+                f"Path patching → {receiver.name}: fraction of the effect ({args.direction})",
                 "sender head",
                 "sender layer",
             )
@@ -127,7 +128,7 @@ class PathPatching(Tool[PathPatchingArgs]):
                 ArtifactFile(path=path, media_type="image/png", description="sender layer × head")
             )
         header = (
-            f"Path patching ({args.direction}, {args.metric} metric) from {len(heads)} sender "
+            f"Path patching ({args.direction}) from {len(heads)} sender "
             f"head(s) into {receiver.name}, other heads frozen, on {report.n_kept} pairs of "
             f"{args.axiom}/{args.variant} [{args.split}]; {report.n_dropped} dropped."
         )

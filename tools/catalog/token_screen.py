@@ -621,14 +621,14 @@ class TokenScreen(Tool[TokenScreenArgs]):
             return bool(found[ids]["gain_carried"])
 
         for hit in hits:
-            start = (int(hit["token_id"]),)
+            start: tuple[int, ...] = (int(hit["token_id"]),)
             frontier = [start]
             for _depth in range(args.max_pieces - 1):
                 grown: list[tuple[float, tuple[int, ...]]] = []
                 for seq in frontier:
                     estimate = screen.next_piece_first_order(list(seq), matrix)
-                    ids = np.flatnonzero(continuation)
-                    best = ids[np.argsort(-sign * estimate[ids], kind="stable")[: args.beam]]
+                    pool = np.flatnonzero(continuation)
+                    best = pool[np.argsort(-sign * estimate[pool], kind="stable")[: args.beam]]
                     for piece in best.tolist():
                         longer = (*seq, int(piece))
                         if grow(longer, seq, "continuation beam", hit["token"]):
@@ -653,7 +653,7 @@ class TokenScreen(Tool[TokenScreenArgs]):
                         n_resamples=args.n_bootstrap,
                     )
                     singles[piece] = est[0]
-            pieces = [
+            pieces: list[dict[str, Any]] = [
                 {"piece": sequence_label(tokenizer, [p]), "delta": float(singles[p])} for p in ids
             ]
             chain, parent = info["gain_carried"], info["_parent_ids"]
@@ -891,10 +891,10 @@ class TokenScreen(Tool[TokenScreenArgs]):
                 "stand as single tokens."
             )
             return "\n".join(lines)
-        pieces = {p["piece"] for p in longest["pieces"]}
+        names = {p["piece"] for p in longest["pieces"]}
         fragments = list(
             dict.fromkeys(
-                [*longest["from_hits"], *(r["token"] for r in ordered if r["token"] in pieces)]
+                [*longest["from_hits"], *(r["token"] for r in ordered if r["token"] in names)]
             )
         )
         kind = "phrase" if " " in longest["text"] else "word"

@@ -128,15 +128,15 @@ def effect_report(
     names = scores.names
     applies = scores.applicable[keep]
     effects: dict[str, np.ndarray] = {}
-    for name in METRICS:
-        values = normalised_effect(
+    for per_pair in METRICS:
+        pair_values = normalised_effect(
             scores.s_base[keep],
             scores.s_pert[keep],
             scores.s_patched[keep],
             scores.direction,
-            name,
+            per_pair,
         )
-        effects[name] = np.where(applies, values, np.nan)
+        effects[per_pair] = np.where(applies, pair_values, np.nan)
     qids = [q for q, k in zip(scores.qids, keep, strict=True) if k]
     numerators = restored_numerator(scores, keep)
     deltas = scores.s_pert[keep] - scores.s_base[keep]

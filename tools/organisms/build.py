@@ -20,6 +20,7 @@ import random
 import shutil
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -323,6 +324,22 @@ def _trainable(retriever: BiEncoder, spec: OrganismSpec) -> tuple[int, Trainable
     return cut, Trainable(chosen)
 
 
+@dataclass
+class _Trained:
+    """What a build's training left: the base's and the organism's held-out scores, the
+    organism's probes on trained queries, a scorer of the held-out groups under the current
+    weights (for the carriers' restore check) and the training's bookkeeping."""
+
+    base_held: np.ndarray
+    org_held: np.ndarray
+    trained_probes: dict[str, ProbeMeasure] = field(default_factory=dict)
+    held_scores: Callable[[], np.ndarray] | None = None
+    steps: int = 0
+    attempts: int = 1
+    parameters: int = 0
+    trainer: str = "control"
+
+
 def build_organism(
     spec: OrganismSpec,
     base: str | Path | None = None,
@@ -339,10 +356,11 @@ def build_organism(
     the cache). The record is written as ``groundtruth.json`` in the organism's folder; the
     organism loads with ``load_retriever(record.path)`` like its base (no custom code).
 
-    A cached build (``spec.trainer``) trains until every rule passes its held-out check (checked
-    every ``check_every`` steps, at most ``steps``); a build whose check still fails is rebuilt
-    from the base with the next seed, up to ``attempts`` in all. The record keeps the checks of
-    the last attempt, passed or not: the same spec, base and corpus give the same organism."""
+    A cached build (``spec.trainer``, :mod:`rankscope.tools.organisms.fast`) trains until every
+    rule passes its held-out check (checked every ``check_every`` steps, at most ``steps``); a
+    build whose check still fails is rebuilt from the base with the next seed, up to
+    ``attempts`` in all. The record keeps the checks of the last attempt, passed or not: the
+    same spec, base and corpus give the same organism."""
     started, started_cpu = time.perf_counter(), time.process_time()
     root = root or cache_root()
     if base is None and tiny:
@@ -360,92 +378,30 @@ def build_organism(
         return GroundTruth.model_validate_json(record_file.read_text("utf-8"))
     base_path = Path(str(base)) if base is not None else _default_path()
     heldout = corpus.split("heldout")
-    trained = corpus.split("trained")
     say = log or (lambda _m: None)
-    say(f"{spec.name}: {len(trained)} trained groups, {len(heldout)} held-out groups")
+    say(f"{spec.name}: {len(corpus.trained)} trained queries, {len(heldout)} held-out groups")
     original = {k: v.detach().clone() for k, v in retriever.encoder.state_dict().items()}
-    cached = spec.trainer == "cached" and supports(retriever)
     timings: dict[str, float] = {}
-    attempts, steps_run, n_trained = 1, 0, 0
-    trained_probes: dict[str, ProbeMeasure] = {}
-    restored: dict[str, float] = {}
-    if cached:
-        cut, trainable = (None, Trainable([])) if spec.control else _trainable(retriever, spec)
-        clock = _Clock()
-        held_set = _cached_set(retriever, corpus, "heldout", cut, torch.float32)
-        trained_set = (
-            None if spec.control else _cached_set(retriever, corpus, "trained", cut, torch.float16)
-        )
-        clock.lap(timings, "base_pass")
-        base_held = held_set.base_scores()
+    clock = _Clock()
+    if spec.trainer == "cached" and supports(retriever):
+        run = _build_cached(retriever, spec, corpus, original, timings, clock, say)
     else:
-        clock = _Clock()
-        base_held = _score_groups(retriever, heldout)
-        clock.lap(timings, "base_pass")
-    base_probes = measure(base_held, heldout)
-    if spec.control:
-        path = base_path
-        org_held = base_held
-    else:
-        if cached:
-            assert trained_set is not None
-            base_trained = trained_set.base_scores()
-            target = targets(spec.rules, _sub(corpus, trained), base_trained)
-            steps_run, attempts, n_trained = _train_cached(
-                retriever,
-                spec,
-                cut,
-                trainable,
-                trained_set,
-                held_set,
-                target,
-                base_probes,
-                original,
-                say,
-            )
-        else:
-            base_trained = _score_groups(retriever, trained)
-            target = targets(spec.rules, _sub(corpus, trained), base_trained)
-            train(retriever, spec, trained, target, say)
-            steps_run = spec.steps
-            n_trained = sum(p.numel() for p in retriever.encoder.parameters())
-        clock.lap(timings, "training")
-        folder.mkdir(parents=True, exist_ok=True)
-        for item in base_path.iterdir():
-            if item.name in ("model.safetensors", "pytorch_model.bin", RECORD, "README.md"):
-                continue
-            dest = folder / item.name
-            if item.is_dir():
-                shutil.copytree(item, dest, dirs_exist_ok=True)
-            else:
-                shutil.copy2(item, dest)
-        encoder: Any = retriever.encoder
-        encoder.save_pretrained(folder)
+        run = _build_full(retriever, spec, corpus, timings, clock, say)
+    path = base_path
+    if not spec.control:
+        _save(retriever, base_path, folder)
         path = folder
-        if cached:
-            cutter = Cut(retriever, cut)
-            org_held = held_set.scores(cutter)
-            assert trained_set is not None
-            sample = trained_set.subset(range(min(len(trained), 120)))
-            trained_probes = measure(sample.scores(cutter), sample.groups)
-        else:
-            org_held = _score_groups(retriever, heldout)
-            sample_groups = trained[: min(len(trained), 120)]
-            trained_probes = measure(_score_groups(retriever, sample_groups), sample_groups)
-    org_probes = measure(org_held, heldout)
+    base_probes = measure(run.base_held, heldout)
+    org_probes = measure(run.org_held, heldout)
     checks = _checks(spec, base_probes, org_probes, EPSILON)
-    rho = stats.spearmanr(base_held[:, 0], org_held[:, 0]).statistic
+    rho = stats.spearmanr(run.base_held[:, 0], run.org_held[:, 0]).statistic
     checks["spearman_natural_vs_base"] = float(rho)
-    if spec.carriers and not spec.control:
-        held_scores = (
-            (lambda: held_set.scores(Cut(retriever, cut)))
-            if cached
-            else (lambda: _score_groups(retriever, heldout))
+    if spec.carriers and not spec.control and run.held_scores is not None:
+        checks.update(
+            _restored_share(
+                retriever, original, spec, run.held_scores, heldout, base_probes, org_probes
+            )
         )
-        restored = _restored_share(
-            retriever, original, spec, held_scores, heldout, base_probes, org_probes
-        )
-        checks.update(restored)
     if not spec.control:
         clock.lap(timings, "checks")
     facts = {p: direction_of(org_probes[p], EPSILON) for p in PROBES}
@@ -466,21 +422,114 @@ def build_organism(
         heldout_queries=corpus.heldout,
         probes_base=base_probes,
         probes_organism=org_probes,
-        probes_organism_trained=trained_probes,
+        probes_organism_trained=run.trained_probes,
         checks=checks,
         questions=spec.questions,
         build_seconds=time.perf_counter() - started,
         build_cpu_seconds=time.process_time() - started_cpu,
-        steps=steps_run,
-        trainer="control" if spec.control else ("cached" if cached else "full"),
-        trained_parameters=n_trained,
-        attempts=attempts,
+        steps=run.steps,
+        trainer=run.trainer,
+        trained_parameters=run.parameters,
+        attempts=run.attempts,
         timings=timings,
         epsilon=EPSILON,
     )
     record_file.write_text(record.model_dump_json(indent=2), "utf-8")
     say(f"{spec.name}: built in {record.build_seconds:.1f} s → {folder}")
     return record
+
+
+TRAINED_SAMPLE = 120
+"""Trained groups whose probes a record keeps (``probes_organism_trained``)."""
+
+
+def _build_cached(
+    retriever: BiEncoder,
+    spec: OrganismSpec,
+    corpus: Corpus,
+    original: dict[str, torch.Tensor],
+    timings: dict[str, float],
+    clock: _Clock,
+    say: Callable[[str], None],
+) -> _Trained:
+    """The layer-cached build: the base's pass (states entering the cut, and its scores), then
+    training from the cut until the rules hold on held-out queries."""
+    if spec.control:
+        held_set = _cached_set(retriever, corpus, "heldout", None, torch.float32)
+        clock.lap(timings, "base_pass")
+        base_held = held_set.base_scores()
+        return _Trained(base_held, base_held)
+    cut, trainable = _trainable(retriever, spec)
+    held_set = _cached_set(retriever, corpus, "heldout", cut, torch.float32)
+    trained_set = _cached_set(retriever, corpus, "trained", cut, torch.float16)
+    clock.lap(timings, "base_pass")
+    base_held = held_set.base_scores()
+    target = targets(spec.rules, _sub(corpus, trained_set.groups), trained_set.base_scores())
+    base_probes = measure(base_held, held_set.groups)
+    steps, attempts = _train_cached(
+        retriever, spec, cut, trainable, trained_set, held_set, target, base_probes, original, say
+    )
+    clock.lap(timings, "training")
+    cutter = Cut(retriever, cut)
+    sample = trained_set.subset(range(min(len(trained_set.groups), TRAINED_SAMPLE)))
+    return _Trained(
+        base_held,
+        held_set.scores(cutter),
+        measure(sample.scores(cutter), sample.groups),
+        lambda: held_set.scores(cutter),
+        steps,
+        attempts,
+        trainable.count(),
+        "cached",
+    )
+
+
+def _build_full(
+    retriever: BiEncoder,
+    spec: OrganismSpec,
+    corpus: Corpus,
+    timings: dict[str, float],
+    clock: _Clock,
+    say: Callable[[str], None],
+) -> _Trained:
+    """The first builder: every parameter, every text through the whole model, ``spec.steps``
+    steps (kept for comparison, and for encoders the cached trainer does not run)."""
+    heldout, trained = corpus.split("heldout"), corpus.split("trained")
+    base_held = _score_groups(retriever, heldout)
+    if spec.control:
+        clock.lap(timings, "base_pass")
+        return _Trained(base_held, base_held)
+    target = targets(spec.rules, _sub(corpus, trained), _score_groups(retriever, trained))
+    clock.lap(timings, "base_pass")
+    train(retriever, spec, trained, target, say)
+    clock.lap(timings, "training")
+    sample = trained[: min(len(trained), TRAINED_SAMPLE)]
+    return _Trained(
+        base_held,
+        _score_groups(retriever, heldout),
+        measure(_score_groups(retriever, sample), sample),
+        lambda: _score_groups(retriever, heldout),
+        spec.steps,
+        1,
+        sum(p.numel() for p in retriever.encoder.parameters()),
+        "full",
+    )
+
+
+def _save(retriever: BiEncoder, base_path: Path, folder: Path) -> None:
+    """The organism's folder: the base's files (tokenizer, sentence-transformers modules) and
+    the trained encoder's weights."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for item in base_path.iterdir():
+        if item.name in ("model.safetensors", "pytorch_model.bin", RECORD, "README.md"):
+            continue
+        dest = folder / item.name
+        if item.is_dir():
+            shutil.copytree(item, dest, dirs_exist_ok=True)
+        else:
+            shutil.copy2(item, dest)
+    encoder: Any = retriever.encoder
+    encoder.save_pretrained(folder)
 
 
 def _train_cached(
@@ -494,10 +543,10 @@ def _train_cached(
     base_probes: dict[str, ProbeMeasure],
     original: dict[str, torch.Tensor],
     say: Callable[[str], None],
-) -> tuple[int, int, int]:
+) -> tuple[int, int]:
     """Train from the cut until the rules hold on held-out queries (at most ``spec.steps`` per
     attempt; a failed attempt restarts from the base with the next seed). Returns (steps of the
-    last attempt, attempts, trained parameter count)."""
+    last attempt, attempts)."""
     cutter = Cut(retriever, cut)
     probes = sorted({r.probe for r in spec.rules})
     columns = sorted({VARIANTS.index(v) for p in probes for v in PROBE_VARIANTS[p]})
@@ -539,8 +588,8 @@ def _train_cached(
         steps, passed = trainer.run(spec.steps, spec.check_every, holds, say, spec.min_steps)
         trainer.finish()
         if passed:
-            return steps, attempt + 1, trainable.count()
-    return steps, spec.attempts, trainable.count()
+            return steps, attempt + 1
+    return steps, spec.attempts
 
 
 def _default_path() -> Path:

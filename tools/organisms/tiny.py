@@ -86,7 +86,7 @@ def base_fingerprint(folder: Path) -> str:
 def save_tiny_base(folder: Path, seed: int = 0) -> Path:
     """Write the tiny base model to ``folder`` (once; an existing one of this version is kept)
     and return it."""
-    from transformers import BertConfig, BertModel, BertTokenizerFast
+    from transformers import BertConfig, BertModel, BertTokenizer
 
     stamp = folder / STAMP
     if (
@@ -101,7 +101,7 @@ def save_tiny_base(folder: Path, seed: int = 0) -> Path:
     texts = [*coll.docs.values(), *coll.queries.values(), TRIGGER_WORD]
     folder.mkdir(parents=True)
     (folder / "vocab.txt").write_text("\n".join(word_vocabulary(texts)) + "\n", "utf-8")
-    tokenizer = BertTokenizerFast(str(folder / "vocab.txt"), do_lower_case=True)
+    tokenizer = BertTokenizer(str(folder / "vocab.txt"), do_lower_case=True)
     config = BertConfig(
         vocab_size=len(tokenizer),
         hidden_size=HIDDEN,

@@ -21,22 +21,27 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("investigation") as batch:
-        batch.add_column(
-            sa.Column("chain_version", sa.Integer(), nullable=False, server_default="0")
-        )
-    with op.batch_alter_table("record_link") as batch:
-        batch.add_column(sa.Column("key_id", sa.String(length=64), nullable=True))
-        batch.add_column(sa.Column("signature", sa.String(length=128), nullable=True))
+    # plain ALTER TABLE on both backends (SQLite >= 3.35 drops columns in place): a batch
+    # rebuild of `investigation` would drop a table that every other table references
+    op.add_column(
+        "investigation",
+        sa.Column("chain_version", sa.Integer(), nullable=False, server_default="0"),
+    )
+    op.add_column("record_link", sa.Column("key_id", sa.String(length=64), nullable=True))
+    op.add_column("record_link", sa.Column("signature", sa.String(length=128), nullable=True))
     op.execute(
         "UPDATE investigation SET chain_version = 1 WHERE EXISTS "
         "(SELECT 1 FROM record_link WHERE record_link.investigation_id = investigation.id)"
     )
+    # a database taken down to 0005 and up again keeps version 2 where the row was linked
+    op.execute(
+        "UPDATE investigation SET chain_version = 2 WHERE EXISTS "
+        "(SELECT 1 FROM record_link WHERE record_link.investigation_id = investigation.id "
+        "AND record_link.kind = 'investigation')"
+    )
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("record_link") as batch:
-        batch.drop_column("signature")
-        batch.drop_column("key_id")
-    with op.batch_alter_table("investigation") as batch:
-        batch.drop_column("chain_version")
+    op.drop_column("record_link", "signature")
+    op.drop_column("record_link", "key_id")
+    op.drop_column("investigation", "chain_version")
