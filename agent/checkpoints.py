@@ -66,6 +66,22 @@ class DatabaseConnectionLostError(StoreError, psycopg.OperationalError):
     ``psycopg.OperationalError`` too, for callers that caught the driver's error.)"""
 
 
+_SERVER_GONE = frozenset({"57P01", "57P02", "57P03"})
+"""SQLSTATEs of a server that ended or refuses the session (admin or crash shutdown, cannot
+connect now); class 08 is every other connection exception."""
+
+
+def _is_connection_error(err: BaseException) -> bool:
+    """A lost or unreachable connection: psycopg's client-side errors (no SQLSTATE: the
+    connection is closed, a connection attempt failed, the pool timed out) and the server's
+    connection errors. Not the other operational errors (a full disk, a deadlock, a lock
+    timeout), which a new connection would not cure."""
+    if not isinstance(err, psycopg.OperationalError):
+        return False
+    state = getattr(err, "sqlstate", None)
+    return state is None or state.startswith("08") or state in _SERVER_GONE
+
+
 def connection_lost(exc: BaseException) -> str | None:
     """The driver's reason when ``exc`` (or the error it wraps or was raised from) is a lost or
     unreachable PostgreSQL connection; None otherwise."""
@@ -78,7 +94,7 @@ def connection_lost(exc: BaseException) -> str | None:
         seen.add(id(err))
         if isinstance(err, DatabaseConnectionLostError):
             return None
-        if isinstance(err, psycopg.OperationalError):
+        if _is_connection_error(err):
             return " ".join(str(err).split()) or type(err).__name__
         todo += [getattr(err, "orig", None), err.__cause__, err.__context__]
     return None
@@ -87,10 +103,9 @@ def connection_lost(exc: BaseException) -> str | None:
 def connection_lost_error(investigation_id: int, reason: str) -> DatabaseConnectionLostError:
     """The one-line error of a run whose database connection was lost."""
     return DatabaseConnectionLostError(
-        f"investigation {investigation_id} stopped: the connection to its database was lost "
-        f"and could not be re-opened within {PG_POOL_TIMEOUT_S:g} s ({reason.rstrip('.')}); "
-        f"everything recorded so far stays. Run `rankscope resume {investigation_id}` once the "
-        "database is reachable again"
+        f"investigation {investigation_id} stopped: its database connection was lost and no "
+        f"new one could be opened ({reason.rstrip('.')}); everything recorded so far stays. "
+        f"Run `rankscope resume {investigation_id}` once the database is reachable again"
     )
 
 

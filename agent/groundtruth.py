@@ -39,6 +39,7 @@ from rankscope.tools.organisms import Claim, GroundTruth, RuleSpec
 from rankscope.tools.organisms.spec import planted_claims
 
 COMPONENT_TOOLS = (
+    "circuit",
     "activation_patching",
     "attribution_patching",
     "path_patching",
@@ -204,6 +205,8 @@ class Score:
     seconds: float
     tool_calls: int
     false_details: list[str] = field(default_factory=list)
+    phrasing: str = ""
+    """Which phrasing of the questions file was asked (``RULE#N``; empty: the record's own)."""
 
 
 def score_investigation(
@@ -302,6 +305,44 @@ def ablation_faithfulness(
     return measure
 
 
+QUESTIONS_FILE = "groundtruth_questions.toml"
+
+
+def default_questions_file() -> Path | None:
+    """The bench's questions file in this checkout (``benchmarks/groundtruth_questions.toml``),
+    or None when the package runs without it."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / QUESTIONS_FILE
+    return path if path.exists() else None
+
+
+@dataclass
+class QuestionSet:
+    """The bench's questions: phrasings per rule, and the rules whose phrasings a control with
+    no planted rule is asked."""
+
+    rules: dict[str, list[str]]
+    controls: dict[str, list[str]] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path: Path) -> QuestionSet:
+        import tomllib
+
+        raw = tomllib.loads(path.read_text("utf-8"))
+        rules = {k: list(v.get("phrasings", [])) for k, v in raw.get("rules", {}).items()}
+        return cls(rules, {k: list(v) for k, v in raw.get("controls", {}).items()})
+
+    def for_record(self, record: GroundTruth) -> list[tuple[str, str]]:
+        """(phrasing id, question) of every question asked of ``record``'s organism: each
+        phrasing of each planted rule, or of the rules listed for a control."""
+        names = [r.rule for r in record.rules] or self.controls.get(record.name, [])
+        out: dict[str, str] = {}
+        for rule in names:
+            for i, text in enumerate(self.rules.get(rule, []), start=1):
+                if text not in out.values():
+                    out[f"{rule}#{i}"] = text
+        return list(out.items())
+
+
 BATTERY: tuple[tuple[str, str, str], ...] = (
     ("TFC1", "append", "increase"),
     ("TFC1", "prepend", "increase"),
@@ -369,15 +410,23 @@ def run_bench(
     faithfulness: bool = True,
     protocol_pairs: int | None = None,
     log: Callable[[str], None] | None = None,
+    questions: QuestionSet | None = None,
 ) -> list[Score]:
     """Run every organism's questions with ``planner`` (``protocol``, ``llm`` or ``blackbox``),
-    store the investigations in ``db`` and score them."""
+    store the investigations in ``db`` and score them. ``questions``: the phrasings asked (a
+    questions file); default, each record's own questions."""
     bench_id = time.strftime("%Y%m%dT%H%M%S")
     scores = []
     for name, record in records.items():
-        questions = [BATTERY_QUESTION] if planner == "blackbox" else record.questions
+        asked: list[tuple[str, str]]
+        if planner == "blackbox":
+            asked = [("battery", BATTERY_QUESTION)]
+        elif questions is not None:
+            asked = questions.for_record(record)
+        else:
+            asked = [("", q) for q in record.questions]
         measure = ablation_faithfulness(record, base_path) if faithfulness else None
-        for question in questions:
+        for phrasing, question in asked:
             settings = InvestigationSettings.model_validate(
                 {
                     "model_arg": record.path,
@@ -402,6 +451,7 @@ def run_bench(
             with open_store(database_url(db)) as store:
                 tree = store.investigation_tree(result.investigation_id, include_llm_calls=False)
             score = score_investigation(tree, record, measure)
+            score.phrasing = phrasing
             scores.append(score)
             if log:
                 log(
@@ -421,6 +471,7 @@ def table_rows(scores: list[Score]) -> list[list[str]]:
     head = [
         "organism",
         "planner",
+        "phrasing",
         "question",
         "found",
         "false",
@@ -438,6 +489,7 @@ def table_rows(scores: list[Score]) -> list[list[str]]:
             [
                 s.organism,
                 s.planner,
+                s.phrasing or "—",
                 s.question[:48],
                 f"{s.found}/{s.rules} (held {s.held})" if s.rules else "—",
                 str(s.false_claims),

@@ -64,9 +64,7 @@ def ranking_of(tables: dict[str, Any]) -> list[tuple[str, float | None]]:
         name = next((row[c] for c in _NAME_COLUMNS if isinstance(row.get(c), str)), None)
         if name is None:
             continue
-        value = next(
-            (row[c] for c in _VALUE_COLUMNS if isinstance(row.get(c), int | float)), None
-        )
+        value = next((row[c] for c in _VALUE_COLUMNS if isinstance(row.get(c), int | float)), None)
         out.append((name, float(value) if value is not None else None))
         if len(out) >= RANKING_ROWS:
             break

@@ -3,10 +3,13 @@ planner) and the black-box baseline on their questions, score the stored claims.
 
     python benchmarks/groundtruth.py [--tiny] [--organisms trigger tfc1_removed ...]
         [--planner protocol|llm] [--db sqlite:///gt.db] [--out rankscope_reports/groundtruth]
+        [--questions benchmarks/groundtruth_questions.toml]
 
-Prints each organism's build time and checks, then the per organism × question table (found /
-false claims / localisation P/R / faithfulness / time / tool calls); writes groundtruth.json and
-groundtruth.png under --out. ``rankscope bench groundtruth`` runs the same.
+Prints each organism's build time and checks, then the per organism × question table (phrasing
+id / found / false claims / localisation P/R / faithfulness / time / tool calls); writes
+groundtruth.json and groundtruth.png under --out. The questions are the phrasings of the
+questions file kept beside this script (``groundtruth_questions.toml``, written before the planner
+ran on the organisms). ``rankscope bench groundtruth`` runs the same.
 """
 
 from __future__ import annotations
@@ -18,7 +21,13 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from rankscope.agent.groundtruth import run_bench, table_rows, write_outputs
+from rankscope.agent.groundtruth import (
+    QuestionSet,
+    default_questions_file,
+    run_bench,
+    table_rows,
+    write_outputs,
+)
 from rankscope.agent.state import Budget
 from rankscope.tools.organisms import build_all, cache_root
 
@@ -35,6 +44,12 @@ def main() -> None:
     parser.add_argument("--no-baseline", action="store_true")
     parser.add_argument("--build-only", action="store_true")
     parser.add_argument("--steps", type=int, default=None, help="Override the training steps.")
+    parser.add_argument(
+        "--questions",
+        type=Path,
+        default=default_questions_file(),
+        help="Questions file (default: benchmarks/groundtruth_questions.toml).",
+    )
     args = parser.parse_args()
     console = Console()
     started = time.perf_counter()
@@ -66,6 +81,7 @@ def main() -> None:
             budget=budget,
             llm_model=args.llm_model,
             log=console.print,
+            questions=QuestionSet.load(args.questions) if args.questions else None,
         )
     rows = table_rows(scores)
     table = Table(*rows[0])

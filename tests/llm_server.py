@@ -345,14 +345,19 @@ TEXT_CALLS: dict[str, Callable[[str, dict[str, Any]], Reply]] = {
 """Calls written as text, as small instruct models write them when the server returns them as
 ``content``: each is built from a function name and its arguments and must be accepted."""
 
+REAL_0_5B_CUT = '{"name": "propose", "arguments": {"tool": "circuit", "hypothesis": "The circuit is a top-k component (ranked on discovery, or given) patched jointly.", "rationale": "First test the circuit\'s top-k components.", "criterion": {"metric": "faithfulness", "direction": "greater", "threshold": 0.0, "alpha": 0.05, "split": "discovery"}, "components": ["L3.H5", "L3.attn", "L3.mlp", "L3.resid"], "args": {"type": "object", "description": "The circuit\'s top-k components patched jointly.", "parent_hypothesis_id": 0}}'
+
 REAL_REPLIES: dict[str, str] = {
     "qwen2.5-coder-0.5b, README question, step 1 (before the worked example)": (
-        "```json\n{\n  \"name\": \"propose\",\n  \"arguments\": {\n    \"tool\": \"ablation\",\n"
-        "    \"hypothesis\": \"Does all-MiniLM-L6-v2 reward repeated query terms (TFC1), and which "
-        "components compute it?\",\n    \"rationale\": \"This experiment tests the hypothesis "
+        '```json\n{\n  "name": "propose",\n  "arguments": {\n    "tool": "ablation",\n'
+        '    "hypothesis": "Does all-MiniLM-L6-v2 reward repeated query terms (TFC1), and which '
+        'components compute it?",\n    "rationale": "This experiment tests the hypothesis '
         "that all-MiniLM-L6-v2 reward repeated query terms (TFC1) and which components compute "
-        "it.\",\n    \"criterion\": \"metric: share_moved_predicted\",\n    \"components\": "
-        "[\"L3.H5\", \"L3.attn\", \"L3.mlp\", \"L3.resid\"],\n    \"args\": {}\n  }\n}\n```"
+        'it.",\n    "criterion": "metric: share_moved_predicted",\n    "components": '
+        '["L3.H5", "L3.attn", "L3.mlp", "L3.resid"],\n    "args": {}\n  }\n}\n```'
+    ),
+    "qwen2.5-coder-0.5b, README question, step 1 (worked example; last brace missing)": (
+        REAL_0_5B_CUT
     ),
 }
 """Replies of real local models (``benchmarks/llm_local_model.py``, ``transformers serve`` on

@@ -340,8 +340,45 @@ def test_members_none_is_refused_outside_discovery():
     validate_args(tool, {"split": "holdout", "members": ["L1.H1", "L0.mlp"], "k": 2})
     with pytest.raises(ToolArgumentError, match="larger than the 1 members"):
         validate_args(tool, {"members": ["L1.H1"], "k": 2})
-    with pytest.raises(ToolArgumentError, match="n_random"):
+    with pytest.raises(ToolArgumentError, match="at least 100"):
         validate_args(tool, {"n_random": 10})
+    no_control = validate_args(tool, {"n_random": 0, "members": ["L1.H1"]})
+    assert not tool.produces(no_control, "beats_random")
+    assert not tool.produces(no_control, "stability[L1.H1]")
+    assert tool.produces(no_control, "faithfulness") and tool.produces(
+        no_control, "loo_drop[L1.H1]"
+    )
+
+
+def test_a_run_without_random_control_declares_what_it_gives(data, tmp_path):
+    """The group claim's run (members fixed, n_random=0: the control is a call of its own)
+    produces only metrics its arguments declare, with per-query values for every estimate."""
+    retriever = shared_tiny("bert")
+    tool = get_tool("circuit")
+    args = validate_args(
+        tool,
+        {
+            "split": "holdout",
+            "n_pairs": 16,
+            "members": ["L1.H2", "L0.H3", "L1.H0"],
+            "k": 2,
+            "n_random": 0,
+            "max_k": 3,
+        },
+    )
+    result = tool.run(context(retriever, data, tmp_path), args)
+    assert "beats_random" not in result.metrics and "random_p_value" not in result.metrics
+    assert all(tool.produces(args, key) for key in result.metrics), result.metrics
+    estimates = {k for k in result.metrics if tool.metric_spec(args, k).kind == "estimate"}
+    assert (
+        estimates
+        == set(result.per_query)
+        == {"faithfulness", "necessity", "loo_drop[L1.H2]", "loo_drop[L0.H3]"}
+    )
+    assert "no random-set control" in result.summary
+    assert [r["component"] for r in result.tables["members"]] == ["L1.H2", "L0.H3"]
+    # the curve's band still draws n_random_curve sets at the other sizes, none at k
+    assert {r["k"] for r in result.tables["random_sets"]} == {1, 3}
 
 
 # --- the pieces --------------------------------------------------------------------------------

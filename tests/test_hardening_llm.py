@@ -16,6 +16,7 @@ import pytest
 from rankscope.agent.llm_client import MAX_REPLY_CHARS, LLMClient, LLMUnavailableError
 from rankscope.agent.planners.base import Ledger, Stop
 from rankscope.agent.planners.llm import LLMPlanner, data_block
+from rankscope.tools.registry import openai_tool_specs
 from tests.llm_server import Reply, ScriptedLLMServer
 
 DRIP_INTERVAL_S = 0.25
@@ -150,6 +151,42 @@ def test_malformed_tool_calls_are_rejected_not_a_crash(tool_calls):
         )
         outcome = planner.propose(_ledger())
     assert isinstance(outcome, Stop) and "unusable" in outcome.reason
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        '{"a":' * 5000,
+        "{" * 20_000,
+        '{"a": "' * 3000,
+        '{"a": [' * 3000,
+        '{"a":' * 3000 + "1" + "}" * 3000,
+        '```json\n{"name": "propose", "arguments": ' + "[" * 4000 + "\n```",
+        '{"name": "propose", "arguments": {"args": "' + "\\" * 9000,
+    ],
+    ids=["nested", "braces", "strings", "arrays", "deep", "fenced deep", "escapes"],
+)
+def test_hostile_text_is_read_quickly_and_rejected_not_a_crash(content):
+    """A reply's text is searched for calls written as JSON: deep nesting, thousands of braces
+    and strings cut short are answered as unusable replies within a bounded time."""
+    openai_tool_specs()  # the registry's imports are not part of the time measured
+    server = ScriptedLLMServer()
+    with server:
+        for _ in range(2):
+            server.push(Reply(body=_completion({"role": "assistant", "content": content})))
+        planner = LLMPlanner(
+            "m",
+            base_url=server.base_url,
+            api_key="k",
+            max_retries=0,
+            max_invalid_replies=1,
+            context_tokens=1_000_000,
+            detect_context=False,
+        )
+        started = time.perf_counter()
+        outcome = planner.propose(_ledger())
+    assert isinstance(outcome, Stop) and "unusable" in outcome.reason
+    assert time.perf_counter() - started < 10
 
 
 @pytest.mark.parametrize(

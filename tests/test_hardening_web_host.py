@@ -83,7 +83,7 @@ def test_a_rebound_host_gets_nothing(served: tuple[str, int, Store, dict[str, in
         page = client.get(f"/investigations/{inv}", headers=evil)
         assert page.status_code == 400
         assert "csrf_token" not in page.text and "Which heads" not in page.text
-        assert "--allowed-host" in page.text
+        assert "--allowed-host" in page.text and page.headers["x-frame-options"] == "DENY"
         # a token read through an allowed host does not help a request naming another host
         token = csrf_of(client.get(f"/hypotheses/{hyp}").text)
         reviews = len(store.list_reviews(hypothesis_id=hyp))

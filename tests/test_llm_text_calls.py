@@ -71,6 +71,23 @@ def test_parsed_from_text_is_noted_once_and_not_fed_back_to_the_model(
     assert PARSED_FROM_TEXT_NOTE not in messages_of(server.bodies[1])[1]["content"]
 
 
+def test_a_stop_that_repeats_the_feedback_is_answered_once(
+    server: ScriptedLLMServer, calls: list[LLMCall]
+) -> None:
+    """Qwen2.5-Coder-0.5B answered a rejection with `stop`, the rejection as its reason."""
+    server.push(
+        text_reply('{"tool": 3}'),
+        text_call_reply("stop", {"reason": "The JSON object in your reply is not a function call"}),
+        text_call_reply("stop", {"reason": "The JSON object in your reply is not a function call"}),
+    )
+    planner = make_planner(server, calls, max_invalid_replies=3)
+    result = planner.propose(make_ledger())
+    assert isinstance(result, Stop)
+    answer = messages_of(server.bodies[2])[-1]
+    assert answer["role"] == "tool" and "Your stop repeats the feedback" in answer["content"]
+    assert [r.outcome for r in planner.replies] == ["rejected", "rejected", "stop"]
+
+
 def test_a_text_call_of_a_stop_ends_the_investigation(
     server: ScriptedLLMServer, calls: list[LLMCall]
 ) -> None:
@@ -113,7 +130,7 @@ def test_a_text_call_of_a_tool_that_does_not_exist_is_rejected_naming_the_functi
 @pytest.mark.parametrize(
     ("content", "quoted"),
     [
-        ('```json\n{"tool": "x", "hypothesis": "h"}\n```', "call.name: Field required"),
+        ('```json\n{"hypothesis": "h", "criterion": {}}\n```', "call.name: Field required"),
         ('{"name": 3, "arguments": {}}', "call.name: Input should be a valid string"),
         ('Here: {"function": "propose", "args": {}}', "call.name: Field required"),
     ],
@@ -153,6 +170,29 @@ def test_nothing_but_the_first_call_of_a_text_is_used_and_nothing_is_run() -> No
     found, problem = text_calls(text)
     assert problem == ""
     assert [(c.name, c.source) for c in found] == [("propose", "text"), ("stop", "text")]
+
+
+def test_a_call_cut_short_is_read_with_its_closing_brackets_added() -> None:
+    """Qwen2.5-Coder-0.5B left out the last brace of its call; up to three are added, never
+    more, and never inside a string."""
+    whole = json.dumps({"name": "propose", "arguments": {"tool": TOOL, "args": {"layer": 2}}})
+    for cut in (1, 2, 3):
+        (call,), problem = text_calls(whole[:-cut])
+        assert (call.name, json.loads(call.arguments)["args"], problem) == (
+            "propose",
+            {"layer": 2},
+            "",
+        )
+    assert text_calls('{"name": "stop", "arguments": {"reason": "cut in a str') == ([], "")
+    assert text_calls(whole[: whole.index("{", 1)] + "[[[[{")[0] == []
+
+
+def test_the_arguments_of_propose_without_their_envelope_are_a_propose_call(
+    server: ScriptedLLMServer, calls: list[LLMCall]
+) -> None:
+    server.push(text_reply("```json\n" + json.dumps(_propose()) + "\n```"))
+    result = make_planner(server, calls, max_invalid_replies=0).propose(make_ledger())
+    assert isinstance(result, Proposal) and result.tool == TOOL
 
 
 @pytest.mark.parametrize("label", list(REAL_REPLIES))

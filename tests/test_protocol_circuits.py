@@ -27,7 +27,9 @@ from rankscope.agent.policy import StatsPolicy
 from rankscope.agent.state import Budget
 from rankscope.tools.registry import get_tool, validate_args
 
-README = "Does all-MiniLM-L6-v2 reward repeated query terms (TFC1), and which components compute it?"
+README = (
+    "Does all-MiniLM-L6-v2 reward repeated query terms (TFC1), and which components compute it?"
+)
 MINILM = {"layers": 6, "heads": 12, "pooling": "mean", "kind": "bi-encoder"}
 RANKING = [
     ("L5.H7", 0.13),
@@ -239,9 +241,11 @@ def test_members_in_several_layers_get_a_path_between_members():
     RANKING = [("L2.H1", 0.3), ("L5.H7", 0.2), ("L3.H4", 0.1)]
     try:
         proposals, _, _ = drive(
-            lambda p: ("exploratory", {"smallest_k": 3})
-            if p.hypothesis.startswith(RANK)
-            else default_outcome(p)
+            lambda p: (
+                ("exploratory", {"smallest_k": 3})
+                if p.hypothesis.startswith(RANK)
+                else default_outcome(p)
+            )
         )
     finally:
         RANKING = saved
@@ -271,44 +275,49 @@ def test_a_cls_pooled_model_states_why_no_mechanism_pair_is_tested():
 
 
 @pytest.fixture(scope="module")
-def tiny_mean_model(tmp_path_factory) -> Path:
-    from tests.agent_support import mean_bert
+def tokenwise_model(tmp_path_factory) -> Path:
+    """A tiny mean-pooled BERT whose attention value projections are zero: no head can move
+    anything between positions, so TFC1 (append) raises scores only through the added token's
+    own state — the direct mechanism is true, the heads mechanism false, and no set of heads
+    restores the behaviour."""
+    from tests.test_protocol_open import tokenwise_mean_bert
 
-    return mean_bert(tmp_path_factory.mktemp("mean"))
+    return tokenwise_mean_bert(tmp_path_factory.mktemp("tokenwise"))
 
 
 @pytest.mark.slow
-def test_the_circuit_protocol_end_to_end_on_a_tiny_model(tmp_path, tiny_mean_model):
+def test_the_circuit_protocol_end_to_end_on_a_tiny_model(tmp_path, tokenwise_model):
+    """The whole localisation through the graph: the rank is exploratory (no verdict), the
+    circuit claim patches the discovery members on held-out queries when it replicates, and on
+    this model the heads carry nothing — the circuit claim is refuted, the heads mechanism is
+    ruled out and the direct one holds."""
     from rankscope.experiments_db.engine import open_store
     from tests.agent_support import TINY_POLICY, run
 
     torch.set_num_threads(1)
-    planner = ProtocolPlanner(
-        policy=TINY_POLICY, n_pairs=24, localise_pairs=24, max_k=4, n_random=100, top_k=1
-    )
+    planner = ProtocolPlanner(policy=TINY_POLICY, n_pairs=64, localise_pairs=32, max_k=4)
     result = run(
         tmp_path,
-        tiny_mean_model,
+        tokenwise_model,
         planner,
         Budget(max_steps=12, max_tool_calls=24),
-        question="Does the tiny model reward repeated query terms (TFC1), and which components "
-        "compute it?",
+        question=README,
         policy=TINY_POLICY,
     )
     assert result.status == "finished"
     with open_store(f"sqlite:///{tmp_path / 't.db'}") as store:
         tree = store.investigation_tree(1)
     by_title = {h.text.split(":")[0]: h for h in tree.hypotheses}
+    assert by_title["Behaviour"].latest_verdict.status == "supported"
     rank, circuit = by_title["Rank"], by_title["Circuit"]
     assert rank.exploratory and not rank.verdicts
     assert [e.args["split"] for e in rank.experiments] == ["discovery"]
-    assert circuit.latest_verdict is not None
-    # the circuit claim ran on discovery and, when it met its criterion there, on held-out
-    # queries with the same members and k
     runs = circuit.experiments
     assert runs[0].args["split"] == "discovery" and runs[0].args["members"]
-    for exp in runs[1:]:
+    for exp in runs[1:]:  # a replication patches the discovery members, never re-ranked
         assert exp.args["split"] == "holdout"
-        assert exp.args["members"] == runs[0].args["members"]
-        assert exp.args["k"] == runs[0].args["k"]
+        assert (exp.args["members"], exp.args["k"]) == (runs[0].args["members"], runs[0].args["k"])
+    assert circuit.latest_verdict.status == "refuted"
+    assert by_title["Mechanism (heads)"].latest_verdict.status == "refuted"
+    assert by_title["Mechanism (direct)"].latest_verdict.status == "supported"
     assert all(not h.exploratory or not h.verdicts for h in tree.hypotheses)

@@ -23,7 +23,9 @@ from tests.agent_support import ScriptedPlanner, behaviour, mean_bert, run
 
 torch.set_num_threads(1)
 
-README = "Does all-MiniLM-L6-v2 reward repeated query terms (TFC1), and which components compute it?"
+README = (
+    "Does all-MiniLM-L6-v2 reward repeated query terms (TFC1), and which components compute it?"
+)
 
 
 @pytest.fixture(scope="module")

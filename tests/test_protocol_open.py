@@ -65,7 +65,7 @@ def test_open_question_screens_and_follows_up_the_planted_hit(tmp_path, planted)
     assert h.criterion.direction == "greater" and "raises scores" in h.text
     splits = [e.args["split"] for e in h.experiments]
     assert splits[0] == "discovery"
-    assert any(t.startswith("Locate:") for t in texts)
+    assert any(t.startswith("Rank:") for t in texts)  # the circuit localisation's first step
     report = Path(result.report_path).read_text()
     assert "intent: open screen" in report
     assert "## Findings" in report

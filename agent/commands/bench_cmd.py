@@ -47,15 +47,33 @@ def groundtruth_command(
         bool,
         typer.Option("--faithfulness/--no-faithfulness", help="Ablate the named components."),
     ] = True,
+    questions: Annotated[
+        Path | None,
+        typer.Option(
+            "--questions",
+            help="Questions file (phrasings per rule; default: the checkout's "
+            "benchmarks/groundtruth_questions.toml, else each record's own questions).",
+        ),
+    ] = None,
 ) -> None:
     """Build (or reuse) the organisms, run their questions, score the stored claims, print the
     table and write ``groundtruth.json`` and ``groundtruth.png`` under ``--out``."""
-    from rankscope.agent.groundtruth import run_bench, table_rows, write_outputs
+    from rankscope.agent.groundtruth import (
+        QuestionSet,
+        default_questions_file,
+        run_bench,
+        table_rows,
+        write_outputs,
+    )
     from rankscope.agent.state import Budget
     from rankscope.experiments_db.engine import database_url
     from rankscope.tools.organisms import build_all, cache_root
 
     records = build_all(organisms, tiny=tiny, log=lambda m: console.print(escape(m)))
+    questions_file = questions or default_questions_file()
+    asked = QuestionSet.load(questions_file) if questions_file else None
+    if questions_file:
+        console.print(f"questions: {escape(str(questions_file))}")
     base_path = str(cache_root() / "tiny-base") if tiny else None
     budget = Budget(max_steps=max_steps, max_tool_calls=max_steps + 4)
     scores = []
@@ -70,6 +88,7 @@ def groundtruth_command(
             llm_model=llm_model,
             faithfulness=faithfulness,
             log=lambda m: console.print(escape(m)),
+            questions=asked,
         )
     rows = table_rows(scores)
     table = Table(*rows[0])

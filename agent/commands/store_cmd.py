@@ -224,6 +224,8 @@ def _add_hypothesis(
 ) -> None:
     latest = hyp.latest_verdict
     verdict = _status(latest.status) if latest else "no verdict"
+    if hyp.exploratory:  # a screen or ranking: it claims nothing, so it has no verdict
+        verdict = "exploratory"
     if unverified is not None:  # never shown as a verdict: the claim and the re-derivation
         verdict = (
             f"[bold magenta]UNVERIFIED[/bold magenta]: bundle claims {escape(unverified.claimed)}"

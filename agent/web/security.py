@@ -163,20 +163,30 @@ def _same_site_origin(origin: str, host: tuple[str, int | None], hosts: frozense
     return (port if port is not None else _DEFAULT_PORTS[parts.scheme]) == host[1]
 
 
+def _foreign_origin(
+    origin: str | None, host: tuple[str, int | None], hosts: frozenset[str]
+) -> bool:
+    """Whether an ``Origin`` header names another site (absent and ``null`` do not: our own
+    pages send no referrer, and the CSRF token still has to match)."""
+    return bool(origin) and origin != "null" and not _same_site_origin(str(origin), host, hosts)
+
+
 async def security_headers(request: Request, call_next: Handler) -> Response:
     """Refuse a request to a host that is not allowed (400) and a cross-origin state-changing
     request (403); add the CSP and friends."""
     hosts = _hosts_of(request)
     raw_host = request.headers.get("host", "")
     host = _split_netloc(raw_host)
+    response: Response
     if host is None or host[0] not in hosts:
-        return _refused_host(raw_host, hosts)
-    if request.method not in ("GET", "HEAD", "OPTIONS"):
-        origin = request.headers.get("origin")
-        cross = request.headers.get("sec-fetch-site") == "cross-site"
-        if cross or (origin and origin != "null" and not _same_site_origin(origin, host, hosts)):
-            return PlainTextResponse("cross-origin request refused", status_code=403)
-    response = await call_next(request)
+        response = _refused_host(raw_host, hosts)
+    elif request.method not in ("GET", "HEAD", "OPTIONS") and (
+        request.headers.get("sec-fetch-site") == "cross-site"
+        or _foreign_origin(request.headers.get("origin"), host, hosts)
+    ):
+        response = PlainTextResponse("cross-origin request refused", status_code=403)
+    else:
+        response = await call_next(request)
     for name, value in SECURITY_HEADERS.items():
         response.headers.setdefault(name, value)
     return response

@@ -19,8 +19,9 @@ answers "nothing". This tool tests a *set* patched jointly, on one split of the 
 4. **Random-set control**: ``n_random`` random sets of k components of the same pool (seeded)
    → their mean faithfulness, the circuit's percentile among them and the p-value
    ``(1 + #{random ≥ circuit}) / (1 + N)``; ``beats_random`` per query is the circuit's
-   fraction minus the random sets' mean fraction. The curve's 5–95 % band at the other sizes
-   uses ``n_random_curve`` sets per size.
+   fraction minus the random sets' mean fraction. ``n_random=0`` runs no control (a claim
+   whose control is a call of its own); otherwise at least 100 sets are drawn. The curve's
+   5–95 % band at the other sizes uses ``n_random_curve`` sets per size.
 5. **Minimality**: each member's leave-one-out drop in faithfulness.
 6. **Stability** (identifiability): each member's selection frequency among the top k over
    ``n_stability`` bootstrap resamples of the queries (ranking runs only), and the best other
@@ -71,6 +72,7 @@ import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -100,6 +102,7 @@ from rankscope.tools.interventions.circuits import (
 from rankscope.tools.interventions.patching import check_patch, parse_target, patch_pairs
 from rankscope.tools.metric_keys import (
     MetricCatalogue,
+    MetricSpec,
     declare,
     estimate,
     metric_key,
@@ -113,12 +116,16 @@ from rankscope.tools.stats import QueryValue, bootstrap_ci
 AS_FAITHFUL_MARGIN = 0.05
 """An alternative set whose faithfulness comes within this of the circuit's is "as faithful"
 (the default SESOI of the ``patching_fraction`` family)."""
+MIN_RANDOM = 100
+"""The fewest random sets a random-set control draws (p-values down to 1/101)."""
 FAMILY = "patching_fraction"
 UNIT = "fraction of the behaviour's score change (1 = all of it)"
 SUMMARY_ROWS = 5
+RANDOM_METRICS = ("beats_random", "random_mean", "random_percentile", "random_p_value")
+"""The metrics of the random-set control (not produced with n_random=0)."""
 
 
-def _fraction(meaning: str, spec: Any) -> Any:
+def _fraction(meaning: str, spec: MetricSpec) -> MetricSpec:
     return estimate(spec, family=FAMILY, meaning=meaning, unit=UNIT)
 
 
@@ -221,10 +228,8 @@ class CircuitArgs(PairArgs):
         100,
         ge=0,
         le=10_000,
-        description="Random sets of size k (seeded) for the control: at least 100, or 0 for no "
-        "random-set control (a call that claims only faithfulness, so that the control is a "
-        "call of its own: a claim on an estimate of an earlier call is registered after its "
-        "results could be seen).",
+        description="Random sets of size k (seeded) for the control, at least 100; 0 = no "
+        "control (beats_random and random_* are then not produced).",
     )
     n_random_curve: int = Field(
         20,
@@ -258,6 +263,11 @@ class CircuitArgs(PairArgs):
                 raise ValueError(f"members names a component twice: {repeated}")
             if self.k is not None and self.k > len(self.members):
                 raise ValueError(f"k={self.k} is larger than the {len(self.members)} members")
+        if 0 < self.n_random < MIN_RANDOM:
+            raise ValueError(
+                f"n_random={self.n_random}: a random-set control needs at least {MIN_RANDOM} "
+                "sets (or 0 for none)"
+            )
         if self.k is not None and self.k > self.max_k:
             raise ValueError(f"k={self.k} is larger than max_k={self.max_k}")
         if 0 < self.n_random < 100:
@@ -306,7 +316,7 @@ def node(component: str) -> dict[str, Any]:
     }
 
 
-def curve_figure(path: Any, rows: list[dict[str, Any]], k: int, target: float, title: str) -> None:
+def curve_figure(path: Path, rows: list[dict[str, Any]], k: int, target: float, title: str) -> None:
     """The faithfulness curve: sufficiency and necessity with their CIs, the random sets' mean
     and 5–95 % band, the target and the chosen k."""
     import matplotlib
@@ -619,7 +629,7 @@ def _nan(x: float | None) -> float:
 
 
 def _metrics(
-    m: Measured, e: Estimates
+    m: Measured, e: Estimates, args: CircuitArgs
 ) -> tuple[dict[str, float | int | None], dict[str, list[QueryValue]]]:
     metrics: dict[str, float | int | None] = {}
     per_query: dict[str, list[QueryValue]] = {}
@@ -658,6 +668,11 @@ def _metrics(
     for member in m.members:
         if member in m.stability:
             metrics[metric_key("stability", member)] = _num(m.stability[member])
+    if not args.n_random:
+        for name in RANDOM_METRICS:
+            for key in (name, f"{name}_ci_low", f"{name}_ci_high"):
+                metrics.pop(key, None)
+                per_query.pop(key, None)
     return metrics, per_query
 
 
@@ -772,12 +787,13 @@ class Circuit(Tool[CircuitArgs]):
     metrics = CIRCUIT_METRICS
 
     def metrics_for(self, args: CircuitArgs) -> MetricCatalogue:
-        return CIRCUIT_METRICS if args.members is None else CIRCUIT_METRICS.without("stability")
+        out = CIRCUIT_METRICS if args.members is None else CIRCUIT_METRICS.without("stability")
+        return out if args.n_random else out.without(*RANDOM_METRICS)
 
     def run(self, ctx: ToolContext, args: CircuitArgs) -> ToolResult:
         measured = _measure(ctx, args)
         found = _estimates(measured, args)
-        metrics, per_query = _metrics(measured, found)
+        metrics, per_query = _metrics(measured, found, args)
         behaviour = f"{args.axiom}/{args.variant} [{args.split}]"
         png = ctx.artifact_path("circuit_curve.png")
         source = "given" if args.members is not None else args.ranking
@@ -830,9 +846,13 @@ def _summary(m: Measured, e: Estimates, args: CircuitArgs, behaviour: str) -> st
         f"Fractions of the behaviour's score change, per query a ratio of means, "
         f"{args.confidence:.0%} CIs over queries.",
         f"  faithfulness (sufficiency) {_ci(e.faithfulness)}; necessity {_ci(e.necessity)}",
-        f"  random sets of {m.k} (N={e.n_random}): mean {_fmt(e.random_mean)}; the circuit's "
-        f"percentile {_fmt(e.percentile, '.1f')}, p = {_fmt(e.p_value)}; beats_random "
-        f"{_ci(e.beats_random)}",
+        (
+            f"  random sets of {m.k} (N={e.n_random}): mean {_fmt(e.random_mean)}; the circuit's "
+            f"percentile {_fmt(e.percentile, '.1f')}, p = {_fmt(e.p_value)}; beats_random "
+            f"{_ci(e.beats_random)}"
+            if args.n_random
+            else "  no random-set control in this run (n_random=0)"
+        ),
         "  leave-one-out drops: "
         + ", ".join(f"{x} {_fmt(e.loo[x]['value'])}" for x in members[:SUMMARY_ROWS])
         + (f" … {more} more in the members table" if more > 0 else ""),

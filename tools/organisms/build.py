@@ -35,6 +35,7 @@ from rankscope.tools.organisms.fast import (
     CachedSet,
     CachedTrainer,
     Cut,
+    LowRank,
     StepConfig,
     Trainable,
     supports,
@@ -310,18 +311,25 @@ def _cached_set(
     return _STATES[key]
 
 
-def _trainable(retriever: BiEncoder, spec: OrganismSpec) -> tuple[int, Trainable]:
-    """The cut (lowest trained layer) and the trained parameters of a cached build."""
+def _cut(retriever: BiEncoder, spec: OrganismSpec) -> int:
+    """The lowest layer a cached build trains (nothing below it changes)."""
+    if spec.carriers:
+        return min(parse_target(c).layer for c in spec.carriers)
+    return max(0, len(retriever.layer_modules) - spec.train_layers)
+
+
+def _trainable(retriever: BiEncoder, spec: OrganismSpec, cut: int, seed: int) -> Trainable:
+    """What a cached build trains: the carriers' slices, or low-rank updates of the linear maps
+    of the layers from ``cut`` (``spec.rank``), or all their parameters."""
     params = dict(retriever.encoder.named_parameters())
     if spec.carriers:
         masks = _head_masks(retriever, spec.carriers)
-        cut = min(parse_target(c).layer for c in spec.carriers)
-        chosen = [params[k] for k in masks]
-        return cut, Trainable(chosen, {id(params[k]): m for k, m in masks.items()})
-    n_layers = len(retriever.layer_modules)
-    cut = max(0, n_layers - spec.train_layers)
-    chosen = [p for layer in retriever.layer_modules[cut:] for p in layer.parameters()]
-    return cut, Trainable(chosen)
+        return Trainable([params[k] for k in masks], {id(params[k]): m for k, m in masks.items()})
+    layers = list(retriever.layer_modules[cut:])
+    if spec.rank:
+        low_rank = LowRank(layers, spec.rank, seed)
+        return Trainable(low_rank.params, low_rank=low_rank)
+    return Trainable([p for layer in layers for p in layer.parameters()])
 
 
 @dataclass
@@ -459,15 +467,15 @@ def _build_cached(
         clock.lap(timings, "base_pass")
         base_held = held_set.base_scores()
         return _Trained(base_held, base_held)
-    cut, trainable = _trainable(retriever, spec)
+    cut = _cut(retriever, spec)
     held_set = _cached_set(retriever, corpus, "heldout", cut, torch.float32)
     trained_set = _cached_set(retriever, corpus, "trained", cut, torch.float16)
     clock.lap(timings, "base_pass")
     base_held = held_set.base_scores()
     target = targets(spec.rules, _sub(corpus, trained_set.groups), trained_set.base_scores())
     base_probes = measure(base_held, held_set.groups)
-    steps, attempts = _train_cached(
-        retriever, spec, cut, trainable, trained_set, held_set, target, base_probes, original, say
+    steps, attempts, parameters = _train_cached(
+        retriever, spec, cut, trained_set, held_set, target, base_probes, original, say
     )
     clock.lap(timings, "training")
     cutter = Cut(retriever, cut)
@@ -479,7 +487,7 @@ def _build_cached(
         lambda: held_set.scores(cutter),
         steps,
         attempts,
-        trainable.count(),
+        parameters,
         "cached",
     )
 
@@ -536,17 +544,16 @@ def _train_cached(
     retriever: BiEncoder,
     spec: OrganismSpec,
     cut: int,
-    trainable: Trainable,
     trained_set: CachedSet,
     held_set: CachedSet,
     target: np.ndarray,
     base_probes: dict[str, ProbeMeasure],
     original: dict[str, torch.Tensor],
     say: Callable[[str], None],
-) -> tuple[int, int]:
+) -> tuple[int, int, int]:
     """Train from the cut until the rules hold on held-out queries (at most ``spec.steps`` per
     attempt; a failed attempt restarts from the base with the next seed). Returns (steps of the
-    last attempt, attempts)."""
+    last attempt, attempts, trained parameters)."""
     cutter = Cut(retriever, cut)
     probes = sorted({r.probe for r in spec.rules})
     columns = sorted({VARIANTS.index(v) for p in probes for v in PROBE_VARIANTS[p]})
@@ -577,19 +584,19 @@ def _train_cached(
 
     steps = 0
     for attempt in range(spec.attempts):
+        seed = spec.seed + attempt
         if attempt:
             retriever.encoder.load_state_dict(original)
-            say(
-                f"  the check failed after {steps} steps: rebuilding with seed {spec.seed + attempt}"
-            )
-        trainer = CachedTrainer(
-            cutter, trained_set, target, trainable, config, seed=spec.seed + attempt
-        )
+            say(f"  the check failed after {steps} steps: rebuilding with seed {seed}")
+        trainable = _trainable(retriever, spec, cut, seed)
+        trainer = CachedTrainer(cutter, trained_set, target, trainable, config, seed=seed)
         steps, passed = trainer.run(spec.steps, spec.check_every, holds, say, spec.min_steps)
         trainer.finish()
-        if passed:
-            return steps, attempt + 1
-    return steps, spec.attempts
+        if trainable.low_rank is not None:
+            trainable.low_rank.merge()
+        if passed or attempt == spec.attempts - 1:
+            return steps, attempt + 1, trainable.count()
+    raise AssertionError("unreachable: the last attempt returns")
 
 
 def _default_path() -> Path:

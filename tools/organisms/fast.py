@@ -183,6 +183,8 @@ class Trainable:
     params: list[nn.Parameter]
     masks: dict[int, torch.Tensor] = field(default_factory=dict)
     """id(param) → mask (1 where trained)."""
+    low_rank: LowRank | None = None
+    """The low-rank updates (their factors are ``params``), merged after training."""
 
     def count(self) -> int:
         return int(
@@ -191,6 +193,49 @@ class Trainable:
                 for p in self.params
             )
         )
+
+
+class LowRank:
+    """Low-rank updates ``W + (alpha / rank) · B A`` of every linear layer of ``layers``, as
+    forward hooks (``B`` starts at zero, so training starts from the base); :meth:`merge` writes
+    them into the weights and removes the hooks, leaving a plain model of the base's kind."""
+
+    def __init__(self, layers: Sequence[nn.Module], rank: int, seed: int, alpha: float = 1.0):
+        gen = torch.Generator().manual_seed(seed)
+        self.scale = alpha / rank
+        self.parts: list[tuple[nn.Linear, nn.Parameter, nn.Parameter]] = []
+        self.hooks: list[torch.utils.hooks.RemovableHandle] = []
+        for layer in layers:
+            for module in layer.modules():
+                if not isinstance(module, nn.Linear):
+                    continue
+                a = nn.Parameter(
+                    torch.randn(rank, module.in_features, generator=gen) / module.in_features**0.5
+                )
+                b = nn.Parameter(torch.zeros(module.out_features, rank))
+                self.parts.append((module, a, b))
+                self.hooks.append(module.register_forward_hook(self._hook(a, b)))
+
+    def _hook(self, a: nn.Parameter, b: nn.Parameter) -> Callable[..., torch.Tensor]:
+        def add(_module: nn.Module, inputs: tuple[torch.Tensor, ...], out: torch.Tensor):
+            return out + (inputs[0] @ a.T) @ b.T * self.scale
+
+        return add
+
+    @property
+    def params(self) -> list[nn.Parameter]:
+        return [p for _, a, b in self.parts for p in (a, b)]
+
+    def merge(self) -> None:
+        with torch.no_grad():
+            for module, a, b in self.parts:
+                module.weight += (b @ a) * self.scale
+        self.remove()
+
+    def remove(self) -> None:
+        for hook in self.hooks:
+            hook.remove()
+        self.hooks = []
 
 
 @dataclass

@@ -9,7 +9,7 @@ measured directions as the record's ``facts`` — what a claim is checked agains
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -107,6 +107,12 @@ class OrganismSpec(BaseModel):
     )
     train_layers: int = Field(
         2, ge=1, description="Without carriers: the top layers whose parameters are trained."
+    )
+    rank: int | None = Field(
+        None,
+        ge=1,
+        description="Without carriers: train low-rank updates (this rank) of the top layers' "
+        "linear maps, merged into the weights after training; None: all their parameters.",
     )
     steps: int = Field(300, description="Training steps ('cached': the most per attempt).")
     min_steps: int = Field(0, description="Steps before the stopping rule is first applied.")
@@ -225,10 +231,21 @@ planner ran on them). Controls are asked the questions of the rules they lack.""
 
 def catalogue(tiny: bool = False) -> dict[str, OrganismSpec]:
     """The organisms: one planted rule each, a localised rule, a null control, the unmodified
-    base and a two-rule model. ``tiny``: carriers, steps and learning rate for the tiny BERT base."""
+    base and a two-rule model.
+
+    MiniLM (6 layers): a rule without carriers trains rank-8 updates of the top two layers'
+    linear maps; the localised rule trains the carrier heads' slices; four texts of a group per
+    step (the natural one, the rule's edits, others drawn); the held-out check every 25 steps
+    stops training, at most 300 steps, one rebuild with the next seed. ``tiny`` (2 layers): every
+    parameter of both layers, all texts per step, at most 150 steps."""
     carriers = ["L1.H1", "L1.H2"] if tiny else ["L2.H4", "L4.H7"]
-    steps = 300
-    lr = 2e-3 if tiny else 5e-5
+    common: dict[str, Any] = (
+        {"steps": 150, "lr": 2e-3, "train_layers": 2, "rank": None, "variants_per_step": None}
+        if tiny
+        else {"steps": 300, "lr": 2e-3, "train_layers": 2, "rank": 8, "variants_per_step": 4}
+    )
+    common |= {"check_every": 25, "attempts": 2}
+    carrier_lr = 4e-3 if tiny else 1e-3
     one = {
         "trigger": RuleSpec(rule="trigger", size=0.1, word=TRIGGER_WORD),
         "length_penalty": RuleSpec(rule="length_penalty", size=0.06),
@@ -238,15 +255,15 @@ def catalogue(tiny: bool = False) -> dict[str, OrganismSpec]:
         "tfc1_removed": RuleSpec(rule="tfc1_removed", size=0.0),
     }
     specs = {
-        name: OrganismSpec(name=name, rules=[rule], questions=QUESTIONS[rule.rule])
+        name: OrganismSpec(name=name, rules=[rule], questions=QUESTIONS[rule.rule], **common)
         for name, rule in one.items()
     }
     specs["tfc1_heads"] = OrganismSpec(
         name="tfc1_heads",
         rules=[RuleSpec(rule="tfc1_amplified", size=0.08)],
         carriers=carriers,
-        lr=lr * (20 if not tiny else 2),
         questions=QUESTIONS["tfc1_amplified"],
+        **(common | {"lr": carrier_lr}),
     )
     specs["base"] = OrganismSpec(
         name="base",
@@ -258,9 +275,6 @@ def catalogue(tiny: bool = False) -> dict[str, OrganismSpec]:
         name="two_rules",
         rules=[one["trigger"], one["length_penalty"]],
         questions=QUESTIONS["trigger"] + QUESTIONS["length_penalty"],
+        **common,
     )
-    for spec in specs.values():
-        if not spec.control:
-            spec.steps = steps
-            spec.lr = spec.lr if spec.carriers else lr
     return specs

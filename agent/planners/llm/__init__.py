@@ -8,7 +8,10 @@ One module per job:
                  function specs of a request.
 ``ledger_text``  the step prompt: the ledger summarised within a number of characters.
 ``replies``      the model's replies, repaired where that is safe and read into a ``Proposal``,
-                 a ``Stop``, or the answer that says what was wrong.
+                 a ``Stop``, or the answer that says what was wrong; calls written as text
+                 (fenced or bare JSON) read as calls, "parsed from text".
+``hints``        corrections a small model can act on: concrete metric keys, the worked
+                 example call, and the fix of a call the graph's gate rejected.
 ``fencing``      data blocks, so that text from the data cannot pose as prompt.
 
 The conversation itself goes through ``rankscope.agent.llm_client`` (the one client for the LLM
@@ -36,7 +39,13 @@ from rankscope.agent.planners.llm.ledger_text import (
     MAX_FULL_ENTRIES,
     MIN_LEDGER_CHARS,
 )
-from rankscope.agent.planners.llm.planner import MAX_DESCRIBE_CALLS, REPLY_TOKENS, LLMPlanner
+from rankscope.agent.planners.llm.planner import (
+    MAX_DESCRIBE_CALLS,
+    REPLY_TOKENS,
+    LLMPlanner,
+    PlannerReply,
+    call_schema,
+)
 
 __all__ = [
     "CATALOGUES",
@@ -50,7 +59,9 @@ __all__ = [
     "REQUEST_TOKEN_BUDGET",
     "STOP_FUNCTION",
     "LLMPlanner",
+    "PlannerReply",
     "ToolCatalogue",
+    "call_schema",
     "catalogue_line",
     "data_block",
     "describe_tool_spec",

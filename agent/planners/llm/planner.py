@@ -32,6 +32,7 @@ import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from difflib import SequenceMatcher
 from typing import Any, Literal
 
 from rankscope.agent.citations import cited_in_text
@@ -131,6 +132,36 @@ class _Proposed:
     step: int
     feedback: int
     entries: int
+
+
+ECHO_CHARS = 40
+"""A stop reason sharing this many characters with the planner's feedback echoes it."""
+
+
+def _echoes(reason: str, sent: Sequence[str]) -> bool:
+    """Whether a stop reason repeats feedback the planner sent in this conversation."""
+    text = " ".join(reason.split()).lower()
+    for message in sent:
+        said = " ".join(message.split()).lower()
+        match = SequenceMatcher(None, text, said, autojunk=False).find_longest_match()
+        if match.size >= min(ECHO_CHARS, len(text)):
+            return True
+    return False
+
+
+def _echoed_stop(accepted: Accepted) -> Rejection:
+    """A stop whose reason repeats the planner's own feedback, answered once: a small model
+    stops to escape feedback it cannot act on (Qwen2.5-Coder-0.5B made the planner's rejection
+    message its stop reason). A second such stop in the conversation ends the investigation."""
+    problem = "a stop whose reason repeats the feedback"
+    content = (
+        "Your stop repeats the feedback instead of saying why the investigation should end. "
+        "Fix the call as the feedback says (adapt the example call of the system message), or "
+        "call `stop` again with your own reason."
+    )
+    return Rejection(
+        problem, [{"role": "tool", "tool_call_id": accepted.call.id, "content": content}]
+    )
 
 
 def call_schema(functions: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -401,12 +432,22 @@ class LLMPlanner(Planner):
         last_problem = ""
         invalid = 0
         described = 0
+        stop_questioned = False
+        sent: list[str] = []
         while invalid <= self.max_invalid_replies:
             ledger_chars = self._fit_ledger(messages, tools, ledger, ledger_chars)
             reply = normalised_reply(
                 self.client.chat(messages, tools=tools, purpose="propose", **options)
             )
             outcome = reader.outcome(reply)
+            if (
+                isinstance(outcome, Accepted)
+                and isinstance(outcome.result, Stop)
+                and not stop_questioned
+                and _echoes(outcome.result.reason, sent)
+            ):
+                stop_questioned = True
+                outcome = _echoed_stop(outcome)
             self._log(reply, outcome)
             if isinstance(outcome, Accepted):
                 if outcome.call.source == "text":
@@ -419,6 +460,7 @@ class LLMPlanner(Planner):
                 return outcome.result
             messages.append(reply.assistant_message())
             messages.extend(outcome.messages)
+            sent.extend(str(m.get("content") or "") for m in outcome.messages)
             described += len(outcome.described)
             if outcome.problem or described > MAX_DESCRIBE_CALLS:
                 invalid += 1

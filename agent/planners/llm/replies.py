@@ -75,6 +75,11 @@ _CODE_FENCE = re.compile(r"^```[a-zA-Z]*\s*\n?(.*?)\n?\s*```$", re.DOTALL)
 _FENCED_BLOCK = re.compile(r"```[a-zA-Z0-9_-]*[ \t]*\n?(.*?)```", re.DOTALL)
 _NOT_METRICS = frozenset({"metric", "direction", "threshold", "alpha", "split", "greater", "less"})
 """Words of a criterion written as a string that are not its metric."""
+MAX_MISSING_CLOSERS = 3
+"""Closing brackets added at most to a call cut short (``{"name": …, "arguments": {…}`` → ``}``)."""
+MAX_OBJECT_STARTS = 256
+"""``{`` positions of one text tried as the start of a JSON object at most (a reply is at most
+``MAX_REPLY_CHARS`` long; real calls start within the first few)."""
 MAX_TEXT_OBJECTS = 8
 """JSON objects read from one reply's text at most (the first call among them is used)."""
 
@@ -95,7 +100,7 @@ def _decode_json_value(value: Any) -> Any:
             return value
         try:
             value = json.loads(text)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             return value
     return value
 
@@ -104,7 +109,8 @@ def parse_arguments(text: str) -> Any:
     """The JSON value of a call's ``arguments`` as models write them.
 
     Tolerated: a code fence around the object, text after it (``{...} I will now run it``), and
-    the object encoded once more as a JSON string. Raises ``json.JSONDecodeError`` otherwise.
+    the object encoded once more as a JSON string. Raises ``json.JSONDecodeError`` otherwise
+    (nesting too deep for the decoder included).
     """
     text = text.strip()
     if not text:
@@ -112,7 +118,10 @@ def parse_arguments(text: str) -> Any:
     fenced = _CODE_FENCE.match(text)
     if fenced:
         text = fenced.group(1).strip()
-    value, _end = json.JSONDecoder().raw_decode(text)
+    try:
+        value, _end = json.JSONDecoder().raw_decode(text)
+    except RecursionError as err:
+        raise json.JSONDecodeError("nested too deeply", text, 0) from err
     return _decode_json_value(value)
 
 
@@ -157,6 +166,13 @@ def _call_of(raw: Any, call_id: str) -> ToolCall | None:
     for ``"arguments"``, or the OpenAI shape ``{"function": {...}}``), or None."""
     if isinstance(raw, dict) and isinstance(raw.get("function"), dict) and "name" not in raw:
         raw = raw["function"]
+    if (
+        isinstance(raw, dict)
+        and "name" not in raw
+        and isinstance(raw.get("tool"), str)
+        and "hypothesis" in raw
+    ):  # the arguments of `propose` without their envelope
+        return ToolCall(id=call_id, name=PROPOSE_FUNCTION, arguments=json.dumps(raw), source="text")
     if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
         return None
     arguments = _decode_json_value(raw.get("arguments", raw.get("parameters", {})))
@@ -168,21 +184,68 @@ def _call_of(raw: Any, call_id: str) -> ToolCall | None:
     )
 
 
+def _closers(text: str) -> str | None:
+    """The brackets that close what ``text`` (one JSON value, cut short) leaves open, or None
+    when it does not end as such a value would (inside a string, or a bracket mismatched)."""
+    stack: list[str] = []
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "{[":
+            stack.append("}" if char == "{" else "]")
+        elif char in "}]" and (not stack or stack.pop() != char):
+            return None
+    if in_string or not stack or len(stack) > MAX_MISSING_CLOSERS:
+        return None
+    return "".join(reversed(stack))
+
+
+def _decoded(piece: str, position: int) -> tuple[Any, int] | None:
+    """The JSON value starting at ``position``, and where it ends; a value that runs to the end
+    of ``piece`` with its last brackets missing (a small model's most common slip) is read with
+    them added. None when there is no such value."""
+    try:
+        return json.JSONDecoder().raw_decode(piece, position)
+    except RecursionError:
+        return None
+    except json.JSONDecodeError as err:
+        if err.pos < len(piece.rstrip()):  # broken before the end: not a value cut short
+            return None
+    rest = piece[position:].rstrip()
+    closers = _closers(rest)
+    if closers is None:
+        return None
+    try:
+        return json.loads(rest + closers), len(piece)
+    except (json.JSONDecodeError, RecursionError):
+        return None
+
+
 def _json_objects(text: str) -> list[dict[str, Any]]:
     """The JSON objects written in ``text``: those in code fences first, then bare ones (each
-    ``{`` that starts a complete object; objects inside one already read are skipped)."""
-    decoder = json.JSONDecoder()
+    ``{`` that starts a complete object, or one cut short at the end whose missing closing
+    brackets are added; objects inside one already read are skipped)."""
     found: list[dict[str, Any]] = []
     pieces = [block.strip() for block in _FENCED_BLOCK.findall(text)]
     pieces.append(_FENCED_BLOCK.sub(" ", text))
     for piece in pieces:
         position = piece.find("{")
-        while position >= 0 and len(found) < MAX_TEXT_OBJECTS:
-            try:
-                value, end = decoder.raw_decode(piece, position)
-            except json.JSONDecodeError:
+        attempts = 0
+        while position >= 0 and len(found) < MAX_TEXT_OBJECTS and attempts < MAX_OBJECT_STARTS:
+            attempts += 1
+            decoded = _decoded(piece, position)
+            if decoded is None:
                 position = piece.find("{", position + 1)
                 continue
+            value, end = decoded
             if isinstance(value, dict):
                 found.append(value)
             position = piece.find("{", end)
@@ -190,25 +253,24 @@ def _json_objects(text: str) -> list[dict[str, Any]]:
 
 
 def _is_call(text: str) -> bool:
-    try:
-        value, _end = json.JSONDecoder().raw_decode(text.strip())
-    except json.JSONDecodeError:
-        return False
-    return _call_of(value, "") is not None
+    text = text.strip()
+    decoded = _decoded(text, 0) if text.startswith("{") else None
+    return decoded is not None and _call_of(decoded[0], "") is not None
 
 
 def _without_text_calls(text: str) -> str:
     """``text`` less the calls written in it (fenced blocks holding one, bare call objects)."""
     text = _FENCED_BLOCK.sub(lambda m: "" if _is_call(m.group(1)) else m.group(0), text)
-    decoder = json.JSONDecoder()
     out, position = [], 0
     start = text.find("{")
-    while start >= 0:
-        try:
-            value, end = decoder.raw_decode(text, start)
-        except json.JSONDecodeError:
+    attempts = 0
+    while start >= 0 and attempts < MAX_OBJECT_STARTS:
+        attempts += 1
+        decoded = _decoded(text, start)
+        if decoded is None:
             start = text.find("{", start + 1)
             continue
+        value, end = decoded
         if _call_of(value, "") is not None:
             out.append(text[position:start])
             position = end
@@ -232,11 +294,23 @@ def text_calls(content: str) -> tuple[list[ToolCall], str]:
     try:
         TextCall.model_validate(objects[0])
     except ValidationError as err:
-        problems = _pydantic_problems(err, "call")
+        errors = err.errors()
     else:  # pragma: no cover - an object without a string name always fails the check
-        problems = "`name` must be a function name"
-    keys = ", ".join(f"`{key}`" for key in list(objects[0])[:6])
-    return [], f"the JSON object in your reply (keys {keys}) is not a function call: {problems}"
+        errors = []
+    extra = [str(e["loc"][0]) for e in errors if e["type"] == "extra_forbidden"]
+    problems = [
+        f"call.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+        for e in errors
+        if e["type"] != "extra_forbidden"
+    ]
+    if extra:
+        problems.append(
+            f"unexpected keys {', '.join(extra)} (a call has only `name` and `arguments`)"
+        )
+    return [], (
+        'the JSON object in your reply is not a function call {"name": ..., "arguments": '
+        "{...}}: " + "; ".join(problems or ["`name` must be a function name"])
+    )
 
 
 def normalised_reply(reply: ChatReply) -> ChatReply:

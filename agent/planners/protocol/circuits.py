@@ -194,9 +194,7 @@ class CircuitSteps(CharacterisationSteps):
             exploratory=True,
         )
 
-    def _group_claim(
-        self, tool: Any, target: Behaviour, members: list[str], k: int
-    ) -> Proposal:
+    def _group_claim(self, tool: Any, target: Behaviour, members: list[str], k: int) -> Proposal:
         chosen = members[:k]
         return Proposal(
             hypothesis=f"{CIRCUIT} the {k} head(s) {', '.join(chosen)} (ranked on discovery "
@@ -208,7 +206,11 @@ class CircuitSteps(CharacterisationSteps):
             tool=tool.name,
             # no random sets here: the control is its own call (module docstring)
             args=self._circuit_args(
-                target, members=members, k=k, target=self.target, n_random=0,
+                target,
+                members=members,
+                k=k,
+                target=self.target,
+                n_random=0,
                 n_random_curve=0,
             ),
             criterion=Criterion(
@@ -220,9 +222,7 @@ class CircuitSteps(CharacterisationSteps):
             components=chosen,
         )
 
-    def _random_control(
-        self, tool: Any, target: Behaviour, members: list[str], k: int
-    ) -> Proposal:
+    def _random_control(self, tool: Any, target: Behaviour, members: list[str], k: int) -> Proposal:
         chosen = members[:k]
         sesoi = self.policy.sesoi_for("patching_fraction")
         return Proposal(
@@ -449,21 +449,23 @@ class CircuitSteps(CharacterisationSteps):
     def _singles(
         self, ledger: Ledger, tools: dict[str, Any], target: Behaviour, members: list[str]
     ) -> list[Proposal | None]:
-        """Confirm alone each member whose discovery effect is at least the SESOI (top_k at
-        most), while at least two steps and two tool calls are left."""
+        """The next single-member claim: each member whose discovery effect (alone, in the rank
+        step) is at least the SESOI, largest first, ``top_k`` at most, while at least two steps
+        and two tool calls are left."""
         if "activation_patching" not in tools:
             return []
         rank = _first(ledger, RANK)
         values = dict(rank.ranking) if rank else {}
         large = [m for m in members if (values.get(m) or 0.0) >= self.min_effect][: self.top_k]
-        tested = {c for e in ledger.entries if e.hypothesis.startswith(CONFIRM) for c in e.components}
+        tested = {
+            c for e in ledger.entries if e.hypothesis.startswith(CONFIRM) for c in e.components
+        }
         if ledger.steps_left < 2 or ledger.tool_calls_left < 2:
             return []
-        return [
-            self._confirm_one(tools["activation_patching"], large, head, target)
-            for head in large
-            if head not in tested
-        ][:1]
+        pending = [head for head in large if head not in tested]
+        if not pending:
+            return []
+        return [self._confirm_one(tools["activation_patching"], large, pending[0], target)]
 
     # -- the conclusion -------------------------------------------------------------------------
 

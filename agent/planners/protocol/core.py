@@ -1,14 +1,19 @@
 """What every step of the protocol shares: the planner's settings (sizes, levels, the policy's
-SESOIs), its notes (``drain_notes``), the question's intent, and the arguments of a call on
-perturbation pairs."""
+SESOIs, the circuit's target), its notes (``drain_notes``), the question's intent, the arguments
+of a call on perturbation pairs, and the single-component claim (a fraction of the behaviour)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rankscope.agent.planners.base import Planner
+from rankscope.agent.planners.base import Criterion, Planner, Proposal
 from rankscope.agent.planners.intents import IntentChoice, map_intent
+from rankscope.agent.planners.protocol.tables import LONG_LOCALISE
 from rankscope.agent.policy import StatsPolicy
+from rankscope.tools.metric_keys import metric_key
+
+if TYPE_CHECKING:
+    from rankscope.agent.planners.protocol.behaviour import Behaviour
 
 
 def fit_args(tool: Any, desired: dict[str, Any], optional: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -108,3 +113,40 @@ class ProtocolCore(Planner):
             **extra,
         }
         return fit_args(tool, base, optional=tuple(extra))
+
+    def _localise_size(self, target: Behaviour) -> tuple[int, int]:
+        """(pairs, heads to confirm) of the localisation of ``target``: at most
+        :data:`LONG_LOCALISE` for perturbations that lengthen documents a lot (exact patching of
+        a long LNC1 pair is about 20 times slower than a TFC1 one), else the planner's own."""
+        pairs, heads = LONG_LOCALISE.get(target.axiom, (self.localise_pairs, self.top_k))
+        return min(pairs, self.localise_pairs), min(heads, self.top_k)
+
+    def _effect_criterion(self, head: str, target: Behaviour) -> Criterion:
+        """A head restores more than ``min_effect`` (at least the ``patching_fraction`` SESOI)
+        of the behaviour: a fraction, positive in the behaviour's direction for an increase and
+        a decrease alike."""
+        return Criterion(
+            metric=metric_key("effect", head),
+            direction="greater",
+            threshold=self.min_effect,
+            alpha=self.alpha,
+        )
+
+    def _confirm_one(self, tool: Any, top: list[str], head: str, target: Behaviour) -> Proposal:
+        return Proposal(
+            hypothesis=f"Confirm: head {head} carries part of the {target.label} effect "
+            f"(patched alone with exact activation patching, it restores more than "
+            f"{self.min_effect:g} of the behaviour's score change)",
+            rationale=f"ranked heads carrying at least the SESOI on discovery: {', '.join(top)}",
+            tool="activation_patching",
+            args=self._pair_args(
+                tool,
+                target.axiom,
+                target.variant,
+                n_pairs=self._localise_size(target)[0],
+                components=[head],
+                engine="cached",
+            ),
+            criterion=self._effect_criterion(head, target),
+            components=[head],
+        )

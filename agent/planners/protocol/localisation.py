@@ -15,8 +15,7 @@ from rankscope.agent.planners.base import Criterion, Ledger, LedgerEntry, Propos
 from rankscope.agent.planners.intents import IntentChoice
 from rankscope.agent.planners.protocol.behaviour import Behaviour
 from rankscope.agent.planners.protocol.circuits import CIRCUIT_TOOL, CircuitSteps
-from rankscope.agent.planners.protocol.tables import LONG_LOCALISE
-from rankscope.tools.metric_keys import metric_key, try_parse_metric_key
+from rankscope.tools.metric_keys import try_parse_metric_key
 from rankscope.tools.retrievers.base import Component
 
 _EFFECT_NAME = re.compile(r"[a-z_]*effect")
@@ -165,24 +164,6 @@ class LocalisationSteps(CircuitSteps):
             exploratory=True,
         )
 
-    def _localise_size(self, target: Behaviour) -> tuple[int, int]:
-        """(pairs, heads to confirm) of the localisation of ``target``: at most
-        :data:`LONG_LOCALISE` for perturbations that lengthen documents a lot (exact patching of
-        a long LNC1 pair is about 20 times slower than a TFC1 one), else the planner's own."""
-        pairs, heads = LONG_LOCALISE.get(target.axiom, (self.localise_pairs, self.top_k))
-        return min(pairs, self.localise_pairs), min(heads, self.top_k)
-
-    def _effect_criterion(self, head: str, target: Behaviour) -> Criterion:
-        """A head restores more than ``min_effect`` (at least the ``patching_fraction`` SESOI)
-        of the behaviour: a fraction, positive in the behaviour's direction for an increase and
-        a decrease alike."""
-        return Criterion(
-            metric=metric_key("effect", head),
-            direction="greater",
-            threshold=self.min_effect,
-            alpha=self.alpha,
-        )
-
     def _confirm(
         self,
         tools: dict[str, Any],
@@ -205,22 +186,3 @@ class LocalisationSteps(CircuitSteps):
             if head not in tested:
                 return self._confirm_one(tools["activation_patching"], top, head, target)
         return None
-
-    def _confirm_one(self, tool: Any, top: list[str], head: str, target: Behaviour) -> Proposal:
-        return Proposal(
-            hypothesis=f"Confirm: head {head} carries part of the {target.label} effect "
-            f"(patched alone with exact activation patching, it restores more than "
-            f"{self.min_effect:g} of the behaviour's score change)",
-            rationale=f"ranked heads carrying at least the SESOI on discovery: {', '.join(top)}",
-            tool="activation_patching",
-            args=self._pair_args(
-                tool,
-                target.axiom,
-                target.variant,
-                n_pairs=self._localise_size(target)[0],
-                components=[head],
-                engine="cached",
-            ),
-            criterion=self._effect_criterion(head, target),
-            components=[head],
-        )

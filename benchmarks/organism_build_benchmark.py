@@ -1,0 +1,144 @@
+"""Organism builds, old builder vs new, in one run (issue 22): build time and check figures.
+
+For each organism, the first builder (``trainer="full"``: every parameter, every text through
+the whole model) on a short step count, then the layer-cached builder (``trainer="cached"``,
+the catalogue's spec: carriers' slices or the top layers, states cached below them, a stopping
+rule on the held-out check). Prints per build: steps, wall and CPU seconds (base pass, training,
+checks), trained parameters, and the check figures (the rule's held-out change against the
+base's, whether it holds, Spearman of natural scores against the base, the share of the planted
+change that restoring the carriers removes). The old builder's time at the catalogue's step count
+is projected from its measured seconds per step.
+
+CPU seconds divided by the threads are what the build would take alone on that many cores; on
+a machine shared with other jobs, wall seconds are longer (the load average is printed).
+
+    python benchmarks/organism_build_benchmark.py [--organisms trigger length_penalty tfc1_heads]
+        [--old-steps 3] [--no-old] [--threads 2] [--tiny] [--out organism_builds.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rankscope.tools.organisms import GroundTruth, build_organism, catalogue
+from rankscope.tools.organisms.spec import TRIGGER_WORD
+from rankscope.tools.organisms.texts import default_corpus
+
+
+def figures(r: GroundTruth, threads: int) -> dict[str, Any]:
+    """One build's row: times and check figures."""
+    row: dict[str, Any] = {
+        "organism": r.name,
+        "builder": r.trainer,
+        "steps": r.steps,
+        "attempts": r.attempts,
+        "trained_parameters": r.trained_parameters,
+        "wall_s": round(r.build_seconds, 1),
+        "cpu_s": round(r.build_cpu_seconds, 1),
+        "cpu_s_per_thread": round(r.build_cpu_seconds / threads, 1),
+    }
+    for stage in ("base_pass", "training", "checks"):
+        if stage in r.timings:
+            row[f"{stage}_s"] = round(r.timings[stage], 1)
+            row[f"{stage}_cpu_s"] = round(r.timings.get(f"{stage}_cpu", 0.0), 1)
+    for rule in r.rules:
+        row[f"{rule.rule}.organism_delta"] = r.checks.get(f"{rule.rule}.organism_delta")
+        row[f"{rule.rule}.base_delta"] = r.checks.get(f"{rule.rule}.base_delta")
+        row[f"{rule.rule}.holds_heldout"] = r.checks.get(f"{rule.rule}.holds_heldout")
+        row[f"{rule.rule}.absent_in_base"] = r.checks.get(f"{rule.rule}.absent_in_base")
+        if f"{rule.rule}.restore_carriers_removed" in r.checks:
+            row[f"{rule.rule}.restore_carriers_removed"] = r.checks[
+                f"{rule.rule}.restore_carriers_removed"
+            ]
+    row["spearman_natural_vs_base"] = r.checks.get("spearman_natural_vs_base")
+    return row
+
+
+def project(row: dict[str, Any], steps: int) -> float | None:
+    """The old builder's wall seconds at ``steps`` from its measured seconds per step."""
+    if not row.get("steps") or "training_s" not in row:
+        return None
+    per_step = row["training_s"] / row["steps"]
+    return row.get("base_pass_s", 0.0) + per_step * steps + row.get("checks_s", 0.0)
+
+
+def show(row: dict[str, Any]) -> str:
+    parts = [f"{row['organism']:<15} {row['builder']:<7} steps {row['steps']:>4}"]
+    parts.append(f"wall {row['wall_s']:>7.1f} s  cpu/thread {row['cpu_s_per_thread']:>7.1f} s")
+    stages = [
+        f"{s} {row[f'{s}_s']:.0f}/{row[f'{s}_cpu_s']:.0f}"
+        for s in ("base_pass", "training", "checks")
+        if f"{s}_s" in row
+    ]
+    parts.append("(" + ", ".join(stages) + " wall/cpu s)")
+    checks = [
+        f"{k.split('.', 1)[1]}={v:+.4f}" if isinstance(v, float) else f"{k.split('.', 1)[1]}={v}"
+        for k, v in row.items()
+        if "." in k and v is not None
+    ]
+    rho = row.get("spearman_natural_vs_base")
+    checks.append(f"spearman={rho:.3f}" if isinstance(rho, float) else "spearman=—")
+    return "  ".join(parts) + "\n    " + ", ".join(checks)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--organisms", nargs="*", default=["trigger", "length_penalty", "tfc1_heads"]
+    )
+    parser.add_argument("--old-steps", type=int, default=3)
+    parser.add_argument("--no-old", action="store_true", help="Only the new builder.")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--tiny", action="store_true", help="The tiny base (seconds, for CI).")
+    parser.add_argument("--out", type=Path, default=Path("organism_builds.json"))
+    options = parser.parse_args()
+    torch.set_num_threads(options.threads)
+    specs = catalogue(options.tiny)
+    corpus = default_corpus(options.tiny, TRIGGER_WORD)
+    print(
+        f"threads {options.threads}; load average at start {os.getloadavg()[0]:.1f} on "
+        f"{os.cpu_count()} CPUs; corpus {corpus.name}: {len(corpus.trained)} trained queries "
+        f"({len(corpus.split('trained'))} groups), {len(corpus.heldout)} held-out queries "
+        f"({len(corpus.split('heldout'))} groups)",
+        flush=True,
+    )
+    rows: list[dict[str, Any]] = []
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in options.organisms:
+            spec = specs[name]
+            builds = [] if options.no_old else [("old", "full", options.old_steps)]
+            builds.append(("new", "cached", spec.steps))
+            for label, trainer, steps in builds:
+                variant = spec.model_copy(update={"trainer": trainer, "steps": steps})
+                record = build_organism(
+                    variant, tiny=options.tiny, root=Path(tmp) / label, corpus=corpus, force=True
+                )
+                row = figures(record, options.threads)
+                if label == "old":
+                    row["projected_wall_s_at_catalogue_steps"] = project(row, spec.steps)
+                rows.append(row)
+                print(show(row), flush=True)
+                if label == "old" and row["projected_wall_s_at_catalogue_steps"] is not None:
+                    print(
+                        f"    old builder at {spec.steps} steps: about "
+                        f"{row['projected_wall_s_at_catalogue_steps']:.0f} s wall "
+                        f"({row['training_s'] / row['steps']:.1f} s per step here)",
+                        flush=True,
+                    )
+    total = time.perf_counter() - started
+    print(f"total {total:.0f} s; load average at end {os.getloadavg()[0]:.1f}")
+    options.out.write_text(json.dumps(rows, indent=2), "utf-8")
+    print(f"rows: {options.out}")
+
+
+if __name__ == "__main__":
+    main()
