@@ -378,6 +378,13 @@ from rankscope.tools.data.source import resolve_data
 
 
 def peak_mb():
+    # VmHWM: this process's peak; ru_maxrss is kept across exec on Linux (the parent's peak)
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -405,8 +412,10 @@ class DataMemory:
 
 def write_pairs_tsv(path: Path, size_mb: float) -> int:
     """A pairs TSV of about ``size_mb`` MB (rows of the shared TFC1 pairs when they are there,
-    else synthetic ones, with fresh qids and docnos); returns the number of rows."""
-    shared = REPO.parent / "shared" / "data" / "dl1920_tfc1_pairs.tsv"
+    ``$RANKSCOPE_SHARED_DATA`` or ``../shared/data``, else synthetic ones, with fresh qids and
+    docnos); returns the number of rows."""
+    folder = os.environ.get("RANKSCOPE_SHARED_DATA") or REPO.parent / "shared" / "data"
+    shared = Path(folder) / "dl1920_tfc1_pairs.tsv"
     header = "qid\tdocno\tscore_delta\ttext\tperturbed_text\tquery\trelevance\n"
     if shared.is_file():
         lines = shared.read_text(encoding="utf-8").splitlines()[1:]

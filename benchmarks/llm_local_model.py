@@ -258,7 +258,6 @@ def run_llm(
             max_minutes=args.max_minutes,
             max_tokens=None,
         ),
-        protocol_pairs=args.pairs,
     )
     started = time.perf_counter()
     result = investigate(
@@ -473,7 +472,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--protocol-steps", type=int, default=4)
     parser.add_argument("--no-protocol", action="store_true")
-    parser.add_argument("--pairs", type=int, default=16, help="pairs per experiment")
+    parser.add_argument(
+        "--pairs", type=int, help="pairs per protocol experiment (default: the protocol's)"
+    )
     parser.add_argument("--structured", action="store_true", help="send response_format")
     parser.add_argument("--context", type=int, default=32768, help="the model's context window")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per LLM request")

@@ -1,9 +1,10 @@
 """Organism builds, old builder vs new, in one run (issue 22): build time and check figures.
 
-For each organism, the first builder (``trainer="full"``: every parameter, every text through
-the whole model) on a short step count, then the layer-cached builder (``trainer="cached"``,
-the catalogue's spec: carriers' slices or the top layers, states cached below them, a stopping
-rule on the held-out check). Prints per build: steps, wall and CPU seconds (base pass, training,
+For each organism, the layer-cached builder (``trainer="cached"``, the catalogue's spec:
+carriers' slices or low-rank updates of the top layers, states cached below them, a stopping
+rule on the held-out check), then the first builder (``trainer="full"``: every parameter, every
+text through the whole model) on a short step count. Organisms built in one process share the
+base's pass at the same cut (the first build at a cut pays it; its row says so). Prints per build: steps, wall and CPU seconds (base pass, training,
 checks), trained parameters, and the check figures (the rule's held-out change against the
 base's, whether it holds, Spearman of natural scores against the base, the share of the planted
 change that restoring the carriers removes). The old builder's time at the catalogue's step count
@@ -13,7 +14,7 @@ CPU seconds divided by the threads are what the build would take alone on that m
 a machine shared with other jobs, wall seconds are longer (the load average is printed).
 
     python benchmarks/organism_build_benchmark.py [--organisms trigger length_penalty tfc1_heads]
-        [--old-steps 3] [--no-old] [--threads 2] [--tiny] [--out organism_builds.json]
+        [--old-steps 3] [--no-old] [--threads 2] [--tiny] [--verbose] [--out FILE]
 """
 
 from __future__ import annotations
@@ -99,6 +100,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--tiny", action="store_true", help="The tiny base (seconds, for CI).")
     parser.add_argument("--out", type=Path, default=Path("organism_builds.json"))
+    parser.add_argument("--verbose", action="store_true", help="Print each build's progress.")
     options = parser.parse_args()
     torch.set_num_threads(options.threads)
     specs = catalogue(options.tiny)
@@ -112,28 +114,36 @@ def main() -> None:
     )
     rows: list[dict[str, Any]] = []
     started = time.perf_counter()
+    plan = [(name, "new") for name in options.organisms]
+    if not options.no_old:
+        plan += [(name, "old") for name in options.organisms]
     with tempfile.TemporaryDirectory() as tmp:
-        for name in options.organisms:
+        for name, label in plan:
             spec = specs[name]
-            builds = [] if options.no_old else [("old", "full", options.old_steps)]
-            builds.append(("new", "cached", spec.steps))
-            for label, trainer, steps in builds:
-                variant = spec.model_copy(update={"trainer": trainer, "steps": steps})
-                record = build_organism(
-                    variant, tiny=options.tiny, root=Path(tmp) / label, corpus=corpus, force=True
+            trainer, steps = (
+                ("full", options.old_steps) if label == "old" else ("cached", spec.steps)
+            )
+            variant = spec.model_copy(update={"trainer": trainer, "steps": steps})
+            record = build_organism(
+                variant,
+                tiny=options.tiny,
+                root=Path(tmp) / label,
+                corpus=corpus,
+                force=True,
+                log=(lambda m: print(f"    {m}", flush=True)) if options.verbose else None,
+            )
+            row = figures(record, options.threads)
+            if label == "old":
+                row["projected_wall_s_at_catalogue_steps"] = project(row, spec.steps)
+            rows.append(row)
+            print(show(row), flush=True)
+            if label == "old" and row["projected_wall_s_at_catalogue_steps"] is not None:
+                print(
+                    f"    old builder at {spec.steps} steps: about "
+                    f"{row['projected_wall_s_at_catalogue_steps']:.0f} s wall "
+                    f"({row['training_s'] / row['steps']:.1f} s per step here)",
+                    flush=True,
                 )
-                row = figures(record, options.threads)
-                if label == "old":
-                    row["projected_wall_s_at_catalogue_steps"] = project(row, spec.steps)
-                rows.append(row)
-                print(show(row), flush=True)
-                if label == "old" and row["projected_wall_s_at_catalogue_steps"] is not None:
-                    print(
-                        f"    old builder at {spec.steps} steps: about "
-                        f"{row['projected_wall_s_at_catalogue_steps']:.0f} s wall "
-                        f"({row['training_s'] / row['steps']:.1f} s per step here)",
-                        flush=True,
-                    )
     total = time.perf_counter() - started
     print(f"total {total:.0f} s; load average at end {os.getloadavg()[0]:.1f}")
     options.out.write_text(json.dumps(rows, indent=2), "utf-8")

@@ -109,6 +109,25 @@ def test_the_suggested_metric_passes_the_gate() -> None:
         ),
         (
             _proposal("ablation", "delta_change[L1.H2]", components=["L1.H2"]),
+            "put the hypothesis's components in `args.components`",
+            {"args": {"components": ["L1.H2"]}},
+        ),
+        (
+            # Qwen2.5-Coder-0.5B copied schema keys into `args` and named a metric of no tool
+            _proposal(
+                "axiom_screen",
+                "faithfulness",
+                args={"type": "object", "description": "x", "parent_hypothesis_id": 0},
+                components=["L3.H5", "L3.attn"],
+            ),
+            "drop `type`, `description`, `parent_hypothesis_id` from `args` (`axiom_screen` "
+            "takes no such argument); use the criterion metric "
+            "`mean_delta[axiom=TFC1|variant=append]` (an estimate `axiom_screen` reports); set "
+            "`components` to []: `mean_delta[axiom=TFC1|variant=append]` is about the whole model",
+            {"args": {}, "components": []},
+        ),
+        (
+            _proposal("ablation", "delta_change[L1.H2]"),
             "call `describe_tool` with name `ablation`",
             None,
         ),
@@ -191,7 +210,11 @@ def test_an_uncorrectable_rejection_is_fed_back_as_it_is(
         "tool": "axiom_screen",
         "hypothesis": "h",
         "rationale": "",
-        "criterion": {"metric": "x", "direction": "greater", "threshold": 0},
+        "criterion": {
+            "metric": "mean_delta[axiom=TFC1|variant=append]",
+            "direction": "greater",
+            "threshold": 0,
+        },
         "components": [],
         "args": {},
     }

@@ -22,16 +22,20 @@ a query's value is the delta of the token the *other* fold picked, on the query'
 
 3. **Triggers as written** (``extend`` > 0). A trigger word that the tokenizer splits into pieces
    (``quokka`` → ``quo`` ``##kka``) shows in the ranking as its fragments, each carrying part of
-   the effect. The top ``extend`` verified hits are extended to sequences of pieces: a beam over
-   continuation pieces (``##…``; the next piece ranked by the same first-order estimate, with the
-   sequence so far inserted before a placeholder; the ``beam`` best verified exactly, the best
-   two extended again, up to ``max_pieces``), and the words that contain the hit as a piece,
-   from the collection's documents and queries and from ``words`` (a word list; entries may be
-   short phrases). Each sequence is verified exactly like a single token (inserted as its
-   pieces at the same positions) — ``delta[token=W]``, ``delta_absent[token=W]`` — beside the
-   effect of each of its pieces alone (table ``sequences``). The summary reports the longest
-   sequence that carries the effect (in the screen's direction, CI excluding 0, at least the
-   hit's own delta) and says when fragments point to a larger word.
+   the effect. The top ``extend`` verified hits (interval excluding 0) grow into sequences of
+   pieces: a beam over letter continuation pieces (``##…``; the next piece ranked by the same
+   first-order estimate, with the sequence so far inserted before a placeholder; the ``beam``
+   best verified exactly, the best two that carry the effect grown again, up to
+   ``max_pieces``), and the words that contain the hit as a piece, from the collection's
+   documents and queries and from ``words`` (a word list; entries may be short phrases). Each
+   sequence is verified exactly like a single token (its pieces inserted at the same
+   positions), beside each of its pieces alone and its gain over the sequence it grew from
+   (paired per document). A piece *carries* the effect when that gain's query-cluster CI
+   excludes 0 and the gain is at least ``min_gain`` of the shorter sequence's delta. The screen
+   reports (``delta[token=W]``, ``delta_absent[token=W]``, and the summary) the longest
+   sequence every piece of which carried the effect, among those whose interval reaches the
+   strongest one's delta, and says that the fragments point to that larger word; the table
+   ``sequences`` has every sequence tried.
 
 **Confirming given tokens.** ``tokens`` (e.g. a hit of an earlier screen) skips the ranking and
 verifies exactly those tokens: ``delta[token=T]`` and ``delta_absent[token=T]`` are then known
@@ -366,12 +370,16 @@ class TokenScreen(Tool[TokenScreenArgs]):
         "change from inserting each token into the split's documents, then verifies the top_k "
         "exactly by inserting each (at the start, end or a random position): mean delta with a "
         "query-cluster 95% CI, and the same among queries that do not contain the token. "
-        "tokens=[T, ...] skips the ranking and verifies exactly those tokens (to confirm a hit). "
-        "Metrics: delta[token=T], delta_absent[token=T] (with _ci_low/_ci_high), top_delta "
-        "(cross-fitted best token), first_order[token=T], rank_correlation, n_docs, n_queries, "
-        "n_vocabulary."
+        "The top hits are grown into multi-piece words and phrases (a beam over continuation "
+        "pieces, and collection words containing a hit), verified the same way; the longest "
+        "sequence that carries the effect is reported as written (a trigger word split into "
+        "pieces shows first as its fragments). "
+        "tokens=[T, ...] skips the ranking and verifies exactly those tokens, words or phrases "
+        "(to confirm a hit). Metrics: delta[token=T], delta_absent[token=T] (with "
+        "_ci_low/_ci_high), top_delta (cross-fitted best token), first_order[token=T], "
+        "rank_correlation, n_docs, n_queries, n_vocabulary."
     )
-    version = "2"
+    version = "3"
     Args = TokenScreenArgs
     metrics = declare(
         _token_spec(
@@ -588,7 +596,9 @@ class TokenScreen(Tool[TokenScreenArgs]):
         tokenizer = screen.retriever.tokenizer
         sign = -1.0 if args.direction == "lower" else 1.0
         continuation = continuation_mask(tokenizer, matrix.shape[0])
-        hits = [r for r in ordered if sign * r["delta"] > 0][: args.extend]
+        # Hits whose interval excludes 0 in the screen's direction (nothing else is grown).
+        hits = [r for r in ordered if (r["ci_low"] if sign > 0 else -r["ci_high"]) > 0]
+        hits = hits[: args.extend]
         word_list = self._word_list(ctx, args)
         found: dict[tuple[int, ...], dict[str, Any]] = {}
         cache: dict[tuple[int, ...], np.ndarray] = {}

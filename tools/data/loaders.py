@@ -1,7 +1,10 @@
 """Readers of diagnostic data: the shared TFC1 files, generic TSV/JSONL collections, ir_datasets.
 
 Every reader checks its input and raises :class:`DataFormatError` naming the file, the line where
-one applies, what was wrong and what format is expected.
+one applies, what was wrong and what format is expected. TSV and JSONL files are read a line at a
+time (memory is what the rows hold, not the file's text as well); a JSON corpus, which is parsed
+whole, is refused above :data:`MAX_JSON_BYTES`. A UTF-8 byte order mark at the start of a file is
+dropped.
 """
 
 from __future__ import annotations

@@ -1,15 +1,17 @@
 """Layer-cached training: the frozen lower layers run once, only the trained ones run per step.
 
-An organism trains either its carrier heads' parameters (a localised rule) or every parameter of
-its top ``train_layers`` layers. Below the lowest trained layer (the *cut*) nothing changes, so the
-hidden states entering the cut are computed once per text, with the base's scores in the same pass
-(:func:`base_pass`), and each training step runs only the layers from the cut up — forward and
-backward. The backward pass stops at the cut: nothing below it is in the graph.
+An organism trains its carrier heads' slices (a localised rule), or low-rank updates of the
+linear maps of its top ``train_layers`` layers (:class:`LowRank`, merged into the weights after
+training), or every parameter of those layers. Below the lowest trained layer (the *cut*) nothing
+changes, so the hidden states entering the cut are computed once per text, with the base's
+scores in the same pass (:meth:`Cut.lower`, :meth:`CachedSet.build`), and each training step
+runs only the layers from the cut up, forward and backward: the backward pass stops at the cut,
+nothing below it is in the graph.
 
-The cached states are exact (float32 for the held-out texts, whose scores are the build's checks;
-float16 for the trained texts, which only feed the optimiser), so a held-out measurement from the
-cache is the organism's own score, up to float rounding. BERT-family encoders only (the cut needs
-the layers' own attention-mask convention; :func:`supports` says which).
+The held-out texts' states are kept in float32, so a held-out measurement from the cache is the
+organism's own score up to float rounding (the build's checks are measured so); the trained
+texts' states in float16 (they only feed the optimiser). BERT-family encoders with eager
+attention only (:func:`supports`): the cut calls the layers with their own mask convention.
 """
 
 from __future__ import annotations
@@ -299,7 +301,9 @@ class CachedTrainer:
                 c.delta_scale**2
             )
             self.opt.zero_grad()
-            loss.backward()
+            # autograd.backward, not Tensor.backward (which nnsight patches to read the caller's
+            # source on every call).
+            torch.autograd.backward(loss)
         for p in self.trainable.params:
             mask = self.trainable.masks.get(id(p))
             if mask is not None and p.grad is not None:

@@ -242,7 +242,7 @@ def catalogue(tiny: bool = False) -> dict[str, OrganismSpec]:
     common: dict[str, Any] = (
         {"steps": 150, "lr": 2e-3, "train_layers": 2, "rank": None, "variants_per_step": None}
         if tiny
-        else {"steps": 300, "lr": 2e-3, "train_layers": 2, "rank": 8, "variants_per_step": 4}
+        else {"steps": 300, "lr": 6e-3, "train_layers": 2, "rank": 8, "variants_per_step": 4}
     )
     common |= {"check_every": 25, "attempts": 2}
     carrier_lr = 4e-3 if tiny else 1e-3

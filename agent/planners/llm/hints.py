@@ -9,9 +9,12 @@ Qwen2.5-Coder-1.5B, ``benchmarks/llm_local_model.py``). What it can use is the v
   the call's arguments (``axiom``, ``variant``, ``perturbations``, ``edits`` …), else the
   perturbation the question names, else the argument's default; the component from the call's
   components, else ``L0.H0``.
-* ``correction`` reads why the graph's gate (``rankscope.agent.calls.check_proposal``) rejected a
-  proposal and returns the fix in one sentence with the corrected call. It only suggests: the
-  corrected call, if the model sends it, passes the same gate as any other.
+* ``correction`` answers a proposal the graph's gate (``rankscope.agent.calls.check_proposal``)
+  rejected: every fix that follows from the proposal itself (arguments the tool does not take
+  dropped, a criterion metric made a concrete estimate of the tool, components matched to the
+  metric, ``args.split`` left to the criterion, a direction) in one sentence, with the corrected
+  call when it passes the same gate. It only suggests: the corrected call, if the model sends
+  it, passes the gate again like any other.
 * ``criterion_example`` and ``example_call`` give the worked example of the system prompt and
   of the feedback to a criterion that is not an object.
 """
@@ -25,10 +28,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import ValidationError
+
+from rankscope.agent.calls import CallRejected, check_proposal
 from rankscope.agent.planners.base import Proposal
 from rankscope.agent.planners.intents import named_intent
+from rankscope.agent.policy import StatsPolicy
+from rankscope.agent.verdicts import components_of, criterion_spec
 from rankscope.tools.metric_keys import MetricKey, try_parse_metric_key
-from rankscope.tools.registry import all_tools, get_tool
+from rankscope.tools.registry import all_tools, get_tool, validate_args
 
 __all__ = [
     "EXAMPLE_COMPONENT",
@@ -309,25 +317,103 @@ def _call(proposal: Proposal, **changes: Any) -> dict[str, Any]:
     return {"name": "propose", "arguments": arguments}
 
 
-def _metric_problem(message: str) -> bool:
-    return any(
-        phrase in message
-        for phrase in (
-            "does not produce the metric",
-            "is not declared",
-            "a descriptive number",
-            "not an estimate",
+def _is_estimate(tool: str, args: Mapping[str, Any], metric: str) -> bool:
+    spec = criterion_spec(tool, args, metric)
+    return spec is not None and spec.kind == "estimate"
+
+
+def _args_repaired(
+    tool: str, args: dict[str, Any], components: Sequence[str]
+) -> tuple[dict[str, Any], list[str]]:
+    """``args`` less the keys the tool does not take, with ``components`` filled in from the
+    proposal's when the tool requires them and the call left them out; and what was changed."""
+    try:
+        get_tool(tool).Args.model_validate(args)
+    except ValidationError as err:
+        errors = err.errors()
+    else:
+        return args, []
+    fixed = dict(args)
+    fixes = []
+    extra = [
+        str(e["loc"][0]) for e in errors if e["type"] == "extra_forbidden" and len(e["loc"]) == 1
+    ]
+    for key in extra:
+        fixed.pop(key, None)
+    if extra:
+        listed = ", ".join(f"`{k}`" for k in extra)
+        fixes.append(f"drop {listed} from `args` (`{tool}` takes no such argument)")
+    missing = {str(e["loc"][0]) for e in errors if e["type"] == "missing" and len(e["loc"]) == 1}
+    if "components" in missing and components:
+        fixed["components"] = list(components)
+        fixes.append("put the hypothesis's components in `args.components`")
+    return fixed, fixes
+
+
+def _repairs(proposal: Proposal, question: str) -> tuple[list[str], dict[str, Any]]:
+    """What can be fixed in a proposal without guessing its intent, in the order the gate checks
+    it: ``args.split`` against the criterion's, arguments the tool does not take, a criterion
+    metric that is not an estimate of the tool, components that are not the metric's, a
+    two-sided direction. The fixes (one clause each) and the corrected changes for ``_call``."""
+    fixes: list[str] = []
+    args = dict(proposal.args)
+    criterion = proposal.criterion
+    if args.get("split") not in (None, criterion.split):
+        args.pop("split")
+        fixes.append("leave `split` out of `args`: the tool runs on the criterion's split")
+    args, args_fixes = _args_repaired(proposal.tool, args, proposal.components)
+    fixes += args_fixes
+    try:
+        validate_args(get_tool(proposal.tool), args)
+    except ValueError:
+        fixes.append(
+            f"fix `args` as the error says (call `describe_tool` with name `{proposal.tool}` to "
+            "see its arguments; {} takes every default)"
         )
-    )
+        return fixes, {}
+    metric = criterion.metric
+    if not _is_estimate(proposal.tool, args, metric):
+        example = example_metric(proposal.tool, metric, args, proposal.components, question)
+        if example is None:
+            return [
+                f"`{proposal.tool}` reports no estimate a criterion can name with these `args`: "
+                "propose another tool, or other arguments"
+            ], {}
+        metric = example
+        fixes.append(f"use the criterion metric `{metric}` (an estimate `{proposal.tool}` reports)")
+    components = _components_for(metric)
+    if sorted(components) != sorted(proposal.components):
+        fixes.append(
+            f"set `components` to {compact_json(components)}"
+            + (
+                f", the components of `{metric}`"
+                if components
+                else f": `{metric}` is about the whole model"
+            )
+        )
+    changes: dict[str, Any] = {"args": args, "metric": metric, "components": components}
+    if criterion.direction == "two-sided":
+        changes["direction"] = "greater"
+        fixes.append('set the criterion\'s `direction` to "greater" (or "less")')
+    return fixes, changes
+
+
+def _passes(call: dict[str, Any]) -> bool:
+    """Whether a corrected call passes the graph's gate (under the default policy)."""
+    try:
+        check_proposal(Proposal.model_validate(call["arguments"]), {}, StatsPolicy())
+    except (CallRejected, ValidationError, ValueError):
+        return False
+    return True
 
 
 def correction(
     proposal: Proposal, message: str, question: str, tools: Sequence[str]
 ) -> Correction | None:
-    """The fix of a proposal the gate rejected with ``message``, or None when the message names
-    nothing this module can correct (it is then fed back as it is)."""
-    lower = message.lower()
-    if "repeated proposal" in lower:
+    """The fix of a proposal the gate rejected with ``message``: every fix that follows from the
+    proposal itself (``_repairs``) in one sentence, with the corrected call when it passes the
+    gate; None when nothing can be fixed this way (the message is then fed back as it is)."""
+    if "repeated proposal" in message.lower():
         return Correction(
             "this exact experiment already ran: change the tool, its arguments (another axiom, "
             "variant, layer or component) or the criterion's metric"
@@ -335,59 +421,15 @@ def correction(
     if proposal.tool not in all_tools():
         listed = ", ".join(f"`{t}`" for t in tools)
         return Correction(f"`tool` must be one of {listed}")
-    if "disagrees with the criterion's split" in lower:
-        args = {k: v for k, v in proposal.args.items() if k != "split"}
-        return Correction(
-            "leave `split` out of `args`: the tool runs on the criterion's split",
-            _call(proposal, args=args),
-        )
-    if "two-sided" in lower and "cannot be decided" in lower:
-        return Correction(
-            'set the criterion\'s `direction` to "greater" (or "less")',
-            _call(proposal, direction="greater"),
-        )
-    if _metric_problem(message):
-        metric = example_metric(
-            proposal.tool,
-            proposal.criterion.metric,
-            proposal.args,
-            proposal.components,
-            question,
-        )
-        if metric is None:
-            return Correction(
-                f"`{proposal.tool}` reports no estimate a criterion can name: propose another tool"
-            )
-        components = _components_for(metric, proposal.components)
-        return Correction(
-            f"use the criterion metric `{metric}` (an estimate `{proposal.tool}` reports)",
-            _call(proposal, metric=metric, components=components),
-        )
-    if "names components" in lower and "not their entry" in lower:
-        key = try_parse_metric_key(proposal.criterion.metric)
-        if key is not None and key.component is None:
-            return Correction(
-                f"`{proposal.criterion.metric}` is about the whole model: set `components` to []",
-                _call(proposal, components=[]),
-            )
-        if key is not None and key.component is not None:
-            members = key.component.split("+")
-            return Correction(
-                f"set `components` to {compact_json(members)}, the components of "
-                f"`{proposal.criterion.metric}`",
-                _call(proposal, components=members),
-            )
-    if "invalid arguments for tool" in lower:
-        return Correction(
-            f"fix `args` as the error says (call `describe_tool` with name `{proposal.tool}` to "
-            "see its arguments; {} takes every default)"
-        )
-    return None
+    fixes, changes = _repairs(proposal, question)
+    if not fixes:
+        return None
+    call = _call(proposal, **changes) if changes else None
+    if call is None or not _passes(call):
+        return Correction("; ".join(fixes))
+    return Correction("; ".join(fixes), call)
 
 
-def _components_for(metric: str, components: Sequence[str]) -> list[str]:
-    """The components a criterion on ``metric`` may name: exactly the metric's own."""
-    key = try_parse_metric_key(metric)
-    if key is None or key.component is None:
-        return []
-    return key.component.split("+")
+def _components_for(metric: str) -> list[str]:
+    """The components a criterion on ``metric`` names: exactly the metric's own."""
+    return components_of(metric) or []

@@ -52,6 +52,7 @@ from rankscope.agent.planners.protocol.tables import (
     ROLE_POSITIONS,
 )
 from rankscope.tools.metric_keys import MetricKey, metric_key
+from rankscope.tools.retrievers.base import Component
 
 RANK = "Rank:"
 CIRCUIT = "Circuit:"
@@ -68,6 +69,20 @@ CIRCUIT_TOOL = "circuit"
 
 def _first(ledger: Ledger, prefix: str) -> LedgerEntry | None:
     return next((e for e in ledger.entries if e.hypothesis.startswith(prefix)), None)
+
+
+def _is_head(component: str) -> bool:
+    """Whether a member is an attention head (``L5.H3``), as path patching and attention by
+    role need, not a block (``L0.mlp``)."""
+    try:
+        parsed = Component.parse(component)
+    except ValueError:
+        return False
+    return parsed.site == "heads"
+
+
+def _kind(members: list[str]) -> str:
+    return "head(s)" if all(_is_head(m) for m in members) else "component(s)"
 
 
 def _layer(component: str) -> int:
@@ -197,7 +212,7 @@ class CircuitSteps(CharacterisationSteps):
     def _group_claim(self, tool: Any, target: Behaviour, members: list[str], k: int) -> Proposal:
         chosen = members[:k]
         return Proposal(
-            hypothesis=f"{CIRCUIT} the {k} head(s) {', '.join(chosen)} (ranked on discovery "
+            hypothesis=f"{CIRCUIT} the {k} {_kind(chosen)} {', '.join(chosen)} (ranked on discovery "
             f"queries) together restore at least {self.target:g} of the {target.label} effect "
             "(joint sufficiency: their perturbed-run outputs patched into the baseline run; "
             "the pre-registered target)",
@@ -226,8 +241,8 @@ class CircuitSteps(CharacterisationSteps):
         chosen = members[:k]
         sesoi = self.policy.sesoi_for("patching_fraction")
         return Proposal(
-            hypothesis=f"{CONTROL} the {k} head(s) {', '.join(chosen)} restore more of the "
-            f"{target.label} effect than random sets of {k} heads from the same pool (their "
+            hypothesis=f"{CONTROL} the {k} {_kind(chosen)} {', '.join(chosen)} restore more of the "
+            f"{target.label} effect than random sets of {k} from the same pool (their "
             f"faithfulness minus the mean of {self.n_random} seeded random sets is above "
             f"{sesoi:g}, the SESOI)",
             rationale="a circuit is specific only if random sets of its size do not do as well "
@@ -279,7 +294,8 @@ class CircuitSteps(CharacterisationSteps):
     def _role_output(
         self, ledger: Ledger, tools: dict[str, Any], target: Behaviour, members: list[str]
     ) -> Proposal | None:
-        if _first(ledger, ROLE_OUTPUT_STEP) or "path_patching" not in tools:
+        members = [m for m in members if _is_head(m)]
+        if _first(ledger, ROLE_OUTPUT_STEP) or "path_patching" not in tools or not members:
             return None
         tool = tools["path_patching"]
         return Proposal(
@@ -309,7 +325,8 @@ class CircuitSteps(CharacterisationSteps):
     ) -> Proposal | None:
         """Path patching from the members of earlier layers into the value input of the
         best-ranked member of the latest layer (only when the members span layers)."""
-        if _first(ledger, ROLE_MEMBERS_STEP) or "path_patching" not in tools:
+        members = [m for m in members if _is_head(m)]
+        if _first(ledger, ROLE_MEMBERS_STEP) or "path_patching" not in tools or not members:
             return None
         last = max(_layer(m) for m in members)
         senders = [m for m in members if 0 <= _layer(m) < last]
@@ -342,9 +359,10 @@ class CircuitSteps(CharacterisationSteps):
     def _role_attention(
         self, ledger: Ledger, tools: dict[str, Any], target: Behaviour, members: list[str]
     ) -> Proposal | None:
+        members = [m for m in members if _is_head(m)]
         if _first(ledger, ROLE_ATTENTION_STEP) or "attention_by_role" not in tools:
             return None
-        if target.axiom not in ATTENTION_FOCUS:
+        if target.axiom not in ATTENTION_FOCUS or not members:
             return None
         tool = tools["attention_by_role"]
         focus, why = ATTENTION_FOCUS[target.axiom]

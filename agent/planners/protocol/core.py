@@ -134,7 +134,8 @@ class ProtocolCore(Planner):
 
     def _confirm_one(self, tool: Any, top: list[str], head: str, target: Behaviour) -> Proposal:
         return Proposal(
-            hypothesis=f"Confirm: head {head} carries part of the {target.label} effect "
+            hypothesis=f"Confirm: {'head ' if '.H' in head else ''}{head} carries part of the "
+            f"{target.label} effect "
             f"(patched alone with exact activation patching, it restores more than "
             f"{self.min_effect:g} of the behaviour's score change)",
             rationale=f"ranked heads carrying at least the SESOI on discovery: {', '.join(top)}",
