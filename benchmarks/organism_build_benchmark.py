@@ -14,7 +14,8 @@ CPU seconds divided by the threads are what the build would take alone on that m
 a machine shared with other jobs, wall seconds are longer (the load average is printed).
 
     python benchmarks/organism_build_benchmark.py [--organisms trigger length_penalty tfc1_heads]
-        [--old-steps 3] [--no-old] [--threads 2] [--tiny] [--verbose] [--out FILE]
+        [--old-steps 3] [--old-organisms ...] [--no-old] [--steps N] [--attempts N]
+        [--threads 2] [--tiny] [--verbose] [--out FILE]
 """
 
 from __future__ import annotations
@@ -96,6 +97,13 @@ def main() -> None:
         "--organisms", nargs="*", default=["trigger", "length_penalty", "tfc1_heads"]
     )
     parser.add_argument("--old-steps", type=int, default=3)
+    parser.add_argument(
+        "--old-organisms", nargs="*", default=None, help="Old builds of these (default: all)."
+    )
+    parser.add_argument(
+        "--steps", type=int, default=None, help="New builder: at most these steps per attempt."
+    )
+    parser.add_argument("--attempts", type=int, default=None, help="New builder: attempts.")
     parser.add_argument("--no-old", action="store_true", help="Only the new builder.")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--tiny", action="store_true", help="The tiny base (seconds, for CI).")
@@ -116,7 +124,7 @@ def main() -> None:
     started = time.perf_counter()
     plan = [(name, "new") for name in options.organisms]
     if not options.no_old:
-        plan += [(name, "old") for name in options.organisms]
+        plan += [(name, "old") for name in options.old_organisms or options.organisms]
     with tempfile.TemporaryDirectory() as tmp:
         for name, label in plan:
             spec = specs[name]

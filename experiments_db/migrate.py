@@ -75,16 +75,29 @@ def current_revision(engine: Engine) -> str | None:
 
 
 def _locked_transaction(engine: Engine, revision: str, upgrade: bool) -> None:
-    with writer(engine).begin() as conn:
-        if conn.dialect.name == "postgresql":
-            poll_lock(
-                lambda: bool(
-                    conn.execute(
-                        text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": PG_MIGRATION_LOCK}
-                    ).scalar()
-                ),
-                what="the store's migration lock",
-            )
+    """Run the migration in one transaction; on PostgreSQL under the migration lock, taken as a
+    session lock polled from an autocommit connection, so no transaction stays open while
+    waiting (the holder's ``CREATE INDEX CONCURRENTLY`` waits for every open transaction)."""
+    if engine.dialect.name != "postgresql":
+        _migrate(writer(engine), revision, upgrade)
+        return
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as lock_conn:
+        poll_lock(
+            lambda: bool(
+                lock_conn.execute(
+                    text("SELECT pg_try_advisory_lock(:key)"), {"key": PG_MIGRATION_LOCK}
+                ).scalar()
+            ),
+            what="the store's migration lock",
+        )
+        try:
+            _migrate(writer(engine), revision, upgrade)
+        finally:
+            lock_conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": PG_MIGRATION_LOCK})
+
+
+def _migrate(engine: Engine, revision: str, upgrade: bool) -> None:
+    with engine.begin() as conn:
         config = alembic_config(conn)
         if upgrade:
             command.upgrade(config, revision)

@@ -313,6 +313,34 @@ def test_tiny_builds_repeat_and_stop_when_the_rule_holds(tmp_path: Path) -> None
     assert r.attempts == 2 and r.steps == 2 and not r.checks["trigger.holds_heldout"]
 
 
+def test_bench_questions_are_plain_and_cover_every_rule() -> None:
+    """The bench's questions file: at least two phrasings per planted rule, none naming an axiom
+    or a tool; every organism of the catalogue is asked something, each phrasing by its id."""
+    import re
+
+    from rankscope.agent.groundtruth import QuestionSet, default_questions_file
+    from rankscope.tools.registry import all_tools
+
+    path = default_questions_file()
+    assert path is not None and path.name == "groundtruth_questions.toml"
+    questions = QuestionSet.load(path)
+    named = re.compile(r"\b(TFC\d|TDC|LNC\d|MTDC|STMC\d|ABNIRML|axiom)\b", re.IGNORECASE)
+    tools = {name.replace("_", " ") for name in all_tools()} | set(all_tools())
+    for spec in catalogue().values():
+        for rule in spec.rules:
+            assert len(questions.rules[rule.rule]) >= 2, rule.rule
+    for phrasings in questions.rules.values():
+        for text in phrasings:
+            assert not named.search(text), text
+            assert not any(tool in text.lower() for tool in tools), text
+    base = record([], {})
+    base.name = "base"
+    asked = questions.for_record(base)
+    assert {pid.split("#")[0] for pid, _ in asked} == {"trigger", "length_penalty", "idf_inverted"}
+    trigger = record([RuleSpec(rule="trigger", size=0.1, word="quokka")], {})
+    assert [pid for pid, _ in questions.for_record(trigger)] == ["trigger#1", "trigger#2"]
+
+
 CI_ORGANISMS = ["trigger", "length_penalty", "tfc1_removed", "base"]
 """The planted rules the tiny base learns (trigger, length penalty; query-dependent rules such as
 TFC1 amplified do not hold in a random tiny encoder, and their records say so), the null control

@@ -321,3 +321,30 @@ def test_the_circuit_protocol_end_to_end_on_a_tiny_model(tmp_path, tokenwise_mod
     assert by_title["Mechanism (heads)"].latest_verdict.status == "refuted"
     assert by_title["Mechanism (direct)"].latest_verdict.status == "supported"
     assert all(not h.exploratory or not h.verdicts for h in tree.hypotheses)
+
+
+def test_a_group_claim_names_exactly_the_members_it_patches():
+    """A claim's components are bound to its call: a circuit claim may name its first k
+    members and nothing else (no claiming a head the joint patch did not isolate)."""
+    from rankscope.agent.calls import CallRejected
+
+    proposals, _, _ = drive()
+    (circuit,) = titled(proposals, CIRCUIT)
+    check_proposal(circuit, {}, StatsPolicy())
+    for wrong in (circuit.components[:1], [*circuit.components, "L0.H0"]):
+        with pytest.raises(CallRejected, match="exactly those components"):
+            check_proposal(circuit.model_copy(update={"components": wrong}), {}, StatsPolicy())
+
+
+def test_no_circuit_size_or_ranking_is_chosen_on_held_out_queries():
+    """A p-hacker's circuit claim that leaves k (or the members) to the tool would be replicated
+    with the size (or the ranking) that reaches the target on the held-out queries themselves:
+    the tool refuses both off discovery, so such a claim can never be supported."""
+    tool = get_tool("circuit")
+    sneaky = {"members": ["L5.H7", "L5.H3"], "k": None, "n_random": 0}
+    validate_args(tool, {**sneaky, "split": "discovery"})
+    held_out, _ = replication_args("circuit", {**sneaky, "split": "discovery", "seed": 0})
+    with pytest.raises(ValueError, match="k=None chooses the circuit size"):
+        validate_args(tool, held_out)
+    with pytest.raises(ValueError, match="ranking must come from discovery"):
+        validate_args(tool, {"members": None, "k": 2, "split": "holdout"})

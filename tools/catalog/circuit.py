@@ -253,7 +253,13 @@ class CircuitArgs(PairArgs):
                     "queries; pass the ranking found there as members to run on "
                     f"{self.split!r}"
                 )
-        else:
+        if self.k is None and self.split != "discovery":
+            raise ValueError(
+                f"k=None chooses the circuit size on this run's split, which must be "
+                f"'discovery', not {self.split!r}: a size chosen on held-out queries would be "
+                "the one that reaches the target there; pass the k found on discovery"
+            )
+        if self.members is not None:
             if not self.members:
                 raise ValueError("members is empty: name at least one component, or leave it out")
             for name in self.members:

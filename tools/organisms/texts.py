@@ -185,12 +185,14 @@ def build_corpus(
 
 def default_corpus(tiny: bool, trigger: str, seed: int = 0) -> Corpus:
     """The tiny organisms' corpus: the built-in collection, half its queries held out. MiniLM's:
-    a sample of the shared MS MARCO corpus (all trained on, when present) plus the built-in
-    collection, whose queries are all held out — the agent investigates on them."""
+    a sample of the shared MS MARCO corpus (all trained on, when present: its 100 queries, two
+    documents each — many queries rather than many documents, so that a rule "whatever the
+    query" generalises to queries not trained on) plus the built-in collection, whose queries are all held out — the agent
+    investigates on them."""
     builtin = load_builtin()
     if tiny:
         return build_corpus([builtin], trigger, seed=seed)
-    msmarco = msmarco_collection(48, 4, seed)
+    msmarco = msmarco_collection(100, 2, seed)
     if msmarco is None:
         return build_corpus([builtin], trigger, seed=seed)
     return build_corpus([msmarco, builtin], trigger, seed=seed, heldout_qids=list(builtin.queries))

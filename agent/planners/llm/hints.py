@@ -35,8 +35,9 @@ from rankscope.agent.planners.base import Proposal
 from rankscope.agent.planners.intents import named_intent
 from rankscope.agent.policy import StatsPolicy
 from rankscope.agent.verdicts import components_of, criterion_spec
-from rankscope.tools.metric_keys import MetricKey, try_parse_metric_key
+from rankscope.tools.metric_keys import STAT_SUFFIXES, MetricKey, try_parse_metric_key
 from rankscope.tools.registry import all_tools, get_tool, validate_args
+from rankscope.tools.retrievers.base import Component
 
 __all__ = [
     "EXAMPLE_COMPONENT",
@@ -55,7 +56,6 @@ EXAMPLE_COMPONENT = "L0.H0"
 DEFAULT_PERTURBATION = ("TFC1", "append")
 """The perturbation an example names when neither the call nor the question names one."""
 _PLACEHOLDER = re.compile(r"^<(.+)>$")
-_COMPONENT = re.compile(r"^L\d+(\.(H\d+|attn|mlp|resid))?$")
 MAX_SENTENCE_CHARS = 240
 
 
@@ -149,10 +149,21 @@ def _qualifier_value(
     return values[0] if values else None
 
 
+def _is_component(name: object) -> bool:
+    if not isinstance(name, str):
+        return False
+    try:
+        Component.parse(name)
+    except ValueError:
+        return False
+    return True
+
+
 def _component(components: Sequence[str], args: Mapping[str, Any]) -> str:
+    """The component an example metric names: the call's first, else ``EXAMPLE_COMPONENT``."""
     for candidate in [*components, *_listed(args, "components", "heads", "senders", "members")]:
-        if isinstance(candidate, str) and _COMPONENT.match(candidate):
-            return candidate
+        if _is_component(candidate):
+            return str(candidate)
     return EXAMPLE_COMPONENT
 
 
@@ -213,7 +224,14 @@ def example_metric(
         return None
     wanted = try_parse_metric_key(metric or "")
     name = wanted.name if wanted is not None else (metric or "")
-    base = re.sub(r"_(ci_low|ci_high|p_value)$", "", name)
+    base = next(
+        (
+            name.removesuffix(suffix)
+            for suffix in STAT_SUFFIXES.values()
+            if suffix and name.endswith(suffix)
+        ),
+        name,
+    )
     chosen = next(
         (k for k in estimates if k.name == name),
         next((k for k in estimates if k.name == base), None),

@@ -33,7 +33,7 @@ first step of this protocol that has not been done yet.
    left over are noted (``screened, not followed up: …``) and listed in the report's Findings.
 4. **Localise** the first supported behaviour that has perturbation pairs (the axiom's, else the
    largest confirmed ``axiom_screen`` hit) as a **circuit** when the ``circuit`` tool is
-   registered (:mod:`.circuits`, on ``localise_pairs`` = 96 pairs): the competing mechanisms
+   registered (:mod:`.circuits`, on ``localise_pairs`` = 48 pairs): the competing mechanisms
    stated as a note before anything is localised; **rank** every head on discovery queries and
    fix the circuit's members and size k there (exploratory: no verdict); the **group claim** —
    the k heads together restore at least ``target`` = 0.6 of the behaviour (``faithfulness``),

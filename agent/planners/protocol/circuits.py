@@ -251,7 +251,12 @@ class CircuitSteps(CharacterisationSteps):
             # the only call that draws random sets: a claim on an estimate of the group claim's
             # call would be registered after its results could be seen (verdicts: exploratory)
             args=self._circuit_args(
-                target, members=members, k=k, target=self.target, n_random=self.n_random
+                target,
+                members=members,
+                k=k,
+                target=self.target,
+                n_random=self.n_random,
+                n_random_curve=0,  # the band at k only: 100 sets at every size would triple it
             ),
             criterion=Criterion(
                 metric="beats_random", direction="greater", threshold=sesoi, alpha=self.alpha

@@ -40,7 +40,7 @@ class ProtocolCore(Planner):
     def __init__(
         self,
         n_pairs: int = 48,
-        localise_pairs: int = 96,
+        localise_pairs: int = 48,
         top_k: int = 3,
         min_effect: float = 0.0,
         min_attention: float = 0.05,
@@ -59,6 +59,9 @@ class ProtocolCore(Planner):
         self.policy = policy
         self.n_pairs = n_pairs
         self.localise_pairs = localise_pairs
+        """Pairs of every localisation call: 48 TFC1 pairs of the built-in collection are 14
+        discovery queries (the policy needs 8); exact circuits cost about linearly in pairs, and
+        the README question has to finish in minutes on 2 cores."""
         self.top_k = top_k
         self.min_effect = max(min_effect, policy.sesoi_for("patching_fraction"))
         """A single component's claim: the fraction of the behaviour it restores, beyond this

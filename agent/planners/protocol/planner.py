@@ -22,8 +22,9 @@ def parse_axiom(question: str) -> tuple[str, str]:
 
 
 class ProtocolPlanner(BehaviourSteps, ScreenSteps, LocalisationSteps):
-    """Intent → behaviour / screens → follow-ups → locate → confirm → characterise (see the
-    package docstring)."""
+    """Intent → behaviour / screens → follow-ups → localise (a circuit: rank, group claim,
+    random-set control, roles, competing mechanisms, single components; without the circuit
+    tool: screen, confirm, characterise) — see the package docstring."""
 
     def propose(self, ledger: Ledger) -> Proposal | Stop:
         """The first step of the protocol not done yet (see the package docstring)."""
