@@ -245,14 +245,13 @@ class CircuitArgs(PairArgs):
 
     @model_validator(mode="after")
     def _check(self) -> CircuitArgs:
-        if self.members is None:
-            if self.split != "discovery":
-                raise ValueError(
-                    f"members=None ranks the pool on this run's split, which must be "
-                    f"'discovery', not {self.split!r}: the ranking must come from discovery "
-                    "queries; pass the ranking found there as members to run on "
-                    f"{self.split!r}"
-                )
+        if self.members is None and self.split != "discovery":
+            raise ValueError(
+                f"members=None ranks the pool on this run's split, which must be "
+                f"'discovery', not {self.split!r}: the ranking must come from discovery "
+                "queries; pass the ranking found there as members to run on "
+                f"{self.split!r}"
+            )
         if self.k is None and self.split != "discovery":
             raise ValueError(
                 f"k=None chooses the circuit size on this run's split, which must be "
