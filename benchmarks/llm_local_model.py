@@ -26,9 +26,9 @@ decoding) on the default model and data, then the same question with the protoco
 * the valid-call rate (replies that became a proposal or a stop) and the share of proposals that
   passed the gate.
 
-``--structured`` sends ``response_format`` (a JSON schema of the offered calls); the script says
-whether the server ignored it (``transformers serve`` 5.x does, logging "Ignoring unsupported
-fields"). ``--dtypes`` measures, per dtype, the server's load time (start to a loaded model
+``--structured`` makes the planner send ``response_format`` (a JSON schema of the offered calls);
+every run first sends one tiny request with a ``response_format`` and says whether the server
+ignored it (``transformers serve`` 5.x does, logging "Ignoring unsupported fields"). ``--dtypes`` measures, per dtype, the server's load time (start to a loaded model
 answering ``/health``) and one planning request (the README question's first step). Results go
 to ``--out`` as JSON as well.
 """
@@ -46,6 +46,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -157,9 +158,9 @@ def start_server(gguf: Path, dtype: str, log_dir: Path, timeout_s: float) -> Ser
     raise RuntimeError(f"the server did not answer within {timeout_s:.0f} s")
 
 
-def ignores_response_format(base_url: str, model: str, log: str | None) -> str:
+def ignores_response_format(base_url: str, model: str, log: Callable[[], str] | None) -> str:
     """Whether the server honours ``response_format``: one tiny request (one token) with a JSON
-    schema; answered from the server log where there is one."""
+    schema; answered from the server log (read after the request) where there is one."""
     body = {
         "model": model,
         "messages": [{"role": "user", "content": "Say yes."}],
@@ -182,7 +183,8 @@ def ignores_response_format(base_url: str, model: str, log: str | None) -> str:
         return f"request failed: {err}"
     if log is None:
         return f"HTTP {status}; no server log to tell whether it was applied"
-    if IGNORED_FIELDS in log and "response_format" in log:
+    text = log()
+    if IGNORED_FIELDS in text and "response_format" in text:
         return "ignored (the server logs: Ignoring unsupported fields … 'response_format')"
     return f"HTTP {status}, not reported as ignored"
 
@@ -260,33 +262,38 @@ def run_llm(
         ),
     )
     started = time.perf_counter()
-    result = investigate(
-        question,
-        settings,
-        db=db,
-        report_dir=report_dir,
-        quiet=True,
-        planner_factory=lambda: planner,
-    )
+    ids: list[int] = []
+    try:
+        result = investigate(
+            question,
+            settings,
+            db=db,
+            report_dir=report_dir,
+            quiet=True,
+            planner_factory=lambda: planner,
+            on_started=ids.append,
+        )
+        investigation_id, status, stop_reason = (
+            result.investigation_id,
+            result.status,
+            result.stop_reason,
+        )
+    except Exception as err:  # a failure of the run is a result too; the benchmark goes on
+        console.print_exception(max_frames=4)
+        with open_store(db) as store:
+            investigation_id = ids[0] if ids else 0
+            status = store.get_investigation(investigation_id).status if ids else "not started"
+        stop_reason = f"the run failed: {type(err).__name__}: {err}"
     wall = time.perf_counter() - started
-    hypotheses = _hypotheses(db, result.investigation_id)
+    hypotheses = _hypotheses(db, investigation_id) if ids else []
     for step, proposal in planner.proposals.items():
         if step not in planner.gate:
-            planner.gate[step] = _final_gate(proposal, hypotheses, settings, result.stop_reason)
+            planner.gate[step] = _final_gate(proposal, hypotheses, settings, stop_reason)
     steps = [
         Step(asdict(reply), planner.gate.get(reply.step, "") if _is_proposal(reply) else "")
         for reply in planner.replies
     ]
-    return Run(
-        "llm",
-        question,
-        result.investigation_id,
-        result.status,
-        result.stop_reason,
-        wall,
-        hypotheses,
-        steps,
-    )
+    return Run("llm", question, investigation_id, status, stop_reason, wall, hypotheses, steps)
 
 
 def _is_proposal(reply: PlannerReply) -> bool:
@@ -322,17 +329,19 @@ def run_protocol(question: str, args: argparse.Namespace, db: str, report_dir: P
         protocol_pairs=args.pairs,
     )
     started = time.perf_counter()
-    result = investigate(question, settings, db=db, report_dir=report_dir, quiet=True)
+    ids: list[int] = []
+    try:
+        result = investigate(
+            question, settings, db=db, report_dir=report_dir, quiet=True, on_started=ids.append
+        )
+        status, stop_reason = result.status, result.stop_reason
+    except Exception as err:  # a failure of the run is a result too; the benchmark goes on
+        console.print_exception(max_frames=4)
+        status, stop_reason = "failed", f"the run failed: {type(err).__name__}: {err}"
     wall = time.perf_counter() - started
-    return Run(
-        "protocol",
-        question,
-        result.investigation_id,
-        result.status,
-        result.stop_reason,
-        wall,
-        _hypotheses(db, result.investigation_id),
-    )
+    investigation_id = ids[0] if ids else 0
+    hypotheses = _hypotheses(db, investigation_id) if ids else []
+    return Run("protocol", question, investigation_id, status, stop_reason, wall, hypotheses)
 
 
 # -- printing ----------------------------------------------------------------------------------
@@ -509,11 +518,10 @@ def main(argv: list[str] | None = None) -> int:
         results["load_s"] = server.load_s
         base_url, model = server.base_url, server.model
     try:
-        if args.structured:
-            results["response_format"] = ignores_response_format(
-                base_url, model, server.log_text() if server else None
-            )
-            console.print(f"response_format: {results['response_format']}")
+        results["response_format"] = ignores_response_format(
+            base_url, model, server.log_text if server else None
+        )
+        console.print(f"response_format (structured output): {results['response_format']}")
         runs: list[Run] = []
         protocol_runs: list[Run] = []
         for key in args.questions:

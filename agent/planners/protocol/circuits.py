@@ -22,7 +22,8 @@ compute it?" with a circuit — a set of components tested together — instead 
     with ``n_random=0``): a claim on ``beats_random`` of the group claim's own call would be
     registered after that call's results could be seen, and no argument is varied for nothing
     to hide the repeat.
-4e. **Roles** of the members of a supported circuit (exploratory descriptions): position-resolved
+4e. **Roles** of the members when the circuit claim or its control is supported (members that
+    carry something specific, even short of the target; exploratory descriptions): position-resolved
     patching (each member's output at the added term, at earlier query-term occurrences, at the
     document's other tokens, at CLS), path patching from the members straight to the output (and
     from earlier members into the latest one, when the members span layers), and attention by
@@ -133,9 +134,10 @@ class CircuitSteps(CharacterisationSteps):
         group = _first(ledger, CIRCUIT)
         if group is None:
             return self._group_claim(tool, target, members, k)
-        if _first(ledger, CONTROL) is None:
+        control = _first(ledger, CONTROL)
+        if control is None:
             return self._random_control(tool, target, members, k)
-        for step in self._later_steps(ledger, tools, target, members[:k], group):
+        for step in self._later_steps(ledger, tools, target, members[:k], group, control):
             if step is not None:
                 return step
         return Stop(reason=self._conclusion(ledger, members[:k]))
@@ -147,11 +149,13 @@ class CircuitSteps(CharacterisationSteps):
         target: Behaviour,
         members: list[str],
         group: LedgerEntry,
+        control: LedgerEntry,
     ) -> list[Proposal | None]:
         """The steps after the group claim and its control, in order, each None when done,
-        not applicable or not affordable."""
+        not applicable or not affordable. Roles are described for members that carry something
+        specific: the circuit claim or its random-set control supported."""
         steps: list[Proposal | None] = []
-        if group.status == "supported":
+        if "supported" in (group.status, control.status):
             steps += [
                 self._role_positions(ledger, tools, target, members),
                 self._role_output(ledger, tools, target, members),
@@ -160,8 +164,10 @@ class CircuitSteps(CharacterisationSteps):
             ]
         elif not _first(ledger, ROLE_POSITIONS_STEP):
             self._note(
-                f"the circuit claim H{group.hypothesis_id} is {group.status}, not supported: its "
-                "members' roles are not described (roles are for a confirmed circuit)"
+                f"neither the circuit claim H{group.hypothesis_id} ({group.status}) nor its "
+                f"random-set control H{control.hypothesis_id} ({control.status}) is supported: "
+                "the members' roles are not described (roles are for members that carry "
+                "something specific)"
             )
         steps += [
             self._mechanism(ledger, tools, target, direct=True),
