@@ -52,6 +52,7 @@ def self_contained(html: str) -> bool:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2400)  # the README investigation with its circuit steps, then a full audit
 def test_protocol_investigation_killed_resumed_reported_and_audited(tmp_path):
     db = tmp_path / "rankscope.db"
     url = f"sqlite:///{db}"
