@@ -4,10 +4,12 @@ For each organism, the layer-cached builder (``trainer="cached"``, the catalogue
 carriers' slices or low-rank updates of the top layers, states cached below them, a stopping
 rule on the held-out check), then the first builder (``trainer="full"``: every parameter, every
 text through the whole model) on a short step count. Organisms built in one process share the
-base's pass at the same cut (the first build at a cut pays it; its row says so). Prints per build: steps, wall and CPU seconds (base pass, training,
-checks), trained parameters, and the check figures (the rule's held-out change against the
-base's, whether it holds, Spearman of natural scores against the base, the share of the planted
-change that restoring the carriers removes). The old builder's time at its own catalogue's step
+base's pass at the same cut (the first build at a cut pays it; its row says so).
+
+Prints per build: steps, wall and CPU seconds (base pass, training, checks), trained
+parameters, and the check figures (the rule's held-out change against the base's, whether it
+holds, Spearman of natural scores against the base, the share of the planted change that
+restoring the carriers removes). The old builder's time at its own catalogue's step
 count (300) is projected from its measured seconds per step.
 
 CPU seconds divided by the threads are what the build would take alone on that many cores; on
@@ -134,10 +136,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name, label in plan:
             spec = specs[name]
-            trainer, steps = (
-                ("full", options.old_steps) if label == "old" else ("cached", spec.steps)
-            )
-            variant = spec.model_copy(update={"trainer": trainer, "steps": steps})
+            update: dict[str, Any] = {"trainer": "full", "steps": options.old_steps}
+            if label == "new":
+                update = {"trainer": "cached", "steps": options.steps or spec.steps}
+                if options.attempts:
+                    update["attempts"] = options.attempts
+            variant = spec.model_copy(update=update)
             record = build_organism(
                 variant,
                 tiny=options.tiny,
