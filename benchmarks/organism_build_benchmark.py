@@ -36,6 +36,9 @@ from rankscope.tools.organisms import GroundTruth, build_organism, catalogue
 from rankscope.tools.organisms.spec import TRIGGER_WORD
 from rankscope.tools.organisms.texts import default_corpus
 
+OLD_LR = 5e-5
+"""The first builder's learning rate for MiniLM (its catalogue's)."""
+
 
 def figures(r: GroundTruth, threads: int) -> dict[str, Any]:
     """One build's row: times and check figures."""
@@ -136,7 +139,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name, label in plan:
             spec = specs[name]
-            update: dict[str, Any] = {"trainer": "full", "steps": options.old_steps}
+            # The first builder as its catalogue had it: every parameter, all texts per step,
+            # lr 5e-5 (twenty times that for carriers).
+            update: dict[str, Any] = {
+                "trainer": "full",
+                "steps": options.old_steps,
+                "lr": OLD_LR * (20 if spec.carriers else 1),
+                "variants_per_step": None,
+            }
             if label == "new":
                 update = {"trainer": "cached", "steps": options.steps or spec.steps}
                 if options.attempts:

@@ -194,8 +194,10 @@ def test_criteria_are_fractions_with_the_pre_registered_target():
     assert direct.criterion.metric == "effect[L5.resid@injected]"
     assert (direct.criterion.direction, direct.criterion.threshold) == ("greater", 0.5)
     (heads,) = titled(proposals, MECHANISM_HEADS)
-    assert heads.criterion.metric == "effect[" + "+".join(f"L{i}.attn" for i in range(6)) + "]"
-    assert heads.args["joint"] is True and heads.criterion.threshold == 0.5
+    # all attention blocks patched jointly as one estimate (one test, not seven)
+    assert heads.tool == "circuit" and heads.criterion.metric == "faithfulness"
+    assert sorted(heads.args["members"]) == sorted(f"L{i}.attn" for i in range(6))
+    assert heads.args["k"] == 6 and heads.criterion.threshold == 0.5
     singles = titled(proposals, CONFIRM)
     # singles: members carrying at least the SESOI on discovery, largest first, a fraction each
     assert [p.components for p in singles] == [["L5.H7"], ["L5.H3"]]

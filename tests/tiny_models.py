@@ -23,14 +23,15 @@ CORPUS = [
 
 
 def wordpiece_tokenizer(folder: Path):
-    """A small BERT WordPiece tokenizer trained on ``CORPUS`` (no download)."""
-    from tokenizers import BertWordPieceTokenizer
+    """A small BERT WordPiece tokenizer of ``CORPUS`` (no download), its vocabulary built, not
+    trained: ``tokenizers``' WordPiece trainer breaks ties differently from run to run, and the
+    tiny models — and the figures of tests on them — differed with it."""
     from transformers import BertTokenizerFast
 
-    trainer = BertWordPieceTokenizer(lowercase=True)
-    trainer.train_from_iterator(CORPUS * 3, vocab_size=300, min_frequency=1)
+    from rankscope.tools.organisms.tiny import word_vocabulary
+
     folder.mkdir(parents=True, exist_ok=True)
-    trainer.save_model(str(folder))
+    (folder / "vocab.txt").write_text("\n".join(word_vocabulary(CORPUS)) + "\n")
     return BertTokenizerFast.from_pretrained(str(folder))
 
 

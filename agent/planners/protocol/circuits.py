@@ -9,8 +9,9 @@ compute it?" with a circuit — a set of components tested together — instead 
     detect the repeated term and write the signal elsewhere), with the two predictions that tell
     them apart (4e).
 4b. **Rank** (exploratory: it claims nothing, gets no verdict): ``circuit`` with ``members=None``
-    on the discovery split ranks every head by its exact patching effect and patches the top-k
-    jointly for k = 1 … ``max_k``; its smallest k reaching ``target + k_margin`` (else ``max_k``)
+    on the discovery split ranks every head (by attribution patching by default, a fast first
+    pass that only orders the candidates; ``ranking="exact"`` for the exact grid) and patches the
+    top-k jointly, exactly, for k = 1 … ``max_k``; its smallest k reaching ``target + k_margin`` (else ``max_k``)
     is the circuit size. Members and k are fixed here, from discovery queries only.
 4c. **Circuit** (the group claim): the top-k heads of 4b together restore at least ``target``
     (0.6) of the behaviour — ``circuit`` with those members and that k, criterion
@@ -28,10 +29,11 @@ compute it?" with a circuit — a set of components tested together — instead 
     document's other tokens, at CLS), path patching from the members straight to the output (and
     from earlier members into the latest one, when the members span layers), and attention by
     role (the axiom's attention pattern, e.g. duplicate-token attention for TFC1).
-4f. **Mechanisms**: the two pre-registered predictions of 4a, each a confirmatory claim — the
-    final-layer states at the added positions alone restore most (more than half) of the effect
-    (direct), all attention outputs patched jointly restore most of it (heads; one minus it is
-    the share no head carries). A mechanism whose prediction is refuted is ruled out.
+4f. **Mechanisms**: the two pre-registered predictions of 4a, each a confirmatory claim with one
+    test — the final-layer states at the added positions alone restore most (more than half) of
+    the effect (direct: ``activation_patching``), all attention outputs patched jointly restore
+    most of it (heads: ``circuit`` with the attention blocks as members; one minus it is the
+    share no head carries). A mechanism whose prediction is refuted is ruled out.
 4g. **Single components**: each member whose discovery effect is at least the SESOI (the
     ``patching_fraction`` family) is confirmed alone with exact ``activation_patching``
     (``effect[X]`` greater than the SESOI), up to ``top_k`` of them, while the budget lasts.
@@ -189,15 +191,21 @@ class CircuitSteps(CharacterisationSteps):
             "n_pairs": self._localise_size(behaviour)[0],
             "seed": self.seed,
             "pool": "heads",
-            "ranking": "exact",
+            "ranking": self.ranking,
             "max_k": self.max_k,
             **extra,
         }
 
     def _rank(self, tool: Any, target: Behaviour) -> Proposal:
         k_target = self._k_target()
+        how = (
+            "its exact patching effect"
+            if self.ranking == "exact"
+            else "attribution patching (a fast first pass that only orders the heads; the curve "
+            "is exact)"
+        )
         return Proposal(
-            hypothesis=f"{RANK} every attention head ranked by its exact patching effect on the "
+            hypothesis=f"{RANK} every attention head ranked by {how} on the "
             f"{target.label} effect ({target.claim()}), on discovery queries only; the top-k "
             f"heads patched jointly for k = 1 … {self.max_k}, and the smallest k whose joint "
             f"faithfulness reaches {k_target:g} (the pre-registered target {self.target:g} plus a "
@@ -428,49 +436,69 @@ class CircuitSteps(CharacterisationSteps):
     def _mechanism(
         self, ledger: Ledger, tools: dict[str, Any], target: Behaviour, *, direct: bool
     ) -> Proposal | None:
+        """A mechanism's pre-registered prediction. Direct: ``activation_patching`` of the
+        final-layer states at the added positions (one component, one test). Heads: ``circuit``
+        with every attention block as its members, patched jointly (one estimate, one test —
+        ``activation_patching`` with ``joint`` would patch each block alone too and divide the
+        level by the seven tests)."""
         prefix = MECHANISM_DIRECT if direct else MECHANISM_HEADS
         if _first(ledger, prefix) or not self._mechanisms_apply(target):
             return None
-        if "activation_patching" not in tools:
-            self._note("activation_patching is not registered: the mechanisms are not tested")
+        name = "activation_patching" if direct else CIRCUIT_TOOL
+        if name not in tools:
+            self._note(f"{name} is not registered: the {prefix[:-1]} prediction is not tested")
             return None
-        tool = tools["activation_patching"]
         last = self._last_layer()
         a, b = MECHANISMS[target.axiom]
+        rationale = (
+            "competing mechanisms stated before localising (see the note); each prediction is "
+            "tested on its own call and replicated on held-out queries"
+        )
         if direct:
-            components = [f"L{last}.resid@injected"]
-            text = (
-                f"{prefix} {a} — prediction: the final-layer states at the added positions "
-                f"(L{last}.resid@injected) alone restore more than {MOST:g} of the "
-                f"{target.label} effect"
+            component = f"L{last}.resid@injected"
+            return Proposal(
+                hypothesis=f"{prefix} {a} — prediction: the final-layer states at the added "
+                f"positions ({component}) alone restore more than {MOST:g} of the "
+                f"{target.label} effect",
+                rationale=rationale,
+                tool=name,
+                args=self._pair_args(
+                    tools[name],
+                    target.axiom,
+                    target.variant,
+                    n_pairs=self._localise_size(target)[0],
+                    components=[component],
+                    engine="cached",
+                ),
+                criterion=Criterion(
+                    metric=metric_key("effect", component),
+                    direction="greater",
+                    threshold=MOST,
+                    alpha=self.alpha,
+                ),
+                components=[component],
             )
-            key = metric_key("effect", components[0])
-            extra: dict[str, Any] = {}
-        else:
-            components = [f"L{layer}.attn" for layer in range(last + 1)]
-            text = (
-                f"{prefix} {b} — prediction: all attention outputs patched jointly "
-                f"(L0.attn … L{last}.attn) restore more than {MOST:g} of the {target.label} "
-                "effect"
-            )
-            key = metric_key("effect", "+".join(components))
-            extra = {"joint": True}
+        # last layer first: the curve's prefixes then start late and cost less
+        blocks = [f"L{layer}.attn" for layer in range(last, -1, -1)]
         return Proposal(
-            hypothesis=text,
-            rationale="competing mechanisms stated before localising (see the note); each "
-            "prediction is tested on its own call and replicated on held-out queries",
-            tool=tool.name,
-            args=self._pair_args(
-                tool,
-                target.axiom,
-                target.variant,
-                n_pairs=self._localise_size(target)[0],
-                components=components,
-                engine="cached",
-                **extra,
+            hypothesis=f"{prefix} {b} — prediction: all attention outputs patched jointly "
+            f"(L0.attn … L{last}.attn) restore more than {MOST:g} of the {target.label} effect",
+            rationale=rationale,
+            tool=name,
+            args=self._circuit_args(
+                target,
+                members=blocks,
+                k=len(blocks),
+                max_k=len(blocks),
+                target=MOST,
+                n_random=0,
+                n_random_curve=0,
+                n_stability=0,
             ),
-            criterion=Criterion(metric=key, direction="greater", threshold=MOST, alpha=self.alpha),
-            components=components,
+            criterion=Criterion(
+                metric="faithfulness", direction="greater", threshold=MOST, alpha=self.alpha
+            ),
+            components=blocks,
         )
 
     # -- single components ----------------------------------------------------------------------
