@@ -75,6 +75,9 @@ class Circuit:
     faithfulness_holdout: Interval | None = None
     engine: bool = False
     """Whether the faithfulness numbers are the engine's (a verdict's) or the tool's own."""
+    holdout_from_control: bool = False
+    """Whether the held-out faithfulness is the tool's, from the random-set control's held-out
+    run on the same set (the group claim itself was not replicated)."""
     random_mean: float | None = None
     random_percentile: float | None = None
     random_p_value: float | None = None
@@ -175,6 +178,71 @@ def _artifact(ev: EvidenceRecord, *, image: bool) -> ArtifactRecord | None:
     return next(iter(named), None)
 
 
+POSITION_NAMES = {
+    "injected": "the added term",
+    "qterm": "earlier query-term occurrences",
+    "doc": "the document's other tokens",
+    "cls": "CLS",
+}
+"""The token positions ``activation_patching`` resolves by role, in words."""
+
+
+def _position_roles(tree: InvestigationTree, members: set[str]) -> dict[str, str]:
+    """Per member, where its signal enters (``activation_patching`` of ``X@position``
+    components): the position carrying the largest fraction, the others beside it."""
+    found: dict[str, dict[str, float]] = {}
+    for exp in tree.experiments():
+        if exp.tool != "activation_patching" or exp.status != "finished" or not exp.evidence:
+            continue
+        metrics = exp.evidence[0].metrics
+        for component in exp.args.get("components") or []:
+            member, _, position = str(component).partition("@")
+            value = num(metrics.get(f"effect[{component}]"))
+            if member in members and position in POSITION_NAMES and value is not None:
+                found.setdefault(member, {})[position] = value
+    roles: dict[str, str] = {}
+    for member, by_position in found.items():
+        ordered = sorted(by_position.items(), key=lambda kv: -kv[1])
+        (top, value), rest = ordered[0], ordered[1:]
+        others = ", ".join(f"{POSITION_NAMES[p]} {fmt(v, 2)}" for p, v in rest)
+        roles[member] = f"signal at {POSITION_NAMES[top]} ({fmt(value, 2)} of the effect" + (
+            f"; {others})" if others else ")"
+        )
+    return roles
+
+
+def _attention_roles(tree: InvestigationTree, members: set[str]) -> dict[str, str]:
+    """Per member, its attention along the pattern an ``attention_by_role`` run focused on
+    (e.g. ``injected->same_token``: duplicate-token attention), against uniform attention."""
+    roles: dict[str, str] = {}
+    for exp in tree.experiments():
+        if exp.tool != "attention_by_role" or exp.status != "finished" or not exp.evidence:
+            continue
+        focus = str(exp.args.get("focus") or "")
+        if not focus:
+            continue
+        metrics = exp.evidence[0].metrics
+        uniform = num(metrics.get("uniform_attention"))
+        for member in members:
+            value = num(metrics.get(f"attention[{member}|{focus}]"))
+            if value is None:
+                continue
+            lift = f", {value / uniform:.1f}× uniform" if uniform else ""
+            roles[member] = f"attention {focus} {fmt(value, 2)}{lift}"
+    return roles
+
+
+def _roles(tree: InvestigationTree, members: list[str]) -> dict[str, str]:
+    """Each member's role from the role steps: where its signal enters and what it attends."""
+    wanted = set(members)
+    positions, attention = _position_roles(tree, wanted), _attention_roles(tree, wanted)
+    return {
+        m: "; ".join(r for r in (positions.get(m), attention.get(m)) if r)
+        for m in members
+        if m in positions or m in attention
+    }
+
+
 def _edges(tree: InvestigationTree, members: set[str]) -> list[Edge]:
     edges: list[Edge] = []
     for exp in tree.experiments():
@@ -211,19 +279,45 @@ def _runs_of(tree: InvestigationTree) -> list[ExperimentNode]:
     ]
 
 
-def _claim(
+def _claims(
     nodes: Mapping[int, HypothesisNode], runs: list[ExperimentNode], metric: str
+) -> list[tuple[HypothesisNode, ExperimentNode]]:
+    """The hypotheses with a verdict whose circuit criterion is on ``metric``, each with its
+    first run, in the order they ran."""
+    found: dict[int, tuple[HypothesisNode, ExperimentNode]] = {}
+    for e in runs:
+        node = nodes.get(e.hypothesis_id) if e.hypothesis_id is not None else None
+        if node is not None and node.criterion.metric == metric and node.latest_verdict:
+            found.setdefault(node.id, (node, e))
+    return list(found.values())
+
+
+def _set_of(run: ExperimentNode) -> tuple[str, ...]:
+    """The set a ``circuit`` run with given members patched: its first ``k`` members."""
+    members = [str(m) for m in run.args.get("members") or []]
+    k = run.args.get("k")
+    return tuple(members[:k] if isinstance(k, int) and k > 0 else members)
+
+
+def _group_claim(
+    nodes: Mapping[int, HypothesisNode],
+    runs: list[ExperimentNode],
+    control: HypothesisNode | None,
 ) -> HypothesisNode | None:
-    """The latest hypothesis with a verdict whose circuit criterion is on ``metric``."""
-    found = [
-        node
-        for e in runs
-        if e.hypothesis_id is not None
-        and (node := nodes.get(e.hypothesis_id)) is not None
-        and node.criterion.metric == metric
-        and node.latest_verdict is not None
-    ]
-    return found[-1] if found else None
+    """The circuit's sufficiency claim: the faithfulness claim on the set the random-set control
+    tested, else the latest faithfulness claim with a random-set comparison, else the latest.
+    A faithfulness claim on a set no random sets were drawn for (e.g. every attention block
+    patched jointly, a mechanism's prediction) is not the circuit when one was controlled."""
+    claims = _claims(nodes, runs, "faithfulness")
+    if not claims:
+        return None
+    if control is not None:
+        tested = {_set_of(e) for e in runs if e.hypothesis_id == control.id}
+        same = [node for node, e in claims if _set_of(e) in tested]
+        if same:
+            return same[-1]
+    compared = [node for node, e in claims if e.args.get("n_random") != 0]
+    return (compared or [node for node, _ in claims])[-1]
 
 
 def _latest_run(runs: list[ExperimentNode], node: HypothesisNode | None) -> ExperimentNode | None:
@@ -246,8 +340,9 @@ def circuit_of(tree: InvestigationTree, unverified: Mapping[int, Unverified]) ->
     if not runs:
         return None
     nodes = {n.id: n for n in tree.hypotheses}
-    group = _claim(nodes, runs, "faithfulness")
-    control = _claim(nodes, runs, "beats_random")
+    controls = _claims(nodes, runs, "beats_random")
+    control = controls[-1][0] if controls else None
+    group = _group_claim(nodes, runs, control)
     run = _latest_run(runs, group) or _latest_run(runs, control) or runs[-1]
     node = nodes.get(run.hypothesis_id) if run.hypothesis_id is not None else None
     ev = run.evidence[0]
@@ -300,8 +395,17 @@ def circuit_of(tree: InvestigationTree, unverified: Mapping[int, Unverified]) ->
         )
         if run.args.get("split") == "holdout":
             circuit.faithfulness_holdout = _tool_interval(ev.metrics, "faithfulness", "held-out")
+    held = circuit.faithfulness_holdout
+    if (held is None or held.value is None) and control_run is not None:
+        if control_run.args.get("split") == "holdout" and _set_of(control_run) == _set_of(run):
+            circuit.faithfulness_holdout = _tool_interval(
+                control_run.evidence[0].metrics, "faithfulness", "held-out"
+            )
+            circuit.holdout_from_control = circuit.faithfulness_holdout is not None
     _from_ranking(circuit, runs)
     circuit.edges = _edges(tree, set(members))
+    for member, role in _roles(tree, members).items():
+        circuit.roles.setdefault(member, role)
     return circuit
 
 
@@ -344,8 +448,13 @@ def circuit_sentence(c: Circuit, label: str = "") -> str:
     held, disc = c.faithfulness_holdout, c.faithfulness
     aside = []
     if held is not None and held.value is not None:
+        source = (
+            " (the random-set control's held-out run; tool's own estimate)"
+            if c.holdout_from_control
+            else whose
+        )
         parts.append(
-            f"{who} together restore {held.text(3)} of the effect on held-out queries{whose}"
+            f"{who} together restore {held.text(3)} of the effect on held-out queries{source}"
         )
         if disc is not None and disc.value is not None:
             aside.append(f"{disc.text(3)} on discovery")
@@ -397,7 +506,7 @@ def circuit_sentence(c: Circuit, label: str = "") -> str:
     if c.all_heads is not None:
         parts.append(f"all heads together restore {fmt(c.all_heads, 3)}")
     if c.roles:
-        parts.append("roles: " + "; ".join(f"{m} {r}" for m, r in c.roles.items()))
+        parts.append("roles: " + "; ".join(f"{m}: {r}" for m, r in c.roles.items()))
     if c.edges:
         parts.append(
             "paths: "

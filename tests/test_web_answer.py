@@ -337,3 +337,76 @@ def test_export_carries_the_answer_the_forest_plot_and_every_table_row(
     assert f"E{ids['screen_evidence']}-effects.csv" in csv_files
     rows = (folder / "tables" / f"E{ids['screen_evidence']}-effects.csv").read_text().splitlines()
     assert rows[0].startswith("component,effect,ci_low,ci_high") and len(rows) == 1 + 72
+
+
+def test_a_mechanism_patched_jointly_is_not_taken_for_the_circuit_and_roles_are_stated(
+    store: Store, three: dict[str, dict[str, int]], tmp_path: Path
+) -> None:
+    """A later faithfulness claim on every attention block (a mechanism's prediction, no random
+    sets drawn) must not replace the circuit the random-set control tested; the role steps
+    (position-resolved patching, attention by role) give each member its role."""
+    from rankscope.agent.report_circuit import circuit_of
+    from rankscope.agent.verdicts import Decision
+    from tests.web_support import PATCH_ARGS, _experiment, split_result
+
+    inv = three["minilm"]["investigation"]
+    blocks = [f"L{layer}.attn" for layer in range(5, -1, -1)]
+    args = {**PATCH_ARGS, "members": blocks, "k": 6, "n_random": 0, "target": 0.5}
+    hyp = store.preregister_hypothesis(
+        inv,
+        "Mechanism (heads): all attention outputs patched jointly restore more than 0.5",
+        {"metric": "faithfulness", "direction": "greater", "threshold": 0.5},
+        tool="circuit",
+        tool_args=args,
+    )
+    ev = _experiment(store, inv, hyp, "circuit", args, {"faithfulness": 0.48}, tmp_path)
+    result = split_result(
+        "faithfulness", 0.48, 0.13, 0.74, threshold=0.5, null=0.0, sesoi=0.05, level=0.004
+    )
+    decision = Decision(
+        status="inconclusive",
+        reason="CI includes the threshold",
+        discovery=result,
+        level=0.004,
+        lond_index=7,
+        evidence_ids=[ev],
+    )
+    store.record_verdict(
+        hyp,
+        "inconclusive",
+        criterion_result=decision.criterion_result(),
+        cited_evidence_ids=[ev],
+        decided_by="rules",
+    )
+    positions = ["L5.H7@injected", "L5.H7@doc", "L5.H5@injected", "L5.H5@doc"]
+    _experiment(
+        store,
+        inv,
+        None,
+        "activation_patching",
+        {**PATCH_ARGS, "components": positions},
+        {"effect[L5.H7@injected]": 0.02, "effect[L5.H7@doc]": 0.07, "effect[L5.H5@doc]": 0.01},
+        tmp_path,
+    )
+    _experiment(
+        store,
+        inv,
+        None,
+        "attention_by_role",
+        {**PATCH_ARGS, "heads": ["L5.H7"], "focus": "injected->same_token"},
+        {"attention[L5.H7|injected->same_token]": 0.1, "uniform_attention": 0.02},
+        tmp_path,
+    )
+    tree = store.investigation_tree(inv)
+    circuit = circuit_of(tree, unverified_of(tree))
+    assert circuit is not None and circuit.members == ["L5.H7", "L5.H5", "L5.H11"]
+    assert circuit.status == "supported"
+    assert circuit.roles["L5.H7"] == (
+        "signal at the document's other tokens (0.07 of the effect; the added term 0.02); "
+        "attention injected->same_token 0.1, 5.0× uniform"
+    )
+    assert circuit.roles["L5.H5"] == "signal at the document's other tokens (0.01 of the effect)"
+    assert "L5.H11" not in circuit.roles
+    text = answer(tree, labels(tree), unverified_of(tree)).plain()
+    assert "3 heads of layer 5 (L5.H7, L5.H5, L5.H11) together restore 0.66" in text
+    assert "roles: L5.H7: signal at the document's other tokens" in text
