@@ -396,12 +396,16 @@ def circuit_of(tree: InvestigationTree, unverified: Mapping[int, Unverified]) ->
         if run.args.get("split") == "holdout":
             circuit.faithfulness_holdout = _tool_interval(ev.metrics, "faithfulness", "held-out")
     held = circuit.faithfulness_holdout
-    if (held is None or held.value is None) and control_run is not None:
-        if control_run.args.get("split") == "holdout" and _set_of(control_run) == _set_of(run):
-            circuit.faithfulness_holdout = _tool_interval(
-                control_run.evidence[0].metrics, "faithfulness", "held-out"
-            )
-            circuit.holdout_from_control = circuit.faithfulness_holdout is not None
+    if (
+        (held is None or held.value is None)
+        and control_run is not None
+        and control_run.args.get("split") == "holdout"
+        and _set_of(control_run) == _set_of(run)
+    ):
+        circuit.faithfulness_holdout = _tool_interval(
+            control_run.evidence[0].metrics, "faithfulness", "held-out"
+        )
+        circuit.holdout_from_control = circuit.faithfulness_holdout is not None
     _from_ranking(circuit, runs)
     circuit.edges = _edges(tree, set(members))
     for member, role in _roles(tree, members).items():
