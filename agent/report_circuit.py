@@ -354,7 +354,9 @@ def circuit_of(tree: InvestigationTree, unverified: Mapping[int, Unverified]) ->
         else num(control_run.evidence[0].metrics.get(key))
         for key in ("random_mean", "random_percentile", "random_p_value")
     }
-    images = [_artifact(e.evidence[0], image=True) for e in (run, *reversed(runs))]
+    # the control's curve first: it carries the random sets' band
+    first = [e for e in (control_run, run) if e is not None]
+    images = [_artifact(e.evidence[0], image=True) for e in (*first, *reversed(runs))]
     circuit = Circuit(
         experiment_id=run.id,
         evidence_id=ev.id,

@@ -338,10 +338,20 @@ def curve_figure(path: Path, rows: list[dict[str, Any]], k: int, target: float, 
     band_low, band_high = col("random_p05"), col("random_p95")
     ok = np.isfinite(band_low) & np.isfinite(band_high)
     if ok.any():
+        # a bar at each k with random sets (a band between them): one k alone stays visible
+        ax.vlines(ks[ok], band_low[ok], band_high[ok], color="0.75", lw=8, zorder=0)
         ax.fill_between(
-            ks[ok], band_low[ok], band_high[ok], color="0.8", label="random sets, 5–95 %"
+            ks[ok], band_low[ok], band_high[ok], color="0.85", label="random sets, 5–95 %"
         )
-        ax.plot(ks[ok], col("random_mean")[ok], color="0.45", ls=":", label="random sets, mean")
+        ax.plot(
+            ks[ok],
+            col("random_mean")[ok],
+            color="0.45",
+            ls=":",
+            marker="_",
+            ms=10,
+            label="random sets, mean",
+        )
     for name, colour, label in (
         ("sufficiency", "tab:blue", "sufficiency (denoising)"),
         ("necessity", "tab:orange", "necessity (noising)"),
