@@ -131,6 +131,7 @@ def check_proposal(
         raise CallRejected(f"rejected call: {err}") from err
     problem = None
     if not proposal.exploratory:
+        _check_replicable(proposal.tool, args_json, criterion.metric)
         problem = criterion_problem(
             criterion,
             proposal.components,
@@ -158,6 +159,24 @@ def check_proposal(
         fingerprint=fp,
         exploratory=proposal.exploratory,
     )
+
+
+def _check_replicable(tool_name: str, args: dict[str, Any], metric: str) -> None:
+    """A claim replicates on held-out queries with the same arguments: reject it now when those
+    arguments are invalid there (e.g. ``circuit`` with ``members=None`` ranks on the run's own
+    split, which only discovery may be), instead of failing the run at its replication."""
+    if not has_split(tool_name):
+        return
+    held_out, _ = replication_args(tool_name, args)
+    try:
+        check_call(tool_name, held_out, metric)
+    except CallRejected as err:
+        raise CallRejected(
+            f"rejected call: a claim is replicated on held-out queries with the same arguments, "
+            f"and there these are invalid ({err}); make this step exploratory (it then claims "
+            "nothing), or claim what it found with arguments that hold on both splits (circuit: "
+            "members=[the components ranked on discovery] and k)"
+        ) from err
 
 
 def exploratory_criterion(criterion: Criterion) -> Criterion:

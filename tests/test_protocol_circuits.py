@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from rankscope.agent.calls import check_proposal, replication_args
-from rankscope.agent.planners.base import Ledger, LedgerEntry, Proposal, Stop
+from rankscope.agent.planners.base import Criterion, Ledger, LedgerEntry, Proposal, Stop
 from rankscope.agent.planners.protocol import ProtocolPlanner
 from rankscope.agent.planners.protocol.circuits import (
     CIRCUIT,
@@ -350,6 +350,27 @@ def test_no_circuit_size_or_ranking_is_chosen_on_held_out_queries():
         validate_args(tool, held_out)
     with pytest.raises(ValueError, match="ranking must come from discovery"):
         validate_args(tool, {"members": None, "k": 2, "split": "holdout"})
+
+
+def test_a_claim_whose_replication_would_be_invalid_is_rejected_before_it_runs():
+    """What Qwen2.5-Coder-0.5B proposed on the README question: a ``circuit`` call that ranks
+    (members=None) as a claim. Its held-out replication cannot run (a ranking comes from
+    discovery only); the gate rejects it up front with a fix, instead of the run failing at the
+    replication. As an exploratory step the same call is accepted."""
+    from rankscope.agent.calls import CallRejected
+
+    proposal = Proposal(
+        hypothesis="The circuit is a top-k component (ranked on discovery) patched jointly.",
+        rationale="the question asks which components",
+        tool="circuit",
+        args={"axiom": "TFC1", "variant": "append", "members": None, "k": 3},
+        criterion=Criterion(metric="faithfulness", direction="greater", threshold=0.0),
+    )
+    with pytest.raises(CallRejected, match="replicated on held-out queries") as err:
+        check_proposal(proposal, {}, StatsPolicy())
+    assert "ranking must come from discovery" in str(err.value)
+    assert "members=[the components ranked on discovery] and k" in str(err.value)
+    check_proposal(proposal.model_copy(update={"exploratory": True}), {}, StatsPolicy())
 
 
 def test_members_short_of_the_target_but_beating_random_sets_get_their_roles():
