@@ -175,7 +175,7 @@ def _check_replicable(tool_name: str, args: dict[str, Any], metric: str) -> None
             f"rejected call: a claim is replicated on held-out queries with the same arguments, "
             f"and there these are invalid ({err}); make this step exploratory (it then claims "
             "nothing), or claim what it found with arguments that hold on both splits (circuit: "
-            "members=[the components ranked on discovery] and k)"
+            "members=<the components ranked on discovery> and k)"
         ) from err
 
 

@@ -369,7 +369,7 @@ def test_a_claim_whose_replication_would_be_invalid_is_rejected_before_it_runs()
     with pytest.raises(CallRejected, match="replicated on held-out queries") as err:
         check_proposal(proposal, {}, StatsPolicy())
     assert "ranking must come from discovery" in str(err.value)
-    assert "members=[the components ranked on discovery] and k" in str(err.value)
+    assert "members=<the components ranked on discovery> and k" in str(err.value)
     check_proposal(proposal.model_copy(update={"exploratory": True}), {}, StatsPolicy())
 
 
