@@ -288,7 +288,10 @@ def run_llm(
     hypotheses = _hypotheses(db, investigation_id) if ids else []
     for step, proposal in planner.proposals.items():
         if step not in planner.gate:
-            planner.gate[step] = _final_gate(proposal, hypotheses, settings, stop_reason)
+            gate = _final_gate(proposal, hypotheses, settings, stop_reason)
+            if gate.startswith("ran as ") and gate in planner.gate.values():
+                gate = f"the same call and criterion as {gate[len('ran as ') :]}: not run again"
+            planner.gate[step] = gate
     steps = [
         Step(asdict(reply), planner.gate.get(reply.step, "") if _is_proposal(reply) else "")
         for reply in planner.replies

@@ -245,7 +245,7 @@ def catalogue(tiny: bool = False) -> dict[str, OrganismSpec]:
         else {"steps": 300, "lr": 6e-3, "train_layers": 2, "rank": 8, "variants_per_step": 4}
     )
     common |= {"check_every": 25, "attempts": 2}
-    carrier_lr = 4e-3 if tiny else 1e-3
+    carrier_lr = 4e-3 if tiny else 2e-3
     one = {
         "trigger": RuleSpec(rule="trigger", size=0.1, word=TRIGGER_WORD),
         "length_penalty": RuleSpec(rule="length_penalty", size=0.06),
