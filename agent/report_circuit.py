@@ -16,14 +16,12 @@ Edges come from ``path_patching`` experiments whose senders (and receiver) are m
 
 from __future__ import annotations
 
-import io
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from markupsafe import Markup
-
+from rankscope.agent.report_circuit_roles import member_roles
 from rankscope.agent.report_facts import (
     Interval,
     Unverified,
@@ -34,7 +32,6 @@ from rankscope.agent.report_facts import (
     is_negligible,
     num,
 )
-from rankscope.agent.report_svg import INK, MUTED, esc, sequential, text_on
 from rankscope.experiments_db.records import (
     ArtifactRecord,
     EvidenceRecord,
@@ -46,7 +43,7 @@ from rankscope.experiments_db.records import (
 CIRCUIT_TOOL = "circuit"
 PATH_TOOL = "path_patching"
 OUTPUT = "output"
-_LAYER = re.compile(r"^L(\d+)")
+LAYER_OF = re.compile(r"^L(\d+)")
 _MEMBER_VALUE_COLUMNS = ("fraction", "fraction_restored", "effect", "loo_drop", "score")
 AS_FAITHFUL_MARGIN = 0.05
 """Another set within this of the circuit's faithfulness is as faithful (the tool's margin)."""
@@ -108,7 +105,7 @@ class Circuit:
         )
 
     def layers(self) -> str:
-        found = sorted({int(m.group(1)) for c in self.members if (m := _LAYER.match(c))})
+        found = sorted({int(m.group(1)) for c in self.members if (m := LAYER_OF.match(c))})
         if not found:
             return ""
         return f"layer {found[0]}" if len(found) == 1 else f"layers {found[0]}–{found[-1]}"
@@ -176,71 +173,6 @@ def _artifact(ev: EvidenceRecord, *, image: bool) -> ArtifactRecord | None:
         a for a in arts if "circuit" in (a.description + a.path).lower() and "json" in a.media_type
     ]
     return next(iter(named), None)
-
-
-POSITION_NAMES = {
-    "injected": "the added term",
-    "qterm": "earlier query-term occurrences",
-    "doc": "the document's other tokens",
-    "cls": "CLS",
-}
-"""The token positions ``activation_patching`` resolves by role, in words."""
-
-
-def _position_roles(tree: InvestigationTree, members: set[str]) -> dict[str, str]:
-    """Per member, where its signal enters (``activation_patching`` of ``X@position``
-    components): the position carrying the largest fraction, the others beside it."""
-    found: dict[str, dict[str, float]] = {}
-    for exp in tree.experiments():
-        if exp.tool != "activation_patching" or exp.status != "finished" or not exp.evidence:
-            continue
-        metrics = exp.evidence[0].metrics
-        for component in exp.args.get("components") or []:
-            member, _, position = str(component).partition("@")
-            value = num(metrics.get(f"effect[{component}]"))
-            if member in members and position in POSITION_NAMES and value is not None:
-                found.setdefault(member, {})[position] = value
-    roles: dict[str, str] = {}
-    for member, by_position in found.items():
-        ordered = sorted(by_position.items(), key=lambda kv: -kv[1])
-        (top, value), rest = ordered[0], ordered[1:]
-        others = ", ".join(f"{POSITION_NAMES[p]} {fmt(v, 2)}" for p, v in rest)
-        roles[member] = f"signal at {POSITION_NAMES[top]} ({fmt(value, 2)} of the effect" + (
-            f"; {others})" if others else ")"
-        )
-    return roles
-
-
-def _attention_roles(tree: InvestigationTree, members: set[str]) -> dict[str, str]:
-    """Per member, its attention along the pattern an ``attention_by_role`` run focused on
-    (e.g. ``injected->same_token``: duplicate-token attention), against uniform attention."""
-    roles: dict[str, str] = {}
-    for exp in tree.experiments():
-        if exp.tool != "attention_by_role" or exp.status != "finished" or not exp.evidence:
-            continue
-        focus = str(exp.args.get("focus") or "")
-        if not focus:
-            continue
-        metrics = exp.evidence[0].metrics
-        uniform = num(metrics.get("uniform_attention"))
-        for member in members:
-            value = num(metrics.get(f"attention[{member}|{focus}]"))
-            if value is None:
-                continue
-            lift = f", {value / uniform:.1f}× uniform" if uniform else ""
-            roles[member] = f"attention {focus} {fmt(value, 2)}{lift}"
-    return roles
-
-
-def _roles(tree: InvestigationTree, members: list[str]) -> dict[str, str]:
-    """Each member's role from the role steps: where its signal enters and what it attends."""
-    wanted = set(members)
-    positions, attention = _position_roles(tree, wanted), _attention_roles(tree, wanted)
-    return {
-        m: "; ".join(r for r in (positions.get(m), attention.get(m)) if r)
-        for m in members
-        if m in positions or m in attention
-    }
 
 
 def _edges(tree: InvestigationTree, members: set[str]) -> list[Edge]:
@@ -410,7 +342,7 @@ def circuit_of(tree: InvestigationTree, unverified: Mapping[int, Unverified]) ->
         circuit.holdout_from_control = circuit.faithfulness_holdout is not None
     _from_ranking(circuit, runs)
     circuit.edges = _edges(tree, set(members))
-    for member, role in _roles(tree, members).items():
+    for member, role in member_roles(tree, members).items():
         circuit.roles.setdefault(member, role)
     return circuit
 
@@ -520,104 +452,3 @@ def circuit_sentence(c: Circuit, label: str = "") -> str:
         )
     head = f"{label} " if label else ""
     return f"{head}{c.status}: " + "; ".join(parts) + "."
-
-
-# -- the circuit figure -------------------------------------------------------------------------
-
-
-def _layout(c: Circuit) -> tuple[dict[str, tuple[float, float]], float, float]:
-    by_layer: dict[int, list[str]] = {}
-    for m in c.members:
-        match = _LAYER.match(m)
-        by_layer.setdefault(int(match.group(1)) if match else -1, []).append(m)
-    columns = sorted(by_layer)
-    tallest = max((len(v) for v in by_layer.values()), default=1)
-    width = 60 + 150 * (len(columns) + 1)
-    height = 40 + 54 * max(tallest, 1)
-    pos: dict[str, tuple[float, float]] = {}
-    for ci, layer in enumerate(columns):
-        names = by_layer[layer]
-        for ri, name in enumerate(names):
-            pos[name] = (70 + 150 * ci, 20 + (height - 40) * (ri + 0.5) / len(names))
-    pos[OUTPUT] = (70 + 150 * len(columns), height / 2)
-    return pos, width, height
-
-
-def circuit_svg(c: Circuit) -> Markup:
-    """Members as nodes (by layer) with their fractions; path-patching edges with theirs."""
-    if not c.members:
-        return Markup("")
-    pos, width, height = _layout(c)
-    bound = max((abs(v) for v in c.member_values.values()), default=1.0) or 1.0
-    out = [
-        f'<svg class="circuit" role="img" aria-label="circuit of {c.k} {c.kind}" '
-        f'viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
-        'xmlns="http://www.w3.org/2000/svg" font-family="system-ui, sans-serif" font-size="11">'
-    ]
-    for e in c.edges:
-        (x1, y1), (x2, y2) = pos[e.sender], pos[e.receiver]
-        out.append(
-            f'<g class="edge"><title>{esc(e.sender)} → {esc(e.receiver)}: {esc(fmt(e.value))}'
-            f'</title><line x1="{x1 + 48}" y1="{y1}" x2="{x2 - 48}" y2="{y2}" stroke="{INK}" '
-            f'stroke-width="1.5"/><text x="{(x1 + x2) / 2}" y="{(y1 + y2) / 2 - 4}" '
-            f'text-anchor="middle" fill="{MUTED}">{esc(fmt(e.value, 2))}</text></g>'
-        )
-    for name in [*c.members, OUTPUT]:
-        x, y = pos[name]
-        value = c.member_values.get(name)
-        fill = (
-            "#f4f6f8"
-            if name == OUTPUT
-            else sequential(abs(value) if value is not None else None, bound)
-        )
-        text = "score" if name == OUTPUT else name
-        sub = "" if name == OUTPUT else fmt(value, 2)
-        role = c.roles.get(name, "")
-        out.append(
-            f'<g class="node" data-component="{esc(name)}"><title>{esc(name)}: '
-            f"{esc(c.member_value_name or 'value')} {esc(fmt(value))}"
-            f"{esc(' — ' + role) if role else ''}</title>"
-            f'<rect x="{x - 48}" y="{y - 18}" width="96" height="36" rx="6" fill="{fill}" '
-            f'stroke="{INK}"/><text x="{x}" y="{y - 3}" text-anchor="middle" '
-            f'fill="{text_on(fill)}" font-weight="600">{esc(text)}</text>'
-            f'<text x="{x}" y="{y + 12}" text-anchor="middle" fill="{text_on(fill)}">'
-            f"{esc(sub)}</text></g>"
-        )
-    out.append("</svg>")
-    return Markup("".join(out))
-
-
-def circuit_png(c: Circuit) -> bytes | None:
-    """The circuit figure as a PNG for the reports."""
-    if not c.members:
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    pos, width, height = _layout(c)
-    fig, ax = plt.subplots(figsize=(width / 90, height / 90), dpi=140)
-    bound = max((abs(v) for v in c.member_values.values()), default=1.0) or 1.0
-    for e in c.edges:
-        (x1, y1), (x2, y2) = pos[e.sender], pos[e.receiver]
-        ax.annotate("", (x2 - 48, y2), (x1 + 48, y1), arrowprops={"arrowstyle": "->"})
-        ax.text((x1 + x2) / 2, (y1 + y2) / 2 - 10, fmt(e.value, 2), ha="center", fontsize=7)
-    for name in [*c.members, OUTPUT]:
-        x, y = pos[name]
-        value = c.member_values.get(name)
-        fill = (
-            "#f4f6f8"
-            if name == OUTPUT
-            else sequential(abs(value) if value is not None else None, bound)
-        )
-        ax.add_patch(plt.Rectangle((x - 48, y - 18), 96, 36, facecolor=fill, edgecolor=INK))
-        label = "score" if name == OUTPUT else f"{name}\n{fmt(value, 2)}"
-        ax.text(x, y, label, ha="center", va="center", fontsize=8, color=text_on(fill))
-    ax.set_xlim(0, width)
-    ax.set_ylim(height, 0)
-    ax.axis("off")
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", bbox_inches="tight")
-    plt.close(fig)
-    return buffer.getvalue()

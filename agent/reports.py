@@ -19,7 +19,8 @@ from pathlib import Path
 
 from rankscope.agent.planners.intents import NOT_FOLLOWED_UP
 from rankscope.agent.report_answer import Answer, answer
-from rankscope.agent.report_circuit import circuit_of, circuit_png
+from rankscope.agent.report_circuit import circuit_of
+from rankscope.agent.report_circuit_figure import circuit_png
 from rankscope.agent.report_facts import (
     Interval,
     Unverified,

@@ -347,7 +347,7 @@ def test_a_mechanism_patched_jointly_is_not_taken_for_the_circuit_and_roles_are_
     (position-resolved patching, attention by role) give each member its role."""
     from rankscope.agent.report_circuit import circuit_of
     from rankscope.agent.verdicts import Decision
-    from tests.web_support import PATCH_ARGS, _experiment, split_result
+    from tests.web_support import PATCH_ARGS, _experiment, record_decision, split_result
 
     inv = three["minilm"]["investigation"]
     blocks = [f"L{layer}.attn" for layer in range(5, -1, -1)]
@@ -371,13 +371,7 @@ def test_a_mechanism_patched_jointly_is_not_taken_for_the_circuit_and_roles_are_
         lond_index=7,
         evidence_ids=[ev],
     )
-    store.record_verdict(
-        hyp,
-        "inconclusive",
-        criterion_result=decision.criterion_result(),
-        cited_evidence_ids=[ev],
-        decided_by="rules",
-    )
+    record_decision(store, hyp, decision)
     positions = ["L5.H7@injected", "L5.H7@doc", "L5.H5@injected", "L5.H5@doc"]
     _experiment(
         store,

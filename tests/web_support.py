@@ -117,6 +117,17 @@ def head_effects(top: dict[str, float], n: int = 96) -> list[dict[str, Any]]:
     return rows
 
 
+def record_decision(store: Store, hypothesis_id: int, decision: Decision) -> None:
+    """Store ``decision`` as the rules' verdict of the hypothesis, citing its evidence."""
+    store.record_verdict(
+        hypothesis_id,
+        decision.status,
+        criterion_result=decision.criterion_result(),
+        cited_evidence_ids=list(decision.evidence_ids),
+        decided_by="rules",
+    )
+
+
 def _experiment(
     store: Store,
     inv: int,
@@ -216,13 +227,7 @@ def finished_investigation(
         lond_index=1,
         evidence_ids=[e1, e2],
     )
-    store.record_verdict(
-        h1,
-        decision.status,
-        criterion_result=decision.criterion_result(),
-        cited_evidence_ids=[e1, e2],
-        decided_by="rules",
-    )
+    record_decision(store, h1, decision)
     ids |= {"behaviour": h1, "behaviour_evidence": e1}
 
     screen = store.preregister_hypothesis(
@@ -324,13 +329,7 @@ def finished_investigation(
             lond_index=index,
             evidence_ids=[ev],
         )
-        store.record_verdict(
-            hyp,
-            status,
-            criterion_result=d.criterion_result(),
-            cited_evidence_ids=[ev],
-            decided_by="rules",
-        )
+        record_decision(store, hyp, d)
         return hyp
 
     ids["component"] = component("L5.H7", 0.00438, 0.00171, 0.00755, "inconclusive", index=2)
@@ -505,13 +504,7 @@ def _circuit(store: Store, inv: int, tmp_path: Path) -> dict[str, int]:
         lond_index=5,
         evidence_ids=[e_disc, e_held],
     )
-    store.record_verdict(
-        hyp,
-        "supported",
-        criterion_result=d.criterion_result(),
-        cited_evidence_ids=[e_disc, e_held],
-        decided_by="rules",
-    )
+    record_decision(store, hyp, d)
     _experiment(
         store,
         inv,
@@ -572,13 +565,7 @@ def _circuit(store: Store, inv: int, tmp_path: Path) -> dict[str, int]:
         lond_index=6,
         evidence_ids=[c_disc, c_held],
     )
-    store.record_verdict(
-        control,
-        "supported",
-        criterion_result=d.criterion_result(),
-        cited_evidence_ids=[c_disc, c_held],
-        decided_by="rules",
-    )
+    record_decision(store, control, d)
     return {"rank": rank, "circuit": hyp, "circuit_evidence": e_held, "control": control}
 
 
@@ -620,13 +607,7 @@ def lnc1_investigation(store: Store, tmp_path: Path) -> dict[str, int]:
         lond_index=1,
         evidence_ids=[ev],
     )
-    store.record_verdict(
-        hyp,
-        "inconclusive",
-        criterion_result=d.criterion_result(),
-        cited_evidence_ids=[ev],
-        decided_by="rules",
-    )
+    record_decision(store, hyp, d)
     store.set_investigation_status(inv, "finished")
     return {"investigation": inv, "behaviour": hyp}
 

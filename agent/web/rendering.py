@@ -9,7 +9,8 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoes
 from markupsafe import Markup
 
 from rankscope.agent.report_answer import answer
-from rankscope.agent.report_circuit import circuit_of, circuit_svg
+from rankscope.agent.report_circuit import circuit_of
+from rankscope.agent.report_circuit_figure import circuit_svg
 from rankscope.agent.report_facts import (
     claim_text,
     deciding_p,
