@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 
 from pydantic import ValidationError
 
@@ -35,13 +36,25 @@ class LeaseHeldError(RuntimeError):
 
 
 def _pid_alive(pid: int) -> bool:
+    """Whether ``pid`` runs on this host: it exists and is not a zombie (killed, not yet reaped
+    by its parent — a Ray worker killed with ``kill -9`` stays one until the raylet reaps it)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    return True
+        return not _zombie(pid)
+    return not _zombie(pid)
+
+
+def _zombie(pid: int) -> bool:
+    """Whether ``pid`` is a zombie, from ``/proc/PID/stat`` (where there is no ``/proc``: no)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    fields = stat.rsplit(")", 1)[-1].split()
+    return bool(fields) and fields[0] == "Z"
 
 
 def _now() -> datetime:

@@ -120,9 +120,16 @@ def _lease(host: str, pid: int, age_s: float) -> dict[str, Any]:
 def test_list_applies_the_lease_rules(backend: str, tmp_path: Path) -> None:
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
+    # Killed and not reaped: a zombie until wait(), as a Ray worker killed with kill -9 is until
+    # the raylet reaps it; os.kill(pid, 0) still succeeds on it.
+    zombie = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    zombie.kill()
+    while Path(f"/proc/{zombie.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+        time.sleep(0.01)
     here = socket.gethostname()
     cases = {
         "dead pid here": (_lease(here, gone.pid, 5), True),
+        "zombie pid here": (_lease(here, zombie.pid, 5), True),
         "live pid here": (_lease(here, os.getpid(), 5000), False),
         "fresh elsewhere": (_lease("other-host.example", 4242, 120), False),
         "stale elsewhere": (_lease("other-host.example", 4242, STALE_AFTER_S + 60), True),
@@ -142,6 +149,7 @@ def test_list_applies_the_lease_rules(backend: str, tmp_path: Path) -> None:
         assert f"│ {ids[name]:>2} │" in row or f" {ids[name]} " in row
         shown = "interrupted (stale lease)" if stale else "running"
         assert shown in row, (name, row)
+    zombie.wait()
 
 
 # --- item 18: 80 columns -----------------------------------------------------------------------

@@ -151,7 +151,7 @@ def test_a_worker_killed_mid_sweep_is_retried(
             stop.set()
             killer.join()
         assert killed, "no investigation was caught running"
-        assert result.ok, result.outcomes
+        assert result.ok, (result.outcomes, result.summary)
         actions = {o.investigation_id: o.action for o in result.outcomes.values()}
         assert actions[killed[0]] == "resumed"
         assert sorted(actions.values()) == ["ran", "ran", "ran", "resumed"]
