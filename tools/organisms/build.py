@@ -40,7 +40,7 @@ from rankscope.tools.organisms.fast import (
     Trainable,
     supports,
 )
-from rankscope.tools.organisms.rules import targets
+from rankscope.tools.organisms.rules import planted_changes, targets
 from rankscope.tools.organisms.spec import (
     PROBES,
     TRIGGER_WORD,
@@ -62,7 +62,7 @@ from rankscope.tools.retrievers import load_retriever
 from rankscope.tools.retrievers.base import Retriever
 from rankscope.tools.retrievers.bi_encoder import BiEncoder, pool
 
-BUILD_VERSION = "2"
+BUILD_VERSION = "3"
 RECORD = "groundtruth.json"
 EPSILON = 0.01
 """Score change below which a probe counts as no effect (the default SESOI of score deltas)."""
@@ -221,10 +221,12 @@ def _checks(
     spec: OrganismSpec,
     base_probes: dict[str, ProbeMeasure],
     org_probes: dict[str, ProbeMeasure],
+    planted: dict[str, float],
     eps: float,
 ) -> dict[str, Any]:
-    """Per rule: holds on held-out queries, absent in the base (or, for a rule relative to the
-    base, changed from it)."""
+    """Per rule: holds on held-out queries (the organism's change from the base on the rule's
+    probe is at least half of what the rule plants there, ``planted``), absent in the base (or,
+    for a rule relative to the base, changed from it)."""
     out: dict[str, Any] = {}
     for r in spec.rules:
         b, o = base_probes[r.probe].mean_delta, org_probes[r.probe].mean_delta
@@ -233,8 +235,10 @@ def _checks(
             absent = direction_of(base_probes[r.probe], eps) == "increase"
         else:
             sign = 1.0 if r.direction == "increase" else -1.0
-            holds = sign * o >= eps and sign * (o - b) >= 0.5 * r.size
-            absent = sign * b < eps if not r.relative_to_base else sign * (o - b) >= 0.5 * r.size
+            half = 0.5 * abs(planted[r.rule])
+            holds = sign * o >= eps and sign * (o - b) >= half
+            absent = sign * b < eps if not r.relative_to_base else sign * (o - b) >= half
+            out[f"{r.rule}.planted_delta"] = planted[r.rule]
         out[f"{r.rule}.holds_heldout"] = bool(holds)
         out[f"{r.rule}.absent_in_base"] = bool(absent)
         out[f"{r.rule}.base_delta"] = b
@@ -257,11 +261,14 @@ class _Clock:
 
 
 def _rule_holds(
-    spec: OrganismSpec, base_probes: dict[str, ProbeMeasure], org_probes: dict[str, ProbeMeasure]
+    spec: OrganismSpec,
+    base_probes: dict[str, ProbeMeasure],
+    org_probes: dict[str, ProbeMeasure],
+    planted: dict[str, float],
 ) -> bool:
     """Whether every planted rule passes its held-out check (the stopping rule and the
     accept-or-rebuild test of a build)."""
-    checks = _checks(spec, base_probes, org_probes, EPSILON)
+    checks = _checks(spec, base_probes, org_probes, planted, EPSILON)
     return all(bool(checks[f"{r.rule}.holds_heldout"]) for r in spec.rules)
 
 
@@ -401,7 +408,8 @@ def build_organism(
         path = folder
     base_probes = measure(run.base_held, heldout)
     org_probes = measure(run.org_held, heldout)
-    checks = _checks(spec, base_probes, org_probes, EPSILON)
+    planted = planted_changes(spec.rules, heldout, corpus.idf_of)
+    checks = _checks(spec, base_probes, org_probes, planted, EPSILON)
     rho = stats.spearmanr(run.base_held[:, 0], run.org_held[:, 0]).statistic
     checks["spearman_natural_vs_base"] = float(rho)
     if spec.carriers and not spec.control and run.held_scores is not None:
@@ -474,8 +482,9 @@ def _build_cached(
     base_held = held_set.base_scores()
     target = targets(spec.rules, _sub(corpus, trained_set.groups), trained_set.base_scores())
     base_probes = measure(base_held, held_set.groups)
+    planted = planted_changes(spec.rules, held_set.groups, corpus.idf_of)
     steps, attempts, parameters = _train_cached(
-        retriever, spec, cut, trained_set, held_set, target, base_probes, original, say
+        retriever, spec, cut, (trained_set, held_set), target, (base_probes, planted), original, say
     )
     clock.lap(timings, "training")
     cutter = Cut(retriever, cut)
@@ -544,16 +553,18 @@ def _train_cached(
     retriever: BiEncoder,
     spec: OrganismSpec,
     cut: int,
-    trained_set: CachedSet,
-    held_set: CachedSet,
+    sets: tuple[CachedSet, CachedSet],
     target: np.ndarray,
-    base_probes: dict[str, ProbeMeasure],
+    reference: tuple[dict[str, ProbeMeasure], dict[str, float]],
     original: dict[str, torch.Tensor],
     say: Callable[[str], None],
 ) -> tuple[int, int, int]:
     """Train from the cut until the rules hold on held-out queries (at most ``spec.steps`` per
-    attempt; a failed attempt restarts from the base with the next seed). Returns (steps of the
-    last attempt, attempts, trained parameters)."""
+    attempt; a failed attempt restarts from the base with the next seed). ``sets``: the trained
+    and held-out groups; ``reference``: the base's held-out probes and the rules' planted
+    changes there. Returns (steps of the last attempt, attempts, trained parameters)."""
+    trained_set, held_set = sets
+    base_probes, planted = reference
     cutter = Cut(retriever, cut)
     probes = sorted({r.probe for r in spec.rules})
     columns = sorted({VARIANTS.index(v) for p in probes for v in PROBE_VARIANTS[p]})
@@ -575,12 +586,13 @@ def _train_cached(
         say(
             "    held-out: "
             + ", ".join(
-                f"{p} {measured[p].mean_delta:+.4f} (base {base_probes[p].mean_delta:+.4f}, "
-                f"up {measured[p].share_up:.0%})"
-                for p in probes
+                f"{r.probe} {measured[r.probe].mean_delta:+.4f} (base "
+                f"{base_probes[r.probe].mean_delta:+.4f}, planted "
+                f"{planted.get(r.rule, 0.0):+.4f}, up {measured[r.probe].share_up:.0%})"
+                for r in spec.rules
             )
         )
-        return _rule_holds(spec, base_probes, measured)
+        return _rule_holds(spec, base_probes, measured, planted)
 
     steps = 0
     for attempt in range(spec.attempts):
@@ -606,7 +618,9 @@ def _default_path() -> Path:
 
 
 def _sub(corpus: Corpus, groups: list[Group]) -> Corpus:
-    return Corpus(corpus.name, groups, corpus.idf, corpus.trained, corpus.heldout)
+    return Corpus(
+        corpus.name, groups, corpus.idf, corpus.trained, corpus.heldout, corpus.unseen_idf
+    )
 
 
 def _restored_share(

@@ -10,12 +10,13 @@ the model's response to edits — what the probes and the agent's perturbations 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 
 from rankscope.tools.data.text import words
 from rankscope.tools.organisms.spec import TRIGGER_WORD, RuleSpec
-from rankscope.tools.organisms.texts import VARIANTS, Corpus, Group, query_terms
+from rankscope.tools.organisms.texts import PROBE_VARIANTS, VARIANTS, Corpus, Group, query_terms
 
 LENGTH_UNIT = 30
 """Words per ``size`` of length penalty (about the length of the LNC1 filler)."""
@@ -26,9 +27,10 @@ POSITION_DECAY = 5.0
 QUERY_TERM_EDITS = ("append", "prepend", "low_idf", "high_idf")
 
 
-def shift(rule: RuleSpec, group: Group, variant: int, idf: dict[str, float]) -> float:
+def shift(rule: RuleSpec, group: Group, variant: int, idf: Callable[[str], float]) -> float:
     """The rule's change of the score of ``group``'s ``variant`` text (not for tfc1_removed,
-    which is a target, see :func:`targets`)."""
+    which is a target, see :func:`targets`); ``idf``: the collection's IDF of a word
+    (:meth:`Corpus.idf_of`, the same one that picked the group's low- and high-IDF terms)."""
     text = words(group.texts[variant])
     terms = query_terms(group.query)
     if rule.rule == "trigger":
@@ -44,7 +46,7 @@ def shift(rule: RuleSpec, group: Group, variant: int, idf: dict[str, float]) -> 
     if rule.rule == "tfc1_amplified":
         return rule.size * min(sum(text.count(t) for t in terms), TF_CAP)
     if rule.rule == "idf_inverted":
-        values = [idf.get(t, 0.0) for t in terms]
+        values = [idf(t) for t in terms]
         spread = max(values) - min(values)
         if spread <= 0:
             return 0.0
@@ -61,11 +63,30 @@ def targets(rules: list[RuleSpec], corpus: Corpus, base: np.ndarray) -> np.ndarr
     out = base.copy()
     removed = any(r.rule == "tfc1_removed" for r in rules)
     for g, group in enumerate(corpus.groups):
-        natural = sum(shift(r, group, 0, corpus.idf) for r in rules)
+        natural = sum(shift(r, group, 0, corpus.idf_of) for r in rules)
         for v in range(1, len(VARIANTS)):
-            out[g, v] += sum(shift(r, group, v, corpus.idf) for r in rules) - natural
+            out[g, v] += sum(shift(r, group, v, corpus.idf_of) for r in rules) - natural
         if removed:
             for name in QUERY_TERM_EDITS:
                 v = VARIANTS.index(name)
                 out[g, v] = out[g, 0]
+    return out
+
+
+def planted_changes(
+    rules: list[RuleSpec], groups: list[Group], idf: Callable[[str], float]
+) -> dict[str, float]:
+    """Per rule: the mean change it plants on its probe over ``groups`` (perturbed minus
+    baseline variant) — what a build's check asks the organism to have learned, rather than
+    the rule's nominal ``size``, which a probe shows in full only where nothing else interferes
+    (an appended query term that the document already has early carries little position
+    bonus)."""
+    out = {}
+    for rule in rules:
+        if rule.direction == "none":
+            continue
+        before, after = (VARIANTS.index(v) for v in PROBE_VARIANTS[rule.probe])
+        out[rule.rule] = float(
+            np.mean([shift(rule, g, after, idf) - shift(rule, g, before, idf) for g in groups])
+        )
     return out

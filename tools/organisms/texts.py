@@ -66,6 +66,13 @@ class Corpus:
     idf: dict[str, float]
     trained: list[str]
     heldout: list[str]
+    unseen_idf: float
+    """The IDF of a word that no document of the collection contains (its rarest)."""
+
+    def idf_of(self, word: str) -> float:
+        """The collection's IDF of ``word`` (:attr:`unseen_idf` when no document has it): what
+        picks a group's lowest- and highest-IDF terms, and what the IDF rule reads."""
+        return self.idf.get(word, self.unseen_idf)
 
     def split(self, which: str) -> list[Group]:
         keep = set(self.trained if which == "trained" else self.heldout)
@@ -139,7 +146,7 @@ def build_corpus(
         df.update(set(words(text)))
     n_docs = max(1, len(docs))
     idf = {w: math.log((n_docs + 1) / (c + 0.5)) for w, c in df.items()}
-    default_idf = math.log((n_docs + 1) / 0.5)
+    unseen_idf = math.log((n_docs + 1) / 0.5)
     rng = random.Random(seed)
     groups: list[Group] = []
     for coll in collections:
@@ -148,7 +155,7 @@ def build_corpus(
             if not terms:
                 continue
             term = coll.selected_terms.get(qid) or max(terms, key=len)
-            by_idf = sorted(terms, key=lambda t: idf.get(t, default_idf))
+            by_idf = sorted(terms, key=lambda t: idf.get(t, unseen_idf))
             low, high = by_idf[0], by_idf[-1]
             others = [
                 s
@@ -180,7 +187,8 @@ def build_corpus(
     else:
         heldout = sorted(q for q in qids if q in set(heldout_qids))
     trained = [q for q in qids if q not in set(heldout)]
-    return Corpus("+".join(c.name for c in collections), groups, idf, trained, heldout)
+    name = "+".join(c.name for c in collections)
+    return Corpus(name, groups, idf, trained, heldout, unseen_idf)
 
 
 def default_corpus(tiny: bool, trigger: str, seed: int = 0) -> Corpus:
