@@ -17,7 +17,10 @@ a machine shared with other jobs, wall seconds are longer (the load average is p
 
     python benchmarks/organism_build_benchmark.py [--organisms trigger length_penalty tfc1_heads]
         [--old-steps 3] [--old-organisms ...] [--no-old] [--steps N] [--attempts N]
-        [--threads 2] [--tiny] [--verbose] [--out FILE]
+        [--threads 2] [--tiny] [--verbose] [--out FILE] [--into-cache]
+
+``--into-cache`` writes the new builds into the user cache, where ``rankscope bench
+groundtruth`` (and ``benchmarks/groundtruth.py``) find them: one build run for both benchmarks.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from typing import Any
 
 import torch
 
-from rankscope.tools.organisms import GroundTruth, build_organism, catalogue
+from rankscope.tools.organisms import GroundTruth, build_organism, cache_root, catalogue
 from rankscope.tools.organisms.spec import TRIGGER_WORD
 from rankscope.tools.organisms.texts import default_corpus
 
@@ -120,6 +123,12 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="The tiny base (seconds, for CI).")
     parser.add_argument("--out", type=Path, default=Path("organism_builds.json"))
     parser.add_argument("--verbose", action="store_true", help="Print each build's progress.")
+    parser.add_argument(
+        "--into-cache",
+        action="store_true",
+        help="Write the new builds (catalogue specs only) into the user cache, replacing any "
+        "there, for the ground-truth bench.",
+    )
     options = parser.parse_args()
     torch.set_num_threads(options.threads)
     specs = catalogue(options.tiny)
@@ -152,10 +161,11 @@ def main() -> None:
                 if options.attempts:
                     update["attempts"] = options.attempts
             variant = spec.model_copy(update=update)
+            cached = options.into_cache and label == "new" and variant == spec
             record = build_organism(
                 variant,
                 tiny=options.tiny,
-                root=Path(tmp) / label,
+                root=cache_root() if cached else Path(tmp) / label,
                 corpus=corpus,
                 force=True,
                 log=(lambda m: print(f"    {m}", flush=True)) if options.verbose else None,
