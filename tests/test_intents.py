@@ -7,7 +7,13 @@ from __future__ import annotations
 import pytest
 
 from rankscope.agent.planners.base import Ledger
-from rankscope.agent.planners.intents import MIN_SIMILARITY, map_intent
+from rankscope.agent.planners.intents import (
+    AMBIGUITY_MARGIN,
+    MIN_SIMILARITY,
+    OPEN_SCREENS,
+    map_intent,
+    similarities,
+)
 from rankscope.agent.planners.protocol import ProtocolPlanner, parse_axiom
 
 README_TFC1 = (
@@ -37,6 +43,29 @@ def test_issue_questions_map_to_their_intents(question: str, kind: str, how: str
     if how == "similarity":
         assert choice.similarity is not None and choice.similarity >= MIN_SIMILARITY
         assert "cosine" in choice.reason
+
+
+@pytest.mark.parametrize(
+    "question",
+    [
+        "Is there a word that makes this model score any document higher, whatever the query is?",
+        "Could someone push their pages up in this search model by slipping one particular word "
+        "into them?",
+    ],
+)
+def test_a_tie_between_intents_is_screened_openly(question: str) -> None:
+    """The first MiniLM ground-truth table's two trigger questions: each as similar to the
+    trigger as to another intent (TFC1, word order); the planner took the nearer one and tested
+    the wrong behaviour. Within AMBIGUITY_MARGIN it screens openly and says between what."""
+    ranked = similarities(question)
+    (first, best), (second, next_best) = ranked[0], ranked[1]
+    assert best >= MIN_SIMILARITY and best - next_best < AMBIGUITY_MARGIN
+    assert "trigger token" in {first.name, second.name}
+    choice = map_intent(question)
+    assert (choice.intent.kind, choice.how) == ("open", "open")
+    assert choice.intent.screens == OPEN_SCREENS and "token_screen" in choice.intent.screens
+    assert f"'{first.name}' and '{second.name}'" in choice.reason
+    assert "screening openly rather than guessing" in choice.reason
 
 
 def test_named_axioms_manipulations_and_tools_come_first() -> None:
