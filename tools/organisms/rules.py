@@ -81,7 +81,7 @@ def planted_changes(
     the rule's nominal ``size``, which a probe shows in full only where nothing else interferes
     (an appended query term that the document already has early carries little position
     bonus)."""
-    out = {}
+    out: dict[str, float] = {}
     for rule in rules:
         if rule.direction == "none":
             continue
