@@ -536,6 +536,9 @@ def write_outputs(scores: list[Score], folder: Path) -> tuple[Path, Path]:
         ax.set_xticklabels(organisms, rotation=40, ha="right", fontsize=8)
         ax.set_title(title)
         ax.legend(fontsize=8)
+    axes[0].set_ylim(0, 1.05)
+    axes[1].set_ylim(bottom=0, top=max(1.0, axes[1].get_ylim()[1]))
+    axes[1].yaxis.get_major_locator().set_params(integer=True)
     fig.tight_layout()
     figure = folder / "groundtruth.png"
     fig.savefig(figure, dpi=120)
