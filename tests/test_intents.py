@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from rankscope.agent.planners.base import Ledger
+from rankscope.agent.planners.base import Ledger, LedgerEntry, Stop
 from rankscope.agent.planners.intents import (
     AMBIGUITY_MARGIN,
     MIN_SIMILARITY,
@@ -125,3 +125,50 @@ def test_lnc1_localisation_and_characterisation_follow_the_decrease() -> None:
     ablation = planner._characterise(tools["ablation"], ["L1.H2"], target)
     assert ablation is not None and ablation.criterion.direction == "greater"
     assert "score decrease" in ablation.hypothesis
+
+
+def test_a_tied_question_follows_up_the_screen_rows_of_its_intents_first() -> None:
+    """The second MiniLM table: "Do extra occurrences of the search words in a document push its
+    score up?" ties repeated content (LNC2) with term frequency (TFC1); the open screen's
+    largest rows were word-order and length effects, and the follow-up budget (3) ran out before
+    the TFC1 row the question was about. Rows that bear on the tied intents come first."""
+    question = "Do extra occurrences of the search words in a document push its score up?"
+    choice = map_intent(question)
+    assert {i.name for i in choice.tied} >= {"term frequency (TFC1)"}, choice.reason
+    rows = {
+        "mean_delta[axiom=TFC1|variant=append]": 0.054,
+        "mean_delta[axiom=ABNIRML|variant=shuffle_words]": -0.132,
+        "mean_delta[axiom=ABNIRML|variant=reverse_words]": -0.129,
+        "mean_delta[axiom=LNC1|variant=append]": -0.124,
+    }
+    planner = ProtocolPlanner()
+    entries: list[LedgerEntry] = []
+    follow_ups: list[str] = []
+    for _ in range(8):
+        ledger = _ledger(question).model_copy(update={"entries": list(entries)})
+        step = planner.propose(ledger)
+        assert not isinstance(step, Stop), step
+        if step.hypothesis.startswith("Follow-up:"):
+            follow_ups.append(step.hypothesis.split(" — ")[0])
+            status = "supported"
+        else:
+            assert step.hypothesis.startswith("Screen:"), step.hypothesis
+            status = "inconclusive"
+        entries.append(
+            LedgerEntry(
+                hypothesis_id=len(entries) + 1,
+                hypothesis=step.hypothesis,
+                tool=step.tool,
+                args=step.args,
+                criterion=step.criterion,
+                status=status,
+                key_metrics=rows if step.tool == "axiom_screen" else {},
+            )
+        )
+        if len(follow_ups) == 3:
+            break
+    assert follow_ups == [
+        "Follow-up: axiom_screen hit TFC1/append",
+        "Follow-up: axiom_screen hit ABNIRML/shuffle_words",
+        "Follow-up: axiom_screen hit ABNIRML/reverse_words",
+    ]

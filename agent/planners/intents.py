@@ -186,6 +186,9 @@ class IntentChoice:
     how: How
     reason: str
     similarity: float | None = None
+    tied: tuple[Intent, ...] = ()
+    """The intents a question was equally similar to (an open screen then follows up the hits
+    that bear on them first)."""
 
     @property
     def axiom(self) -> str | None:
@@ -198,6 +201,14 @@ class IntentChoice:
     def note(self) -> str:
         """The planner's statement of its intent."""
         return f"intent: {self.intent.name} — {self.reason}"
+
+
+def bears_on(intent: Intent, tool: str, axiom: str | None, variant: str | None) -> bool:
+    """Whether a screen row (its tool, and its axiom and variant for ``axiom_screen``) tests what
+    ``intent`` asks about."""
+    if tool == "axiom_screen":
+        return intent.axiom is not None and (intent.axiom, intent.variant) == (axiom, variant)
+    return tool in intent.screens and intent.kind != "open"
 
 
 def _spelt(name: str) -> re.Pattern[str]:
@@ -290,14 +301,16 @@ def map_intent(question: str, min_similarity: float = MIN_SIMILARITY) -> IntentC
     intent, sim = ranked[0]
     runner_up = f"; next: {ranked[1][0].name} {ranked[1][1]:.2f}" if len(ranked) > 1 else ""
     if sim >= min_similarity and len(ranked) > 1 and sim - ranked[1][1] < AMBIGUITY_MARGIN:
-        close = [i.name for i, s in ranked if sim - s < AMBIGUITY_MARGIN]
+        close = tuple(i for i, s in ranked if sim - s < AMBIGUITY_MARGIN)
         return IntentChoice(
             OPEN,
             "open",
             f"no axiom or tool is named and the question is as similar to "
-            f"{' and '.join(repr(n) for n in close)} (cosine {sim:.2f}{runner_up}: less than "
-            f"{AMBIGUITY_MARGIN:.2f} apart); screening openly rather than guessing between them",
+            f"{' and '.join(repr(i.name) for i in close)} (cosine {sim:.2f}{runner_up}: less "
+            f"than {AMBIGUITY_MARGIN:.2f} apart); screening openly rather than guessing between "
+            "them, their screen rows followed up first",
             similarity=sim,
+            tied=close,
         )
     if sim >= min_similarity:
         return IntentChoice(

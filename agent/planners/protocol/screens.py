@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rankscope.agent.planners.base import Criterion, Ledger, LedgerEntry, Proposal
-from rankscope.agent.planners.intents import NOT_FOLLOWED_UP, IntentChoice
+from rankscope.agent.planners.intents import NOT_FOLLOWED_UP, IntentChoice, bears_on
 from rankscope.agent.planners.protocol.core import ProtocolCore, fit_args
 from rankscope.agent.planners.protocol.tables import (
     EDIT_ROWS,
@@ -69,7 +69,10 @@ class ScreenSteps(ProtocolCore):
                 return step
         if not screens:
             return None
-        hits = sorted((h for e in screens for h in self._hits(e, tools)), key=lambda h: -h.size)
+        hits = sorted(
+            (h for e in screens for h in self._hits(e, tools)),
+            key=lambda h: (not self._bears_on_tie(h, choice), -h.size),
+        )
         follow = [e for e in ledger.entries if e.hypothesis.startswith("Follow-up:")]
         asked = {e.hypothesis.split(" — ")[0] for e in follow}
         pending = [h for h in hits if self._follow_up_title(h) not in asked]
@@ -187,6 +190,13 @@ class ScreenSteps(ProtocolCore):
                 f"(H{entry.hypothesis_id})"
             )
         return list(rows.values())
+
+    @staticmethod
+    def _bears_on_tie(hit: Hit, choice: IntentChoice) -> bool:
+        """Whether ``hit`` tests one of the intents the question tied between (those hits are
+        followed up first, the rest by size)."""
+        axiom, variant = hit.row.qualifier("axiom"), hit.row.qualifier("variant")
+        return any(bears_on(i, hit.tool, axiom, variant) for i in choice.tied)
 
     @staticmethod
     def _follow_up_title(hit: Hit) -> str:
