@@ -14,8 +14,9 @@
    and descriptions share a topic word at most (measured on the descriptions' own paraphrases
    and on unrelated questions: related pairs score 0.45–0.75, unrelated ones 0.0–0.30) — and
    when no other intent comes within :data:`AMBIGUITY_MARGIN` of it (a tie is not a choice).
-3. **Open.** Otherwise (nothing similar enough, or a tie) an open screen (``axiom_screen``, ``property_regression``,
-   ``token_screen``), then confirmation of every screen hit above the SESOI.
+3. **Open.** Otherwise (nothing similar enough, or a tie) an open screen (``axiom_screen``,
+   ``property_regression``, ``token_screen``), then confirmation of every screen hit above the
+   SESOI (after a tie, the rows that bear on the tied intents first).
 
 The choice carries its reason (:attr:`IntentChoice.reason`), which the planner states as a note.
 """
