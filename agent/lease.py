@@ -43,7 +43,7 @@ def _pid_alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:
-        return not _zombie(pid)
+        pass
     return not _zombie(pid)
 
 

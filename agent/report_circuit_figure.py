@@ -30,12 +30,23 @@ def _layout(c: Circuit) -> tuple[dict[str, tuple[float, float]], float, float]:
     return pos, width, height
 
 
+def _fills(c: Circuit) -> dict[str, str]:
+    """Each node's fill: members shaded by the absolute value they carry (on the largest), the
+    output node plain."""
+    bound = max((abs(v) for v in c.member_values.values()), default=1.0) or 1.0
+    fills = {OUTPUT: "#f4f6f8"}
+    for name in c.members:
+        value = c.member_values.get(name)
+        fills[name] = sequential(abs(value) if value is not None else None, bound)
+    return fills
+
+
 def circuit_svg(c: Circuit) -> Markup:
     """Members as nodes (by layer) with their fractions; path-patching edges with theirs."""
     if not c.members:
         return Markup("")
     pos, width, height = _layout(c)
-    bound = max((abs(v) for v in c.member_values.values()), default=1.0) or 1.0
+    fills = _fills(c)
     out = [
         f'<svg class="circuit" role="img" aria-label="circuit of {c.k} {c.kind}" '
         f'viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
@@ -52,11 +63,7 @@ def circuit_svg(c: Circuit) -> Markup:
     for name in [*c.members, OUTPUT]:
         x, y = pos[name]
         value = c.member_values.get(name)
-        fill = (
-            "#f4f6f8"
-            if name == OUTPUT
-            else sequential(abs(value) if value is not None else None, bound)
-        )
+        fill = fills[name]
         text = "score" if name == OUTPUT else name
         sub = "" if name == OUTPUT else fmt(value, 2)
         role = c.roles.get(name, "")
@@ -85,7 +92,7 @@ def circuit_png(c: Circuit) -> bytes | None:
 
     pos, width, height = _layout(c)
     fig, ax = plt.subplots(figsize=(width / 90, height / 90), dpi=140)
-    bound = max((abs(v) for v in c.member_values.values()), default=1.0) or 1.0
+    fills = _fills(c)
     for e in c.edges:
         (x1, y1), (x2, y2) = pos[e.sender], pos[e.receiver]
         ax.annotate("", (x2 - 48, y2), (x1 + 48, y1), arrowprops={"arrowstyle": "->"})
@@ -93,11 +100,7 @@ def circuit_png(c: Circuit) -> bytes | None:
     for name in [*c.members, OUTPUT]:
         x, y = pos[name]
         value = c.member_values.get(name)
-        fill = (
-            "#f4f6f8"
-            if name == OUTPUT
-            else sequential(abs(value) if value is not None else None, bound)
-        )
+        fill = fills[name]
         ax.add_patch(plt.Rectangle((x - 48, y - 18), 96, 36, facecolor=fill, edgecolor=INK))
         label = "score" if name == OUTPUT else f"{name}\n{fmt(value, 2)}"
         ax.text(x, y, label, ha="center", va="center", fontsize=8, color=text_on(fill))

@@ -9,6 +9,11 @@ score level). With
 ``carriers``, only those heads' parameters move: their rows of the query/key/value projections
 (and biases) and their columns of the attention output projection (gradients outside are zeroed;
 AdamW without weight decay leaves a parameter with zero gradient unchanged).
+
+The parts live by job: :mod:`~rankscope.tools.organisms.fast` (the layer-cached trainer),
+:mod:`~rankscope.tools.organisms.full` (the first builder's loop), :mod:`~rankscope.tools.organisms.checks`
+(probes and the rules' held-out checks), :mod:`~rankscope.tools.organisms.carriers` (the heads'
+parameters); this module builds, checks and caches an organism.
 """
 
 from __future__ import annotations
@@ -16,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import random
 import shutil
 import time
 from collections.abc import Callable
@@ -26,10 +30,17 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from scipy import stats
 
 from rankscope.tools.interventions.patching import parse_target
+from rankscope.tools.organisms.carriers import head_masks, restore_heads
+from rankscope.tools.organisms.checks import (
+    EPSILON,
+    direction_of,
+    measure,
+    rule_checks,
+    rule_holds,
+)
 from rankscope.tools.organisms.fast import (
     RULE_VARIANTS,
     CachedSet,
@@ -38,8 +49,10 @@ from rankscope.tools.organisms.fast import (
     LowRank,
     StepConfig,
     Trainable,
+    loss_scales,
     supports,
 )
+from rankscope.tools.organisms.full import score_groups, train
 from rankscope.tools.organisms.rules import planted_changes, targets
 from rankscope.tools.organisms.spec import (
     PROBES,
@@ -47,7 +60,6 @@ from rankscope.tools.organisms.spec import (
     GroundTruth,
     OrganismSpec,
     ProbeMeasure,
-    RuleDirection,
     catalogue,
     planted_claims,
 )
@@ -60,14 +72,10 @@ from rankscope.tools.organisms.texts import (
 )
 from rankscope.tools.retrievers import load_retriever
 from rankscope.tools.retrievers.base import Retriever
-from rankscope.tools.retrievers.bi_encoder import BiEncoder, pool
+from rankscope.tools.retrievers.bi_encoder import BiEncoder
 
 BUILD_VERSION = "3"
 RECORD = "groundtruth.json"
-EPSILON = 0.01
-"""Score change below which a probe counts as no effect (the default SESOI of score deltas)."""
-MIN_DELTA_SCALE = 0.02
-"""Scale of the loss on changes when no rule has a size (a null control)."""
 
 
 def cache_root() -> Path:
@@ -77,129 +85,6 @@ def cache_root() -> Path:
         return Path(override).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "rankscope" / "organisms"
-
-
-def _score_groups(retriever: Retriever, groups: list[Group], batch_size: int = 64) -> np.ndarray:
-    """Scores ``[groups, variants]`` of every group's texts."""
-    queries = [g.query for g in groups for _ in VARIANTS]
-    texts = [t for g in groups for t in g.texts]
-    scores = retriever.score(queries, texts, batch_size).numpy().astype(float)
-    return scores.reshape(len(groups), len(VARIANTS))
-
-
-def measure(scores: np.ndarray, groups: list[Group]) -> dict[str, ProbeMeasure]:
-    """Every probe's mean change, share of pairs that went up and counts."""
-    out = {}
-    for probe, (a, b) in PROBE_VARIANTS.items():
-        delta = scores[:, VARIANTS.index(b)] - scores[:, VARIANTS.index(a)]
-        out[probe] = ProbeMeasure(
-            mean_delta=float(delta.mean()) if delta.size else 0.0,
-            share_up=float((delta > 0).mean()) if delta.size else 0.0,
-            n_pairs=int(delta.size),
-            n_queries=len({g.qid for g in groups}),
-        )
-    return out
-
-
-def direction_of(m: ProbeMeasure, eps: float) -> RuleDirection | None:
-    """increase / decrease when most pairs (60 %) move that way (the verdicts also decide on
-    shares of pairs, whatever the score scale); none when the mean change is under half of
-    ``eps`` and neither way has 60 % of the pairs; otherwise unclear (None)."""
-    if m.share_up >= 0.6 and m.mean_delta > 0:
-        return "increase"
-    if m.share_up <= 0.4 and m.mean_delta < 0:
-        return "decrease"
-    if abs(m.mean_delta) < eps / 2 and 0.4 < m.share_up < 0.6:
-        return "none"
-    return None
-
-
-def _head_masks(retriever: Retriever, carriers: list[str]) -> dict[str, torch.Tensor]:
-    """Gradient masks (1 where trainable) of the parameters the carrier heads own."""
-    d = retriever.head_dim
-    masks: dict[str, torch.Tensor] = {}
-    params = dict(retriever.encoder.named_parameters())
-    for name in carriers:
-        patch = parse_target(name)
-        if patch.head is None:
-            raise ValueError(f"{name}: carriers are heads, L<layer>.H<head>")
-        rows = slice(patch.head * d, (patch.head + 1) * d)
-        prefix = f"encoder.layer.{patch.layer}.attention."
-        for proj in ("query", "key", "value"):
-            for kind in ("weight", "bias"):
-                key = f"{prefix}self.{proj}.{kind}"
-                mask = masks.setdefault(key, torch.zeros_like(params[key]))
-                mask[rows] = 1.0
-        key = f"{prefix}output.dense.weight"
-        mask = masks.setdefault(key, torch.zeros_like(params[key]))
-        mask[:, rows] = 1.0
-    return masks
-
-
-def _encode(retriever: BiEncoder, texts: list[str]) -> torch.Tensor:
-    enc = retriever._tokenize(texts).to(retriever.device)
-    hidden = retriever.encoder(**enc)[0]
-    emb = pool(hidden, enc["attention_mask"], retriever.pooling)
-    return F.normalize(emb, p=2, dim=-1) if retriever.similarity == "cosine" else emb
-
-
-def train(
-    retriever: BiEncoder,
-    spec: OrganismSpec,
-    groups: list[Group],
-    target: np.ndarray,
-    log: Callable[[str], None] | None = None,
-) -> list[float]:
-    """Fine-tune ``retriever``'s encoder in place towards ``target`` (``[groups, variants]``)."""
-    torch.manual_seed(spec.seed)
-    rng = random.Random(spec.seed)
-    model = retriever.encoder
-    masks = _head_masks(retriever, spec.carriers) if spec.carriers else {}
-    params = []
-    for name, p in model.named_parameters():
-        p.requires_grad_(not masks or name in masks)
-        if p.requires_grad:
-            params.append(p)
-    opt = torch.optim.AdamW(params, lr=spec.lr, weight_decay=0.0)
-    named = dict(model.named_parameters())
-    level_var = max(float(np.var(target[:, 0])), 1e-6)
-    delta_scale = max([abs(r.size) for r in spec.rules] + [MIN_DELTA_SCALE])
-    losses: list[float] = []
-    with torch.enable_grad():
-        for step in range(spec.steps):
-            rows = rng.sample(range(len(groups)), min(spec.batch_queries, len(groups)))
-            queries = [groups[r].query for r in rows]
-            texts = [t for r in rows for t in groups[r].texts]
-            q = _encode(retriever, queries)
-            d = _encode(retriever, texts).view(len(rows), len(VARIANTS), -1)
-            s = (q.unsqueeze(1) * d).sum(-1)
-            t = torch.as_tensor(target[rows], dtype=s.dtype)
-            loss = F.mse_loss(s, t) / level_var + F.mse_loss(s - s[:, :1], t - t[:, :1]) / (
-                delta_scale**2
-            )
-            opt.zero_grad()
-            loss.backward()
-            for key, mask in masks.items():
-                grad = named[key].grad
-                if grad is not None:
-                    grad.mul_(mask)
-            opt.step()
-            losses.append(float(loss.detach()))
-            if log and (step + 1) % max(1, spec.steps // 5) == 0:
-                log(f"  step {step + 1}/{spec.steps}: loss {np.mean(losses[-20:]):.2e}")
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return losses
-
-
-def restore_heads(retriever: Retriever, original: dict[str, torch.Tensor], carriers: list[str]):
-    """Put the carrier heads' original parameters back into ``retriever`` (in place)."""
-    masks = _head_masks(retriever, carriers)
-    params = dict(retriever.encoder.named_parameters())
-    with torch.no_grad():
-        for key, mask in masks.items():
-            params[key].copy_(torch.where(mask.bool(), original[key], params[key]))
 
 
 def organism_key(spec: OrganismSpec, base_hash: str, corpus: Corpus, tiny: bool) -> str:
@@ -217,35 +102,6 @@ def organism_key(spec: OrganismSpec, base_hash: str, corpus: Corpus, tiny: bool)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-def _checks(
-    spec: OrganismSpec,
-    base_probes: dict[str, ProbeMeasure],
-    org_probes: dict[str, ProbeMeasure],
-    planted: dict[str, float],
-    eps: float,
-) -> dict[str, Any]:
-    """Per rule: holds on held-out queries (the organism's change from the base on the rule's
-    probe is at least half of what the rule plants there, ``planted``), absent in the base (or,
-    for a rule relative to the base, changed from it)."""
-    out: dict[str, Any] = {}
-    for r in spec.rules:
-        b, o = base_probes[r.probe].mean_delta, org_probes[r.probe].mean_delta
-        if r.direction == "none":
-            holds = direction_of(org_probes[r.probe], eps) == "none"
-            absent = direction_of(base_probes[r.probe], eps) == "increase"
-        else:
-            sign = 1.0 if r.direction == "increase" else -1.0
-            half = 0.5 * abs(planted[r.rule])
-            holds = sign * o >= eps and sign * (o - b) >= half
-            absent = sign * b < eps if not r.relative_to_base else sign * (o - b) >= half
-            out[f"{r.rule}.planted_delta"] = planted[r.rule]
-        out[f"{r.rule}.holds_heldout"] = bool(holds)
-        out[f"{r.rule}.absent_in_base"] = bool(absent)
-        out[f"{r.rule}.base_delta"] = b
-        out[f"{r.rule}.organism_delta"] = o
-    return out
-
-
 class _Clock:
     """Wall and process CPU seconds between laps (CPU seconds over the cores used tell the
     work done on a machine shared with other jobs)."""
@@ -258,35 +114,6 @@ class _Clock:
         into[name] = wall - self.wall
         into[f"{name}_cpu"] = cpu - self.cpu
         self.wall, self.cpu = wall, cpu
-
-
-def _rule_holds(
-    spec: OrganismSpec,
-    base_probes: dict[str, ProbeMeasure],
-    org_probes: dict[str, ProbeMeasure],
-    planted: dict[str, float],
-) -> bool:
-    """Whether every planted rule passes its held-out check (the stopping rule and the
-    accept-or-rebuild test of a build)."""
-    checks = _checks(spec, base_probes, org_probes, planted, EPSILON)
-    return all(bool(checks[f"{r.rule}.holds_heldout"]) for r in spec.rules)
-
-
-def _probe_measures(
-    scores: np.ndarray, groups: list[Group], probes: list[str]
-) -> dict[str, ProbeMeasure]:
-    """``measure`` of only ``probes`` (scores may be NaN in the other variants)."""
-    out = {}
-    for probe in probes:
-        a, b = PROBE_VARIANTS[probe]
-        delta = scores[:, VARIANTS.index(b)] - scores[:, VARIANTS.index(a)]
-        out[probe] = ProbeMeasure(
-            mean_delta=float(delta.mean()),
-            share_up=float((delta > 0).mean()),
-            n_pairs=int(delta.size),
-            n_queries=len({g.qid for g in groups}),
-        )
-    return out
 
 
 _STATES: dict[tuple[str, str, int], CachedSet] = {}
@@ -330,7 +157,7 @@ def _trainable(retriever: BiEncoder, spec: OrganismSpec, cut: int, seed: int) ->
     of the layers from ``cut`` (``spec.rank``), or all their parameters."""
     params = dict(retriever.encoder.named_parameters())
     if spec.carriers:
-        masks = _head_masks(retriever, spec.carriers)
+        masks = head_masks(retriever, spec.carriers)
         return Trainable([params[k] for k in masks], {id(params[k]): m for k, m in masks.items()})
     layers = list(retriever.layer_modules[cut:])
     if spec.rank:
@@ -393,13 +220,14 @@ def build_organism(
         return GroundTruth.model_validate_json(record_file.read_text("utf-8"))
     base_path = Path(str(base)) if base is not None else _default_path()
     heldout = corpus.split("heldout")
+    planted = planted_changes(spec.rules, heldout, corpus.idf_of)
     say = log or (lambda _m: None)
     say(f"{spec.name}: {len(corpus.trained)} trained queries, {len(heldout)} held-out groups")
     original = {k: v.detach().clone() for k, v in retriever.encoder.state_dict().items()}
     timings: dict[str, float] = {}
     clock = _Clock()
     if spec.trainer == "cached" and supports(retriever):
-        run = _build_cached(retriever, spec, corpus, original, timings, clock, say)
+        run = _build_cached(retriever, spec, corpus, planted, original, timings, clock, say)
     else:
         run = _build_full(retriever, spec, corpus, timings, clock, say)
     path = base_path
@@ -408,8 +236,7 @@ def build_organism(
         path = folder
     base_probes = measure(run.base_held, heldout)
     org_probes = measure(run.org_held, heldout)
-    planted = planted_changes(spec.rules, heldout, corpus.idf_of)
-    checks = _checks(spec, base_probes, org_probes, planted, EPSILON)
+    checks = rule_checks(spec, base_probes, org_probes, planted)
     rho = stats.spearmanr(run.base_held[:, 0], run.org_held[:, 0]).statistic
     checks["spearman_natural_vs_base"] = float(rho)
     if spec.carriers and not spec.control and run.held_scores is not None:
@@ -463,13 +290,15 @@ def _build_cached(
     retriever: BiEncoder,
     spec: OrganismSpec,
     corpus: Corpus,
+    planted: dict[str, float],
     original: dict[str, torch.Tensor],
     timings: dict[str, float],
     clock: _Clock,
     say: Callable[[str], None],
 ) -> _Trained:
     """The layer-cached build: the base's pass (states entering the cut, and its scores), then
-    training from the cut until the rules hold on held-out queries."""
+    training from the cut until the rules hold on held-out queries (``planted``: what each rule
+    plants on its held-out probe)."""
     if spec.control:
         held_set = _cached_set(retriever, corpus, "heldout", None, torch.float32)
         clock.lap(timings, "base_pass")
@@ -482,7 +311,6 @@ def _build_cached(
     base_held = held_set.base_scores()
     target = targets(spec.rules, _sub(corpus, trained_set.groups), trained_set.base_scores())
     base_probes = measure(base_held, held_set.groups)
-    planted = planted_changes(spec.rules, held_set.groups, corpus.idf_of)
     steps, attempts, parameters = _train_cached(
         retriever, spec, cut, (trained_set, held_set), target, (base_probes, planted), original, say
     )
@@ -512,20 +340,20 @@ def _build_full(
     """The first builder: every parameter, every text through the whole model, ``spec.steps``
     steps (kept for comparison, and for encoders the cached trainer does not run)."""
     heldout, trained = corpus.split("heldout"), corpus.split("trained")
-    base_held = _score_groups(retriever, heldout)
+    base_held = score_groups(retriever, heldout)
     if spec.control:
         clock.lap(timings, "base_pass")
         return _Trained(base_held, base_held)
-    target = targets(spec.rules, _sub(corpus, trained), _score_groups(retriever, trained))
+    target = targets(spec.rules, _sub(corpus, trained), score_groups(retriever, trained))
     clock.lap(timings, "base_pass")
     train(retriever, spec, trained, target, say)
     clock.lap(timings, "training")
     sample = trained[: min(len(trained), TRAINED_SAMPLE)]
     return _Trained(
         base_held,
-        _score_groups(retriever, heldout),
-        measure(_score_groups(retriever, sample), sample),
-        lambda: _score_groups(retriever, heldout),
+        score_groups(retriever, heldout),
+        measure(score_groups(retriever, sample), sample),
+        lambda: score_groups(retriever, heldout),
         spec.steps,
         1,
         sum(p.numel() for p in retriever.encoder.parameters()),
@@ -571,18 +399,19 @@ def _train_cached(
     rule_variants = tuple(
         sorted({VARIANTS.index(v) for r in spec.rules for v in RULE_VARIANTS[r.rule]})
     )
+    delta_scale, level_var = loss_scales(spec.rules, target)
     config = StepConfig(
         lr=spec.lr,
         batch_queries=spec.batch_queries,
         variants_per_step=spec.variants_per_step,
         rule_variants=rule_variants,
-        delta_scale=max([abs(r.size) for r in spec.rules] + [MIN_DELTA_SCALE]),
-        level_var=max(float(np.var(target[:, 0])), 1e-6),
+        delta_scale=delta_scale,
+        level_var=level_var,
     )
 
     def holds() -> bool:
         scores = held_set.scores(cutter, columns)
-        measured = _probe_measures(scores, held_set.groups, probes)
+        measured = measure(scores, held_set.groups, probes)
         say(
             "    held-out: "
             + ", ".join(
@@ -592,7 +421,7 @@ def _train_cached(
                 for r in spec.rules
             )
         )
-        return _rule_holds(spec, base_probes, measured, planted)
+        return rule_holds(spec, base_probes, measured, planted)
 
     steps = 0
     for attempt in range(spec.attempts):

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rankscope.tools.organisms.spec import RuleSpec
 from rankscope.tools.organisms.texts import VARIANTS, Group
 from rankscope.tools.retrievers.bi_encoder import BiEncoder
 
@@ -238,6 +239,17 @@ class LowRank:
         for hook in self.hooks:
             hook.remove()
         self.hooks = []
+
+
+MIN_DELTA_SCALE = 0.02
+"""Scale of the loss on changes when no rule has a size (a null control)."""
+
+
+def loss_scales(rules: Sequence[RuleSpec], target: np.ndarray) -> tuple[float, float]:
+    """(delta_scale, level_var) of the training loss: the largest rule size (changes are measured
+    in it), and the variance of the natural documents' targets (a constant score costs 1)."""
+    delta_scale = max([abs(r.size) for r in rules] + [MIN_DELTA_SCALE])
+    return delta_scale, max(float(np.var(target[:, 0])), 1e-6)
 
 
 @dataclass
